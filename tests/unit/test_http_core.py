@@ -1,0 +1,289 @@
+"""The shared HTTP core: retries, timeouts, errors, JSON and bounded concurrency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import threading
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import responses
+
+from prefect_neurodata.clients.http import (
+    HttpClient,
+    RetryPolicy,
+    ServiceError,
+    decode_json,
+    dumps,
+    imap_bounded,
+    is_transient,
+    loads,
+    map_bounded,
+    parse_retry_after,
+    redact_url,
+)
+
+URL = "https://api.example.org/v1/things"
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def http(sleeps: list[float]) -> HttpClient:
+    return HttpClient(retry=RetryPolicy(max_retries=3, backoff_factor=0.1), sleep=sleeps.append)
+
+
+@responses.activate
+def test_get_retries_transient_statuses_then_succeeds(http: HttpClient, sleeps: list[float]):
+    responses.get(URL, status=503)
+    responses.get(URL, status=502)
+    responses.get(URL, json={"ok": True})
+    assert http.json(http.get(URL)) == {"ok": True}
+    assert len(responses.calls) == 3
+    assert len(sleeps) == 2
+    assert 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2
+
+
+@responses.activate
+def test_retry_after_is_honoured(http: HttpClient, sleeps: list[float]):
+    responses.get(URL, status=429, headers={"Retry-After": "7"})
+    responses.get(URL, json=[])
+    http.get(URL)
+    assert sleeps == [7.0]
+
+
+@responses.activate
+def test_retries_exhausted_raise_service_error_with_context(http: HttpClient):
+    responses.get(URL, status=504, json={"message": "Endpoint request timed out"})
+    with pytest.raises(ServiceError) as info:
+        http.get(URL, params={"filter": "{}"})
+    err = info.value
+    assert isinstance(err, requests.HTTPError)
+    assert err.status_code == 504
+    assert err.method == "GET"
+    assert err.url.startswith(URL)
+    assert err.server_message == "Endpoint request timed out"
+    assert err.attempts == 4
+    assert "Endpoint request timed out" in str(err)
+    assert len(responses.calls) == 4
+
+
+@responses.activate
+def test_client_errors_are_not_retried(http: HttpClient, sleeps: list[float]):
+    responses.get(URL, status=400, json={"detail": "bad filter", "error": "BadRequest"})
+    with pytest.raises(ServiceError) as info:
+        http.get(URL)
+    assert info.value.server_message == "bad filter"
+    assert not info.value.is_transient
+    assert len(responses.calls) == 1 and sleeps == []
+
+
+@responses.activate
+def test_post_is_not_retried_on_gateway_errors(http: HttpClient):
+    responses.post(URL, status=502)
+    with pytest.raises(ServiceError):
+        http.post(URL, json={"a": 1})
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_post_is_retried_on_429_because_the_server_did_not_act(http: HttpClient):
+    responses.post(URL, status=429)
+    responses.post(URL, json={"id": 1})
+    assert http.json(http.post(URL, json={"a": 1})) == {"id": 1}
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_idempotent_post_is_retried_on_gateway_errors(http: HttpClient):
+    responses.post(URL, status=503)
+    responses.post(URL, json=[1])
+    assert http.json(http.post(URL, json=[], idempotent=True)) == [1]
+
+
+@responses.activate
+def test_connection_errors_retried_for_reads_not_for_writes(http: HttpClient):
+    responses.get(URL, body=requests.ConnectionError("reset by peer"))
+    responses.get(URL, json=[])
+    assert http.json(http.get(URL)) == []
+    responses.post(URL, body=requests.ConnectionError("reset by peer"))
+    with pytest.raises(requests.ConnectionError):
+        http.post(URL, json={})
+    assert [c.request.method for c in responses.calls] == ["GET", "GET", "POST"]
+
+
+def test_refused_connection_is_retried_even_for_writes(sleeps: list[float]):
+    http = HttpClient(retry=RetryPolicy(max_retries=2, backoff_factor=0), sleep=sleeps.append)
+    with pytest.raises(requests.ConnectionError):
+        http.post("http://127.0.0.1:9/never", json={}, timeout=1)
+    assert len(sleeps) == 2
+
+
+class CountingAuth(requests.auth.AuthBase):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.calls += 1
+        request.headers["X-Attempt"] = str(self.calls)
+        return request
+
+
+@responses.activate
+def test_auth_runs_again_on_every_attempt(http: HttpClient):
+    responses.put(URL, status=503)
+    responses.put(URL, json={})
+    auth = CountingAuth()
+    http.put(URL, json={}, auth=auth)
+    assert auth.calls == 2
+    assert [c.request.headers["X-Attempt"] for c in responses.calls] == ["1", "2"]
+
+
+@responses.activate
+def test_json_body_and_default_timeout_are_sent():
+    seen = {}
+
+    def capture(request):
+        seen["body"] = request.body
+        seen["type"] = request.headers["Content-Type"]
+        return (200, {}, "{}")
+
+    responses.add_callback(responses.POST, URL, callback=capture)
+    session = requests.Session()
+    sent_timeouts = []
+    original_send = session.send
+
+    def send(prepared, **kwargs):
+        sent_timeouts.append(kwargs["timeout"])
+        return original_send(prepared, **kwargs)
+
+    session.send = send  # type: ignore[method-assign]
+    HttpClient(session, timeout=(3, 30)).post(URL, json={"x": np.int64(2)})
+    assert loads(seen["body"]) == {"x": 2}
+    assert seen["type"] == "application/json"
+    assert sent_timeouts == [(3, 30)]
+
+
+def test_redact_url_masks_credentials():
+    url = "https://user:pw@host/p?middle_auth_token=abc&limit=3&X-Amz-Signature=s"
+    redacted = redact_url(url)
+    assert "abc" not in redacted and "pw" not in redacted and "=s" not in redacted
+    assert "limit=3" in redacted and redacted.startswith("https://host/p?")
+
+
+@responses.activate
+def test_service_error_message_never_contains_query_token(http: HttpClient):
+    responses.get(URL, status=403, json={"error": "forbidden"})
+    with pytest.raises(ServiceError) as info:
+        http.get(URL, params={"middle_auth_token": "sekrit"})
+    assert "sekrit" not in str(info.value) and "sekrit" not in info.value.url
+
+
+def test_parse_retry_after_forms():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("garbage") is None
+    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)).strftime(
+        "%a, %d %b %Y %H:%M:%S GMT"
+    )
+    assert 20 < parse_retry_after(future) <= 30
+
+
+def test_retry_policy_validation_and_backoff_growth():
+    with pytest.raises(ValueError, match="max_retries"):
+        RetryPolicy(max_retries=-1)
+    policy = RetryPolicy(backoff_factor=1, jitter=0, backoff_max=10)
+    assert [policy.backoff(i) for i in range(5)] == [1, 2, 4, 8, 10]
+    assert policy.delay(0, "2.5") == 2.5
+
+
+def test_is_transient_classification():
+    assert is_transient(requests.ConnectionError())
+    assert is_transient(requests.ReadTimeout())
+    assert not is_transient(ValueError("bad input"))
+    err = ServiceError(status_code=404, method="GET", url=URL, server_message="nope")
+    assert not is_transient(err)
+    assert is_transient(ServiceError(status_code=503, method="GET", url=URL, server_message=""))
+
+
+def test_dumps_handles_scientific_types():
+    value = {
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        "day": dt.date(2024, 1, 2),
+        "n": np.int64(7),
+        "f": np.float32(1.5),
+        "arr": np.arange(3, dtype=np.uint64),
+        "series": pd.Series([1, 2]),
+        "ts": pd.Timestamp("2024-01-02T03:04:05Z"),
+        "dec": decimal.Decimal("1.25"),
+        "tags": {"a"},
+        "big": np.uint64(2**64 - 1),
+        "na": pd.NA,
+    }
+    assert loads(dumps(value)) == {
+        "id": "12345678-1234-5678-1234-567812345678",
+        "when": "2024-01-02T03:04:05+00:00",
+        "day": "2024-01-02",
+        "n": 7,
+        "f": 1.5,
+        "arr": [0, 1, 2],
+        "series": [1, 2],
+        "ts": "2024-01-02T03:04:05+00:00",
+        "dec": 1.25,
+        "tags": ["a"],
+        "big": 2**64 - 1,
+        "na": None,
+    }
+
+
+def test_dumps_names_the_unserialisable_field():
+    records = [{"a": 1}, {"subject": {"weight": object()}}]
+    with pytest.raises(TypeError, match=r"records\[1\]\.subject\.weight.*object"):
+        dumps(records, what="records")
+
+
+def test_decode_json_raises_requests_error_on_empty_body():
+    response = requests.Response()
+    response._content = b""
+    response.request = requests.Request("GET", URL).prepare()
+    with pytest.raises(requests.JSONDecodeError, match="GET"):
+        decode_json(response)
+
+
+def test_imap_bounded_keeps_order_and_bounds_concurrency():
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.01 * (i % 3))
+        with lock:
+            active -= 1
+        return i * i
+
+    assert list(imap_bounded(work, range(20), max_workers=3)) == [i * i for i in range(20)]
+    assert 1 < peak <= 3
+    assert map_bounded(work, [2, 1], max_workers=1) == [4, 1]
+
+
+def test_imap_bounded_propagates_first_error():
+    def work(i: int) -> int:
+        if i == 2:
+            raise RuntimeError("partition 2 failed")
+        return i
+
+    with pytest.raises(RuntimeError, match="partition 2"):
+        map_bounded(work, range(6), max_workers=2)
