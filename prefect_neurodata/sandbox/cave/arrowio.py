@@ -34,7 +34,9 @@ def _column_meta(field: pa.Field, plain: bool) -> dict[str, object]:
     t = field.type
     meta: dict[str, object] = {"name": field.name, "field_name": field.name, "metadata": None}
     if pa.types.is_timestamp(t):
-        meta.update(pandas_type="datetimetz" if t.tz else "datetime", numpy_type=f"datetime64[{t.unit}]")
+        meta.update(
+            pandas_type="datetimetz" if t.tz else "datetime", numpy_type=f"datetime64[{t.unit}]"
+        )
         if t.tz:
             meta["metadata"] = {"timezone": t.tz}
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -121,7 +123,9 @@ def encode_stream(
             writer.write_batch(batches[0])
         elif batches:
             # One record batch on the wire, as the server's from_pandas produces.
-            writer.write_batch(pa.RecordBatch.from_struct_array(table.to_struct_array().combine_chunks()))
+            writer.write_batch(
+                pa.RecordBatch.from_struct_array(table.to_struct_array().combine_chunks())
+            )
         else:
             writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
     return sink.getvalue().to_pybytes()

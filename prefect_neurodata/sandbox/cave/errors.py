@@ -51,7 +51,7 @@ class CaveHTTPError(Exception):
 
 
 class PCGError(CaveHTTPError):
-    """A PyChunkedGraph error; rendered as ``{"timestamp","duration","code","message","traceback"}``.
+    """A PyChunkedGraph error, rendered as PCG's ``{"timestamp", "code", "message", ...}`` body.
 
     Args:
         status_code: HTTP status (400 for bad input/preconditions, 404 unknown node, 500 ...).

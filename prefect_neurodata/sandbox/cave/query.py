@@ -167,7 +167,11 @@ def _one_filter(src: Source, kind: str, col: str, value: Any) -> Any:
             if pa.types.is_timestamp(column.type):
                 return _COMPARE[kind](column, _as_scalar(value, column.type, kind, col))
             raise bad_request(f"{kind}: column '{col}' is not numeric")
-        scalar = pa.scalar(value) if isinstance(value, float) else _as_scalar(value, column.type, kind, col)
+        scalar = (
+            pa.scalar(value)
+            if isinstance(value, float)
+            else _as_scalar(value, column.type, kind, col)
+        )
         return _COMPARE[kind](column, scalar)
     if kind == "filter_spatial_dict":
         if col not in src.position_bases:
@@ -368,7 +372,9 @@ def join_query(
         raise bad_request(f"column names collide after suffixing: {final}")
 
     def prepared(src: Source, sel: list[str], key: str, tag: str) -> tuple[pa.Table, list[str]]:
-        work = Source(src.name, random_sample(src.table, sample), src.position_bases, src.resolution)
+        work = Source(
+            src.name, random_sample(src.table, sample), src.position_bases, src.resolution
+        )
         t = apply_filters(work, filters[src.name])
         cols: dict[str, Any] = {f"__key{tag}": t.column(key)}
         positions: list[str] = []
@@ -391,9 +397,7 @@ def join_query(
     joined = lt.join(rt, keys="__keyl", right_keys="__keyr", join_type="inner", coalesce_keys=False)
     joined = joined.sort_by("__order")
     if count:
-        return Result(
-            pa.table({"count": pa.array([len(joined)], pa.int64())}), [], names
-        )
+        return Result(pa.table({"count": pa.array([len(joined)], pa.int64())}), [], names)
     joined, warnings = _page(joined, body, limit_size)
     out_cols: list[str] = []
     for src in (left, right):

@@ -36,6 +36,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 CHUNK_ROWS = 262_144
@@ -127,7 +128,8 @@ views = sa.Table(
 class Field:
     """One top-level field of an annotation schema.
 
-    ``kind`` is one of ``bound_point``, ``point``, ``int``, ``float``, ``str``, ``bool``.
+    ``kind`` is one of ``bound_point``, ``point``, ``int``, ``float``, ``str``, ``bool``,
+    ``user`` (an integer filled by the engine with the caller's id).
     """
 
     name: str
@@ -207,6 +209,7 @@ def live_columns(fields: list[Field]) -> list[tuple[str, str]]:
 
 _SQL_TYPES: dict[str, Any] = {
     "int": sa.BigInteger,
+    "user": sa.BigInteger,
     "float": sa.Float,
     "str": sa.Text,
     "bool": sa.Boolean,
@@ -230,7 +233,9 @@ def live_table(table_name: str, fields: list[Field]) -> sa.Table:
             sa.Column("superceded_id", sa.BigInteger, nullable=True),
             sa.Column("valid", sa.Boolean, nullable=False),
         ]
-        cols += [sa.Column(name, _SQL_TYPES[kind], nullable=True) for name, kind in live_columns(fields)]
+        cols += [
+            sa.Column(name, _SQL_TYPES[kind], nullable=True) for name, kind in live_columns(fields)
+        ]
         table = sa.Table(key, md, *cols)
         _table_cache[key] = table
         return table
@@ -241,9 +246,15 @@ def forget_table(table_name: str) -> None:
         _table_cache.pop(sql_name(table_name), None)
 
 
+_ensured: set[int] = set()
+
+
 def ensure_schema(engine: sa.Engine) -> None:
-    """Create the fixed tables (idempotent)."""
+    """Create the fixed tables (idempotent; cheap after the first call per engine)."""
+    if id(engine) in _ensured:
+        return
     metadata.create_all(engine)
+    _ensured.add(id(engine))
 
 
 def utcnow() -> dt.datetime:
@@ -264,7 +275,9 @@ def iso(value: dt.datetime | None) -> str | None:
     return naive_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def table_meta_row(conn: sa.Connection, aligned_volume: str, table_name: str) -> dict[str, Any] | None:
+def table_meta_row(
+    conn: sa.Connection, aligned_volume: str, table_name: str
+) -> dict[str, Any] | None:
     """The metadata row of a not-deleted annotation table, or None."""
     row = (
         conn.execute(
@@ -305,3 +318,62 @@ def public_table_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "write_permission": meta["write_permission"],
         "last_modified": iso(meta["last_modified"]),
     }
+
+
+# --------------------------------------------------------------------------- reading state
+
+
+def read_live_rows(
+    conn: sa.Connection,
+    table_name: str,
+    fields: list[Field],
+    at: dt.datetime | None,
+) -> dict[str, Any]:
+    """Columns of the rows of a live table that were valid at ``at`` (or now), in id order.
+
+    A row was valid at T when it was created at or before T and not deleted (or superseded) by
+    then. Integer columns come back as ``int64`` arrays and float columns as ``float64`` arrays
+    (one bulk ``np.array`` per column group; no per-value Python work), strings and booleans as
+    lists. The reads hold the table's write lock so the column groups are one consistent state.
+    """
+    table = live_table(table_name, fields)
+    kinds = [("id", "int"), *live_columns(fields)]
+    groups: dict[str, list[str]] = {"int": [], "float": [], "obj": []}
+    for name, kind in kinds:
+        if kind in ("int", "sv", "user"):
+            groups["int"].append(name)
+        elif kind in ("pos", "float"):
+            groups["float"].append(name)
+        else:
+            groups["obj"].append(name)
+    cond: Any
+    if at is None:
+        cond = sa.and_(table.c.valid.is_(True), table.c.deleted.is_(None))
+    else:
+        at = naive_utc(at)
+        cond = sa.and_(
+            table.c.created <= at, sa.or_(table.c.deleted.is_(None), table.c.deleted > at)
+        )
+    out: dict[str, Any] = {}
+    with write_lock(table_name):
+        for group, names in groups.items():
+            if not names:
+                continue
+            stmt = sa.select(*[table.c[n] for n in names]).where(cond).order_by(table.c.id)
+            result = conn.execute(stmt)
+            rows = result.cursor.fetchall() if result.cursor is not None else result.all()
+            result.close()
+            out.update(_columns(rows, names, group))
+    return out
+
+
+def _columns(rows: list[Any], names: list[str], group: str) -> dict[str, Any]:
+    if group in ("int", "float"):
+        dtype = np.int64 if group == "int" else np.float64
+        try:
+            arr = np.array(rows, dtype=dtype).reshape(len(rows), len(names))
+            return {n: arr[:, i].copy() for i, n in enumerate(names)}
+        except (TypeError, ValueError):
+            pass  # NULLs in an integer column: fall back to lists (None kept)
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return {n: list(c) for n, c in zip(names, cols, strict=True)}

@@ -203,8 +203,9 @@ class CaveWorld:
             params: The world parameters (seed, size, base timestamp ...).
         """
         with self.lock:
-            cg = ChunkedGraph.build(params, table_id=self.config.pcg_table,
-                                    resolution=self.config.voxel_resolution)
+            cg = ChunkedGraph.build(
+                params, table_id=self.config.pcg_table, resolution=self.config.voxel_resolution
+            )
             with self.engine.begin() as conn:
                 conn.execute(self.ops_table.delete())
                 conn.execute(self.meta_table.delete().where(self.meta_table.c.key == "cg_params"))
@@ -221,7 +222,9 @@ class CaveWorld:
         """Persist a JSON-serialisable value under ``key`` (e.g. the last seed request)."""
         with self.engine.begin() as conn:
             conn.execute(self.meta_table.delete().where(self.meta_table.c.key == key))
-            conn.execute(self.meta_table.insert().values(key=key, value=orjson.dumps(value).decode()))
+            conn.execute(
+                self.meta_table.insert().values(key=key, value=orjson.dumps(value).decode())
+            )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """Read a value stored with :meth:`set_meta`."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -62,11 +63,31 @@ PLATFORMS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ),
     ("SmartSPIM", "SmartSPIM platform", (("Selective plane illumination microscopy", "SPIM"),)),
     ("exaSPIM", "ExaSPIM platform", (("Selective plane illumination microscopy", "SPIM"),)),
-    ("single-plane-ophys", "Single-plane optical physiology", (("Planar optical physiology", "pophys"),)),
-    ("multiplane-ophys", "Multiplane optical physiology", (("Planar optical physiology", "pophys"),)),
-    ("behavior", "Behavior platform", (("Behavior", "behavior"), ("Behavior videos", "behavior-videos"))),
-    ("FIP", "Frame-projected independent-fiber photometry platform", (("Fiber photometry", "fib"),)),
-    ("HCR", "Hybridization chain reaction platform", (("Selective plane illumination microscopy", "SPIM"),)),
+    (
+        "single-plane-ophys",
+        "Single-plane optical physiology",
+        (("Planar optical physiology", "pophys"),),
+    ),
+    (
+        "multiplane-ophys",
+        "Multiplane optical physiology",
+        (("Planar optical physiology", "pophys"),),
+    ),
+    (
+        "behavior",
+        "Behavior platform",
+        (("Behavior", "behavior"), ("Behavior videos", "behavior-videos")),
+    ),
+    (
+        "FIP",
+        "Frame-projected independent-fiber photometry platform",
+        (("Fiber photometry", "fib"),),
+    ),
+    (
+        "HCR",
+        "Hybridization chain reaction platform",
+        (("Selective plane illumination microscopy", "SPIM"),),
+    ),
 )
 PLATFORM_WEIGHTS = np.array([0.28, 0.14, 0.05, 0.12, 0.08, 0.18, 0.1, 0.05])
 PROCESSES = {
@@ -189,13 +210,13 @@ class AssetPlan:
 def sample_sizes(n: int, rng: np.random.Generator) -> np.ndarray:
     """Target JSON sizes (bytes) of ``n`` records.
 
-    Mostly 5-20 KB (log-normal around 9 KB, like a full v1 record with QC), a tail of
-    30-100 KB records (session/rig documents, long processing histories), about 1 % over
+    Mostly 5-20 KB (log-normal around 8 KB; a full v1 record with QC is about 12 KB), a tail of
+    4 % 30-100 KB records (session/rig documents, long processing histories), about 1 % over
     100 KB and a few of 250-400 KB (huge processing parameters), so that every collection of
     20 or more records holds at least one record of over 100 KB.
     """
-    sizes = np.exp(rng.normal(np.log(9_000), 0.45, n))
-    tail = rng.random(n) < 0.06
+    sizes = np.exp(rng.normal(np.log(8_000), 0.4, n))
+    tail = rng.random(n) < 0.04
     sizes[tail] = rng.uniform(30_000, 100_000, int(tail.sum()))
     if n >= 20:
         big = rng.choice(n, size=max(1, n // 100), replace=False)
@@ -282,6 +303,12 @@ class RecordGenerator:
         Returns:
             The records, in creation order.
         """
+        return list(self.iter_generate(n, version=version, stream=stream, force_bucket=force_bucket))
+
+    def iter_generate(
+        self, n: int, *, version: str = "v1", stream: int | None = None, force_bucket: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Like :meth:`generate`, yielding records one by one (lets callers insert as they go)."""
         if version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
         if n < 0:
@@ -289,7 +316,6 @@ class RecordGenerator:
         stream = (1 if version == "v1" else 2) if stream is None else stream
         build = self._v1 if version == "v1" else self._v2
         raws: list[tuple[str, AssetPlan, str]] = []
-        out: list[dict[str, Any]] = []
         for plan in self.plan(n, stream=stream):
             rng = random.Random(plan.rng_seed)
             parent = None
@@ -299,8 +325,7 @@ class RecordGenerator:
             if parent is None:
                 raws.append((rec["name"], plan, rec["subject_id_"]))
             del rec["subject_id_"]
-            out.append(rec)
-        return out
+            yield rec
 
     # ------------------------------------------------------------------ shared pieces
     def _location(self, name: str, plan: AssetPlan, rng: random.Random, force: bool) -> str:
@@ -327,7 +352,9 @@ class RecordGenerator:
             out.append(
                 {
                     "funder": {"name": funder, "abbreviation": abbr},
-                    "grant_number": None if abbr == "AI" else f"1U19NS{rng.randint(100000, 999999)}",
+                    "grant_number": None
+                    if abbr == "AI"
+                    else f"1U19NS{rng.randint(100000, 999999)}",
                     "fundee": ", ".join(rng.sample(PEOPLE, 2)),
                 }
             )
@@ -455,8 +482,10 @@ class RecordGenerator:
             links = [{"Code Ocean": co_ids[0]}]
         else:
             links = {"Code Ocean": co_ids}
-        status = "Missing" if subject is None else rng.choice(
-            ("Valid", "Valid", "Valid", "Valid", "Invalid", "Unknown")
+        status = (
+            "Missing"
+            if subject is None
+            else rng.choice(("Valid", "Valid", "Valid", "Valid", "Invalid", "Unknown"))
         )
         rec: dict[str, Any] = {
             "_id": _uuid4(rng),
@@ -582,7 +611,9 @@ class RecordGenerator:
                 inner.append(
                     {
                         "procedure_type": "Craniotomy",
-                        "craniotomy_type": rng.choice(("Circle", "Visual Cortex", "Whole hemisphere")),
+                        "craniotomy_type": rng.choice(
+                            ("Circle", "Visual Cortex", "Whole hemisphere")
+                        ),
                         "craniotomy_hemisphere": rng.choice(("Left", "Right")),
                         "bregma_to_lambda_distance": None,
                         "craniotomy_size": rng.choice((3, 5)),
@@ -943,9 +974,17 @@ class RecordGenerator:
                         "origin": "Bregma",
                         "axis_unit": "millimeter",
                         "axes": [
-                            {"object_type": "Axis", "name": "AP", "direction": "Posterior_to_anterior"},
+                            {
+                                "object_type": "Axis",
+                                "name": "AP",
+                                "direction": "Posterior_to_anterior",
+                            },
                             {"object_type": "Axis", "name": "ML", "direction": "Left_to_right"},
-                            {"object_type": "Axis", "name": "SI", "direction": "Superior_to_inferior"},
+                            {
+                                "object_type": "Axis",
+                                "name": "SI",
+                                "direction": "Superior_to_inferior",
+                            },
                         ],
                     },
                     "notes": None,
@@ -961,7 +1000,9 @@ class RecordGenerator:
             "_last_modified": _iso_z(modified_dt),
             "subject_id_": sid,
         }
-        self._pad_v2(rec, plan, rng, proc_type, pipeline, name, modalities, created_dt, experimenters)
+        self._pad_v2(
+            rec, plan, rng, proc_type, pipeline, name, modalities, created_dt, experimenters
+        )
         return rec
 
     def _v2_process(

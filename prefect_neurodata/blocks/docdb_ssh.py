@@ -1,0 +1,98 @@
+"""Credential block for direct DocumentDB access through an SSH tunnel.
+
+Example:
+    ```python
+    from prefect_neurodata.blocks import DocumentDbSshCredentials
+
+    block = DocumentDbSshCredentials.load("aind-docdb-ssh")
+    with block.get_client() as client:
+        print(client.collection.count_documents({}))
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefect.blocks.abstract import CredentialsBlock
+from pydantic import Field, SecretStr
+
+from prefect_neurodata.blocks.docdb import AIND_LOGO_URL, DOCS_URL
+
+if TYPE_CHECKING:
+    from prefect_neurodata.clients.aind.document_db_ssh import DocumentDbSSHClient
+
+
+class DocumentDbSshCredentials(CredentialsBlock):
+    """DocumentDB (MongoDB wire) credentials and the SSH bastion that reaches it.
+
+    Attributes:
+        host: DocumentDB host as seen from the SSH server.
+        port: DocumentDB port (also the local end of the tunnel).
+        username: DocumentDB user.
+        password: DocumentDB password.
+        database: Database name.
+        collection: Collection name.
+        ssh_local_bind_address: Local address the tunnel binds.
+        ssh_host: SSH server host.
+        ssh_port: SSH server port.
+        ssh_username: SSH user.
+        ssh_password: SSH password.
+
+    Example:
+        ```python
+        from prefect_neurodata.blocks import DocumentDbSshCredentials
+
+        block = DocumentDbSshCredentials.load("BLOCK_NAME")
+        client = block.get_client()
+        client.start()
+        ```
+    """
+
+    _block_type_name = "AIND DocumentDB SSH Credentials"
+    _block_type_slug = "aind-documentdb-ssh-credentials"
+    _logo_url = AIND_LOGO_URL
+    _documentation_url = DOCS_URL
+    _description = "DocumentDB credentials plus the SSH tunnel used to reach the database."
+
+    host: str = Field(description="DocumentDB host as seen from the SSH server.", title="Host")
+    port: int = Field(default=27017, description="DocumentDB port.", title="Port")
+    username: str = Field(description="DocumentDB user.", title="Username")
+    password: SecretStr = Field(description="DocumentDB password.", title="Password")
+    database: str = Field(
+        default="metadata_index", description="Database name.", title="Database"
+    )
+    collection: str = Field(
+        default="data_assets", description="Collection name.", title="Collection"
+    )
+    ssh_local_bind_address: str = Field(
+        default="localhost",
+        description="Local address the SSH tunnel binds.",
+        title="Local bind address",
+    )
+    ssh_host: str = Field(description="SSH server host.", title="SSH host")
+    ssh_port: int = Field(default=22, description="SSH server port.", title="SSH port")
+    ssh_username: str = Field(description="SSH user.", title="SSH username")
+    ssh_password: SecretStr = Field(description="SSH password.", title="SSH password")
+
+    def get_client(self) -> DocumentDbSSHClient:
+        """Build a ``DocumentDbSSHClient``; call ``start()`` or use it as a context manager."""
+        from prefect_neurodata.clients.aind.document_db_ssh import (
+            DocumentDbSSHClient,
+            DocumentDbSSHCredentials,
+        )
+
+        credentials = DocumentDbSSHCredentials(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            database=self.database,
+            collection=self.collection,
+            ssh_local_bind_address=self.ssh_local_bind_address,
+            ssh_host=self.ssh_host,
+            ssh_port=self.ssh_port,
+            ssh_username=self.ssh_username,
+            ssh_password=self.ssh_password,
+        )
+        return DocumentDbSSHClient(credentials=credentials)

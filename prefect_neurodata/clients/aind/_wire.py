@@ -1,0 +1,153 @@
+"""Wire helpers of the AIND DocDB clients: JSON encoding of records and filters, SigV4 signing.
+
+Kept apart from `document_db` so that `utils` and the tests can use them without a client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import requests
+from botocore.auth import SigV4Auth as _BotocoreSigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.exceptions import NoCredentialsError
+
+from prefect_neurodata.clients import http
+
+GATEWAY_REQUEST_LIMIT = 10 * 1024 * 1024
+"""API Gateway's request payload limit in bytes (10 MB, headers included)."""
+
+HEADER_ALLOWANCE = 16 * 1024
+"""Bytes kept free below `GATEWAY_REQUEST_LIMIT` for the request line and headers."""
+
+MAX_BODY_BYTES = GATEWAY_REQUEST_LIMIT - HEADER_ALLOWANCE
+"""The largest body this package sends to the DocDB gateway."""
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """The string a `datetime` becomes on the wire.
+
+    Timezone-aware values are converted to UTC and written as ISO 8601 with a ``Z`` suffix
+    (``2025-03-17T08:00:00Z``, microseconds only when non-zero); naive values are written as
+    ISO 8601 without an offset (``2024-05-13T22:01:56.035469``).
+
+    Why: DocDB stores ``created``/``last_modified`` as ISO strings, new ones in UTC with ``Z``
+    and old ones naive, and the service compares them as strings. Writing the same shape (a
+    ``T`` separator, UTC, ``Z``) keeps ``{"$gte": datetime(...)}`` filters ordering correctly
+    against stored values, which the official client's ``str(datetime)`` (space separator,
+    ``+00:00``) does not.
+    """
+    if value.tzinfo is not None and value.utcoffset() is not None:
+        utc = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return utc.isoformat() + "Z"
+    return value.isoformat()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return format_datetime(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return http._default(value)
+
+
+def encode(value: Any, *, what: str = "body") -> bytes:
+    """Serialise a record, filter or body to compact UTF-8 JSON.
+
+    UUIDs become their canonical strings, datetimes follow `format_datetime`, dates ISO
+    ``YYYY-MM-DD``, numpy scalars and arrays plain JSON numbers and lists, NaN and infinity
+    ``null`` (JSON has no NaN), and non-string keys strings.
+
+    Args:
+        value: What to serialise.
+        what: The name of ``value`` in error messages (``records[3]``, ``filter_query``).
+
+    Raises:
+        TypeError: A value cannot be serialised; the message names its path, for example
+            ``records[3].subject.weight``.
+    """
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS)
+    except TypeError:
+        # Re-run through the shared encoder only to find and name the offending field.
+        http.dumps(value, what=what)
+        raise
+
+
+def encode_param(value: Any, *, what: str) -> str:
+    """A JSON query-string value (``filter``, ``projection``, ``sort``)."""
+    return encode(value, what=what).decode()
+
+
+def normalise(value: Any, *, what: str = "body") -> Any:
+    """``value`` as plain JSON types (what the server will see), via one encode/decode."""
+    return orjson.loads(encode(value, what=what))
+
+
+class SigV4Auth(requests.auth.AuthBase):
+    """Signs each request with AWS Signature Version 4 for API Gateway (``execute-api``).
+
+    A `requests` auth hook: `HttpClient` runs it again for every retry attempt, so a retried
+    write carries a fresh ``X-Amz-Date`` and signature. Signed headers are exactly
+    ``content-type;host;x-amz-date`` (plus ``x-amz-security-token`` for temporary credentials),
+    the same set the official client signs; the payload hash covers the exact body bytes.
+
+    Args:
+        boto_session: A `boto3.Session`; credentials are read from it at every signing (so
+            refreshed role credentials are used) and its ``region_name`` is the signing region.
+        service: The SigV4 service name.
+        region: Overrides the session's region.
+
+    Raises (when a request is signed, before anything is sent):
+        botocore.exceptions.NoCredentialsError: The session has no credentials.
+        ValueError: No region is configured.
+    """
+
+    def __init__(self, boto_session: Any, service: str = "execute-api", region: str | None = None):
+        self.boto_session = boto_session
+        self.service = service
+        self.region = region
+
+    def __repr__(self) -> str:
+        return f"SigV4Auth(service={self.service!r}, region={self._region()!r})"
+
+    def _region(self) -> str | None:
+        return self.region or getattr(self.boto_session, "region_name", None)
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        credentials = self.boto_session.get_credentials()
+        if credentials is None:
+            raise NoCredentialsError()
+        region = self._region()
+        if not region:
+            raise ValueError(
+                "no AWS region configured for SigV4 signing: set AWS_DEFAULT_REGION or pass "
+                "boto=boto3.Session(region_name=...)"
+            )
+        body = request.body
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        content_type = request.headers.get("Content-Type") or "application/json"
+        aws_request = AWSRequest(
+            method=request.method,
+            url=request.url,
+            data=body or b"",
+            headers={"Content-Type": content_type},
+        )
+        _BotocoreSigV4Auth(credentials.get_frozen_credentials(), self.service, region).add_auth(
+            aws_request
+        )
+        for name in ("Content-Type", "X-Amz-Date", "X-Amz-Security-Token", "Authorization"):
+            if name in aws_request.headers:
+                request.headers[name] = aws_request.headers[name]
+        return request
+
+
+def merged_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers of a JSON write."""
+    return {"Content-Type": "application/json", **(headers or {})}

@@ -1,0 +1,955 @@
+"""Clients of the AIND DocDB REST API (the API Gateway in front of AWS DocumentDB).
+
+Same classes, methods, arguments and defaults as ``aind_data_access_api.document_db``, speaking
+the same wire protocol (``{scheme}://{host}/{version}/{database}/{collection}/{operation}``;
+reads public, writes and admin calls signed with SigV4 for ``execute-api``). What differs:
+
+* every request has a timeout and transient failures (connection errors, 429, 502-504) are
+  retried with backoff; signed requests are re-signed on every attempt (`HttpClient`);
+* ``host`` may carry an ``http://`` or ``https://`` scheme (``https`` when absent);
+* `Client.retrieve_docdb_records` without a ``sort`` pages by ``_id`` ranges fetched
+  concurrently (O(N) work for the server) instead of skip/limit; with a ``sort`` it pages with
+  skip/limit like the official client;
+* `Client.upsert_list_of_docdb_records` sends its chunks concurrently and raises
+  `BulkWriteFailed` naming the ``_id``s that did not land instead of returning unchecked
+  responses;
+* records, ids and filters may hold `uuid.UUID`, `datetime.datetime` (sent as ISO 8601; aware
+  values in UTC with ``Z``, see `_wire.format_datetime`) and numpy values;
+* bad input (a record without ``_id``, an unserialisable value, a record over the gateway's
+  10 MB request limit, a malformed S3 location) raises before any request is sent, naming it.
+
+Example:
+    ```python
+    from prefect_neurodata.clients.aind.document_db import MetadataDbClient
+
+    with MetadataDbClient(host="api.allenneuraldynamics.org", version="v2") as client:
+        count = client._count_records({"subject.subject_id": "731015"})
+        records = client.retrieve_docdb_records(
+            filter_query={"subject.subject_id": "731015"}, projection={"name": 1}
+        )
+    ```
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from prefect_neurodata.clients import http
+from prefect_neurodata.clients.aind import _wire
+from prefect_neurodata.clients.aind.utils import validate_s3_location
+
+if TYPE_CHECKING:
+    import boto3
+
+logger = logging.getLogger("prefect_neurodata.aind.document_db")
+
+_ID_SORT = {"_id": 1}
+_ID_ONLY = {"_id": 1}
+# CPython's sys.getsizeof overhead of a compact ASCII str: the official client measures each
+# record as getsizeof(json string) = len + 49, and chunk boundaries follow that measure.
+_STR_OVERHEAD = 49
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class BulkWriteFailed(requests.HTTPError):
+    """Some chunks of `Client.upsert_list_of_docdb_records` did not land.
+
+    Raised after every chunk was attempted. Upserts are keyed by ``_id``, so calling the method
+    again with the records named in ``failed_ids`` (or with all of them) is safe.
+
+    Attributes:
+        failed_ids: ``_id`` of every record that did not land or could not be confirmed.
+        errors: One exception per failed chunk.
+        responses: The responses of the chunks that succeeded, in chunk order.
+    """
+
+    def __init__(
+        self,
+        failed_ids: list[Any],
+        errors: list[BaseException],
+        responses: list[requests.Response],
+        total: int,
+    ) -> None:
+        self.failed_ids = failed_ids
+        self.errors = errors
+        self.responses = responses
+        shown = ", ".join(repr(i) for i in failed_ids[:20])
+        more = f" and {len(failed_ids) - 20} more" if len(failed_ids) > 20 else ""
+        first = f"; first error: {errors[0]}" if errors else ""
+        super().__init__(
+            f"{len(failed_ids)} of {total} records did not land (_id {shown}{more}){first}",
+            response=getattr(errors[0], "response", None) if errors else None,
+        )
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    """``(scheme, host)`` from a host that may carry an explicit http(s) scheme."""
+    if not isinstance(host, str) or not host.strip("/ "):
+        raise ValueError(f"host must be a non-empty string, got {host!r}")
+    scheme = "https"
+    rest = host.strip()
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"host={host!r}: the scheme must be http:// or https://")
+    rest = rest.strip("/")
+    if not rest:
+        raise ValueError(f"host={host!r} has no host name")
+    return scheme, rest
+
+
+def _with_id(projection: dict | None) -> tuple[dict | None, bool]:
+    """A projection that keeps ``_id`` (keyset paging needs it) and whether to strip it after."""
+    if projection and "_id" in projection and projection["_id"] in (0, False):
+        return {k: v for k, v in projection.items() if k != "_id"}, True
+    return projection, False
+
+
+def _strip_ids(records: list[dict]) -> list[dict]:
+    for record in records:
+        record.pop("_id", None)
+    return records
+
+
+def _and(filter_query: dict | None, condition: dict | None) -> dict:
+    if not condition:
+        return filter_query or {}
+    if not filter_query:
+        return condition
+    return {"$and": [filter_query, condition]}
+
+
+def _comparable(ids: list[Any]) -> bool:
+    """Whether ``_id`` range queries can cover these ids (all strings, or all numbers)."""
+    if all(type(i) is str for i in ids):
+        return True
+    return all(type(i) in (int, float) for i in ids)
+
+
+class Client:
+    """Client of one DocDB collection behind the REST API.
+
+    Args:
+        host: The API host, e.g. ``api.allenneuraldynamics.org``, optionally with a port or a
+            path prefix, and optionally with an ``http://`` or ``https://`` scheme.
+        database: The database name.
+        collection: The collection name.
+        version: The API version segment, ``v1`` (aind-data-schema 1.x records) or ``v2``.
+        boto: The boto3 session whose credentials and region sign writes; the default
+            credential chain when omitted.
+        session: The requests session to send through; a pooled one is created when omitted.
+            It is closed by `close`.
+        timeout: ``(connect, read)`` timeout in seconds for every request.
+        retry: The retry policy for transient failures.
+        max_workers: Requests in flight for concurrent reads and chunked writes.
+
+    Example:
+        ```python
+        client = Client(host="http://127.0.0.1:8000", database="metadata_index",
+                        collection="data_assets")
+        records = client.retrieve_docdb_records(filter_query={"name": "x"}, limit=1)
+        client.close()
+        ```
+    """
+
+    def __init__(
+        self,
+        host: str,
+        database: str,
+        collection: str,
+        version: str = "v1",
+        boto: boto3.session.Session | None = None,
+        session: requests.Session | None = None,
+        *,
+        timeout: http.Timeout = http.DEFAULT_TIMEOUT,
+        retry: http.RetryPolicy | None = None,
+        max_workers: int = 8,
+    ) -> None:
+        self.scheme, self.host = _split_host(host)
+        self.database = database
+        self.collection = collection
+        self.version = version
+        self.timeout = timeout
+        self.retry = retry
+        self.max_workers = max(1, int(max_workers))
+        self._boto = boto
+        self._session = session
+        self._http_client: http.HttpClient | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(host={self.scheme}://{self.host!s}, "
+            f"database={self.database!r}, collection={self.collection!r}, "
+            f"version={self.version!r})"
+        )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def boto(self) -> boto3.session.Session:
+        """Boto3 session (created on first use from the default credential chain)."""
+        if self._boto is None:
+            import boto3
+
+            self._boto = boto3.session.Session()
+        return self._boto
+
+    @property
+    def session(self) -> requests.Session:
+        """Requests session (created on first use)."""
+        with self._lock:
+            if self._session is None:
+                self._session = http.new_session(pool_maxsize=max(10, self.max_workers))
+            return self._session
+
+    @property
+    def _http(self) -> http.HttpClient:
+        session = self.session
+        with self._lock:
+            if self._http_client is None or self._http_client.session is not session:
+                self._http_client = http.HttpClient(session, timeout=self.timeout, retry=self.retry)
+            return self._http_client
+
+    @property
+    def _base_url(self) -> str:
+        return f"{self.scheme}://{self.host}/{self.version}/{self.database}/{self.collection}"
+
+    @property
+    def _version_url(self) -> str:
+        return f"{self.scheme}://{self.host}/{self.version}"
+
+    def _auth(self) -> _wire.SigV4Auth:
+        return _wire.SigV4Auth(self.boto, "execute-api")
+
+    def close(self) -> None:
+        """Close the clients (the requests session, including one passed in)."""
+        if self._session is not None:
+            self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get_json(self, url: str, params: Mapping[str, str] | None) -> Any:
+        response = self._http.request("GET", url, params=params)
+        return http.decode_json(response)
+
+    def _signed(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        *,
+        idempotent: bool,
+    ) -> requests.Response:
+        if body is not None and len(body) > _wire.MAX_BODY_BYTES:
+            raise ValueError(
+                f"{method} {url}: the request body is {len(body):,} bytes, over the gateway's "
+                f"{_wire.GATEWAY_REQUEST_LIMIT:,}-byte request limit"
+            )
+        return self._http.request(
+            method,
+            url,
+            data=body,
+            headers=_JSON_HEADERS,
+            auth=self._auth(),
+            idempotent=idempotent,
+        )
+
+    @staticmethod
+    def _read_params(
+        filter_query: dict | None,
+        projection: dict | None,
+        sort: dict | None,
+        limit: int,
+        skip: int,
+    ) -> dict[str, str]:
+        # Same keys and order as the official client: limit, skip, filter, projection, sort.
+        params = {"limit": str(int(limit)), "skip": str(int(skip))}
+        if filter_query is not None:
+            params["filter"] = _wire.encode_param(filter_query, what="filter_query")
+        if projection is not None:
+            params["projection"] = _wire.encode_param(projection, what="projection")
+        if sort is not None:
+            params["sort"] = _wire.encode_param(sort, what="sort")
+        return params
+
+    # -- raw reads (private in the official client, used by its docs and helpers) --------------
+
+    def _count_records(self, filter_query: dict | None = None) -> dict[str, int]:
+        """``GET .../count_documents``: ``{"total_record_count", "filtered_record_count"}``."""
+        params = None
+        if filter_query is not None:
+            params = {"filter": _wire.encode_param(filter_query, what="filter_query")}
+        return self._get_json(f"{self._base_url}/count_documents", params)
+
+    def _find_records(
+        self,
+        filter_query: dict | None = None,
+        projection: dict | None = None,
+        sort: dict | None = None,
+        limit: int = 0,
+        skip: int = 0,
+    ) -> list[dict]:
+        """``GET .../find``: one page; the server may return fewer than ``limit`` records."""
+        params = self._read_params(filter_query, projection, sort, limit, skip)
+        return self._get_json(f"{self._base_url}/find", params)
+
+    def _get_records(
+        self,
+        filter_query: dict | None = None,
+        projection: dict | None = None,
+        sort: dict | None = None,
+        limit: int = 0,
+        skip: int = 0,
+    ) -> list[dict]:
+        """Legacy ``GET`` of the bare collection URL (413 when the result is too large)."""
+        params = self._read_params(filter_query, projection, sort, limit, skip)
+        return self._get_json(self._base_url, params)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def retrieve_docdb_records(
+        self,
+        filter_query: dict | None = None,
+        projection: dict | None = None,
+        sort: dict | None = None,
+        limit: int = 0,
+        paginate: bool | None = None,
+        paginate_batch_size: int | None = None,
+        paginate_max_iterations: int | None = None,
+    ) -> list[dict]:
+        """Retrieve records as a list of dicts, every matching record exactly once.
+
+        Without ``sort``, records come back in ``_id`` order: a first page is fetched, the
+        ``_id``s of the rest are listed (projection ``{"_id": 1}``), and disjoint ``_id`` ranges
+        are fetched concurrently, each paged by ``_id`` when the server's payload cap cuts a
+        page short. With ``sort``, pages are fetched with skip/limit in the requested order
+        (``skip`` advances by the records actually received).
+
+        Args:
+            filter_query: Filter to apply; None for all records.
+            projection: Subset of fields to return; None for all fields.
+            sort: Sort order, e.g. ``{"created": -1}``; None for ``_id`` order.
+            limit: Maximum number of records; 0 for all.
+            paginate: Deprecated and ignored (pagination is always on).
+            paginate_batch_size: Deprecated and ignored.
+            paginate_max_iterations: Deprecated and ignored.
+
+        Returns:
+            The records.
+
+        Raises:
+            ServiceError: The server answered an error (after retries).
+            TypeError: The filter, projection or sort cannot be serialised.
+        """
+        del paginate, paginate_batch_size, paginate_max_iterations
+        if limit is None:
+            limit = 0
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit!r}")
+        if sort:
+            return self._skip_limit_records(filter_query, projection, sort, limit)
+        return self._keyset_records(filter_query, projection, limit)
+
+    def _skip_limit_records(
+        self, filter_query: dict | None, projection: dict | None, sort: dict, limit: int
+    ) -> list[dict]:
+        records: list[dict] = []
+        skip = 0
+        while True:
+            remaining = limit - len(records) if limit else 0
+            page = self._find_records(filter_query, projection, sort, remaining, skip)
+            logger.debug("(skip=%d, limit=%d): Retrieved %d records", skip, remaining, len(page))
+            if not page:
+                return records
+            records.extend(page)
+            skip += len(page)
+            if limit and len(records) >= limit:
+                return records[:limit]
+
+    def _keyset_pages(
+        self, filter_query: dict | None, projection: dict | None, *, page_size: int = 0
+    ) -> Iterator[list[dict]]:
+        """Pages in ``_id`` order, each request asking for ``_id`` after the last one seen."""
+        projection, strip = _with_id(projection)
+        last: Any = None
+        started = False
+        while True:
+            condition = {"_id": {"$gt": last}} if started else None
+            page = self._find_records(
+                _and(filter_query, condition), projection, _ID_SORT, page_size, 0
+            )
+            if not page:
+                return
+            started = True
+            last = page[-1]["_id"]
+            yield _strip_ids(page) if strip else page
+
+    def _list_ids(self, filter_query: dict | None, after: Any, limit: int) -> list[Any]:
+        ids: list[Any] = []
+        last = after
+        while True:
+            remaining = limit - len(ids) if limit else 0
+            page = self._find_records(
+                _and(filter_query, {"_id": {"$gt": last}}), _ID_ONLY, _ID_SORT, remaining, 0
+            )
+            if not page:
+                return ids
+            ids.extend(record["_id"] for record in page)
+            last = ids[-1]
+            if limit and len(ids) >= limit:
+                return ids[:limit]
+
+    def _fetch_range(
+        self, filter_query: dict | None, projection: dict | None, bounds: tuple[Any, Any]
+    ) -> list[dict]:
+        low, high = bounds
+        records: list[dict] = []
+        condition: dict = {"$gte": low, "$lte": high}
+        while True:
+            page = self._find_records(
+                _and(filter_query, {"_id": condition}), projection, _ID_SORT, 0, 0
+            )
+            if not page:
+                return records
+            records.extend(page)
+            last = page[-1]["_id"]
+            if last == high:
+                return records
+            condition = {"$gt": last, "$lte": high}
+
+    def _keyset_records(
+        self, filter_query: dict | None, projection: dict | None, limit: int
+    ) -> list[dict]:
+        request_projection, strip = _with_id(projection)
+        first = self._find_records(filter_query or {}, request_projection, _ID_SORT, limit, 0)
+        if not first or (limit and len(first) >= limit):
+            first = first[:limit] if limit else first
+            return _strip_ids(first) if strip else first
+
+        # The server cut the first page short (payload cap), or more pages may follow: list the
+        # remaining ids (tiny records) while counting, then fetch id ranges concurrently.
+        after = first[-1]["_id"]
+        remaining = limit - len(first) if limit else 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodata-count") as pool:
+            count_future = pool.submit(self._count_records, filter_query or {})
+            ids = self._list_ids(filter_query, after, remaining)
+            counts = count_future.result()
+        expected = counts.get("filtered_record_count", counts.get("total_record_count", 0))
+        found = len(first) + len(ids)
+        all_ids = [r["_id"] for r in first] + ids
+        if found < (min(expected, limit) if limit else expected) or not _comparable(all_ids):
+            # Some ids cannot be reached by range queries (mixed BSON types): page by skip/limit
+            # over a total order instead, which is slower but complete.
+            logger.info(
+                "keyset paging saw %d of %d records; falling back to skip/limit", found, expected
+            )
+            return self._skip_limit_records(filter_query, projection, _ID_SORT, limit)
+        if not ids:
+            return _strip_ids(first) if strip else first
+
+        # Ranges about the size the server fitted in the first page, so most ranges take one
+        # request, and at least as many ranges as workers.
+        per_range = max(1, min(int(len(first) * 0.8), math.ceil(len(ids) / self.max_workers)))
+        bounds = [
+            (ids[i], ids[min(i + per_range, len(ids)) - 1]) for i in range(0, len(ids), per_range)
+        ]
+        records = first
+        for page in http.imap_bounded(
+            lambda b: self._fetch_range(filter_query, request_projection, b),
+            bounds,
+            self.max_workers,
+        ):
+            records.extend(page)
+        if limit:
+            records = records[:limit]
+        return _strip_ids(records) if strip else records
+
+    def aggregate_docdb_records(self, pipeline: list[dict]) -> list[dict]:
+        """Run a read-only aggregation pipeline (``POST .../aggregate``, unsigned).
+
+        Args:
+            pipeline: The stages, e.g. ``[{"$match": {...}}, {"$count": "n"}]``.
+
+        Returns:
+            The resulting documents.
+        """
+        body = _wire.encode(pipeline, what="pipeline")
+        response = self._http.request(
+            "POST",
+            f"{self._base_url}/aggregate",
+            data=body,
+            headers=_JSON_HEADERS,
+            idempotent=True,
+        )
+        return http.decode_json(response)
+
+    def fetch_records_by_filter_list(
+        self,
+        filter_key: str,
+        filter_values: list[str],
+        projection: dict | None = None,
+        *,
+        chunk_size: int | None = None,
+    ) -> list[dict]:
+        """Records whose ``filter_key`` is one of ``filter_values`` (``$match`` with ``$in``).
+
+        Long value lists are split into chunks of ``chunk_size`` values sent as concurrent
+        aggregations; a chunk whose result the server refuses as too large (413) is halved and
+        retried. Order: the records of each chunk in the server's order, chunks in the order of
+        ``filter_values`` (with a single chunk this is exactly the official client's order). A
+        record matching values of several chunks is returned once (first occurrence).
+
+        Args:
+            filter_key: The field to filter on.
+            filter_values: The values to match (duplicates are ignored).
+            projection: Subset of fields to return; None returns all fields.
+            chunk_size: Values per request; default 500 with a projection, 100 without.
+
+        Returns:
+            The matching records.
+        """
+        values: list[Any] = []
+        seen: set[bytes] = set()
+        for index, value in enumerate(filter_values):
+            key = _wire.encode(value, what=f"filter_values[{index}]")
+            if key not in seen:
+                seen.add(key)
+                values.append(value)
+        if chunk_size is None:
+            chunk_size = 500 if projection else 100
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be > 0, got {chunk_size!r}")
+        request_projection, strip = _with_id(projection) if projection else (None, False)
+        chunks = [values[i : i + chunk_size] for i in range(0, len(values), chunk_size)] or [[]]
+
+        def fetch(chunk: list[Any]) -> list[dict]:
+            return self._match_in(filter_key, chunk, request_projection)
+
+        pages = list(http.imap_bounded(fetch, chunks, self.max_workers))
+        if len(pages) == 1:
+            records = pages[0]
+        else:
+            records, ids = [], set()
+            for page in pages:
+                for record in page:
+                    marker = record.get("_id")
+                    key = _wire.encode(marker) if marker is not None else None
+                    if key is not None and key in ids:
+                        continue
+                    if key is not None:
+                        ids.add(key)
+                    records.append(record)
+        return _strip_ids(records) if strip else records
+
+    def _match_in(self, key: str, values: list[Any], projection: dict | None) -> list[dict]:
+        pipeline: list[dict] = [{"$match": {key: {"$in": values}}}]
+        if projection:
+            pipeline.append({"$project": projection})
+        try:
+            return self.aggregate_docdb_records(pipeline)
+        except http.ServiceError as exc:
+            if exc.status_code != 413 or len(values) < 2:
+                raise
+        half = len(values) // 2
+        return self._match_in(key, values[:half], projection) + self._match_in(
+            key, values[half:], projection
+        )
+
+    # -- writes (signed) ------------------------------------------------------------------
+
+    def insert_one_docdb_record(self, record: dict) -> requests.Response:
+        """Insert one new record (``POST .../insert_one``, signed).
+
+        A record without ``_id`` gets one from the server; such an insert is never retried
+        after it may have reached the server, so it cannot be duplicated.
+
+        Args:
+            record: The record.
+
+        Returns:
+            The response, e.g. ``{"acknowledged": true, "insertedId": ...}``.
+        """
+        if not isinstance(record, Mapping):
+            raise TypeError(f"record must be a dict, got {type(record).__name__}")
+        body = _wire.encode(record, what="record")
+        return self._signed(
+            "POST",
+            f"{self._base_url}/insert_one",
+            body,
+            idempotent=record.get("_id") is not None,
+        )
+
+    def upsert_one_docdb_record(self, record: dict) -> requests.Response:
+        """Upsert one record by ``_id`` (``POST .../update_one`` with ``$set``, signed).
+
+        Keys not in ``record`` are left untouched; dotted keys such as
+        ``"data_description.project_name"`` update nested fields.
+
+        Args:
+            record: The record, with its ``_id``.
+
+        Returns:
+            The response, e.g. ``{"acknowledged": true, "matchedCount": 1, ...}``.
+
+        Raises:
+            ValueError: ``record`` has no ``_id`` (nothing is sent).
+        """
+        if not isinstance(record, Mapping) or record.get("_id") is None:
+            raise ValueError("Record does not have an _id field.")
+        body = _wire.encode(
+            {"filter": {"_id": record["_id"]}, "update": {"$set": record}, "upsert": "True"},
+            what="record",
+        )
+        return self._signed("POST", f"{self._base_url}/update_one", body, idempotent=True)
+
+    def upsert_list_of_docdb_records(
+        self,
+        records: list[dict],
+        max_payload_size: int = 5e6,
+        *,
+        max_workers: int | None = None,
+    ) -> list[requests.Response]:
+        """Upsert many records by ``_id`` with ``bulk_write``, in chunks of bounded size.
+
+        Chunks are packed greedily in record order like the official client: each record
+        counts as the length of its JSON plus 49 bytes, and a record joins the current chunk
+        while the running total stays within ``max_payload_size``; a record larger than that is
+        sent alone. A chunk is also closed before its body would exceed the gateway's 10 MB
+        request limit. Chunks are sent concurrently (upserts keyed by ``_id`` are idempotent,
+        so retries are safe); when some fail, the others still finish and then
+        `BulkWriteFailed` names the records that did not land.
+
+        Args:
+            records: The records, each with an ``_id``.
+            max_payload_size: Chunk size budget in bytes. Default 5e6.
+            max_workers: Chunks in flight; defaults to the client's ``max_workers``.
+
+        Returns:
+            One response per chunk, in chunk order (all successful).
+
+        Raises:
+            ValueError: A record has no ``_id`` or alone exceeds the 10 MB request limit
+                (nothing is sent; the message gives the record's index).
+            TypeError: A value cannot be serialised (nothing is sent; the message names it).
+            BulkWriteFailed: Some chunks failed after retries.
+        """
+        if not records:
+            return []
+        missing = [
+            i
+            for i, record in enumerate(records)
+            if not isinstance(record, Mapping) or record.get("_id") is None
+        ]
+        if missing:
+            shown = ", ".join(f"records[{i}]" for i in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ValueError(f"A record does not have an _id field: {shown}{more}.")
+
+        ops: list[bytes] = []
+        sizes: list[int] = []
+        for index, record in enumerate(records):
+            record_json = _wire.encode(record, what=f"records[{index}]")
+            id_json = _wire.encode(record["_id"], what=f"records[{index}]._id")
+            op = b"".join(
+                (
+                    b'{"UpdateOne":{"filter":{"_id":',
+                    id_json,
+                    b'},"update":{"$set":',
+                    record_json,
+                    b'},"upsert":"True"}}',
+                )
+            )
+            if len(op) + 2 > _wire.MAX_BODY_BYTES:
+                raise ValueError(
+                    f"records[{index}] (_id={record['_id']!r}) is {len(op):,} bytes as an upsert,"
+                    f" over the gateway's {_wire.GATEWAY_REQUEST_LIMIT:,}-byte request limit; "
+                    "nothing was sent"
+                )
+            ops.append(op)
+            sizes.append(len(record_json) + _STR_OVERHEAD)
+
+        chunks = self._chunk(ops, sizes, max_payload_size)
+        url = f"{self._base_url}/bulk_write"
+
+        def send(chunk: list[int]) -> tuple[requests.Response | None, BaseException | None, int]:
+            body = b"[" + b",".join(ops[i] for i in chunk) + b"]"
+            try:
+                response = self._signed("POST", url, body, idempotent=True)
+            except Exception as exc:  # noqa: BLE001 - reported together after all chunks
+                return None, exc, _first_failed(exc, len(chunk))
+            return response, None, len(chunk)
+
+        workers = max(1, max_workers or self.max_workers)
+        if len(chunks) == 1:
+            outcomes = [send(chunks[0])]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="neurodata-upsert") as pool:
+                outcomes = list(pool.map(send, chunks))
+
+        responses: list[requests.Response] = []
+        failed_ids: list[Any] = []
+        errors: list[BaseException] = []
+        for chunk, (response, error, landed) in zip(chunks, outcomes, strict=True):
+            if error is None and response is not None:
+                responses.append(response)
+                continue
+            errors.append(error)  # type: ignore[arg-type]
+            failed_ids.extend(records[i]["_id"] for i in chunk[landed:])
+        if errors:
+            raise BulkWriteFailed(failed_ids, errors, responses, len(records))
+        return responses
+
+    @staticmethod
+    def _chunk(ops: list[bytes], sizes: list[int], max_payload_size: float) -> list[list[int]]:
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        total = 0
+        body = 2
+        for index, size in enumerate(sizes):
+            op_bytes = len(ops[index]) + 1
+            if current and (
+                total + size > max_payload_size or body + op_bytes > _wire.MAX_BODY_BYTES
+            ):
+                chunks.append(current)
+                current, total, body = [], 0, 2
+            current.append(index)
+            total += size
+            body += op_bytes
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def delete_one_record(self, data_asset_record_id: str) -> requests.Response:
+        """Delete one record by ``_id`` (``DELETE .../delete_one``, signed).
+
+        Returns:
+            The response, e.g. ``{"acknowledged": true, "deletedCount": 1}`` (0 when absent).
+        """
+        body = _wire.encode({"filter": {"_id": data_asset_record_id}}, what="data_asset_record_id")
+        return self._signed("DELETE", f"{self._base_url}/delete_one", body, idempotent=True)
+
+    def delete_many_records(self, data_asset_record_ids: list[str]) -> requests.Response:
+        """Delete records by ``_id`` (``DELETE .../delete_many`` with ``$in``, signed).
+
+        Returns:
+            The response, e.g. ``{"acknowledged": true, "deletedCount": 2}``.
+        """
+        body = _wire.encode(
+            {"filter": {"_id": {"$in": list(data_asset_record_ids)}}},
+            what="data_asset_record_ids",
+        )
+        return self._signed("DELETE", f"{self._base_url}/delete_many", body, idempotent=True)
+
+
+def _first_failed(exc: BaseException, chunk_len: int) -> int:
+    """How many leading operations of a failed chunk landed (ordered bulk writes stop at the
+    first write error and report its index); 0 when unknown."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return 0
+    try:
+        body = http.decode_json(response)
+    except (ValueError, requests.JSONDecodeError):
+        return 0
+    errors = body.get("writeErrors") if isinstance(body, dict) else None
+    if not errors:
+        return 0
+    indexes = [e.get("index") for e in errors if isinstance(e, dict)]
+    indexes = [i for i in indexes if isinstance(i, int) and 0 <= i < chunk_len]
+    return min(indexes) if indexes else 0
+
+
+class MetadataDbClient(Client):
+    """Client of the metadata collection, with asset registration, QC and summaries.
+
+    Example:
+        ```python
+        client = MetadataDbClient(host="api.allenneuraldynamics.org", version="v2")
+        client.register_asset("s3://aind-open-data/ecephys_642478_2023-01-17_13-56-29")
+        ```
+    """
+
+    def __init__(
+        self,
+        host: str,
+        database: str = "metadata_index",
+        collection: str = "data_assets",
+        version: str = "v1",
+        boto: boto3.session.Session | None = None,
+        session: requests.Session | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(host, database, collection, version, boto, session, **options)
+
+    def _admin(
+        self, method: str, path: str, payload: Any, *, idempotent: bool, what: str
+    ) -> dict[str, Any]:
+        body = None if payload is None else _wire.encode(payload, what=what)
+        response = self._signed(method, f"{self._version_url}/{path}", body, idempotent=idempotent)
+        return http.decode_json(response)
+
+    def register_asset(self, s3_location: str) -> dict[str, Any]:
+        """Register a data asset in Code Ocean and DocDB from the metadata at ``s3_location``.
+
+        ``POST /{version}/assets/register`` with ``{"s3_location": ...}`` (signed; the server
+        reads the core metadata JSON files at the top level of the location).
+
+        Args:
+            s3_location: ``s3://bucket/prefix`` of the asset (validated first).
+
+        Returns:
+            The registration response, e.g. ``{"message": ..., "registered_co": true,
+            "registered_docdb": true}``.
+        """
+        location = validate_s3_location(s3_location)
+        return self._admin(
+            "POST", "assets/register", {"s3_location": location}, idempotent=False, what="body"
+        )
+
+    def register_co_result(
+        self, s3_location: str, name: str, co_asset_id: str, co_computation_id: str
+    ) -> dict[str, Any]:
+        """Register a Code Ocean result asset and add its metadata to DocDB.
+
+        Args:
+            s3_location: ``s3://bucket/prefix`` of the result.
+            name: The result asset's name.
+            co_asset_id: The Code Ocean asset id.
+            co_computation_id: The Code Ocean computation id.
+
+        Returns:
+            The registration response.
+        """
+        location = validate_s3_location(s3_location)
+        for field, value in (
+            ("name", name),
+            ("co_asset_id", co_asset_id),
+            ("co_computation_id", co_computation_id),
+        ):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+        payload = {
+            "s3_location": location,
+            "name": name,
+            "co_asset_id": co_asset_id,
+            "co_computation_id": co_computation_id,
+        }
+        return self._admin("POST", "assets/register", payload, idempotent=False, what="body")
+
+    def deregister_asset(self, s3_location: str) -> dict[str, Any]:
+        """De-register an asset from Code Ocean and remove its DocDB record.
+
+        ``DELETE /{version}/assets/deregister`` with ``{"s3_location": ...}`` (signed). Not
+        retried once it may have reached the server: a repeated de-registration would fail.
+
+        Args:
+            s3_location: ``s3://bucket/prefix`` of the asset.
+
+        Returns:
+            The response, e.g. ``{"message": ..., "deregistered_co": true,
+            "deregistered_docdb": true}``.
+        """
+        location = validate_s3_location(s3_location)
+        return self._admin(
+            "DELETE", "assets/deregister", {"s3_location": location}, idempotent=False, what="body"
+        )
+
+    def add_qc_evaluation(self, data_asset_id: str, qc_contents: dict[str, Any]) -> dict[str, Any]:
+        """Add QC evaluations (or other QC content) to a data asset.
+
+        ``POST /{version}/add_qc_evaluation`` with ``{**qc_contents, "data_asset_id": id}``
+        (signed). Not retried once it may have reached the server (it appends).
+
+        Args:
+            data_asset_id: The record's ``_id``.
+            qc_contents: For example ``{"qc_evaluation": [<QCEvaluation as JSON>, ...]}``.
+
+        Returns:
+            The response, e.g. ``{"acknowledged": true, "matchedCount": 1}``.
+        """
+        if data_asset_id is None or (isinstance(data_asset_id, str) and not data_asset_id):
+            raise ValueError(f"data_asset_id must be a record _id, got {data_asset_id!r}")
+        if not isinstance(qc_contents, Mapping):
+            raise TypeError(f"qc_contents must be a dict, got {type(qc_contents).__name__}")
+        payload = {**qc_contents, "data_asset_id": data_asset_id}
+        return self._admin(
+            "POST", "add_qc_evaluation", payload, idempotent=False, what="qc_contents"
+        )
+
+    def generate_data_summary(self, record_id: str) -> dict[str, Any]:
+        """Get the generated summary of the record ``record_id`` (``GET
+        /{version}/data_summary/{record_id}``, signed)."""
+        if record_id is None or not str(record_id).strip():
+            raise ValueError(f"record_id must be a record _id, got {record_id!r}")
+        from urllib.parse import quote
+
+        return self._admin(
+            "GET",
+            f"data_summary/{quote(str(record_id), safe='')}",
+            None,
+            idempotent=True,
+            what="record_id",
+        )
+
+
+class SchemaDbClient(Client):
+    """Client of the schemas database."""
+
+    def __init__(
+        self,
+        host: str,
+        collection: str,
+        database: str = "schemas",
+        version: str = "v1",
+        boto: boto3.session.Session | None = None,
+        session: requests.Session | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(host, database, collection, version, boto, session, **options)
+
+    def retrieve_schema_records(
+        self,
+        schema_version: str | None = None,
+        projection: dict | None = None,
+        sort: dict | None = None,
+        limit: int = 0,
+    ) -> list[dict]:
+        """Retrieve schema records (legacy ``GET`` of the collection URL).
+
+        Args:
+            schema_version: Only the schema with this ``_id``; None for all.
+            projection: Subset of fields to return.
+            sort: Sort order.
+            limit: Maximum number of records; 0 for all.
+        """
+        filter_query = {"_id": schema_version} if schema_version else None
+        return self._get_records(filter_query, projection, sort, limit, 0)
+
+
+class AnalysisDbClient(Client):
+    """Client of the analysis database (the same CRUD methods as `Client`)."""
+
+    def __init__(
+        self,
+        host: str,
+        collection: str,
+        database: str = "analysis",
+        version: str = "v1",
+        boto: boto3.session.Session | None = None,
+        session: requests.Session | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(host, database, collection, version, boto, session, **options)

@@ -1,0 +1,246 @@
+"""Connect to the document database (AWS DocumentDB / MongoDB) through an SSH tunnel.
+
+Same classes, fields and defaults as ``aind_data_access_api.document_db_ssh``. Additions, all
+optional: SSH key authentication (``ssh_pkey``), host-key checking (``ssh_host_key`` or
+``ssh_known_hosts``), a configurable local port (``ssh_local_bind_port``; 0 picks a free one),
+and the Mongo authentication mechanism/source. pymongo connects with
+``directConnection=True``, so a server that advertises a replica set cannot lead the driver
+around the tunnel.
+
+Example:
+    ```python
+    from prefect_neurodata.clients.aind.document_db_ssh import (
+        DocumentDbSSHClient, DocumentDbSSHCredentials)
+
+    creds = DocumentDbSSHCredentials.from_secrets_manager("doc_db_secret", "ssh_secret")
+    with DocumentDbSSHClient(creds) as client:
+        print(client.collection.count_documents({}))
+    ```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from prefect_neurodata.clients.aind.credentials import CoreCredentials
+from prefect_neurodata.clients.aind.secrets import get_secret
+
+try:
+    from typing import Self
+except ImportError:  # pragma: no cover - Python 3.10
+    from typing_extensions import Self
+
+logger = logging.getLogger("prefect_neurodata.aind.document_db_ssh")
+
+
+class DocumentDbSSHCredentials(CoreCredentials):
+    """Document store credentials with SSH tunneling (environment prefix ``DOC_DB_``).
+
+    Attributes:
+        host: The document database host as seen from the SSH server.
+        port: Its port (27017).
+        database: Default ``metadata_index``.
+        collection: Default ``data_assets``.
+        ssh_local_bind_address: Local address of the tunnel (``localhost``).
+        ssh_local_bind_port: Local port of the tunnel; None uses ``port`` (as the official
+            client does), 0 picks a free port.
+        ssh_host: The SSH server.
+        ssh_port: Its port (22).
+        ssh_username: The SSH user.
+        ssh_password: The SSH password (optional when ``ssh_pkey`` is given).
+        ssh_pkey: Path of a private key file for SSH key authentication.
+        ssh_pkey_password: Passphrase of that key.
+        ssh_host_key: The SSH server's public key as an OpenSSH ``known_hosts`` line or
+            ``"<type> <base64>"``; the connection fails when the server presents another key.
+        ssh_known_hosts: Path of a ``known_hosts`` file to look the server's key up in.
+        auth_mechanism: Mongo authentication mechanism (``SCRAM-SHA-1`` like DocumentDB).
+        auth_source: Mongo authentication database (``admin``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DOC_DB_",
+        extra="ignore",
+        arbitrary_types_allowed=True,
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    host: str
+    port: int = 27017
+    database: str = "metadata_index"
+    collection: str = "data_assets"
+    ssh_local_bind_address: str = "localhost"
+    ssh_local_bind_port: int | None = None
+    ssh_host: str
+    ssh_port: int = 22
+    ssh_username: str
+    ssh_password: SecretStr | None = None
+    ssh_pkey: str | None = None
+    ssh_pkey_password: SecretStr | None = None
+    ssh_host_key: str | None = None
+    ssh_known_hosts: str | None = None
+    auth_mechanism: str = "SCRAM-SHA-1"
+    auth_source: str = "admin"
+
+    @model_validator(mode="after")
+    def _require_ssh_secret(self) -> Self:
+        if self.ssh_password is None and not self.ssh_pkey:
+            raise ValueError("ssh_password or ssh_pkey must be set for the SSH tunnel")
+        return self
+
+    @classmethod
+    def from_secrets_manager(cls, doc_db_secret_name: str, ssh_secret_name: str) -> Self:
+        """Construct class from AWS Secrets Manager.
+
+        Args:
+            doc_db_secret_name: Secret with the document store credentials (host, port,
+                username, password; other keys are ignored).
+            ssh_secret_name: Secret with the SSH credentials (host, username, password, port);
+                its keys are prefixed with ``ssh_``.
+
+        Returns:
+            The credentials; fields missing from both secrets come from ``DOC_DB_*`` variables.
+        """
+        docdb_secret = get_secret(doc_db_secret_name)
+        ssh_secret = get_secret(ssh_secret_name)
+        ssh_fields = {f"ssh_{key}": value for key, value in ssh_secret.items()}
+        return cls(**{**docdb_secret, **ssh_fields})
+
+
+def _host_key(credentials: DocumentDbSSHCredentials) -> Any:
+    """The paramiko key the SSH server must present, or None when not checked."""
+    import paramiko
+
+    if credentials.ssh_host_key:
+        parts = credentials.ssh_host_key.split()
+        if len(parts) == 2:  # "<type> <base64>" without a host field
+            parts = ["*", *parts]
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(" ".join(parts[:3]))
+        if entry is None or entry.key is None:
+            raise ValueError("ssh_host_key is not a known_hosts line or '<type> <base64>' key")
+        return entry.key
+    if credentials.ssh_known_hosts:
+        path = os.path.expanduser(credentials.ssh_known_hosts)
+        keys = paramiko.HostKeys(path)
+        names = [credentials.ssh_host]
+        if credentials.ssh_port != 22:
+            names.insert(0, f"[{credentials.ssh_host}]:{credentials.ssh_port}")
+        for name in names:
+            found = keys.lookup(name)
+            if found:
+                return next(iter(found.values()))
+        raise ValueError(
+            f"no host key for {names[0]} in {path}: add it (ssh-keyscan) or pass ssh_host_key"
+        )
+    return None
+
+
+class DocumentDbSSHClient:
+    """A pymongo client to the document store through an SSH tunnel.
+
+    Args:
+        credentials: Where and how to connect.
+    """
+
+    def __init__(self, credentials: DocumentDbSSHCredentials) -> None:
+        self.credentials = credentials
+        self.database_name = credentials.database
+        self.collection_name = credentials.collection
+        self._client: Any = None
+        self._ssh_server: Any = None
+
+    def __repr__(self) -> str:
+        c = self.credentials
+        return (
+            f"DocumentDbSSHClient(ssh={c.ssh_username}@{c.ssh_host}:{c.ssh_port}, "
+            f"host={c.host}:{c.port}, collection={c.database}.{c.collection})"
+        )
+
+    @property
+    def collection(self) -> Any:
+        """Collection of metadata records in Document Database."""
+        if self._client is None:
+            raise RuntimeError("the client is not started: call start() or use `with`")
+        return self._client[self.database_name][self.collection_name]
+
+    def _create_ssh_tunnel(self) -> Any:
+        from sshtunnel import SSHTunnelForwarder
+
+        c = self.credentials
+        local_port = c.port if c.ssh_local_bind_port is None else c.ssh_local_bind_port
+        kwargs: dict[str, Any] = {
+            "ssh_address_or_host": (c.ssh_host, c.ssh_port),
+            "ssh_username": c.ssh_username,
+            "remote_bind_address": (c.host, c.port),
+            "local_bind_address": (c.ssh_local_bind_address, local_port),
+            "ssh_host_key": _host_key(c),
+        }
+        if c.ssh_pkey:
+            # Only the given key: no agent, no ~/.ssh keys, so the login is predictable.
+            kwargs.update(
+                ssh_pkey=os.path.expanduser(c.ssh_pkey),
+                allow_agent=False,
+                host_pkey_directories=[],
+            )
+            if c.ssh_pkey_password is not None:
+                kwargs["ssh_private_key_password"] = c.ssh_pkey_password.get_secret_value()
+        if c.ssh_password is not None:
+            kwargs["ssh_password"] = c.ssh_password.get_secret_value()
+        if not c.ssh_pkey:
+            kwargs.update(allow_agent=False, host_pkey_directories=[])
+        return SSHTunnelForwarder(**kwargs)
+
+    def _create_mongo_client(self, port: int) -> Any:
+        from pymongo import MongoClient
+
+        c = self.credentials
+        return MongoClient(
+            host=c.ssh_local_bind_address,
+            port=port,
+            retryWrites=False,
+            directConnection=True,
+            username=c.username,
+            password=c.password.get_secret_value(),
+            authSource=c.auth_source,
+            authMechanism=c.auth_mechanism,
+        )
+
+    def start(self) -> None:
+        """Start the client and SSH tunnel."""
+        self._ssh_server = self._create_ssh_tunnel()
+        try:
+            self._ssh_server.start()
+            self._client = self._create_mongo_client(self._ssh_server.local_bind_port)
+            info = self._client.server_info()
+        except BaseException:
+            self.close()
+            raise
+        c = self.credentials
+        logger.info(
+            "Connected to %s:%s as %s (server version %s)",
+            c.host,
+            c.port,
+            c.username,
+            info.get("version"),
+        )
+
+    def close(self) -> None:
+        """Close the client and SSH tunnel."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._ssh_server is not None:
+            self._ssh_server.stop()
+            self._ssh_server = None
+
+    def __enter__(self) -> DocumentDbSSHClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,737 @@
+"""Base classes, errors and request plumbing shared by every CAVE subclient.
+
+A subclient (chunkedgraph, materialize, annotation, ...) subclasses `ClientBase` (or
+`ClientBaseWithDatastack` / `ClientBaseWithDataset`) and sends every request through
+`ClientBase._request` / `ClientBase._json`, which use ``self._http`` (a shared-core
+`prefect_neurodata.clients.http.HttpClient` over ``self.session``). That gives:
+
+* a timeout on every request, retries of transient failures (connection errors, timeouts, 429,
+  502/503/504) with backoff and jitter, and no blind retry of a non-idempotent POST; pass
+  ``idempotent=True`` for reads sent as POST (``roots_binary``, ``is_latest_roots``, queries)
+  and leave it unset for writes (merge, split, annotation POSTs);
+* ``Authorization: Bearer <token>`` plus the ``middle_auth_token`` cookie on every request of
+  the session (set from ``auth_header``);
+* errors as `ServiceError` (a `requests.HTTPError` with status, URL and the server's message),
+  401/403 as `AuthorizationError` (both a `ServiceError` and an `AuthException`), and a redirect
+  (the server sending us to its login page) as `AuthException`; the token is never part of a
+  message;
+* the server's ``Warning`` headers logged (``log_warning=True``);
+* JSON bodies encoded with orjson (numpy, pandas, datetimes, sets handled) and JSON responses
+  decoded with orjson, so uint64 ids above 2**53 stay exact Python ints.
+
+Version handling:
+
+* `_api_endpoints` negotiates the API version (``api/versions``) and returns the merged
+  endpoint dict used by the factories (``ChunkedGraphClient(...)`` etc.).
+* ``ClientBase.server_version`` is the service's software version (``get_version`` endpoint),
+  fetched lazily on first use and cached; a 404 or a missing endpoint means None.
+* `_check_version_compatibility` guards a method (or some of its keyword arguments) with a
+  server-version or API-version constraint and raises `ServerIncompatibilityError` before the
+  guarded method sends anything.
+
+Example (a minimal subclient):
+    ```python
+    from prefect_neurodata.clients.cave.base import ClientBase, _check_version_compatibility
+
+    class PingClient(ClientBase):
+        @_check_version_compatibility(method_constraint=">=2.0.0")
+        def ping(self, table_id):
+            url = self._endpoints["info"].format_map(
+                {**self.default_url_mapping, "table_id": table_id}
+            )
+            return self._json("GET", url)
+    ```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import requests
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from prefect_neurodata.clients.http import (
+    HttpClient,
+    ServiceError,
+    Timeout,
+    decode_json,
+    loads,
+    new_session,
+    redact_url,
+)
+
+from . import session_config
+
+logger = logging.getLogger("prefect_neurodata.cave")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MISSING: Any = object()
+
+
+class AuthException(Exception):
+    """The CAVE servers refused our credentials, or asked for a login (a redirect)."""
+
+
+class ServerIncompatibilityError(Exception):
+    """The server's software or API version does not support the requested feature.
+
+    Raised before any request of the guarded method is sent.
+    """
+
+
+class AuthorizationError(ServiceError, AuthException):
+    """A 401 or 403 answer: no token, an invalid or expired token, or a missing permission.
+
+    It is both a `ServiceError` (so seed-style ``except requests.HTTPError`` still works and
+    ``.status_code``/``.server_message`` are available) and an `AuthException`.
+
+    Attributes:
+        error_code: The auth server's machine-readable code (``no_token``, ``invalid_token``,
+            ``missing_permission``, ``missing_tos``) or "".
+        hint: What to do about it.
+    """
+
+    def __init__(self, *, error_code: str = "", hint: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error_code = error_code
+        self.hint = hint
+        if hint:
+            self.args = (f"{self.args[0]} -- {hint}",)
+
+
+_AUTH_HINTS: dict[str, str] = {
+    "no_token": (
+        "no token was sent: pass auth_token=..., or save one with client.auth.save_token(...) "
+        "(see client.auth.setup_token())"
+    ),
+    "invalid_token": (
+        "the token is invalid or expired: create a new one (client.auth.setup_token()) "
+        "and save it with client.auth.save_token(..., overwrite=True)"
+    ),
+    "missing_permission": "the token is valid but this user lacks the permission named above",
+}
+
+
+def _auth_error(exc: ServiceError) -> AuthorizationError:
+    """Turn a 401/403 `ServiceError` into an `AuthorizationError` with a hint."""
+    response = exc.response
+    code = ""
+    hint = ""
+    body: Any = None
+    if response is not None and response.content:
+        try:
+            body = loads(response.content)
+        except ValueError:
+            body = None
+    if isinstance(body, dict):
+        code = str(body.get("error") or "")
+        if code == "missing_tos":
+            data = body.get("data") or {}
+            url = data.get("tos_form_url") if isinstance(data, dict) else None
+            hint = "accept the terms of service" + (f" at {url}" if url else "") + " and retry"
+        else:
+            hint = _AUTH_HINTS.get(code, "")
+    if not hint:
+        hint = (
+            "the server refused the credentials (401)"
+            if exc.status_code == 401
+            else "the server refused access (403); check the token's permissions"
+        )
+    return AuthorizationError(
+        status_code=exc.status_code,
+        method=exc.method,
+        url=exc.url,
+        server_message=exc.server_message,
+        reason=exc.reason,
+        attempts=exc.attempts,
+        response=response,
+        error_code=code,
+        hint=hint,
+    )
+
+
+def _check_authorization_redirect(response: requests.Response) -> None:
+    """Raise `AuthException` if ``response`` is (or followed) a redirect.
+
+    The CAVE services answer a request without a usable token by redirecting to the login
+    page; a CAVE API never redirects a successful call.
+    """
+    if response.history or response.is_redirect or 300 <= response.status_code < 400:
+        first = response.history[0] if response.history else response
+        location = first.headers.get("Location", "")
+        request = first.request
+        method = request.method if request is not None else "?"
+        url = redact_url(first.url or (request.url if request is not None else "") or "")
+        target = f" to {redact_url(location).split('?')[0]}" if location else ""
+        raise AuthException(
+            f"{method} {url} was redirected{target}: the server asks for a login, so no valid "
+            "token was sent. Set one up with client.auth.setup_token() and "
+            "client.auth.save_token(...), or pass auth_token=..."
+        )
+
+
+def _log_warnings(response: requests.Response) -> None:
+    warning = response.headers.get("Warning")
+    if warning:
+        logger.warning(warning)
+
+
+def _raise_for_status(response: requests.Response, log_warning: bool = True) -> None:
+    """Raise for an error status (as `ServiceError` / `AuthorizationError`), else log warnings.
+
+    Args:
+        response: A response obtained without `HttpClient`'s own status check.
+        log_warning: Log the server's ``Warning`` header on success.
+    """
+    if response.status_code >= 400:
+        error = ServiceError.from_response(response)
+        if response.status_code in (401, 403):
+            raise _auth_error(error)
+        raise error
+    if log_warning:
+        _log_warnings(response)
+
+
+def handle_response(
+    response: requests.Response, as_json: bool = True, log_warning: bool = True
+) -> Any:
+    """Check a response for errors and return its decoded JSON (or the response itself).
+
+    Args:
+        response: The response.
+        as_json: Return the JSON body (decoded with orjson, so big ints stay exact); if False,
+            return ``response``.
+        log_warning: Log the server's ``Warning`` header.
+
+    Raises:
+        ServiceError: Error status (401/403 as `AuthorizationError`).
+        AuthException: The request was redirected (to a login page).
+    """
+    _raise_for_status(response, log_warning=log_warning)
+    _check_authorization_redirect(response)
+    if as_json:
+        return decode_json(response)
+    return response
+
+
+class BaseEncoder(json.JSONEncoder):
+    """`json.JSONEncoder` for request bodies: numpy/pandas arrays, sets, numpy ints, datetimes.
+
+    The clients themselves send bodies with the shared core's orjson ``dumps``, which encodes
+    the same values; this class exists for users' own ``json.dumps(..., cls=BaseEncoder)``.
+    """
+
+    def default(self, obj: Any) -> Any:
+        """Encode the values the standard encoder does not know."""
+        is_array = isinstance(obj, np.ndarray) or type(obj).__module__.startswith("pandas")
+        if is_array and hasattr(obj, "tolist"):
+            return obj.tolist()
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        if isinstance(obj, np.integer):
+            return int(obj)
+        if isinstance(obj, np.floating):
+            return float(obj)
+        if isinstance(obj, np.bool_):
+            return bool(obj)
+        if isinstance(obj, (dt.datetime, dt.date)):
+            return obj.isoformat()
+        return json.JSONEncoder.default(self, obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# API version negotiation
+# ---------------------------------------------------------------------------------------------
+
+
+def _new_http(
+    auth_header: Mapping[str, str] | None,
+    verify: bool | str = True,
+    max_retries: int | None = None,
+    pool_maxsize: int | None = None,
+    pool_block: bool | None = None,
+) -> HttpClient:
+    """Build the `HttpClient` of one subclient: pooled session, auth header and cookie, retries.
+
+    The token is put into the session's headers and cookie jar, never into a URL.
+    """
+    defaults = session_config.get_session_defaults()
+    pool_maxsize = defaults["pool_maxsize"] if pool_maxsize is None else pool_maxsize
+    pool_block = defaults["pool_block"] if pool_block is None else pool_block
+    session = new_session(pool_maxsize=pool_maxsize, pool_block=pool_block, verify=verify)
+    session_config.patch_session(
+        session, max_retries=max_retries, pool_block=pool_block, pool_maxsize=pool_maxsize
+    )
+    _apply_auth(session, auth_header)
+    return HttpClient(
+        session,
+        timeout=defaults["timeout"],
+        retry=session_config.retry_policy(session_config.session_max_retries(session)),
+    )
+
+
+def _apply_auth(session: requests.Session, auth_header: Mapping[str, str] | None) -> None:
+    """Set (or clear) the Bearer header and the ``middle_auth_token`` cookie of ``session``."""
+    session.headers.pop("Authorization", None)
+    session.cookies.pop("middle_auth_token", None)
+    if not auth_header:
+        return
+    session.headers.update(auth_header)
+    value = auth_header.get("Authorization", "")
+    if value.startswith("Bearer "):
+        session.cookies.set("middle_auth_token", value[len("Bearer ") :])
+
+
+def _api_versions(
+    server_name: str,
+    server_address: str,
+    endpoints_common: Mapping[str, str],
+    auth_header: Mapping[str, str] | None,
+    verify: bool | str = True,
+) -> list[int] | None:
+    """Ask a service which API versions it serves (``get_api_versions``); None if it has no
+    such endpoint."""
+    url_template = endpoints_common.get("get_api_versions")
+    if url_template is None:
+        return None
+    url = url_template.format_map({server_name: server_address})
+    http = _new_http(auth_header, verify=verify)
+    try:
+        response = http.request("GET", url, allow_redirects=False)
+        return [int(v) for v in handle_response(response, as_json=True, log_warning=False)]
+    finally:
+        http.close()
+
+
+def _api_endpoints(
+    api_version: int | str,
+    server_name: str,
+    server_address: str,
+    endpoints_common: Mapping[str, str],
+    endpoint_versions: Mapping[int, Mapping[str, str]],
+    auth_header: Mapping[str, str] | None,
+    fallback_version: int | None = None,
+    verify: bool | str = True,
+) -> tuple[dict[str, str], int]:
+    """Choose the API version and return ``(endpoints, api_version)``.
+
+    With ``api_version="latest"``, the service's ``get_api_versions`` endpoint is asked; the
+    highest version both sides support wins. When the service cannot say, ``fallback_version``
+    (or else the client's highest version) is used.
+
+    Args:
+        api_version: An int, or "latest".
+        server_name: The placeholder key of the server (e.g. ``cg_server_address``).
+        server_address: The server's base URL.
+        endpoints_common: Templates common to every version.
+        endpoint_versions: ``{version: templates}``.
+        auth_header: Headers carrying the token, or None.
+        fallback_version: Version used when negotiation fails.
+        verify: TLS verification.
+
+    Raises:
+        ValueError: No API version is supported by both sides, or an unknown version was asked.
+    """
+    client_versions = set(endpoint_versions)
+    if api_version == "latest":
+        try:
+            server_versions = _api_versions(
+                server_name, server_address, endpoints_common, auth_header, verify=verify
+            )
+        except (requests.RequestException, AuthException, ValueError, TypeError) as exc:
+            logger.debug("API version lookup at %s failed: %s", redact_url(server_address), exc)
+            server_versions = None
+        if server_versions is None:
+            chosen = fallback_version if fallback_version is not None else max(client_versions)
+        else:
+            common = client_versions & set(server_versions)
+            if not common:
+                raise ValueError(
+                    f"no API version in common: the server at {redact_url(server_address)} "
+                    f"offers {sorted(server_versions)}, this client {sorted(client_versions)}"
+                )
+            chosen = max(common)
+    else:
+        chosen = int(api_version)
+    if chosen not in endpoint_versions:
+        raise ValueError(
+            f"api_version={api_version!r} is not supported; choose one of "
+            f"{sorted(client_versions)} or 'latest'"
+        )
+    endpoints = dict(endpoints_common)
+    endpoints.update(endpoint_versions[chosen])
+    return endpoints, chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Version guards
+# ---------------------------------------------------------------------------------------------
+
+
+def _version_fails_constraint(version: Version | None, constraint: str | None) -> bool:
+    """True if ``version`` does not satisfy ``constraint``; an unknown version always fails."""
+    if constraint is None:
+        return False
+    if version is None:
+        return True
+    return version not in SpecifierSet(constraint, prereleases=True)
+
+
+def _check_version_compatibility(
+    method_constraint: str | None = None,
+    kwarg_use_constraints: Mapping[str, str] | None = None,
+    method_api_constraint: str | None = None,
+    kwarg_use_api_constraints: Mapping[str, str] | None = None,
+) -> Callable[[F], F]:
+    """Decorate a client method so it refuses to run against an unsupported server.
+
+    Constraints are PEP 440 specifier strings (e.g. ``">=2.15.0"`` or
+    ``"<3,>=2.18.0"``; several alternatives separated by ``" || "``, any of which may hold).
+    ``method_*`` constraints apply to every call; ``kwarg_use_*`` constraints apply only when
+    the named keyword argument is passed with a value other than None. Server constraints are
+    checked against ``self.server_version`` (unknown = fails), API constraints against
+    ``self.api_version``. `ServerIncompatibilityError` is raised before the method runs, so
+    nothing is sent.
+    """
+
+    def fails(version: Version | None, constraint: str) -> bool:
+        return all(_version_fails_constraint(version, c) for c in constraint.split("||"))
+
+    def decorator(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: ClientBase, *args: Any, **kwargs: Any) -> Any:
+            name = method.__name__
+            if method_constraint is not None:
+                version = self.server_version
+                if fails(version, method_constraint):
+                    raise ServerIncompatibilityError(
+                        f"{type(self).__name__}.{name} needs server version "
+                        f"{method_constraint}, but the server is {version or 'of unknown version'}"
+                    )
+            if method_api_constraint is not None:
+                api = Version(str(self.api_version))
+                if fails(api, method_api_constraint):
+                    raise ServerIncompatibilityError(
+                        f"{type(self).__name__}.{name} needs API version {method_api_constraint}, "
+                        f"but this client uses API version {self.api_version}"
+                    )
+            for kwarg, constraint in (kwarg_use_constraints or {}).items():
+                if kwargs.get(kwarg) is None:
+                    continue
+                version = self.server_version
+                if fails(version, constraint):
+                    raise ServerIncompatibilityError(
+                        f"argument {kwarg}= of {type(self).__name__}.{name} needs server version "
+                        f"{constraint}, but the server is {version or 'of unknown version'}"
+                    )
+            for kwarg, constraint in (kwarg_use_api_constraints or {}).items():
+                if kwargs.get(kwarg) is None:
+                    continue
+                if fails(Version(str(self.api_version)), constraint):
+                    raise ServerIncompatibilityError(
+                        f"argument {kwarg}= of {type(self).__name__}.{name} needs API version "
+                        f"{constraint}, but this client uses API version {self.api_version}"
+                    )
+            return method(self, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+# ---------------------------------------------------------------------------------------------
+# Client bases
+# ---------------------------------------------------------------------------------------------
+
+
+class ClientBase:
+    """Base of every CAVE subclient (seed: ``caveclient.base.ClientBase``).
+
+    Args:
+        server_address: Base URL of the service's server (``http://`` accepted).
+        auth_header: ``{"Authorization": "Bearer <token>"}`` (from
+            ``AuthClient.request_header``) or ``{}``/None for no auth.
+        api_version: The negotiated API version (int).
+        endpoints: The merged URL templates (from `_api_endpoints`).
+        server_name: Placeholder key of the server in the templates (e.g.
+            ``cg_server_address``).
+        verify: TLS verification (True, False or a CA bundle path).
+        max_retries: Retries of transient failures; None uses the session defaults.
+        pool_maxsize: Pooled connections per host; None uses the session defaults.
+        pool_block: Block when the pool is exhausted; None uses the session defaults.
+        over_client: The `CAVEclient` this subclient belongs to (for its timestamp, version,
+            desired resolution and sibling clients), or None.
+
+    Attributes:
+        session: The `requests.Session` (seed compatibility; it carries the auth header and
+            cookie). Requests are sent through ``self._http`` which wraps it.
+    """
+
+    def __init__(
+        self,
+        server_address: str,
+        auth_header: Mapping[str, str] | None,
+        api_version: int,
+        endpoints: Mapping[str, str],
+        server_name: str,
+        verify: bool | str = True,
+        max_retries: int | None = None,
+        pool_maxsize: int | None = None,
+        pool_block: bool | None = None,
+        over_client: Any = None,
+    ) -> None:
+        self._server_address = server_address.rstrip("/") if server_address else server_address
+        self._default_url_mapping: dict[str, Any] = {server_name: self._server_address}
+        self._server_name = server_name
+        self._http = _new_http(
+            auth_header,
+            verify=verify,
+            max_retries=max_retries,
+            pool_maxsize=pool_maxsize,
+            pool_block=pool_block,
+        )
+        self.session = self._http.session
+        self.verify = verify
+        self._api_version = api_version
+        self._endpoints = dict(endpoints)
+        self._fc = over_client
+        self._server_version: Any = _MISSING
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(server_address={self._server_address!r}, "
+            f"api_version={self._api_version!r})"
+        )
+
+    # -- seed properties --------------------------------------------------------------------
+    @property
+    def default_url_mapping(self) -> dict[str, Any]:
+        """Placeholder values for the URL templates (a copy)."""
+        return dict(self._default_url_mapping)
+
+    @property
+    def server_address(self) -> str:
+        """Base URL of the server."""
+        return self._server_address
+
+    @property
+    def api_version(self) -> int:
+        """The negotiated API version."""
+        return self._api_version
+
+    @property
+    def fc(self) -> Any:
+        """The framework client (`CAVEclient`) this subclient belongs to, or None."""
+        return self._fc
+
+    @property
+    def server_version(self) -> Version | None:
+        """The server's software version, fetched on first use; None when unknown."""
+        if self._server_version is _MISSING:
+            self._server_version = self._get_version()
+        return self._server_version
+
+    @staticmethod
+    def raise_for_status(r: requests.Response, log_warning: bool = True) -> None:
+        """Raise `ServiceError` (401/403: `AuthorizationError`) for an error status."""
+        _raise_for_status(r, log_warning=log_warning)
+
+    # -- request plumbing -------------------------------------------------------------------
+    def _url(self, key: str, **values: Any) -> str:
+        """Format the endpoint template ``key`` with the server mapping plus ``values``."""
+        try:
+            template = self._endpoints[key]
+        except KeyError:
+            raise ServerIncompatibilityError(
+                f"{type(self).__name__} with API version {self._api_version} has no "
+                f"endpoint {key!r}"
+            ) from None
+        return template.format_map({**self._default_url_mapping, **values})
+
+    def _set_auth_header(self, auth_header: Mapping[str, str] | None) -> None:
+        """Replace the token used by this client (header and cookie)."""
+        _apply_auth(self.session, auth_header)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        json: Any = _MISSING,
+        data: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        stream: bool = False,
+        timeout: Timeout = _MISSING,
+        log_warning: bool = True,
+    ) -> requests.Response:
+        """Send one request through the shared core and check it like the seed does.
+
+        Args:
+            method: HTTP method.
+            url: Absolute URL (use `_url`).
+            params: Query parameters.
+            json: Body to encode as JSON with orjson (numpy, datetimes, sets handled).
+            data: Raw body (bytes/str); exclusive with ``json``.
+            headers: Extra headers.
+            idempotent: Whether retrying cannot change the outcome. Defaults to True for
+                GET/PUT/DELETE and False for POST: pass True for reads done by POST.
+            stream: Leave the body unread.
+            timeout: Override of the default timeout.
+            log_warning: Log the server's ``Warning`` header.
+
+        Returns:
+            The (successful, non-redirected) response.
+
+        Raises:
+            ServiceError: Error status after retries (`AuthorizationError` for 401/403).
+            AuthException: The server redirected (to its login page).
+        """
+        kwargs: dict[str, Any] = {}
+        if json is not _MISSING:
+            kwargs["json"] = json
+        if timeout is not _MISSING:
+            kwargs["timeout"] = timeout
+        try:
+            response = self._http.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                idempotent=idempotent,
+                stream=stream,
+                allow_redirects=False,
+                **kwargs,
+            )
+        except ServiceError as exc:
+            if exc.status_code in (401, 403):
+                raise _auth_error(exc) from None
+            raise
+        _check_authorization_redirect(response)
+        if log_warning:
+            _log_warnings(response)
+        return response
+
+    def _json(self, method: str, url: str, **kwargs: Any) -> Any:
+        """`_request` and decode the JSON body (orjson: big ints stay exact)."""
+        return decode_json(self._request(method, url, **kwargs))
+
+    def _get_version(self) -> Version | None:
+        """Fetch the server's software version; None if the service has no version endpoint."""
+        template = self._endpoints.get("get_version")
+        if template is None:
+            return None
+        url = template.format_map(self._default_url_mapping)
+        try:
+            value = self._json("GET", url, log_warning=False)
+        except ServiceError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        try:
+            return Version(str(value))
+        except InvalidVersion:
+            logger.warning("server at %s reports an unparsable version", self._server_address)
+            return None
+
+
+class ClientBaseWithDataset(ClientBase):
+    """`ClientBase` bound to a dataset name (legacy services)."""
+
+    def __init__(
+        self,
+        server_address: str,
+        auth_header: Mapping[str, str] | None,
+        api_version: int,
+        endpoints: Mapping[str, str],
+        server_name: str,
+        dataset_name: str | None,
+        verify: bool | str = True,
+        max_retries: int | None = None,
+        pool_maxsize: int | None = None,
+        pool_block: bool | None = None,
+        over_client: Any = None,
+    ) -> None:
+        super().__init__(
+            server_address,
+            auth_header,
+            api_version,
+            endpoints,
+            server_name,
+            verify=verify,
+            max_retries=max_retries,
+            pool_maxsize=pool_maxsize,
+            pool_block=pool_block,
+            over_client=over_client,
+        )
+        self._dataset_name = dataset_name
+
+    @property
+    def dataset_name(self) -> str | None:
+        """The dataset name."""
+        return self._dataset_name
+
+
+class ClientBaseWithDatastack(ClientBase):
+    """`ClientBase` bound to a datastack name (info, materialization)."""
+
+    def __init__(
+        self,
+        server_address: str,
+        auth_header: Mapping[str, str] | None,
+        api_version: int,
+        endpoints: Mapping[str, str],
+        server_name: str,
+        datastack_name: str | None,
+        verify: bool | str = True,
+        max_retries: int | None = None,
+        pool_maxsize: int | None = None,
+        pool_block: bool | None = None,
+        over_client: Any = None,
+    ) -> None:
+        super().__init__(
+            server_address,
+            auth_header,
+            api_version,
+            endpoints,
+            server_name,
+            verify=verify,
+            max_retries=max_retries,
+            pool_maxsize=pool_maxsize,
+            pool_block=pool_block,
+            over_client=over_client,
+        )
+        self._datastack_name = datastack_name
+
+    @property
+    def datastack_name(self) -> str | None:
+        """The datastack name."""
+        return self._datastack_name
+
+
+def _auth_header_of(auth_client: Any) -> dict[str, str]:
+    """The request header of an `AuthClient` (``{}`` for None)."""
+    if auth_client is None:
+        return {}
+    return dict(auth_client.request_header)
+
+
+def _resolve_server_address(server_address: str | None) -> str:
+    """Normalise a server address: default global server, ``https://`` when no scheme."""
+    from . import endpoints as _endpoints
+
+    if not server_address:
+        return _endpoints.default_global_server_address
+    if "://" not in server_address:
+        server_address = "https://" + server_address
+    return server_address.rstrip("/")

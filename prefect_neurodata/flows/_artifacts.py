@@ -1,0 +1,45 @@
+"""Artifacts the AIND flows publish: tables and markdown a person reads instead of logs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
+
+MAX_TABLE_ROWS = 2000
+"""Rows shown in one table artifact; larger tables are cut with a note (the UI chokes)."""
+
+
+def in_flow_run() -> bool:
+    """Whether we run inside a flow run (artifacts need one)."""
+    return FlowRunContext.get() is not None
+
+
+def publish_table(
+    key: str, rows: Sequence[Mapping[str, Any]], description: str
+) -> None:
+    """Publish ``rows`` as a table artifact under ``key`` (kept as versions of that key)."""
+    if not in_flow_run():
+        return
+    shown = [dict(row) for row in rows[:MAX_TABLE_ROWS]]
+    if len(rows) > MAX_TABLE_ROWS:
+        description += f"\n\nShowing the first {MAX_TABLE_ROWS} of {len(rows)} rows."
+    create_table_artifact(table=shown, key=key, description=description)
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """Publish a markdown artifact under ``key``."""
+    if not in_flow_run():
+        return
+    create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+def markdown_counts(title: str, counts: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
+    """A small markdown report: a title, a two-column table of counts, then notes."""
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in counts.items()]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,407 @@
+"""Flow 3: keep S3 asset folders and DocDB records in sync, both ways, and export a summary.
+
+* **S3 -> DocDB**: each asset folder's core JSON files (``subject.json``,
+  ``data_description.json``, ...) are compared with the fields of its DocDB record; only the
+  fields whose file changed are upserted (``bulk_write`` in payload-sized chunks). Unchanged
+  files are recognised without downloading them: their ETag is compared with the MD5 of the
+  record's field in the canonical file form. Folders DocDB does not know are registered
+  (``register_asset``) unless ``register_missing`` is off.
+* **DocDB -> S3**: ``metadata.nd.json`` is written back where it differs from the record.
+* **Lookback**: only files and records changed within ``lookback_days`` are compared.
+* **Vanished prefixes**: records whose folder no longer exists are reported; they are
+  de-registered only when ``deregister_vanished`` is set.
+* **Export**: a flat table, one row per asset, replaces ``export_table`` in Postgres/RDS through
+  the RDS client.
+
+**Resumable.** Work is cut into batches of ``batch_size`` folders (15,000 assets at the default
+500 make 30 batch task runs). Each batch, once done, writes a small marker object under
+``s3://<bucket>/.neurodata/metadata-sync/<sync id>/gen-<n>/``; a ``state.json`` next to them says
+whether generation ``n`` finished. A run that finds an unfinished generation continues it with
+the same lookback cutoff and skips every batch that has a marker; the markers also carry the
+batch's summary rows, so the export after a resume still covers every asset.
+
+Why S3 for the checkpoint rather than a Prefect variable or artifact: it sits next to the data
+it describes, it survives a Prefect server being rebuilt or replaced, each batch writes its own
+object (no read-modify-write race between concurrent batches), and a marker is written by the
+same task, after the batch's last write, so it exists only if the batch's work landed.
+
+Example:
+    ```python
+    from prefect_neurodata.flows.metadata_sync import MetadataSyncRequest, sync_metadata
+
+    summary = sync_metadata(
+        MetadataSyncRequest(bucket="aind-open-data", lookback_days=14),
+        docdb_block="neurodata-docdb",
+        rds_block="neurodata-rds",
+    )
+    print(summary.counts)
+    ```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_aws import AwsCredentials
+from pydantic import BaseModel, Field, field_validator
+
+from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.tasks._common import (
+    bucket_problem,
+    chunks,
+    load_docdb,
+    load_rds,
+)
+from prefect_neurodata.tasks.docdb import deregister_asset_batch, index_locations
+from prefect_neurodata.tasks.rds import export_rows
+from prefect_neurodata.tasks.s3 import (
+    CHECKPOINT_ROOT,
+    canonical_json,
+    list_asset_prefixes,
+    put_bytes,
+    read_json,
+)
+from prefect_neurodata.tasks.sync import sync_metadata_batch
+
+DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
+ARTIFACT_KEY = "metadata-sync"
+
+
+class MetadataSyncRequest(BaseModel):
+    """What to synchronise and how."""
+
+    bucket: str = Field(description="Bucket whose top-level folders are assets.")
+    starts_with: list[str] = Field(
+        default_factory=lambda: [""],
+        description="Only folders whose names start with one of these (all by default).",
+    )
+    lookback_days: float | None = Field(
+        default=14.0,
+        ge=0,
+        description="Compare only files and records changed in this many days (None: all).",
+    )
+    s3_to_docdb: bool = Field(default=True, description="Upsert changed core files to DocDB.")
+    docdb_to_s3: bool = Field(default=True, description="Write metadata.nd.json back to S3.")
+    register_missing: bool = Field(
+        default=True, description="Register folders that have no DocDB record."
+    )
+    deregister_vanished: bool = Field(
+        default=False, description="De-register records whose S3 folder is gone."
+    )
+    export_table: str | None = Field(
+        default="asset_summary",
+        description="Postgres/RDS table replaced by the summary (needs an RDS block).",
+    )
+    batch_size: int = Field(
+        default=500, ge=1, le=5000, description="Asset folders per batch task run."
+    )
+    max_payload_size: int = Field(
+        default=5_000_000, ge=10_000, le=9_000_000, description="bulk_write chunk budget."
+    )
+    max_batches: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop after this many batches; the next run continues (time-boxed runs).",
+    )
+    restart: bool = Field(
+        default=False, description="Ignore an unfinished earlier run and start over."
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_ok(cls, value: str) -> str:
+        problem = bucket_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("starts_with")
+    @classmethod
+    def _starts_ok(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if "/" in item.strip("/") or item.startswith("."):
+                raise ValueError(f"starts_with entries are folder-name starts, got {item!r}")
+        return value or [""]
+
+    @field_validator("export_table")
+    @classmethod
+    def _table_ok(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "a").isalnum():
+            raise ValueError(f"export_table must be letters, digits and _, got {value!r}")
+        return value
+
+
+class MetadataSyncSummary(BaseModel):
+    """What a sync run did."""
+
+    bucket: str
+    sync_id: str
+    generation: int
+    resumed: bool
+    complete: bool
+    cutoff: str | None
+    assets: int
+    batches_run: int
+    batches_skipped: int
+    counts: dict[str, int]
+    vanished: list[str]
+    deregistered: list[str]
+    exported_rows: int
+
+
+def sync_id(block: Any, request: MetadataSyncRequest) -> str:
+    """Identity of a sync configuration: runs with the same one share checkpoints."""
+    key = json.dumps(
+        [
+            block.host,
+            block.version,
+            block.database,
+            block.collection,
+            request.bucket,
+            sorted(request.starts_with),
+            request.s3_to_docdb,
+            request.docdb_to_s3,
+            request.register_missing,
+        ]
+    )
+    return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+class Checkpoint:
+    """Durable progress of one sync configuration in its bucket (see the module docs)."""
+
+    def __init__(self, s3: Any, bucket: str, ident: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.root = f"{CHECKPOINT_ROOT}/metadata-sync/{ident}"
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.s3, self.bucket, f"{self.root}/state.json")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        put_bytes(self.s3, self.bucket, f"{self.root}/state.json", canonical_json(state))
+
+    def marker_key(self, generation: int, prefixes: list[str]) -> str:
+        digest = hashlib.sha1(
+            f"{prefixes[0]}\n{prefixes[-1]}\n{len(prefixes)}".encode(), usedforsecurity=False
+        ).hexdigest()[:20]
+        return f"{self.root}/gen-{generation}/batch-{digest}.json"
+
+    def markers(self, generation: int) -> list[dict[str, Any]]:
+        keys: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.root}/gen-{generation}/"):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return [read_json(self.s3, self.bucket, key) for key in keys]
+
+
+@flow(
+    name="aind-metadata-sync",
+    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    validate_parameters=True,
+)
+def sync_metadata(
+    request: MetadataSyncRequest,
+    docdb_block: str = DEFAULT_DOCDB_BLOCK,
+    aws_block: str | None = None,
+    rds_block: str | None = None,
+) -> MetadataSyncSummary:
+    """Synchronise a bucket's asset folders with DocDB (both ways) and export a summary table.
+
+    Args:
+        request: Bucket, scope, directions, lookback and batching.
+        docdb_block: Name of the saved `DocDbApiCredentials` block.
+        aws_block: Name of an `AwsCredentials` block for S3; defaults to the DocDB block's.
+        rds_block: Name of the saved `RdsCredentials` block; the export is skipped without it.
+
+    Returns:
+        Counts, vanished prefixes and checkpoint information.
+
+    Raises:
+        ValueError: Invalid input (unknown bucket, unloadable blocks), before any write.
+    """
+    logger = get_run_logger()
+    block = load_docdb(docdb_block)
+    s3 = AwsCredentials.load(aws_block) if aws_block else block.aws_credentials
+    rds = load_rds(rds_block) if (rds_block and request.export_table) else None
+    s3_client = s3.get_s3_client()
+    try:
+        s3_client.head_bucket(Bucket=request.bucket)
+    except ClientError as exc:
+        raise ValueError(
+            f"bucket {request.bucket!r} cannot be read: "
+            f"{exc.response.get('Error', {}).get('Code', exc)}"
+        ) from exc
+
+    ident = sync_id(block, request)
+    checkpoint = Checkpoint(s3_client, request.bucket, ident)
+    state = checkpoint.state()
+    resumed = bool(state and state.get("status") == "running" and not request.restart)
+    if resumed:
+        generation, cutoff = int(state["generation"]), state.get("cutoff")
+    else:
+        generation = int(state["generation"]) + 1 if state else 1
+        cutoff = None
+        if request.lookback_days is not None:
+            since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=request.lookback_days)
+            cutoff = since.isoformat()
+    checkpoint.save_state(
+        {
+            "generation": generation,
+            "status": "running",
+            "cutoff": cutoff,
+            "started": (state or {}).get("started") if resumed else _now(),
+            "request": request.model_dump(mode="json"),
+        }
+    )
+
+    prefixes = list_asset_prefixes(s3, request.bucket, request.starts_with)
+    done = checkpoint.markers(generation) if resumed else []
+    done_prefixes = {p for marker in done for p in marker["prefixes"]}
+    remaining = [p for p in prefixes if p not in done_prefixes]
+    batches = list(chunks(remaining, request.batch_size))
+    if request.max_batches is not None:
+        batches = batches[: request.max_batches]
+    logger.info(
+        "sync %s gen %d: %d folders, %d already done, %d batch(es) to run",
+        ident,
+        generation,
+        len(prefixes),
+        len(done_prefixes),
+        len(batches),
+    )
+    options = {
+        "cutoff": cutoff,
+        "s3_to_docdb": request.s3_to_docdb,
+        "docdb_to_s3": request.docdb_to_s3,
+        "register_missing": request.register_missing,
+        "max_payload_size": request.max_payload_size,
+    }
+    futures = [
+        sync_metadata_batch.submit(
+            docdb_block,
+            s3,
+            request.bucket,
+            batch,
+            {**options, "checkpoint_key": checkpoint.marker_key(generation, batch)},
+        )
+        for batch in batches
+    ]
+    results = list(done)
+    for future in as_completed(futures):
+        results.append(future.result())
+
+    complete = request.max_batches is None or len(batches) == len(
+        list(chunks(remaining, request.batch_size))
+    )
+    counts: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    for result in results:
+        for key, value in result["counts"].items():
+            counts[key] = counts.get(key, 0) + value
+        rows.extend(result["rows"])
+        changes.extend(result["changes"])
+
+    vanished: list[str] = []
+    deregistered: list[str] = []
+    exported = 0
+    if complete:
+        s3_locations = {f"s3://{request.bucket}/{p}" for p in prefixes}
+        known: dict[str, str] = {}
+        for start in request.starts_with:
+            known.update(index_locations(docdb_block, request.bucket, start))
+        vanished = sorted(
+            loc
+            for loc in known
+            if loc not in s3_locations and "/" not in loc[len(f"s3://{request.bucket}/") :]
+        )
+        if vanished and request.deregister_vanished:
+            for batch in chunks(vanished, 200):
+                for outcome in deregister_asset_batch(docdb_block, batch):
+                    if outcome["outcome"] == "deregistered":
+                        deregistered.append(outcome["location"])
+        if rds is not None and request.export_table and rows:
+            rows.sort(key=lambda row: row["location"] or "")
+            exported = export_rows(rds, request.export_table, rows)
+        checkpoint.save_state(
+            {
+                "generation": generation,
+                "status": "complete",
+                "cutoff": cutoff,
+                "finished": _now(),
+                "request": request.model_dump(mode="json"),
+            }
+        )
+
+    summary = MetadataSyncSummary(
+        bucket=request.bucket,
+        sync_id=ident,
+        generation=generation,
+        resumed=resumed,
+        complete=complete,
+        cutoff=cutoff,
+        assets=len(prefixes),
+        batches_run=len(batches),
+        batches_skipped=len(done),
+        counts=counts,
+        vanished=vanished,
+        deregistered=deregistered,
+        exported_rows=exported,
+    )
+    _publish(summary, changes, request)
+    return summary
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _publish(
+    summary: MetadataSyncSummary, changes: list[dict[str, Any]], request: MetadataSyncRequest
+) -> None:
+    notes = [
+        f"- sync id `{summary.sync_id}`, generation {summary.generation}"
+        + (" (resumed)" if summary.resumed else ""),
+        f"- lookback cutoff: {summary.cutoff or 'none (everything compared)'}",
+    ]
+    if not summary.complete:
+        notes.append("- **partial run**: the next run continues where this one stopped")
+    if summary.vanished:
+        action = "de-registered" if request.deregister_vanished else "reported only"
+        notes.append(f"- {len(summary.vanished)} vanished prefix(es), {action}:")
+        notes += [f"  - `{loc}`" for loc in summary.vanished[:100]]
+    publish_markdown(
+        f"{ARTIFACT_KEY}-report",
+        markdown_counts(
+            f"Metadata sync of s3://{summary.bucket}",
+            {
+                "asset folders": summary.assets,
+                "batches run / skipped (checkpoint)": f"{summary.batches_run} / "
+                f"{summary.batches_skipped}",
+                **summary.counts,
+                "vanished": len(summary.vanished),
+                "de-registered": len(summary.deregistered),
+                "rows exported": summary.exported_rows,
+            },
+            notes,
+        ),
+        "Metadata sync report",
+    )
+    publish_table(
+        f"{ARTIFACT_KEY}-changes",
+        sorted(changes, key=lambda c: c["location"]),
+        f"{len(changes)} asset(s) changed by this sync.",
+    )

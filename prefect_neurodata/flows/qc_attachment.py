@@ -1,0 +1,312 @@
+"""Flow 2: attach QC evaluations to AIND assets.
+
+Evaluations are aind-data-schema 1.x ``QCEvaluation`` objects for a ``v1`` DocDB block, or 2.x
+``QCMetric`` objects for ``v2``, given in the parameters or as a JSON file (local path or
+``s3://`` URI). Every evaluation is validated (required keys, status values, timestamps) and
+every asset is resolved before the first write; evaluations already attached are skipped, so a
+rerun attaches nothing twice.
+
+Example:
+    ```python
+    from prefect_neurodata.flows.qc_attachment import AssetRef, QcAttachmentRequest, attach_qc
+
+    attach_qc(
+        QcAttachmentRequest(
+            assets=[AssetRef(name="ecephys_642478_2023-01-17_13-56-29")],
+            evaluations_file="s3://aind-open-data/qc/ecephys_642478.json",
+        ),
+        docdb_block="neurodata-docdb",
+    )
+    ```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field, model_validator
+
+from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.tasks._common import chunks, load_docdb
+from prefect_neurodata.tasks.docdb import attach_qc_batch, resolve_assets
+from prefect_neurodata.tasks.s3 import read_json_uri
+
+DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
+ARTIFACT_KEY = "qc-attachment"
+
+STAGES = ("Raw data", "Processing", "Analysis", "Multi-asset")
+STATUSES = ("Pass", "Fail", "Pending")
+V1_REQUIRED = ("modality", "stage", "name", "metrics")
+V2_REQUIRED = ("name", "modality", "stage", "value", "status_history")
+METRIC_REQUIRED = ("name", "value", "status_history")
+STATUS_REQUIRED = ("evaluator", "status", "timestamp")
+
+
+class AssetRef(BaseModel):
+    """One asset, by exactly one of its DocDB id, name or S3 location."""
+
+    id: str | None = Field(default=None, description="DocDB record _id.")
+    name: str | None = Field(default=None, description="Asset name.")
+    location: str | None = Field(default=None, description="s3://bucket/prefix.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AssetRef:
+        given = [k for k in ("id", "name", "location") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"an asset reference needs exactly one of id, name, location; got {given or 'none'}"
+            )
+        return self
+
+
+class QcAttachmentRequest(BaseModel):
+    """Which assets get which QC evaluations (every evaluation goes to every asset)."""
+
+    assets: list[AssetRef] = Field(description="Assets to attach the evaluations to.")
+    evaluations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="QC evaluations (aind-data-schema 1.x) or metrics (2.x) as JSON objects.",
+    )
+    evaluations_file: str | None = Field(
+        default=None,
+        description=(
+            "Path or s3:// URI of a JSON file with a list of evaluations, or an object with an "
+            "'evaluations' (or 'metrics') list."
+        ),
+    )
+    batch_size: int = Field(default=50, ge=1, le=1000, description="Assets per task run.")
+
+
+class QcRow(BaseModel):
+    """Outcome for one asset."""
+
+    asset: str
+    asset_id: str
+    name: str | None = None
+    attached: int
+    skipped: int
+    outcome: str
+    detail: str = ""
+
+
+class QcSummary(BaseModel):
+    """What a QC attachment run did."""
+
+    assets: int
+    evaluations: int
+    attached: int
+    skipped: int
+    failed_assets: int
+    rows: list[QcRow]
+
+
+class QcAttachmentFailed(RuntimeError):
+    """The API rejected some attachments."""
+
+
+def _timestamp_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be an ISO 8601 string, got {value!r}"
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return f"is not an ISO 8601 timestamp: {value!r}"
+    return None
+
+
+def _modality_problem(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("abbreviation"), str):
+        return None
+    return f"must be an object with an 'abbreviation', got {value!r}"[:200]
+
+
+def _history_problems(where: str, history: Any) -> list[str]:
+    if not isinstance(history, list) or not history:
+        return [f"{where}.status_history must be a non-empty list"]
+    problems = []
+    for i, entry in enumerate(history):
+        here = f"{where}.status_history[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{here} must be an object")
+            continue
+        missing = [k for k in STATUS_REQUIRED if k not in entry]
+        if missing:
+            problems.append(f"{here} is missing {', '.join(missing)}")
+            continue
+        if entry["status"] not in STATUSES:
+            problems.append(f"{here}.status must be one of {list(STATUSES)}, got {entry['status']!r}")
+        bad_time = _timestamp_problem(entry["timestamp"])
+        if bad_time:
+            problems.append(f"{here}.timestamp {bad_time}")
+    return problems
+
+
+def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
+    """Every problem with the evaluations, each naming where it is; empty when all are valid.
+
+    Args:
+        evaluations: v1 QC evaluations or v2 QC metrics.
+        version: ``v1`` or ``v2``, the generation of the target collection.
+    """
+    problems: list[str] = []
+    required = V1_REQUIRED if version == "v1" else V2_REQUIRED
+    for index, evaluation in enumerate(evaluations):
+        where = f"evaluations[{index}]"
+        if not isinstance(evaluation, dict):
+            problems.append(f"{where} must be a JSON object")
+            continue
+        label = f"{where} ({evaluation.get('name')!r})" if evaluation.get("name") else where
+        missing = [k for k in required if k not in evaluation]
+        if missing:
+            problems.append(f"{label} is missing required key(s) {', '.join(missing)}")
+            continue
+        if not isinstance(evaluation["name"], str) or not evaluation["name"].strip():
+            problems.append(f"{label}.name must be a non-empty string")
+        if evaluation["stage"] not in STAGES:
+            problems.append(
+                f"{label}.stage must be one of {list(STAGES)}, got {evaluation['stage']!r}"
+            )
+        bad_modality = _modality_problem(evaluation["modality"])
+        if bad_modality:
+            problems.append(f"{label}.modality {bad_modality}")
+        if "created" in evaluation:
+            bad_time = _timestamp_problem(evaluation["created"])
+            if bad_time:
+                problems.append(f"{label}.created {bad_time}")
+        if version == "v1":
+            metrics = evaluation["metrics"]
+            if not isinstance(metrics, list) or not metrics:
+                problems.append(f"{label}.metrics must be a non-empty list")
+                continue
+            for m, metric in enumerate(metrics):
+                here = f"{label}.metrics[{m}]"
+                if not isinstance(metric, dict):
+                    problems.append(f"{here} must be an object")
+                    continue
+                missing = [k for k in METRIC_REQUIRED if k not in metric]
+                if missing:
+                    problems.append(f"{here} is missing required key(s) {', '.join(missing)}")
+                    continue
+                problems.extend(_history_problems(here, metric["status_history"]))
+        else:
+            problems.extend(_history_problems(label, evaluation["status_history"]))
+    return problems
+
+
+def load_evaluations(request: QcAttachmentRequest, aws: Any) -> list[Any]:
+    """The evaluations of the request: inline ones plus those of ``evaluations_file``."""
+    evaluations: list[Any] = list(request.evaluations)
+    if request.evaluations_file:
+        try:
+            document = read_json_uri(request.evaluations_file, aws)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"evaluations_file {request.evaluations_file!r} cannot be read: {exc}"
+            ) from exc
+        except Exception as exc:  # botocore errors: missing key, no such bucket
+            raise ValueError(
+                f"evaluations_file {request.evaluations_file!r} cannot be read: {exc}"
+            ) from exc
+        if isinstance(document, dict):
+            document = document.get("evaluations", document.get("metrics"))
+        if not isinstance(document, list):
+            raise ValueError(
+                f"evaluations_file {request.evaluations_file!r} must hold a list of "
+                "evaluations or an object with an 'evaluations' list"
+            )
+        evaluations.extend(document)
+    return evaluations
+
+
+@flow(
+    name="aind-qc-attachment",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    validate_parameters=True,
+)
+def attach_qc(
+    request: QcAttachmentRequest,
+    docdb_block: str = DEFAULT_DOCDB_BLOCK,
+    aws_block: str | None = None,
+) -> QcSummary:
+    """Validate QC evaluations, resolve the assets, attach what is not attached yet.
+
+    Args:
+        request: Assets and evaluations (inline or from a JSON file).
+        docdb_block: Name of the saved `DocDbApiCredentials` block (its version picks 1.x
+            evaluations or 2.x metrics).
+        aws_block: Name of an `AwsCredentials` block for an ``s3://`` evaluations file;
+            defaults to the DocDB block's.
+
+    Returns:
+        Counts and one row per asset.
+
+    Raises:
+        ValueError: Invalid evaluations or unknown/ambiguous assets, before any write.
+        QcAttachmentFailed: The API rejected some attachments (after the artifact is out).
+    """
+    logger = get_run_logger()
+    block = load_docdb(docdb_block)
+    evaluations = load_evaluations(request, aws_block or block.aws_credentials)
+    if not evaluations:
+        raise ValueError("no QC evaluations given (evaluations and evaluations_file are empty)")
+    if not request.assets:
+        raise ValueError("no assets given")
+    problems = validate_evaluations(evaluations, block.version)
+    if problems:
+        raise ValueError(
+            f"invalid QC evaluation(s) for a {block.version} collection; nothing was written:\n  "
+            + "\n  ".join(problems)
+        )
+    refs = [ref.model_dump(exclude_none=True) for ref in request.assets]
+    resolved = resolve_assets(docdb_block, refs)
+    by_id: dict[str, dict[str, Any]] = {}
+    for item in resolved:
+        by_id.setdefault(item["id"], item)
+    logger.info("attaching %d evaluation(s) to %d asset(s)", len(evaluations), len(by_id))
+
+    assignments = [{"asset_id": asset_id, "evaluations": evaluations} for asset_id in by_id]
+    futures = [
+        attach_qc_batch.submit(docdb_block, batch)
+        for batch in chunks(assignments, request.batch_size)
+    ]
+    rows: list[QcRow] = []
+    for future in futures:
+        for outcome in future.result():
+            asset = by_id[outcome["asset_id"]]
+            rows.append(QcRow(asset=asset["ref"], name=asset["name"], **outcome))
+    summary = QcSummary(
+        assets=len(rows),
+        evaluations=len(evaluations),
+        attached=sum(r.attached for r in rows),
+        skipped=sum(r.skipped for r in rows),
+        failed_assets=sum(r.outcome == "failed" for r in rows),
+        rows=rows,
+    )
+    publish_table(
+        ARTIFACT_KEY,
+        [row.model_dump() for row in rows],
+        f"QC attachment: {summary.attached} attached, {summary.skipped} already attached.",
+    )
+    names = sorted({str(e.get("name")) for e in evaluations if isinstance(e, dict)})
+    publish_markdown(
+        f"{ARTIFACT_KEY}-summary",
+        markdown_counts(
+            "QC attachment",
+            {
+                "assets": summary.assets,
+                "evaluations per asset": summary.evaluations,
+                "attached": summary.attached,
+                "already attached (skipped)": summary.skipped,
+                "failed assets": summary.failed_assets,
+            },
+            ["Evaluations: " + ", ".join(f"`{n}`" for n in names[:50])],
+        ),
+        "QC attachment counts",
+    )
+    if summary.failed_assets:
+        details = "; ".join(f"{r.asset}: {r.detail}" for r in rows if r.outcome == "failed")
+        raise QcAttachmentFailed(f"{summary.failed_assets} asset(s) failed: {details}")
+    return summary

@@ -1,0 +1,235 @@
+"""Flow 1: register new AIND assets from S3 in DocDB (and Code Ocean).
+
+Given S3 locations (or a bucket and asset prefixes), the flow validates every location, checks
+that each asset folder exists and holds its core metadata files, skips what DocDB already has,
+registers the rest in batches (``register_asset``, or ``register_co_result`` for Code Ocean
+results) and publishes a table of location, outcome and record id. All validation happens
+before the first write, and a rerun registers nothing twice.
+
+Example:
+    ```python
+    from prefect_neurodata.flows.registration import RegistrationRequest, register_assets
+
+    summary = register_assets(
+        RegistrationRequest(locations=["s3://aind-open-data/ecephys_1_2024-01-01_10-00-00"]),
+        docdb_block="neurodata-docdb",
+    )
+    print(summary.registered)
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field, field_validator
+
+from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.tasks._common import (
+    bucket_problem,
+    chunks,
+    prefix_problem,
+    validate_locations,
+)
+from prefect_neurodata.tasks.docdb import lookup_locations, register_asset_batch
+from prefect_neurodata.tasks.s3 import inspect_asset_folders
+
+DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
+ARTIFACT_KEY = "asset-registration"
+
+
+class CodeOceanResult(BaseModel):
+    """A Code Ocean result asset to register with ``register_co_result``."""
+
+    s3_location: str = Field(description="s3://bucket/prefix of the result.")
+    name: str = Field(min_length=1, description="Name of the result asset.")
+    co_asset_id: str = Field(min_length=1, description="Code Ocean asset id.")
+    co_computation_id: str = Field(min_length=1, description="Code Ocean computation id.")
+
+
+class RegistrationRequest(BaseModel):
+    """What to register. Give locations, or a bucket and asset prefixes, or both."""
+
+    locations: list[str] = Field(
+        default_factory=list, description="Asset locations, s3://bucket/prefix."
+    )
+    bucket: str | None = Field(default=None, description="Bucket of the prefixes below.")
+    prefixes: list[str] = Field(
+        default_factory=list, description="Asset prefixes (folders) in the bucket."
+    )
+    code_ocean_results: list[CodeOceanResult] = Field(
+        default_factory=list, description="Code Ocean result assets."
+    )
+    required_files: list[str] = Field(
+        default_factory=lambda: ["data_description.json"],
+        description="Core metadata files each (non Code Ocean) asset folder must contain.",
+    )
+    batch_size: int = Field(
+        default=50, ge=1, le=1000, description="Assets registered per task run."
+    )
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes_need_bucket(cls, value: list[str], info: Any) -> list[str]:
+        if value and not info.data.get("bucket"):
+            raise ValueError("prefixes were given without a bucket")
+        return value
+
+
+class RegistrationRow(BaseModel):
+    """Outcome for one location."""
+
+    location: str
+    outcome: str
+    record_id: str | None = None
+    detail: str = ""
+
+
+class RegistrationSummary(BaseModel):
+    """What a registration run did."""
+
+    requested: int
+    registered: int
+    already_registered: int
+    failed: int
+    rows: list[RegistrationRow]
+
+
+class RegistrationFailed(RuntimeError):
+    """Some assets could not be registered (non-transient errors, e.g. rejected metadata)."""
+
+
+def _collect(request: RegistrationRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """All items to register, validated; raises ValueError naming every bad input."""
+    problems: list[str] = []
+    raw: list[str] = list(request.locations)
+    if request.bucket:
+        bad = bucket_problem(request.bucket)
+        if bad:
+            problems.append(f"bucket: {bad}")
+        for index, prefix in enumerate(request.prefixes):
+            bad_prefix = prefix_problem(prefix)
+            if bad_prefix:
+                problems.append(f"prefixes[{index}]: {bad_prefix}")
+            raw.append(f"s3://{request.bucket}/{prefix.strip('/')}")
+    if problems:
+        raise ValueError("invalid registration request:\n  " + "\n  ".join(problems))
+    items: dict[str, dict[str, Any]] = {}
+    for location in validate_locations(raw):
+        items.setdefault(location.uri, {"location": location.uri})
+    co_uris = validate_locations([r.s3_location for r in request.code_ocean_results])
+    for result, location in zip(request.code_ocean_results, co_uris, strict=True):
+        items[location.uri] = {
+            "location": location.uri,
+            "name": result.name,
+            "co_asset_id": result.co_asset_id,
+            "co_computation_id": result.co_computation_id,
+        }
+    if not items:
+        raise ValueError("nothing to register: give locations, bucket + prefixes, or results")
+    plain = [uri for uri, item in items.items() if not item.get("co_asset_id")]
+    return list(items.values()), plain
+
+
+@flow(
+    name="aind-asset-registration",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    validate_parameters=True,
+)
+def register_assets(
+    request: RegistrationRequest,
+    docdb_block: str = DEFAULT_DOCDB_BLOCK,
+    aws_block: str | None = None,
+) -> RegistrationSummary:
+    """Register AIND assets that are in S3 but not yet in DocDB.
+
+    Args:
+        request: Locations (or bucket + prefixes) and Code Ocean results to register.
+        docdb_block: Name of the saved `DocDbApiCredentials` block.
+        aws_block: Name of an `AwsCredentials` block for S3; defaults to the DocDB block's.
+
+    Returns:
+        Counts and one row per location.
+
+    Raises:
+        ValueError: Invalid input (bad location, missing folder or core files), before any
+            write; the message names every problem.
+        RegistrationFailed: The API rejected some registrations (after the artifact is out).
+    """
+    logger = get_run_logger()
+    items, plain = _collect(request)
+    aws = aws_block or _nested_aws(docdb_block)
+
+    # Check every asset folder before the first write.
+    files: dict[str, list[str] | None] = {}
+    for batch in chunks(plain, 500):
+        files.update(inspect_asset_folders(aws, batch))
+    problems = []
+    for location in plain:
+        present = files.get(location)
+        if present is None:
+            problems.append(f"{location}: no such folder in S3")
+            continue
+        missing = [name for name in request.required_files if name not in present]
+        if missing:
+            problems.append(f"{location}: missing core metadata file(s) {', '.join(missing)}")
+    if problems:
+        raise ValueError(
+            "cannot register; nothing was written:\n  " + "\n  ".join(problems)
+        )
+
+    known = lookup_locations(docdb_block, [item["location"] for item in items])
+    rows = [
+        RegistrationRow(location=loc, outcome="already registered", record_id=record_id)
+        for loc, record_id in known.items()
+    ]
+    todo = [item for item in items if item["location"] not in known]
+    logger.info("%d to register, %d already in DocDB", len(todo), len(known))
+    futures = [
+        register_asset_batch.submit(docdb_block, batch)
+        for batch in chunks(todo, request.batch_size)
+    ]
+    for future in futures:
+        rows.extend(RegistrationRow(**row) for row in future.result())
+    rows.sort(key=lambda row: row.location)
+
+    summary = RegistrationSummary(
+        requested=len(items),
+        registered=sum(r.outcome == "registered" for r in rows),
+        already_registered=sum(r.outcome == "already registered" for r in rows),
+        failed=sum(r.outcome == "failed" for r in rows),
+        rows=rows,
+    )
+    publish_table(
+        ARTIFACT_KEY,
+        [row.model_dump() for row in rows],
+        f"Asset registration: {summary.registered} registered, "
+        f"{summary.already_registered} already registered, {summary.failed} failed.",
+    )
+    publish_markdown(
+        f"{ARTIFACT_KEY}-summary",
+        markdown_counts(
+            "Asset registration",
+            {
+                "requested": summary.requested,
+                "registered": summary.registered,
+                "already registered": summary.already_registered,
+                "failed": summary.failed,
+            },
+            [f"- `{r.location}`: {r.detail}" for r in rows if r.outcome == "failed"][:50],
+        ),
+        "Registration counts",
+    )
+    if summary.failed:
+        failed = ", ".join(r.location for r in rows if r.outcome == "failed")
+        raise RegistrationFailed(f"{summary.failed} registration(s) failed: {failed}")
+    return summary
+
+
+def _nested_aws(docdb_block: str) -> Any:
+    """The DocDB block's own AWS credentials (loaded once in the flow, passed as a block)."""
+    from prefect_neurodata.tasks._common import load_docdb
+
+    return load_docdb(docdb_block).aws_credentials

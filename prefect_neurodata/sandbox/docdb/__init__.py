@@ -1,0 +1,1 @@
+"""DocDB REST API stand-in (see ``app.py``)."""

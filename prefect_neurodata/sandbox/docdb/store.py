@@ -1,0 +1,449 @@
+"""MongoDB side of the DocDB stand-in: reads under a byte budget and Node-driver-shaped writes.
+
+Everything here is synchronous (pymongo) and runs in a worker thread of the ASGI app.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import pymongo
+from bson import Decimal128, ObjectId
+from bson.errors import BSONError
+from pymongo import (
+    DeleteMany,
+    DeleteOne,
+    InsertOne,
+    ReplaceOne,
+    UpdateMany,
+    UpdateOne,
+)
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+
+from prefect_neurodata.sandbox.docdb.errors import ApiError, bad_request, gateway, mongo_error
+
+_ORJSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+# Databases the gateway exposes; `v2` maps each to "<db>_v2" (the docs name the v2 metadata
+# database `metadata_index_v2`, while the client keeps sending `metadata_index`).
+DATABASES = ("metadata_index", "schemas", "analysis")
+READ_ONLY_FORBIDDEN_STAGES = ("$out", "$merge")
+
+INDEXES = {
+    "v1": (
+        "name",
+        "location",
+        "created",
+        "last_modified",
+        "subject.subject_id",
+        "data_description.project_name",
+        "data_description.modality.abbreviation",
+    ),
+    "v2": (
+        "name",
+        "location",
+        "_last_modified",
+        "subject.subject_id",
+        "data_description.project_name",
+        "data_description.modalities.abbreviation",
+    ),
+}
+STAMP_FIELD = {"v1": "last_modified", "v2": "_last_modified"}
+
+
+def database_name(version: str, db: str) -> str:
+    """Physical database behind ``/{version}/{db}``."""
+    return db if version == "v1" else f"{db}_v2"
+
+
+def now_iso() -> str:
+    """UTC now as ISO 8601 with ``Z`` (the format of new records' timestamps)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _default(value: Any) -> Any:
+    # What the Node Lambda's JSON.stringify would give for BSON types pymongo can return.
+    if isinstance(value, ObjectId | uuid.UUID | Decimal128):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    """orjson encoding used for every response body."""
+    return orjson.dumps(value, default=_default, option=_ORJSON_OPTS)
+
+
+class PageTooLarge(Exception):
+    """A single document (or a whole unpaged result) exceeds the page budget."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def too_large(cap: int) -> ApiError:
+    """413 for a response that cannot fit the gateway's payload cap."""
+    return gateway(
+        413, f"Response payload size exceeded maximum allowed payload size ({cap} bytes)."
+    )
+
+
+def encode_capped(docs: Iterable[dict], cap: int, *, short_pages: bool) -> tuple[bytes, int]:
+    """Encode ``docs`` as a JSON array no larger than ``cap`` bytes.
+
+    Each document is encoded exactly once; the array's size is the sum of the parts plus
+    brackets and commas, so no second pass is needed.
+
+    Returns:
+        ``(body, count)``. With ``short_pages`` the array stops before the first document that
+        would overflow (a short page); otherwise overflow raises.
+
+    Raises:
+        PageTooLarge: the first document alone overflows, or ``short_pages`` is False and the
+            whole result overflows.
+    """
+    parts: list[bytes] = []
+    size = 2  # "[" and "]"
+    for doc in docs:
+        part = dumps(doc)
+        extra = len(part) + (1 if parts else 0)
+        if size + extra > cap:
+            if parts and short_pages:
+                break
+            raise PageTooLarge(size + extra)
+        parts.append(part)
+        size += extra
+    return b"[" + b",".join(parts) + b"]", len(parts)
+
+
+class Store:
+    """pymongo access for the stand-in (collections cached, page-size estimates kept)."""
+
+    def __init__(self, uri: str) -> None:
+        kwargs: dict[str, Any] = {"uuidRepresentation": "standard"}
+        # Loopback SecantusDB advertises a replica set; talk to the given host itself.
+        if "directconnection" not in uri.lower() and not uri.startswith("mongodb+srv"):
+            hosts = uri.split("://", 1)[-1].split("/", 1)[0]
+            if "," not in hosts:
+                kwargs["directConnection"] = True
+        self.client: pymongo.MongoClient = pymongo.MongoClient(uri, **kwargs)
+        self._collections: dict[tuple[str, str, str], Collection] = {}
+        self._avg_size: dict[tuple, float] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the MongoDB client."""
+        self.client.close()
+
+    def ping(self) -> None:
+        """Raise if MongoDB is unreachable."""
+        self.client.admin.command("ping")
+
+    def collection(self, version: str, db: str, coll: str) -> Collection:
+        """Collection behind ``/{version}/{db}/{coll}``."""
+        key = (version, db, coll)
+        found = self._collections.get(key)
+        if found is None:
+            found = self.client[database_name(version, db)][coll]
+            self._collections[key] = found
+        return found
+
+    def ensure_indexes(self) -> None:
+        """Create the production indexes of the metadata collections (idempotent)."""
+        for version, fields in INDEXES.items():
+            coll = self.collection(version, "metadata_index", "data_assets")
+            for name in fields:
+                coll.create_index([(name, pymongo.ASCENDING)])
+
+    # -- reads ---------------------------------------------------------------------------------
+    def find_page(
+        self,
+        coll: Collection,
+        *,
+        filter: dict,
+        projection: dict | None,
+        sort: list[tuple[str, Any]] | None,
+        limit: int,
+        skip: int,
+        cap: int,
+        short_pages: bool,
+    ) -> tuple[bytes, int]:
+        """One ``find`` answer under the byte cap (see :func:`encode_capped`)."""
+        key = (coll.full_name, orjson.dumps(projection) if projection else b"")
+        avg = self._avg_size.get(key)
+        # Fetch about one page worth of documents per batch: a default 16 MB batch would make
+        # the database produce (and pymongo decode) documents the page then throws away.
+        batch = 101 if avg is None else max(1, min(int(cap / avg * 1.1) + 1, 10_000))
+        if limit:
+            batch = min(batch, limit)
+        cursor = coll.find(
+            filter,
+            projection or None,
+            sort=sort or None,
+            skip=skip,
+            limit=limit,
+            batch_size=batch,
+        )
+        try:
+            body, count = encode_capped(cursor, cap, short_pages=short_pages)
+        finally:
+            cursor.close()
+        if count:
+            with self._lock:
+                self._avg_size[key] = (len(body) - 2) / count
+        return body, count
+
+    def count(self, coll: Collection, filter: dict | None) -> dict[str, int]:
+        """``count_documents`` answer."""
+        total = coll.count_documents({})
+        filtered = total if not filter else coll.count_documents(filter)
+        return {"total_record_count": total, "filtered_record_count": filtered}
+
+    def aggregate(self, coll: Collection, pipeline: list, cap: int) -> bytes:
+        """Run a read-only pipeline; the whole result must fit ``cap``."""
+        for stage in pipeline:
+            for name in stage:
+                if name in READ_ONLY_FORBIDDEN_STAGES:
+                    raise bad_request(
+                        f"Pipeline stage {name} is not allowed: aggregations are read-only."
+                    )
+        with coll.aggregate(pipeline) as cursor:
+            body, _ = encode_capped(cursor, cap, short_pages=False)
+        return body
+
+
+def run_mongo(fn, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` translating MongoDB failures into the Lambda's 400 answers."""
+    try:
+        return fn(*args, **kwargs)
+    except BulkWriteError:
+        raise
+    except OperationFailure as exc:
+        details = exc.details or {}
+        raise mongo_error(str(details.get("errmsg") or exc), exc.code) from None
+    except (BSONError, TypeError, ValueError) as exc:
+        raise mongo_error(str(exc), None, "MongoInvalidArgumentError") from None
+    except PyMongoError as exc:
+        raise gateway(502, "Internal server error") from exc
+
+
+# -- writes ------------------------------------------------------------------------------------
+def parse_upsert(value: Any, where: str) -> bool:
+    """The client sends ``"True"`` (a string); booleans and ``"False"`` are accepted too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise bad_request(f'{where}: \'upsert\' must be true/false or "True"/"False", got {value!r}')
+
+
+def stamp_update(update: Any, field: str | None, stamp: str, where: str) -> Any:
+    """Validate an update document and add the server's modification stamp."""
+    if isinstance(update, list):
+        if not all(isinstance(stage, dict) for stage in update) or not update:
+            raise mongo_error(
+                f"{where}: an update pipeline must be a non-empty array of stages", None
+            )
+        return [*update, {"$set": {field: stamp}}] if field else update
+    if not isinstance(update, dict) or not update:
+        raise mongo_error(
+            f"{where}: Update document requires atomic operators", None, "MongoInvalidArgumentError"
+        )
+    for key in update:
+        if not key.startswith("$"):
+            raise mongo_error(
+                f"{where}: Update document requires atomic operators (got key {key!r})",
+                None,
+                "MongoInvalidArgumentError",
+            )
+    if field is None:
+        return update
+    update = dict(update)
+    set_doc = update.get("$set", {})
+    if not isinstance(set_doc, dict):
+        raise mongo_error(f"{where}: $set must be an object, got {set_doc!r}")
+    update["$set"] = {**set_doc, field: stamp}
+    return update
+
+
+def _require_object(value: Any, name: str, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise bad_request(f"{where}: '{name}' must be a JSON object, got {value!r}")
+    return value
+
+
+def _check_keys(body: dict, required: set[str], optional: set[str], where: str) -> None:
+    missing = sorted(required - set(body))
+    if missing:
+        raise bad_request(f"{where}: missing required field(s) {missing}")
+    unknown = sorted(set(body) - required - optional)
+    if unknown:
+        raise bad_request(
+            f"{where}: unknown field(s) {unknown}; allowed: {sorted(required | optional)}"
+        )
+
+
+def insert_one(coll: Collection, doc: Any, field: str | None) -> dict:
+    """``insert_one``: the body is the record; a missing ``_id`` gets a UUID4 string."""
+    doc = _require_object(doc, "body", "insert_one")
+    doc = dict(doc)
+    if "_id" not in doc or doc["_id"] is None:
+        doc["_id"] = str(uuid.uuid4())
+    if field:
+        doc[field] = now_iso()
+    result = run_mongo(coll.insert_one, doc)
+    return {"acknowledged": True, "insertedId": result.inserted_id}
+
+
+def update_one(coll: Collection, body: Any, field: str | None) -> dict:
+    """``update_one`` with ``{"filter", "update", "upsert"?}``."""
+    body = _require_object(body, "body", "update_one")
+    _check_keys(body, {"filter", "update"}, {"upsert", "arrayFilters"}, "update_one")
+    filt = _require_object(body["filter"], "filter", "update_one")
+    upsert = parse_upsert(body.get("upsert", False), "update_one")
+    update = stamp_update(body["update"], field, now_iso(), "update_one")
+    kwargs: dict[str, Any] = {"upsert": upsert}
+    if "arrayFilters" in body:
+        kwargs["array_filters"] = body["arrayFilters"]
+    result = run_mongo(coll.update_one, filt, update, **kwargs)
+    return {
+        "acknowledged": True,
+        "modifiedCount": result.modified_count,
+        "upsertedId": result.upserted_id,
+        "upsertedCount": 1 if result.upserted_id is not None else 0,
+        "matchedCount": result.matched_count,
+    }
+
+
+def delete(coll: Collection, body: Any, many: bool) -> dict:
+    """``delete_one`` / ``delete_many`` with ``{"filter"}``."""
+    where = "delete_many" if many else "delete_one"
+    body = _require_object(body, "body", where)
+    _check_keys(body, {"filter"}, set(), where)
+    filt = _require_object(body["filter"], "filter", where)
+    fn = coll.delete_many if many else coll.delete_one
+    result = run_mongo(fn, filt)
+    return {"acknowledged": True, "deletedCount": result.deleted_count}
+
+
+_BULK_NAMES = {
+    "insertone": "insertOne",
+    "updateone": "updateOne",
+    "updatemany": "updateMany",
+    "replaceone": "replaceOne",
+    "deleteone": "deleteOne",
+    "deletemany": "deleteMany",
+}
+
+
+def _bulk_op(index: int, item: Any, field: str | None, stamp: str) -> Any:
+    where = f"bulk_write operation [{index}]"
+    if not isinstance(item, dict) or len(item) != 1:
+        raise bad_request(
+            f"{where}: must be an object with exactly one key among {sorted(_BULK_NAMES.values())}"
+            f" (e.g. UpdateOne), got {item!r}"[:500]
+        )
+    ((name, spec),) = item.items()
+    kind = _BULK_NAMES.get(name.lower())
+    if kind is None:
+        raise bad_request(
+            f"{where}: unknown operation {name!r}; allowed: {sorted(_BULK_NAMES.values())}"
+        )
+    spec = _require_object(spec, name, where)
+    if kind == "insertOne":
+        _check_keys(spec, {"document"}, set(), where)
+        doc = dict(_require_object(spec["document"], "document", where))
+        if doc.get("_id") is None:
+            doc["_id"] = str(uuid.uuid4())
+        if field:
+            doc[field] = stamp
+        return InsertOne(doc)
+    if kind in ("updateOne", "updateMany"):
+        _check_keys(spec, {"filter", "update"}, {"upsert", "arrayFilters"}, where)
+        filt = _require_object(spec["filter"], "filter", where)
+        update = stamp_update(spec["update"], field, stamp, where)
+        upsert = parse_upsert(spec.get("upsert", False), where)
+        cls = UpdateOne if kind == "updateOne" else UpdateMany
+        return cls(filt, update, upsert=upsert, array_filters=spec.get("arrayFilters"))
+    if kind == "replaceOne":
+        _check_keys(spec, {"filter", "replacement"}, {"upsert"}, where)
+        filt = _require_object(spec["filter"], "filter", where)
+        replacement = dict(_require_object(spec["replacement"], "replacement", where))
+        if any(k.startswith("$") for k in replacement):
+            raise mongo_error(
+                f"{where}: Replacement document must not contain atomic operators",
+                None,
+                "MongoInvalidArgumentError",
+            )
+        if field:
+            replacement[field] = stamp
+        return ReplaceOne(filt, replacement, upsert=parse_upsert(spec.get("upsert", False), where))
+    _check_keys(spec, {"filter"}, set(), where)
+    filt = _require_object(spec["filter"], "filter", where)
+    return DeleteOne(filt) if kind == "deleteOne" else DeleteMany(filt)
+
+
+def _bulk_shape(raw: dict, inserted: list[dict]) -> dict:
+    return {
+        "ok": 1,
+        "writeErrors": [
+            {"index": e.get("index"), "code": e.get("code"), "errmsg": e.get("errmsg")}
+            for e in raw.get("writeErrors", [])
+        ],
+        "insertedIds": inserted,
+        "nInserted": raw.get("nInserted", 0),
+        "nUpserted": raw.get("nUpserted", 0),
+        "nMatched": raw.get("nMatched", 0),
+        "nModified": raw.get("nModified", 0),
+        "nRemoved": raw.get("nRemoved", 0),
+        "upserted": [{"index": u["index"], "_id": u["_id"]} for u in raw.get("upserted", [])],
+    }
+
+
+def bulk_write(coll: Collection, body: Any, field: str | None) -> tuple[int, dict]:
+    """Ordered ``bulk_write`` of Node-driver operations; returns ``(status, result)``.
+
+    On a write error the batch stops (ordered, like the driver's default) and the answer is a
+    400 whose body still carries the counts and the failing ``index``, so a caller knows exactly
+    which operations landed.
+    """
+    if not isinstance(body, list):
+        raise bad_request(
+            f"bulk_write: body must be a JSON array of operations, got {body!r}"[:500]
+        )
+    if not body:
+        raise mongo_error(
+            "Invalid BulkOperation, Batch cannot be empty", None, "MongoInvalidArgumentError"
+        )
+    stamp = now_iso()
+    ops = [_bulk_op(i, item, field, stamp) for i, item in enumerate(body)]
+    inserted = [
+        {"index": i, "_id": op._doc["_id"]} for i, op in enumerate(ops) if isinstance(op, InsertOne)
+    ]
+    try:
+        result = run_mongo(coll.bulk_write, ops, ordered=True)
+    except BulkWriteError as exc:
+        raw = exc.details
+        errors = raw.get("writeErrors") or [{}]
+        stop = errors[0].get("index", len(ops))
+        # Ordered: only operations before the first failing one were applied.
+        shape = _bulk_shape(raw, [d for d in inserted if d["index"] < stop])
+        first = shape["writeErrors"][0] if shape["writeErrors"] else {}
+        shape = {
+            "error": "MongoBulkWriteError",
+            "detail": first.get("errmsg", "bulk write failed"),
+            **shape,
+        }
+        return 400, shape
+    return 200, _bulk_shape(result.bulk_api_result, inserted)

@@ -1,0 +1,44 @@
+"""Prefect tasks over the AIND RDS (Postgres/Redshift) tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+
+from prefect_neurodata.blocks.rds import RdsCredentials
+from prefect_neurodata.tasks._common import (
+    TASK_RETRIES,
+    TASK_RETRY_DELAYS,
+    load_rds,
+)
+
+
+@task(
+    name="export-rds-table",
+    tags=["rds", "write"],
+    retries=TASK_RETRIES,
+    retry_delay_seconds=TASK_RETRY_DELAYS,
+    cache_policy=NONE,
+)
+def export_rows(rds: str | RdsCredentials, table: str, rows: list[dict[str, Any]]) -> int:
+    """Replace ``table`` with ``rows`` (one row per asset); a rerun writes the same table.
+
+    Args:
+        rds: RDS block or its name.
+        table: Table name.
+        rows: Flat dicts with the same keys.
+
+    Returns:
+        The number of rows written.
+
+    Example:
+        ```python
+        export_rows("neurodata-rds", "asset_summary", [{"id": "a", "name": "x"}])
+        ```
+    """
+    frame = pd.DataFrame.from_records(rows)
+    load_rds(rds).get_client().overwrite_table_with_df(frame, table)
+    return len(frame)

@@ -1,0 +1,202 @@
+"""S3 helpers and tasks for AIND asset folders (``s3://bucket/<asset>/<core>.json``).
+
+The plain functions take a boto3 S3 client; the tasks take an `AwsCredentials` block (or its
+name) and build the client themselves, so no live client or secret crosses a task boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect_aws import AwsCredentials
+
+from prefect_neurodata.clients.http import map_bounded
+from prefect_neurodata.tasks._common import (
+    TASK_RETRIES,
+    TASK_RETRY_DELAYS,
+    load_aws,
+    parse_s3_location,
+)
+
+S3_THREADS = 8
+"""Concurrent S3 requests inside one task."""
+
+CHECKPOINT_ROOT = ".neurodata"
+"""Top-level folder of a bucket reserved for this package's checkpoints (never an asset)."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The byte form of JSON files this package writes to S3.
+
+    Indented, key-sorted UTF-8 (the AIND indexer's convention), so a file's MD5, which is its
+    ETag for single-part uploads, tells whether its content equals a DocDB value without
+    downloading it.
+    """
+    return json.dumps(value, indent=3, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+def md5_hex(data: bytes) -> str:
+    """Hex MD5 of ``data`` (comparable to a single-part upload's ETag)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def etag(obj: dict[str, Any]) -> str:
+    """The ETag of a listed object without quotes."""
+    return str(obj.get("ETag", "")).strip('"')
+
+
+def s3_client(aws: str | AwsCredentials | None) -> Any:
+    """A (cached) boto3 S3 client from an `AwsCredentials` block or its name."""
+    return load_aws(aws).get_s3_client()
+
+
+def list_prefixes(s3: Any, bucket: str, starts_with: str = "") -> list[str]:
+    """Sorted top-level asset folders of ``bucket`` whose names start with ``starts_with``.
+
+    Folders whose name starts with ``.`` (e.g. this package's checkpoints) are left out.
+    """
+    found: list[str] = []
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=starts_with.lstrip("/"), Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            prefix = common["Prefix"].rstrip("/")
+            if not prefix.rsplit("/", 1)[-1].startswith("."):
+                found.append(prefix)
+    return sorted(found)
+
+
+def list_folder_files(
+    s3: Any, bucket: str, prefixes: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Files directly inside each folder of ``prefixes``, with ETag, size and LastModified.
+
+    One ranged listing over the sorted prefixes instead of one request per folder: a batch of
+    500 asset folders costs a handful of requests.
+
+    Returns:
+        ``{prefix: {file name: listing entry}}``; folders with no objects map to ``{}``.
+    """
+    wanted = sorted(set(prefixes))
+    result: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in wanted}
+    if not wanted:
+        return result
+    last_block = wanted[-1] + "/"
+    kwargs: dict[str, Any] = {"Bucket": bucket, "StartAfter": wanted[0]}
+    if "/" in wanted[0]:
+        common = wanted[0].rsplit("/", 1)[0] + "/"
+        if all(p.startswith(common) for p in wanted):
+            kwargs["Prefix"] = common
+    while True:
+        page = s3.list_objects_v2(**kwargs)
+        done = False
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if key > last_block and not key.startswith(last_block):
+                done = True
+                break
+            folder, _, name = key.rpartition("/")
+            if folder in result:
+                result[folder][name] = obj
+        if done or not page.get("IsTruncated"):
+            return result
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        kwargs.pop("StartAfter", None)
+
+
+def read_json(s3: Any, bucket: str, key: str) -> Any:
+    """Download and parse one JSON object."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return json.loads(body)
+
+
+def read_json_uri(uri: str, aws: str | AwsCredentials | None = None) -> Any:
+    """Parse a JSON document from ``s3://bucket/key`` or a local path."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise ValueError(f"{uri!r} is not an S3 object URI (expected s3://bucket/key)")
+        return read_json(s3_client(aws), bucket, key)
+    with open(uri.removeprefix("file://"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def put_bytes(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    """Upload one object (JSON content type)."""
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/json")
+
+
+def folder_files(s3: Any, bucket: str, prefix: str) -> list[str] | None:
+    """Names of the files directly inside one folder; None if the folder has no objects."""
+    page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", Delimiter="/", MaxKeys=1000)
+    files = [obj["Key"].rsplit("/", 1)[-1] for obj in page.get("Contents", [])]
+    if not files and not page.get("CommonPrefixes"):
+        return None
+    return sorted(files)
+
+
+@task(
+    name="inspect-asset-folders",
+    tags=["s3"],
+    retries=TASK_RETRIES,
+    retry_delay_seconds=TASK_RETRY_DELAYS,
+    cache_policy=NONE,
+)
+def inspect_asset_folders(
+    aws: str | AwsCredentials | None, locations: list[str]
+) -> dict[str, list[str] | None]:
+    """List the files at the top of each asset folder (one task for a batch of folders).
+
+    Args:
+        aws: `AwsCredentials` block or its name.
+        locations: ``s3://bucket/prefix`` locations (already validated).
+
+    Returns:
+        ``{location: sorted file names}``, None for folders that do not exist.
+
+    Example:
+        ```python
+        files = inspect_asset_folders("my-aws", ["s3://aind-open-data/ecephys_1_2024-01-01_00-00-00"])
+        ```
+    """
+    s3 = s3_client(aws)
+
+    def one(location: str) -> list[str] | None:
+        parsed = parse_s3_location(location)
+        try:
+            return folder_files(s3, parsed.bucket, parsed.prefix)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                return None
+            raise
+
+    return dict(zip(locations, map_bounded(one, locations, S3_THREADS), strict=True))
+
+
+@task(
+    name="list-asset-prefixes",
+    tags=["s3"],
+    retries=TASK_RETRIES,
+    retry_delay_seconds=TASK_RETRY_DELAYS,
+    cache_policy=NONE,
+)
+def list_asset_prefixes(
+    aws: str | AwsCredentials | None, bucket: str, starts_with: Iterable[str] = ("",)
+) -> list[str]:
+    """Sorted top-level asset folders of ``bucket`` whose names start with any of ``starts_with``.
+
+    Example:
+        ```python
+        prefixes = list_asset_prefixes("my-aws", "aind-open-data")
+        ```
+    """
+    s3 = s3_client(aws)
+    found: set[str] = set()
+    for start in starts_with:
+        found.update(list_prefixes(s3, bucket, start))
+    return sorted(found)
