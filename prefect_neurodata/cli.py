@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -65,8 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         # A group without a subcommand: show that group's help (or the top-level one).
         if args.group:
-            build_parser([args.group]).parse_args([args.group, "--help"])
-        parser.print_help()
+            with contextlib.suppress(SystemExit):
+                build_parser([args.group]).parse_args([args.group, "--help"])
+        else:
+            parser.print_help()
         return 2
     return int(func(args) or 0)
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-import pytest
 import responses
-
-from prefect_neurodata.clients.cave import session_config
 
 GLOBAL = "https://global.test"
 LOCAL = "https://local.test"
@@ -73,31 +69,6 @@ def assert_auth(call: Any, token: str = TOKEN) -> None:
     headers = call.request.headers
     assert headers["Authorization"] == f"Bearer {token}"
     assert f"middle_auth_token={token}" in headers.get("Cookie", "")
-
-
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    """A strict ``responses`` mock: unexpected requests fail, every registered one is used."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture(autouse=True)
-def fast_retries() -> Iterator[None]:
-    """Tiny backoffs so retry tests are fast; restores the defaults afterwards."""
-    saved = session_config.get_session_defaults()
-    session_config.set_session_defaults(backoff_factor=0.001, backoff_max=0.01)
-    yield
-    session_config.set_session_defaults(**saved)
-
-
-@pytest.fixture(autouse=True)
-def tmp_home(tmp_path, monkeypatch) -> Any:
-    """An empty HOME so no real token file is read or written."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    return home
 
 
 def add_info(rsps: responses.RequestsMock, record: dict | None = None) -> None:

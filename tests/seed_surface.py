@@ -203,9 +203,7 @@ def parse_seed(path: str | Path, package_prefix: str) -> list[SeedItem]:
 
     def split_owner(dotted: str) -> tuple[str, str]:
         # The longest module path declared so far that prefixes the dotted name.
-        best = max(
-            (m for m in modules if dotted.startswith(m + ".")), key=len, default=None
-        )
+        best = max((m for m in modules if dotted.startswith(m + ".")), key=len, default=None)
         if best is None:
             module, _, name = dotted.rpartition(".")
             return module, name
@@ -235,9 +233,7 @@ def parse_seed(path: str | Path, package_prefix: str) -> list[SeedItem]:
                     continue
                 returns = _returns(parts[2])
             kind = "exception" if keyword == "exception" else "class"
-            items.append(
-                SeedItem(kind, module, name, params=params, returns=returns, line=number)
-            )
+            items.append(SeedItem(kind, module, name, params=params, returns=returns, line=number))
             current_class = name
             continue
         if m := re_func.match(line):
@@ -455,9 +451,7 @@ def check_item(
             continue
         mine = ours[index]
         if mine.name != seed.name:
-            problems.append(
-                f"parameter {index} is {mine.name!r}, the seed has {seed.name!r}"
-            )
+            problems.append(f"parameter {index} is {mine.name!r}, the seed has {seed.name!r}")
             continue
         if mine.kind.name != seed.kind:
             problems.append(f"parameter {seed.name!r} is {mine.kind.name}, the seed {seed.kind}")

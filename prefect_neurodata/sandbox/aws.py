@@ -9,7 +9,7 @@ an SSM parameter shaped like the AIND indexer's settings.
 Example:
     >>> from prefect_neurodata.sandbox.aws import AwsTarget, provision  # doctest: +SKIP
     >>> target = AwsTarget(endpoint_url="http://127.0.0.1:5055")  # doctest: +SKIP
-    >>> names = provision(target, bucket="aind-open-data", queue="neurodata-asset-events")  # doctest: +SKIP
+    >>> names = provision(target, bucket="aind-open-data")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class AwsTarget:
     endpoint_url: str
     region: str = DEFAULT_REGION
     access_key_id: str = "testing"
-    secret_access_key: str = "testing"  # noqa: S105 - moto accepts any value
+    secret_access_key: str = "testing"
 
     def __repr__(self) -> str:
         return f"AwsTarget(endpoint_url={self.endpoint_url!r}, region={self.region!r})"

@@ -137,13 +137,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"start_seconds": sb.start_seconds, "env_file": str(sb.env_file), "services": status}
+                {
+                    "start_seconds": sb.start_seconds,
+                    "env_file": str(sb.env_file),
+                    "services": status,
+                }
             )
         )
     else:
         _print_status(status)
         print(f"env file: {sb.env_file}")
-        print(f"started in {sb.start_seconds:.2f}s")
+        if sb.reused:
+            print("already running (nothing started)")
+        else:
+            print(f"started in {sb.start_seconds:.2f}s")
     return 0
 
 

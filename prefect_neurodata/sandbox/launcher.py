@@ -55,6 +55,7 @@ FAULT_SERVICES: tuple[str, ...] = ("docdb", "cave")
 HOST = "127.0.0.1"
 STATE_FILE = "state.json"
 ENV_FILE = "sandbox.env"
+SEED_FILE = "seed.json"
 CAVE_MODULE = "prefect_neurodata.sandbox.cave"
 DOCDB_FACTORY = "prefect_neurodata.sandbox.docdb.app:create_app"
 CAVE_DATASTACK = "minnie_sandbox"
@@ -175,13 +176,26 @@ def cave_available() -> bool:
         return False
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
-    # Children of a non-detached sandbox die with the thread that started them, so a killed
-    # test run does not leave servers behind.
-    with contextlib.suppress(Exception):
+def _pdeathsig_hook() -> Any:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent thread dies, or None.
+
+    Resolved in the parent: the child runs between fork and exec, where importing modules
+    could deadlock on locks held by other threads.
+    """
+    if sys.platform != "linux":
+        return None
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 class Sandbox:
@@ -268,6 +282,7 @@ class Sandbox:
         self.detach = detach
         self.start_seconds: float | None = None
         self.ready_seconds: dict[str, float] = {}
+        self.reused = False
         self._env: dict[str, str] | None = None
         self._popen: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -340,6 +355,7 @@ class Sandbox:
             if all(s["healthy"] for s in report):
                 self._env = None
                 self.start_seconds = 0.0
+                self.reused = True
                 return self
             raise SandboxError(
                 f"sandbox in {self.workdir} is partly running ({sorted(existing)}); "
@@ -396,7 +412,7 @@ class Sandbox:
         out = []
         for name, proc in self._processes().items():
             running = is_same_process(proc)
-            healthy, detail = (self._check(name, proc.urls, env) if running else (False, "stopped"))
+            healthy, detail = self._check(name, proc.urls, env) if running else (False, "stopped")
             out.append(
                 {
                     "service": name,
@@ -447,7 +463,17 @@ class Sandbox:
 
         if self._load_state() is None:
             raise SandboxError(f"no sandbox running in {self.workdir}; run `neurodata sandbox up`")
-        return seed_sandbox(self.env, records=records, synapses=synapses, seed=seed, **kwargs)
+        report = seed_sandbox(self.env, records=records, synapses=synapses, seed=seed, **kwargs)
+        (self.workdir / SEED_FILE).write_text(json.dumps(report.as_dict(), indent=2, default=str))
+        return report
+
+    @property
+    def last_seed(self) -> dict[str, Any] | None:
+        """The report of the last :meth:`seed` in this workdir (``seed.json``), if any."""
+        try:
+            return json.loads((self.workdir / SEED_FILE).read_text())
+        except FileNotFoundError:
+            return None
 
     def faults(self, service: str, **config: Any) -> dict[str, Any]:
         """Replace the fault configuration of a running service (``PUT /__sandbox__/faults``).
@@ -606,6 +632,7 @@ class Sandbox:
                 env["NEURODATA_SANDBOX_FAULTS_CAVE"] = json.dumps(self.fault_config["cave"])
             (self.workdir / "cave").mkdir(parents=True, exist_ok=True)
             plan["cave"] = (cmd, env, {"global": gurl, "local": lurl})
+        self._planned_urls = {name: urls for name, (_, _, urls) in plan.items()}
         return plan
 
     def _spawn(
@@ -631,7 +658,14 @@ class Sandbox:
                 cwd=self.workdir,
                 env=env,
                 start_new_session=self.detach,
-                preexec_fn=None if self.detach or sys.platform != "linux" else _set_pdeathsig,
+                # Non-detached children die with their parent, so a killed test run leaves no
+                # servers behind. PDEATHSIG follows the parent *thread*: only use it from the
+                # main thread, or a sandbox started in a worker thread would die with it.
+                preexec_fn=(
+                    _pdeathsig_hook()
+                    if not self.detach and threading.current_thread() is threading.main_thread()
+                    else None
+                ),
             )
         self._popen[popen.pid] = popen
         stat = _proc_stat(popen.pid)
@@ -644,7 +678,9 @@ class Sandbox:
             urls=dict(urls),
         )
 
-    def _check(self, name: str, urls: Mapping[str, str], env: Mapping[str, str]) -> tuple[bool, str]:
+    def _check(
+        self, name: str, urls: Mapping[str, str], env: Mapping[str, str]
+    ) -> tuple[bool, str]:
         """One health probe: ``(healthy, detail)``."""
         import requests
 
@@ -653,7 +689,11 @@ class Sandbox:
                 # A closed port answers at once; pymongo would wait for its selection timeout.
                 hostport = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
                 host, _, port = hostport.rpartition(":")
-                if host in (HOST, "localhost") and port.isdigit() and not port_open(host, int(port)):
+                if (
+                    host in (HOST, "localhost")
+                    and port.isdigit()
+                    and not port_open(host, int(port))
+                ):
                     return False, f"nothing listening on {hostport}"
             if name == "mongo":
                 import pymongo
@@ -741,7 +781,8 @@ class Sandbox:
             access_key_id=creds["access_key_id"],
             secret_access_key=creds["secret_access_key"],
         )
-        docdb_host = None
+        docdb = self._planned_urls.get("docdb", {})
+        docdb_host = docdb.get("url", "").split("://", 1)[-1] or None
         return provision(
             target,
             bucket=self.bucket,
@@ -766,7 +807,10 @@ class Sandbox:
         if self._mongo_uri_effective:
             env["NEURODATA_MONGO_URI"] = self._mongo_uri_effective
         if "docdb" in procs:
+            from prefect_neurodata.sandbox.docdb.config import DEFAULT_PAGE_BYTES
+
             env["NEURODATA_DOCDB_HOST"] = procs["docdb"].urls["url"]
+            env["NEURODATA_DOCDB_PAGE_BYTES"] = str(int(self.page_bytes or DEFAULT_PAGE_BYTES))
         env.update(
             {
                 "AWS_ACCESS_KEY_ID": creds["access_key_id"],
@@ -804,10 +848,23 @@ class Sandbox:
         self._env = dict(env)
 
     def _stop(self, procs: Mapping[str, ServiceProcess]) -> list[str]:
-        """SIGTERM every still-own process (HTTP services first), wait, SIGKILL leftovers."""
-        order = [n for n in ("cave", "docdb", "aws", "mongo") if n in procs]
-        order += [n for n in procs if n not in order]
-        live = {n: procs[n] for n in order if is_same_process(procs[n])}
+        """Stop every process that is still our own: HTTP services first, then their backends.
+
+        The HTTP services shut down cleanly only while their database is still up, so they get
+        SIGTERM first; whatever does not exit within :data:`STOP_TIMEOUT` gets SIGKILL.
+        """
+        front = [n for n in ("cave", "docdb") if n in procs]
+        back = [n for n in procs if n not in front]
+        stopped: list[str] = []
+        for wave in (front, back):
+            live = {n: procs[n] for n in wave if is_same_process(procs[n])}
+            self._terminate(live)
+            stopped += list(live)
+        for proc in procs.values():
+            self._popen.pop(proc.pid, None)
+        return stopped
+
+    def _terminate(self, live: Mapping[str, ServiceProcess]) -> None:
         for proc in live.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
@@ -821,7 +878,8 @@ class Sandbox:
                         popen.wait(timeout=0.01)
                 if not is_same_process(proc):
                     del remaining[name]
-            time.sleep(0.05)
+            if remaining:
+                time.sleep(0.05)
         for proc in remaining.values():
             if is_same_process(proc):
                 with contextlib.suppress(ProcessLookupError):
@@ -830,6 +888,3 @@ class Sandbox:
             if popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     popen.wait(timeout=5)
-        for proc in procs.values():
-            self._popen.pop(proc.pid, None)
-        return list(live)

@@ -103,6 +103,19 @@ def _location_map(client: Any, locations: list[str]) -> dict[str, str]:
     return {r["location"]: r["_id"] for r in records if "location" in r}
 
 
+def other_version_locations(block: DocDbApiCredentials, locations: list[str]) -> dict[str, str]:
+    """Locations among ``locations`` that the *other* collection generation (v1/v2) holds.
+
+    Assets of both generations share buckets; an asset registered in v2 must not be registered
+    again in v1 (and the other way round), as the AIND indexer learned (#182).
+    """
+    if not locations:
+        return {}
+    other = block.model_copy(update={"version": "v2" if block.version == "v1" else "v1"})
+    with other.get_client() as client:
+        return _location_map(client, locations)
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, ServiceError):
         return f"HTTP {exc.status_code}: {exc.server_message or exc.reason}"
@@ -110,18 +123,26 @@ def _message(exc: BaseException) -> str:
 
 
 @task(name="lookup-docdb-locations", tags=["docdb"], **_TASK_OPTIONS)
-def lookup_locations(docdb: DocDb, locations: list[str]) -> dict[str, str]:
+def lookup_locations(
+    docdb: DocDb, locations: list[str], include_other_version: bool = True
+) -> dict[str, str]:
     """Map each location that DocDB already has to its record ``_id``.
 
     Args:
         docdb: DocDB block or its name.
         locations: ``s3://bucket/prefix`` locations.
+        include_other_version: Also look in the other generation's collection (v1/v2).
 
     Returns:
         ``{location: _id}`` for the locations found; missing ones are absent.
     """
-    with load_docdb(docdb).get_client() as client:
-        return _location_map(client, list(locations))
+    block = load_docdb(docdb)
+    with block.get_client() as client:
+        found = _location_map(client, list(locations))
+    if include_other_version:
+        rest = [loc for loc in locations if loc not in found]
+        found.update(other_version_locations(block, rest))
+    return found
 
 
 @task(name="register-asset-batch", tags=["docdb", "write"], **_TASK_OPTIONS)

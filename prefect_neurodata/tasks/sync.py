@@ -27,7 +27,12 @@ from prefect_neurodata.tasks._common import (
     load_docdb,
     transient_only,
 )
-from prefect_neurodata.tasks.docdb import _location_map, _message, _reconcile
+from prefect_neurodata.tasks.docdb import (
+    _location_map,
+    _message,
+    _reconcile,
+    other_version_locations,
+)
 from prefect_neurodata.tasks.s3 import (
     S3_THREADS,
     canonical_json,
@@ -168,6 +173,7 @@ def sync_metadata_batch(
         "unregistered": 0,
         "nd_written": 0,
         "file_errors": 0,
+        "other_version": 0,
     }
     changes: list[dict[str, Any]] = []
     listing = list_folder_files(s3, bucket, prefixes)
@@ -237,6 +243,9 @@ def sync_metadata_batch(
         # Folders DocDB does not know: register them (the API builds the record).
         registered: list[str] = []
         transient: list[str] = []
+        elsewhere = other_version_locations(block, [f"s3://{bucket}/{p}" for p in missing])
+        counts["other_version"] = len(elsewhere)
+        missing = [p for p in missing if f"s3://{bucket}/{p}" not in elsewhere]
         for prefix in missing:
             location = f"s3://{bucket}/{prefix}"
             if not options.get("register_missing", True) or (

@@ -49,9 +49,7 @@ def test_registers_new_assets_once(sandbox: Any, saved_docdb_block: str, bucket:
     assert len(records_in(sandbox.env, bucket)) == 12
 
     with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts(
-            artifact_filter=None, limit=200
-        )
+        artifact = client.read_latest_artifacts(artifact_filter=None, limit=200)
     keys = {a.key for a in artifact}
     assert "asset-registration" in keys
 
@@ -111,7 +109,9 @@ def test_missing_folder_or_core_file_fails_before_any_write(
     with pytest.raises(ValueError) as info:
         register_assets(request, docdb_block=saved_docdb_block)
     message = str(info.value)
-    assert f"s3://{bucket}/{partial}: missing core metadata file(s) data_description.json" in message
+    assert (
+        f"s3://{bucket}/{partial}: missing core metadata file(s) data_description.json" in message
+    )
     assert f"s3://{bucket}/nothing: no such folder in S3" in message
     assert records_in(sandbox.env, bucket) == []
 

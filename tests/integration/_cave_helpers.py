@@ -94,7 +94,9 @@ def arrow_frame(response: requests.Response) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def running_server(db_url: str, workdir: Path, seed: dict[str, Any] | None = None) -> Iterator[CaveServer]:
+def running_server(
+    db_url: str, workdir: Path, seed: dict[str, Any] | None = None
+) -> Iterator[CaveServer]:
     """Start the CAVE app on a free port, seed it, and stop it afterwards."""
     config = CaveConfig(db_url=db_url, workdir=workdir)
     app = create_app(config)

@@ -28,11 +28,15 @@ def frame(n: int, start: int = 0) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": np.arange(start, start + n, dtype="int64"),
-            "name": [f"subject,\"{i}\"\n" if i % 7 == 0 else f"s{i}" for i in range(start, start + n)],
+            "name": [
+                f'subject,"{i}"\n' if i % 7 == 0 else f"s{i}" for i in range(start, start + n)
+            ],
             "empty": ["" if i % 2 else None for i in range(n)],
             "weight": [np.nan if i % 5 == 0 else i / 3 for i in range(n)],
             "ok": [i % 3 == 0 for i in range(n)],
-            "when": pd.to_datetime([dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i) for i in range(n)]),
+            "when": pd.to_datetime(
+                [dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i) for i in range(n)]
+            ),
         }
     )
 
@@ -75,7 +79,9 @@ def test_table_names_are_quoted_identifiers(client: Client):
 
 def test_execute_query_result_readable_after_return(client: Client):
     client.overwrite_table_with_df(frame(20), "q")
-    result = client.execute_query("SELECT id, name FROM q WHERE id < :n ORDER BY id", params={"n": 3})
+    result = client.execute_query(
+        "SELECT id, name FROM q WHERE id < :n ORDER BY id", params={"n": 3}
+    )
     assert result.keys() == ["id", "name"]
     assert [tuple(r) for r in result.fetchall()] == [(0, 'subject,"0"\n'), (1, "s1"), (2, "s2")]
     count = client.execute_query("SELECT count(*) FROM q").scalar()
@@ -88,7 +94,9 @@ def test_execute_query_result_readable_after_return(client: Client):
 
 
 def test_dtype_argument_is_applied(client: Client):
-    client.overwrite_table_with_df(frame(5), "typed", dtype={"id": sa.types.BigInteger(), "name": sa.types.Text()})
+    client.overwrite_table_with_df(
+        frame(5), "typed", dtype={"id": sa.types.BigInteger(), "name": sa.types.Text()}
+    )
     types = client.execute_query(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'typed'"
     ).fetchall()

@@ -94,7 +94,9 @@ def test_key_auth_and_host_key_checking(ssh_mongo: Any, mongo_user: str, tmp_pat
 def test_wrong_host_key_is_refused(ssh_mongo: Any, mongo_user: str):
     other = paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else None
     if other is None:
-        other_line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        other_line = (
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        )
     else:
         other_line = f"{other.get_name()} {other.get_base64()}"
     creds = credentials(ssh_mongo, ssh_host_key=other_line)

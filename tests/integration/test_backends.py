@@ -27,7 +27,10 @@ def test_mongo_is_reachable_through_the_ssh_tunnel(ssh_mongo: SshMongo):
         host_pkey_directories=[],
     ) as tunnel:
         client = pymongo.MongoClient(
-            "127.0.0.1", tunnel.local_bind_port, directConnection=True, serverSelectionTimeoutMS=5000
+            "127.0.0.1",
+            tunnel.local_bind_port,
+            directConnection=True,
+            serverSelectionTimeoutMS=5000,
         )
         client.test.items.insert_one({"_id": "a", "n": 1})
         assert client.test.items.find_one({"_id": "a"}) == {"_id": "a", "n": 1}

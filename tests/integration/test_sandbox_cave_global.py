@@ -58,8 +58,9 @@ def _free_port() -> int:
 class Cave:
     """Handle on the running server."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, db_url: str | None = None) -> None:
         self.workdir = workdir
+        self.db_url = db_url
         self.gport = _free_port()
         self.lport = _free_port()
         self.proc: subprocess.Popen | None = None
@@ -83,6 +84,8 @@ class Cave:
             NEURODATA_SANDBOX_CAVE_TOS_TOKEN=TOS,
         )
         env.pop("NEURODATA_SANDBOX_CAVE_DB_URL", None)
+        if self.db_url:
+            env["NEURODATA_SANDBOX_CAVE_DB_URL"] = self.db_url
         env.pop("NEURODATA_SANDBOX_FAULTS_CAVE", None)
         self.proc = subprocess.Popen(
             [
@@ -711,3 +714,66 @@ def test_l2cache(cave: Cave, model: ChunkedGraph) -> None:
         url, params={"attribute_names": "nope"}, json={"l2_ids": l2[:1]}, headers=H(), timeout=5
     )
     assert bad.status_code == 500
+
+
+# ------------------------------------------------------------------------------ postgres
+def test_postgres_backend_persists_world_and_states(
+    postgres_url: str, tmp_path: Path, model: ChunkedGraph
+) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS cave_global_it"))
+        conn.execute(sa.text("CREATE DATABASE cave_global_it"))
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/cave_global_it"
+    server = Cave(tmp_path, db_url=url)
+    server.start()
+    try:
+        seed = {**SEED, "synapses": 500}
+        r = requests.post(server.g + "/__sandbox__/seed", json=seed, timeout=300)
+        assert r.status_code == 200, r.text
+        a, b, ra, rb = _contact_pair(server, model)
+        m = requests.post(
+            cg_url(server, "/merge"),
+            json=[[ra, *nm(model, a)], [rb, *nm(model, b)]],
+            headers=H(),
+            timeout=10,
+        ).json()
+        raw = b'{"k": "1"}'
+        sid = int(
+            requests.post(server.g + "/nglstate/api/v1/post", data=raw, headers=H(), timeout=5)
+            .json()
+            .rsplit("/", 1)[1]
+        )
+        server.stop()
+        assert not list(tmp_path.glob("*.sqlite"))  # nothing went to the SQLite default
+        server.start()
+        assert roots_of(server, [a, b]) == m["new_root_ids"] * 2
+        got = requests.get(server.g + f"/nglstate/api/v1/{sid}", headers=H(), timeout=5)
+        assert got.content == raw
+    finally:
+        server.stop()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        n_ops = conn.execute(sa.text("SELECT count(*) FROM cave_cg_operations")).scalar_one()
+    engine.dispose()
+    assert n_ops == 1
+
+
+# ------------------------------------------------------------------------------ faults
+def test_fault_injection_is_mounted(cave: Cave) -> None:
+    url = cave.g + "/__sandbox__/faults"
+    assert requests.get(url, timeout=5).json() == {}
+    cfg = {"rate": 1.0, "statuses": [503], "seed": 1, "retry_after": 2}
+    assert requests.put(url, json=cfg, timeout=5).status_code == 200
+    try:
+        r = requests.get(cave.l + "/segmentation/api/version", timeout=5)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        assert r.json()["code"] == 503
+        # admin routes are never faulted
+        assert requests.get(cave.g + "/__sandbox__/health", timeout=5).json()["seeded"] is True
+    finally:
+        assert requests.put(url, json={}, timeout=5).status_code == 200
+    assert requests.get(cave.l + "/segmentation/api/version", timeout=5).status_code == 200

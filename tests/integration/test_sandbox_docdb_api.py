@@ -975,3 +975,64 @@ def test_faults_bad_config_is_rejected(base: str, http: requests.Session) -> Non
     r = http.put(base + "/__sandbox__/faults", json={"rate": 2})
     assert r.status_code == 400 and "rate" in r.json()["detail"]
     assert http.get(base + "/__sandbox__/faults").json() == {}
+
+
+# -- cursor continuation between pages --------------------------------------------------------
+def test_keyset_paging_by_id_returns_everything_in_order(
+    base: str, http: requests.Session, db: pymongo.MongoClient
+) -> None:
+    before = http.get(base + "/__sandbox__/health").json()["find"]
+    coll = db.analysis.keyset
+    coll.insert_many([{"_id": f"k{i:04d}", "n": i, "even": i % 2 == 0} for i in range(250)])
+    got, last = [], None
+    while True:
+        flt: dict[str, Any] = {"even": True}
+        if last is not None:
+            flt["_id"] = {"$gt": last}
+        r = find(
+            http,
+            base,
+            "/v1/analysis/keyset",
+            limit=50,
+            skip=0,
+            filter=flt,
+            sort={"_id": 1},
+            projection={"n": 1},
+        )
+        page = r.json()
+        if not page:
+            break
+        got.extend(page)
+        last = page[-1]["_id"]
+    assert [d["n"] for d in got] == list(range(0, 250, 2))
+    after = http.get(base + "/__sandbox__/health").json()["find"]
+    # One query opened the cursor; every later page continued it.
+    assert after["queries"] - before["queries"] == 1
+    assert after["continued"] - before["continued"] == 3  # 50 + 25 + the empty page
+
+
+def test_interleaved_skip_paging_stays_correct(
+    base: str, http: requests.Session, db: pymongo.MongoClient
+) -> None:
+    db.analysis.interleave.insert_many([{"_id": i, "odd": i % 2} for i in range(100)])
+    path = "/v1/analysis/interleave"
+    a, b = [], []
+    for skip in range(0, 60, 20):
+        a += find(http, base, path, limit=20, skip=skip, filter={"odd": 1}, sort={"_id": 1}).json()
+        b += find(http, base, path, limit=20, skip=skip, sort={"_id": -1}).json()
+    assert [d["_id"] for d in a] == list(range(1, 100, 2))[:60]
+    assert [d["_id"] for d in b] == list(range(99, 39, -1))
+
+
+def test_write_between_pages_is_seen_by_next_page(
+    base: str, http: requests.Session, db: pymongo.MongoClient
+) -> None:
+    db.analysis.shifting.insert_many([{"_id": f"s{i:02d}"} for i in range(1, 20)])
+    path = "/v1/analysis/shifting"
+    first = find(http, base, path, limit=5, skip=0, sort={"_id": 1}).json()
+    assert [d["_id"] for d in first] == [f"s{i:02d}" for i in range(1, 6)]
+    r = signed(http, "POST", base + path + "/insert_one", {"_id": "s00"})
+    assert r.status_code == 200
+    second = find(http, base, path, limit=5, skip=5, sort={"_id": 1}).json()
+    # A fresh query after the insert: everything shifted by one.
+    assert [d["_id"] for d in second] == [f"s{i:02d}" for i in range(5, 10)]

@@ -26,7 +26,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for key in list(os.environ):
         if key.upper().startswith(("RDS_", "DOC_DB_")) or key.upper() in {
-            "USERNAME", "PASSWORD", "HOST", "PORT", "DATABASE"
+            "USERNAME",
+            "PASSWORD",
+            "HOST",
+            "PORT",
+            "DATABASE",
         }:
             monkeypatch.delenv(key)
 
@@ -58,7 +62,10 @@ def test_rds_credentials_env_prefix_aliases_and_dbname(monkeypatch: pytest.Monke
     monkeypatch.setenv("RDS_DBNAME", "dev")
     creds = RDSCredentials()
     assert (creds.username, creds.host, creds.port, creds.database) == (
-        "rds_user", "rds-host", 5432, "dev"
+        "rds_user",
+        "rds-host",
+        5432,
+        "dev",
     )
     monkeypatch.setenv("RDS_USERNAME", "rds_username")
     assert RDSCredentials().username == "rds_username"
@@ -86,7 +93,11 @@ def test_docdb_ssh_credentials_defaults_and_env(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DOC_DB_SSH_PASSWORD", SECRET)
     monkeypatch.setenv("DOC_DB_UNRELATED", "ignored")  # extra="ignore"
     creds = DocumentDbSSHCredentials()
-    assert (creds.port, creds.database, creds.collection) == (27017, "metadata_index", "data_assets")
+    assert (creds.port, creds.database, creds.collection) == (
+        27017,
+        "metadata_index",
+        "data_assets",
+    )
     assert (creds.ssh_port, creds.ssh_local_bind_address) == (22, "localhost")
     assert SECRET not in repr(creds)
     assert SECRET not in repr(DocumentDbSSHClient(creds))

@@ -265,7 +265,9 @@ def test_lazy_boto_session_is_created():
 
 @responses.activate
 def test_count_records_query():
-    responses.get(f"{BASE}/count_documents", json={"total_record_count": 5, "filtered_record_count": 2})
+    responses.get(
+        f"{BASE}/count_documents", json={"total_record_count": 5, "filtered_record_count": 2}
+    )
     client = make_client()
     assert client._count_records({"subject.subject_id": "731015"}) == {
         "total_record_count": 5,
@@ -325,7 +327,9 @@ def test_retrieve_with_sort_uses_skip_limit_and_short_pages():
     assert [r["_id"] for r in records] == list(range(10))
     skips = [int(query(c)["skip"]) for c in responses.calls]
     assert skips == [0, 2, 6, 7, 10]
-    assert all(query(c)["limit"] == "0" and query(c)["sort"] == '{"created":-1}' for c in responses.calls)
+    assert all(
+        query(c)["limit"] == "0" and query(c)["sort"] == '{"created":-1}' for c in responses.calls
+    )
 
 
 @responses.activate
@@ -523,7 +527,9 @@ def test_empty_body_raises_json_decode_error():
 
 @responses.activate
 def test_http_errors_carry_server_message():
-    responses.get(f"{BASE}/find", status=400, json={"error": "MongoServerError", "detail": "bad $op"})
+    responses.get(
+        f"{BASE}/find", status=400, json={"error": "MongoServerError", "detail": "bad $op"}
+    )
     with pytest.raises(requests.HTTPError) as info:
         make_client().retrieve_docdb_records(filter_query={"$bad": 1})
     assert isinstance(info.value, http.ServiceError)
@@ -575,8 +581,9 @@ def test_session_token_is_signed():
     client.upsert_one_docdb_record({"_id": "a", "x": 1})
     headers = responses.calls[0].request.headers
     assert headers["X-Amz-Security-Token"] == "TOKEN123"
-    assert "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token" in (
-        headers["Authorization"]
+    assert (
+        "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token"
+        in (headers["Authorization"])
     )
 
 
@@ -661,7 +668,9 @@ def test_delete_one_and_many():
 
 @responses.activate
 def test_delete_raises_on_error_status():
-    responses.delete(f"{BASE}/delete_one", status=403, json={"message": "Missing Authentication Token"})
+    responses.delete(
+        f"{BASE}/delete_one", status=403, json={"message": "Missing Authentication Token"}
+    )
     with pytest.raises(http.ServiceError, match="Missing Authentication Token"):
         make_client().delete_one_record("a")
 
@@ -679,7 +688,9 @@ def _record_of_size(index: int, metric: int) -> dict:
 def test_upsert_list_chunking_matches_the_reference_example():
     responses.post(f"{BASE}/bulk_write", json={"ok": 1, "writeErrors": []})
     client = make_client(max_workers=1)
-    records = [_record_of_size(i, size) for i, size in enumerate((1073, 2073, 3073, 4073, 5073, 6073))]
+    records = [
+        _record_of_size(i, size) for i, size in enumerate((1073, 2073, 3073, 4073, 5073, 6073))
+    ]
     responses_ = client.upsert_list_of_docdb_records(records, max_payload_size=5000)
     assert len(responses_) == 5
     bodies = [json.loads(c.request.body) for c in responses.calls]
@@ -778,7 +789,9 @@ def test_register_asset_and_co_result():
     }
     client.register_co_result("s3://co-bucket/abc", "result name", "abc", "comp-1")
     first, second = responses.calls
-    assert first.request.body == b'{"s3_location":"s3://aind-open-data/ecephys_1_2023-01-01_00-00-00"}'
+    assert (
+        first.request.body == b'{"s3_location":"s3://aind-open-data/ecephys_1_2023-01-01_00-00-00"}'
+    )
     assert json.loads(second.request.body) == {
         "s3_location": "s3://co-bucket/abc",
         "name": "result name",
@@ -837,7 +850,9 @@ def test_deregister_qc_and_summary():
     responses.get(f"https://{HOST}/v1/data_summary/abc-123", json={"summary": "s"})
     client = make_client()
     assert client.deregister_asset("s3://bucket/p")["deregistered_docdb"]
-    qc = {"qc_evaluation": [{"name": "e", "created": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)}]}
+    qc = {
+        "qc_evaluation": [{"name": "e", "created": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)}]
+    }
     assert client.add_qc_evaluation("abc-123", qc) == {"acknowledged": True}
     assert client.generate_data_summary("abc-123") == {"summary": "s"}
     dereg, qc_call, summary = responses.calls

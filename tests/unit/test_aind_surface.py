@@ -139,19 +139,19 @@ def resolve(module: str, path: str) -> Any:
 CASES = [(m, p, params) for m, entries in CALLABLES.items() for p, params in entries.items()]
 
 
-@pytest.mark.parametrize(("module", "path", "expected"), CASES, ids=[f"{m}.{p}" for m, p, _ in CASES])
+@pytest.mark.parametrize(
+    ("module", "path", "expected"), CASES, ids=[f"{m}.{p}" for m, p, _ in CASES]
+)
 def test_signature_matches_seed(module: str, path: str, expected: list[tuple[str, Any]]):
     obj = resolve(module, path)
     target = obj.__init__ if inspect.isclass(obj) else obj
     params = list(inspect.signature(target).parameters.values())
     if params and params[0].name in ("self", "cls"):
         params = params[1:]
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     got = [(p.name, p.default) for p in positional[: len(expected)]]
     assert got == expected
-    for extra in positional[len(expected):]:
+    for extra in positional[len(expected) :]:
         assert extra.default is not R, f"extra positional parameter {extra.name} needs a default"
     for extra in params:
         if extra.kind is extra.KEYWORD_ONLY:

@@ -34,7 +34,12 @@ def test_get_s3_bucket_and_prefix_matches_the_official_edge_cases(location, buck
 
 @pytest.mark.parametrize(
     ("bucket", "prefix", "expected"),
-    [("b", "", "s3://b/"), ("", "p", "s3:///p"), ("b", "/a/b/", "s3://b/a/b"), ("b", "p", "s3://b/p")],
+    [
+        ("b", "", "s3://b/"),
+        ("", "p", "s3:///p"),
+        ("b", "/a/b/", "s3://b/a/b"),
+        ("b", "p", "s3://b/p"),
+    ],
 )
 def test_get_s3_location(bucket, prefix, expected):
     assert get_s3_location(bucket, prefix) == expected
@@ -53,12 +58,17 @@ def test_datetime_wire_format():
     utc = dt.timezone.utc
     plus2 = dt.timezone(dt.timedelta(hours=2))
     assert _wire.format_datetime(dt.datetime(2025, 3, 17, tzinfo=utc)) == "2025-03-17T00:00:00Z"
-    assert _wire.format_datetime(dt.datetime(2025, 3, 17, 2, tzinfo=plus2)) == "2025-03-17T00:00:00Z"
+    assert (
+        _wire.format_datetime(dt.datetime(2025, 3, 17, 2, tzinfo=plus2)) == "2025-03-17T00:00:00Z"
+    )
     assert (
         _wire.format_datetime(dt.datetime(2024, 5, 13, 22, 1, 56, 35469))
         == "2024-05-13T22:01:56.035469"
     )
-    assert _wire.encode({"d": dt.date(2020, 1, 2), "t": dt.time(1, 2)}) == b'{"d":"2020-01-02","t":"01:02:00"}'
+    assert (
+        _wire.encode({"d": dt.date(2020, 1, 2), "t": dt.time(1, 2)})
+        == b'{"d":"2020-01-02","t":"01:02:00"}'
+    )
 
 
 def test_encode_names_unserialisable_field():

@@ -69,7 +69,11 @@ def test_secrets_are_masked_in_reprs() -> None:
     docdb = _docdb_block()
     rds = RdsCredentials(host="h", username="u", password="hunter2", database="d")
     ssh = DocumentDbSshCredentials(
-        host="h", username="u", password="hunter2", ssh_host="s", ssh_username="su",
+        host="h",
+        username="u",
+        password="hunter2",
+        ssh_host="s",
+        ssh_username="su",
         ssh_password="hunter3",
     )
     for text in (repr(docdb), str(docdb), repr(rds), repr(ssh), str(ssh)):

@@ -28,14 +28,13 @@ from prefect_neurodata.clients.cave.base import (
 )
 from prefect_neurodata.clients.cave.session_config import patch_session, retry_policy
 from prefect_neurodata.clients.http import ServiceError
-from tests.cave_helpers import (  # noqa: F401 - fixtures
+from tests.cave_helpers import (
     LOCAL,
     TOKEN,
     assert_auth,
-    fast_retries,
-    rsps,
-    tmp_home,
 )
+
+pytestmark = pytest.mark.usefixtures("cave_fast_retries", "cave_home")
 
 KEY = "cg_server_address"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,8 +62,8 @@ def make_client(cls=ClientBase, auth=AUTH, **kwargs) -> ClientBase:
 # -- negotiation ---------------------------------------------------------------------------------
 
 
-def test_api_endpoints_picks_highest_common_version(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/api/versions", json=[0, 1, 7])
+def test_api_endpoints_picks_highest_common_version(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/versions", json=[0, 1, 7])
     endpoints, version = _api_endpoints(
         "latest",
         KEY,
@@ -76,11 +75,11 @@ def test_api_endpoints_picks_highest_common_version(rsps) -> None:
     assert version == 1
     assert endpoints["get_roots"] == ep.chunkedgraph_endpoints_v1["get_roots"]
     assert endpoints["get_version"] == ep.chunkedgraph_endpoints_common["get_version"]
-    assert_auth(rsps.calls[0])
+    assert_auth(cave_rsps.calls[0])
 
 
-def test_api_endpoints_falls_back_when_server_cannot_say(rsps) -> None:
-    rsps.get(f"{LOCAL}/materialize/api/versions", status=404, json={"message": "nope"})
+def test_api_endpoints_falls_back_when_server_cannot_say(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/materialize/api/versions", status=404, json={"message": "nope"})
     _, version = _api_endpoints(
         "latest",
         "me_server_address",
@@ -93,8 +92,8 @@ def test_api_endpoints_falls_back_when_server_cannot_say(rsps) -> None:
     assert version == 2
 
 
-def test_api_endpoints_without_common_version_raises(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/api/versions", json=[5])
+def test_api_endpoints_without_common_version_raises(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/versions", json=[5])
     with pytest.raises(ValueError, match="no API version in common"):
         _api_endpoints(
             "latest", KEY, LOCAL, ep.chunkedgraph_endpoints_common, ep.chunkedgraph_api_versions, {}
@@ -109,26 +108,26 @@ def test_api_endpoints_explicit_unknown_version_raises() -> None:
 # -- requests ------------------------------------------------------------------------------------
 
 
-def test_request_sends_bearer_and_cookie_and_keeps_big_ints_exact(rsps) -> None:
+def test_request_sends_bearer_and_cookie_and_keeps_big_ints_exact(cave_rsps) -> None:
     big = 2**63 + 12345
-    rsps.get(f"{LOCAL}/segmentation/table/t/info", body=f'{{"root_id": {big}}}')
+    cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", body=f'{{"root_id": {big}}}')
     client = make_client()
     answer = client._json("GET", client._url("info", table_id="t"))
     assert answer["root_id"] == big
-    assert_auth(rsps.calls[0])
+    assert_auth(cave_rsps.calls[0])
 
 
-def test_no_token_sends_neither_header_nor_cookie(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/table/t/info", json={})
+def test_no_token_sends_neither_header_nor_cookie(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", json={})
     client = make_client(auth={})
     client._json("GET", client._url("info", table_id="t"))
-    headers = rsps.calls[0].request.headers
+    headers = cave_rsps.calls[0].request.headers
     assert "Authorization" not in headers
     assert "middle_auth_token" not in headers.get("Cookie", "")
 
 
-def test_server_error_carries_server_message(rsps) -> None:
-    rsps.get(
+def test_server_error_carries_server_message(cave_rsps) -> None:
+    cave_rsps.get(
         f"{LOCAL}/segmentation/table/t/info",
         status=500,
         json={"code": 500, "message": "table exploded", "traceback": []},
@@ -162,8 +161,8 @@ def test_server_error_carries_server_message(rsps) -> None:
         ),
     ],
 )
-def test_auth_errors_are_clear_and_never_show_the_token(rsps, status, body, expected) -> None:
-    rsps.get(f"{LOCAL}/segmentation/table/t/info", status=status, json=body)
+def test_auth_errors_are_clear_and_never_show_the_token(cave_rsps, status, body, expected) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", status=status, json=body)
     client = make_client()
     with pytest.raises(AuthorizationError) as info:
         client._json("GET", client._url("info", table_id="t"))
@@ -174,11 +173,11 @@ def test_auth_errors_are_clear_and_never_show_the_token(rsps, status, body, expe
     assert error.error_code == body["error"]
     assert expected in str(error)
     assert TOKEN not in str(error) and TOKEN not in repr(error)
-    assert len(rsps.calls) == 1  # auth errors are not retried
+    assert len(cave_rsps.calls) == 1  # auth errors are not retried
 
 
-def test_redirect_to_login_is_an_auth_exception_and_not_followed(rsps) -> None:
-    rsps.get(
+def test_redirect_to_login_is_an_auth_exception_and_not_followed(cave_rsps) -> None:
+    cave_rsps.get(
         f"{LOCAL}/segmentation/table/t/info",
         status=302,
         headers={"Location": "https://auth.test/api/v1/authorize?redirect=x"},
@@ -186,12 +185,12 @@ def test_redirect_to_login_is_an_auth_exception_and_not_followed(rsps) -> None:
     client = make_client()
     with pytest.raises(AuthException, match="redirected to https://auth.test/api/v1/authorize"):
         client._json("GET", client._url("info", table_id="t"))
-    assert len(rsps.calls) == 1
-    assert TOKEN not in str(rsps.calls[0].request.url)
+    assert len(cave_rsps.calls) == 1
+    assert TOKEN not in str(cave_rsps.calls[0].request.url)
 
 
-def test_handle_response_checks_history_and_logs_warning(rsps, caplog) -> None:
-    rsps.get(f"{LOCAL}/x", json={"a": 1}, headers={"Warning": "Table Owner Notice: careful"})
+def test_handle_response_checks_history_and_logs_warning(cave_rsps, caplog) -> None:
+    cave_rsps.get(f"{LOCAL}/x", json={"a": 1}, headers={"Warning": "Table Owner Notice: careful"})
     response = requests.get(f"{LOCAL}/x")
     with caplog.at_level(logging.WARNING):
         assert handle_response(response) == {"a": 1}
@@ -204,51 +203,51 @@ def test_handle_response_checks_history_and_logs_warning(rsps, caplog) -> None:
 # -- retries -------------------------------------------------------------------------------------
 
 
-def test_get_is_retried_on_503_and_429(rsps) -> None:
+def test_get_is_retried_on_503_and_429(cave_rsps) -> None:
     url = f"{LOCAL}/segmentation/table/t/info"
-    rsps.get(url, status=503)
-    rsps.get(url, status=429, headers={"Retry-After": "0"})
-    rsps.get(url, json={"ok": True})
+    cave_rsps.get(url, status=503)
+    cave_rsps.get(url, status=429, headers={"Retry-After": "0"})
+    cave_rsps.get(url, json={"ok": True})
     client = make_client()
     assert client._json("GET", url) == {"ok": True}
-    assert len(rsps.calls) == 3
+    assert len(cave_rsps.calls) == 3
 
 
-def test_non_idempotent_post_is_not_retried_on_503(rsps) -> None:
+def test_non_idempotent_post_is_not_retried_on_503(cave_rsps) -> None:
     url = f"{LOCAL}/segmentation/api/v1/table/t/merge"
-    rsps.post(url, status=503)
-    rsps.post(url, json={"operation_id": 1})
+    cave_rsps.post(url, status=503)
+    cave_rsps.post(url, json={"operation_id": 1})
     client = make_client()
     with pytest.raises(ServiceError) as info:
         client._json("POST", url, json=[[1, 2, 3, 4]])
     assert info.value.status_code == 503
-    assert len(rsps.calls) == 1
+    assert len(cave_rsps.calls) == 1
 
 
-def test_idempotent_post_is_retried(rsps) -> None:
+def test_idempotent_post_is_retried(cave_rsps) -> None:
     url = f"{LOCAL}/segmentation/api/v1/table/t/is_latest_roots"
-    rsps.post(url, status=502)
-    rsps.post(url, json={"is_latest": [True]})
+    cave_rsps.post(url, status=502)
+    cave_rsps.post(url, json={"is_latest": [True]})
     client = make_client()
     assert client._json("POST", url, json={"node_ids": [1]}, idempotent=True)["is_latest"] == [True]
-    assert len(rsps.calls) == 2
+    assert len(cave_rsps.calls) == 2
 
 
-def test_max_retries_zero_disables_retries(rsps) -> None:
+def test_max_retries_zero_disables_retries(cave_rsps) -> None:
     url = f"{LOCAL}/segmentation/table/t/info"
-    rsps.get(url, status=503)
+    cave_rsps.get(url, status=503)
     client = make_client(max_retries=0)
     with pytest.raises(ServiceError):
         client._json("GET", url)
-    assert len(rsps.calls) == 1
+    assert len(cave_rsps.calls) == 1
 
 
 # -- version guards ------------------------------------------------------------------------------
 
 
-def test_version_guard_raises_before_the_guarded_request(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/api/version", json="2.10.0")
-    guarded = rsps.get(f"{LOCAL}/segmentation/table/t/info", json={})
+def test_version_guard_raises_before_the_guarded_request(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/version", json="2.10.0")
+    guarded = cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", json={})
     client = make_client(Guarded)
     with pytest.raises(ServerIncompatibilityError, match=">=2.15.0"):
         client.needs_new()
@@ -256,15 +255,15 @@ def test_version_guard_raises_before_the_guarded_request(rsps) -> None:
     assert str(client.server_version) == "2.10.0"
 
 
-def test_version_guard_passes_for_new_server(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/api/version", json="2.21.1")
-    rsps.get(f"{LOCAL}/segmentation/table/t/info", json={"ok": 1})
+def test_version_guard_passes_for_new_server(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/version", json="2.21.1")
+    cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", json={"ok": 1})
     assert make_client(Guarded).needs_new() == {"ok": 1}
 
 
-def test_unknown_server_version_fails_every_constraint(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/api/version", status=404)
-    guarded = rsps.get(f"{LOCAL}/segmentation/table/t/info", json={})
+def test_unknown_server_version_fails_every_constraint(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/version", status=404)
+    guarded = cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", json={})
     client = make_client(Guarded)
     with pytest.raises(ServerIncompatibilityError, match="unknown version"):
         client.needs_new()
@@ -272,9 +271,9 @@ def test_unknown_server_version_fails_every_constraint(rsps) -> None:
     assert guarded.call_count == 0
 
 
-def test_kwarg_guard_only_when_kwarg_is_used(rsps) -> None:
-    rsps.get(f"{LOCAL}/segmentation/api/version", json="2.21.1")
-    rsps.get(f"{LOCAL}/segmentation/table/t/info", json={"ok": 1})
+def test_kwarg_guard_only_when_kwarg_is_used(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/version", json="2.21.1")
+    cave_rsps.get(f"{LOCAL}/segmentation/table/t/info", json={"ok": 1})
     client = make_client(Guarded)
     assert client.kw_guarded() == {"ok": 1}
     with pytest.raises(ServerIncompatibilityError, match="bounds="):

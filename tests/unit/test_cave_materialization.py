@@ -230,6 +230,7 @@ def test_return_df_false_asks_for_json_with_gzip() -> None:
             matchers.header_matcher({"Accept-Encoding": "gzip"}),
         ],
     )
+    responses.get(f"{V2}/version/{V}/table/synapses/count", json=1)
     out = client.query_table("synapses", return_df=False, merge_reference=False)
     assert out == [{"id": 1, "pre_pt_root_id": 5}]
 
@@ -541,6 +542,7 @@ def test_bad_arguments_fail_before_any_request(kwargs: dict[str, Any], message: 
 def test_v2_without_resolution_header_scales_client_side() -> None:
     client = make_client(api_version=2)
     responses.get(f"{V2}/version/{V}/table/synapses/metadata", json=TABLE_META)
+    responses.get(f"{V2}/version/{V}/table/synapses/count", json=1)
     responses.post(
         f"{V2}/version/{V}/table/synapses/query",
         body=arrow_body(synapse_frame([1])),
@@ -555,9 +557,8 @@ def test_v2_without_resolution_header_scales_client_side() -> None:
 @responses.activate
 def test_unknown_content_type_is_an_error() -> None:
     client = make_client()
-    responses.post(
-        f"{V3}/version/{V}/table/synapses/query", body=b"??", content_type="text/html"
-    )
+    responses.post(f"{V3}/version/{V}/table/synapses/query", body=b"??", content_type="text/html")
+    responses.get(f"{V2}/version/{V}/table/synapses/count", json=1)
     with pytest.raises(ValueError, match="Unknown response type"):
         client.query_table("synapses", merge_reference=False)
 
@@ -607,9 +608,7 @@ class FakeLimitedServer:
 def serve(
     rsps: responses.RequestsMock, server: FakeLimitedServer, count: int | None = None
 ) -> None:
-    rsps.add_callback(
-        responses.POST, f"{V3}/version/{V}/table/synapses/query", callback=server
-    )
+    rsps.add_callback(responses.POST, f"{V3}/version/{V}/table/synapses/query", callback=server)
     rsps.get(f"{ME}/materialize/version", json="5.26.4")
     rsps.get(f"{V3}/version/{V}/table/synapses/metadata", json=TABLE_META)
     rsps.get(
@@ -662,7 +661,9 @@ def test_partitioning_keeps_user_filters_and_limit() -> None:
         )
     expected = [i for i in ids if i % 2 == 0]
     assert df["id"].tolist() == expected[:9]
-    assert all(b["filter_in_dict"] == {"synapses": {"post_pt_root_id": [100]}} for b in server.bodies)
+    assert all(
+        b["filter_in_dict"] == {"synapses": {"post_pt_root_id": [100]}} for b in server.bodies
+    )
 
 
 def test_on_limit_raise() -> None:
@@ -700,9 +701,7 @@ def test_partitioning_needs_inequality_support() -> None:
     server = FakeLimitedServer(list(range(1, 12)))
     client = make_client()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        rsps.add_callback(
-            responses.POST, f"{V3}/version/{V}/table/synapses/query", callback=server
-        )
+        rsps.add_callback(responses.POST, f"{V3}/version/{V}/table/synapses/query", callback=server)
         rsps.get(f"{ME}/materialize/version", status=404, json={"message": "nope"})
         rsps.get(f"{V2}/version/{V}/table/synapses/count", json=11)
         with pytest.raises(QueryLimitError, match="inequality"):
@@ -826,7 +825,9 @@ def test_convert_and_format_timestamps() -> None:
 
 
 def test_position_helpers() -> None:
-    df = pd.DataFrame({"a": [1, 2], "pt_position_x": [1, 2], "pt_position_y": [3, 4], "pt_position_z": [5, 6]})
+    df = pd.DataFrame(
+        {"a": [1, 2], "pt_position_x": [1, 2], "pt_position_y": [3, 4], "pt_position_z": [5, 6]}
+    )
     merged = concatenate_position_columns(df)
     assert list(merged.columns) == ["a", "pt_position"]
     np.testing.assert_array_equal(merged["pt_position"].iloc[1], [2, 4, 6])
@@ -861,12 +862,44 @@ def test_factory_negotiates_version() -> None:
 
 def test_plan_and_split_ranges_cover_every_id() -> None:
     ranges = plan_ranges(total=1_000_000, lo=1, hi=1_000_001, limit=200_000)
-    assert ranges[0][0] is None and ranges[-1][1] is None
+    assert ranges[0] == (None, 1) and ranges[-1] == (1_000_001, None)
     for (_, hi), (lo, _) in zip(ranges, ranges[1:], strict=False):
         assert hi == lo
-    assert len(ranges) >= 9
+    bounded = ranges[1:-1]
+    assert len(bounded) == 9
+    assert all(b - a <= 120_000 for a, b in bounded)
     assert split_range((10, 20), 5) == [(10, 13), (13, 16), (16, 19), (19, 20)]
     assert split_range((None, 20), 5) == [(None, 10), (10, 20)]
+    assert split_range((None, 20), 5, span=(3, 30)) == [(None, 3), (3, 20)]
     assert split_range((20, None), 5) == [(20, 30), (30, None)]
+    assert split_range((20, None), 5, span=(3, 50)) == [(20, 50), (50, None)]
     with pytest.raises(QueryLimitError):
         split_range((7, 8), 1)
+
+
+@responses.activate
+def test_tables_manager_builds_filters() -> None:
+    client = make_client()
+    add_metadata(responses.mock)
+    responses.get(f"{V2}/version/{V}/tables", json=["synapses", "nuclei"])
+    responses.post(
+        f"{V3}/version/{V}/table/synapses/query",
+        body=arrow_body(synapse_frame([1])),
+        content_type="data.arrow",
+        match=[
+            matchers.json_params_matcher(
+                {
+                    "filter_in_dict": {"synapses": {"pre_pt_root_id": [1, 2]}},
+                    "filter_equal_dict": {"synapses": {"post_pt_root_id": 3}},
+                    "filter_greater_equal_dict": {"synapses": {"size": 5}},
+                }
+            )
+        ],
+    )
+    responses.get(f"{ME}/materialize/version", json="5.26.4")
+    assert "synapses" in dir(client.tables) and len(client.tables) == 2
+    query = client.tables.synapses(pre_pt_root_id=[1, 2], post_pt_root_id=3, size={">=": 5})
+    df = query.query(metadata=False)
+    assert df["id"].tolist() == [1]
+    with pytest.raises(AttributeError):
+        client.tables.no_such_table  # noqa: B018

@@ -358,3 +358,16 @@ def test_large_lookup_is_vectorised(cg_template: ChunkedGraph) -> None:
     assert roots.dtype == np.uint64 and (roots != 0).all()
     uniq, inv = np.unique(svs, return_inverse=True)
     assert np.array_equal(cg.get_roots(uniq, timestamp=mid)[inv], roots)
+
+
+def test_sv_index_arithmetic_matches_search(cg_template: ChunkedGraph) -> None:
+    cg = cg_template
+    odd = [0, 1, 12345, 2**63, int(cg.sv_ids.max()) + 1, int(cg.sv_ids[0]) + (1 << 40)]
+    ids = np.concatenate(
+        [cg.sv_ids, np.asarray(odd, dtype=np.uint64), np.asarray(list(cg.roots)[:5], np.uint64)]
+    )
+    order = np.argsort(cg.sv_ids)
+    pos = np.minimum(np.searchsorted(cg.sv_ids[order], ids), cg.n_supervoxels - 1)
+    expected = np.where(cg.sv_ids[order][pos] == ids, order[pos], -1)
+    assert np.array_equal(cg.sv_index(ids), expected)
+    assert (cg.sv_index(ids[: cg.n_supervoxels]) == np.arange(cg.n_supervoxels)).all()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,41 +157,118 @@ def scale_table_positions(table: pa.Table, factors: np.ndarray | None) -> pa.Tab
     return table
 
 
-def table_to_frame(table: pa.Table, *, split_positions: bool = True) -> pd.DataFrame:
-    """Convert a query result to pandas once, merging position triples unless asked not to.
+def parse_resolution(value: str | None) -> list[float] | None:
+    """Parse a ``dataframe_resolution`` header (``"4.0, 4.0, 40.0"``; repeated lines joined)."""
+    if not value:
+        return None
+    try:
+        return [float(v) for v in value.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        return None
+
+
+class FrameAssembler:
+    """Builds one DataFrame from query answers as they arrive.
+
+    The expensive part of the conversion, one ``np.ndarray([x, y, z])`` per row and position
+    column, is done per answer in `add`, so that it overlaps with the partitions still in
+    flight; `frame` then concatenates the Arrow tables (no copy), converts to pandas once and
+    inserts the position columns.
 
     Args:
-        table: The (possibly concatenated) Arrow result.
+        split_positions: Keep ``<base>_x/_y/_z`` columns instead of merging them.
+        desired_resolution: The resolution asked for, or None.
+        given_resolution: Returns the resolution positions are stored in; asked only when the
+            server did not scale them itself (no ``dataframe_resolution`` header).
+    """
+
+    def __init__(
+        self,
+        *,
+        split_positions: bool = True,
+        desired_resolution: Sequence[float] | None = None,
+        given_resolution: Callable[[], Sequence[float] | None] | None = None,
+    ) -> None:
+        self.split_positions = split_positions
+        self.desired_resolution = desired_resolution
+        self.given_resolution = given_resolution
+        self.resolution: list[float] | None = None
+        self._factors: np.ndarray | None = None
+        self._first = True
+        self._tables: list[pa.Table] = []
+        self._merged: dict[str, list[np.ndarray]] = {}
+        self._order: list[str] | None = None
+
+    def add(self, table: pa.Table, headers: Any = None) -> None:
+        """Take one answer (its headers are read from the first one)."""
+        if self._first:
+            self._first = False
+            self.resolution = parse_resolution((headers or {}).get("dataframe_resolution"))
+            if (
+                self.desired_resolution is not None
+                and self.resolution is None
+                and self.given_resolution is not None
+            ):
+                self._factors = scale_factors(self.given_resolution(), self.desired_resolution)
+                self.resolution = [float(x) for x in self.desired_resolution]
+        table = scale_table_positions(table, self._factors)
+        if not self.split_positions:
+            triples = position_triples(table.column_names)
+            if self._order is None:
+                self._order = _merged_order(table.column_names, triples)
+            for base, cols in triples.items():
+                self._merged.setdefault(base, []).append(
+                    rows_as_arrays(stack_positions(table, cols))
+                )
+            if triples:
+                table = table.drop_columns([c for cols in triples.values() for c in cols])
+        self._tables.append(table)
+
+    def frame(self) -> pd.DataFrame:
+        """The DataFrame of everything added."""
+        if not self._tables:
+            raise ValueError("no answers to assemble")
+        table = concat_tables(self._tables)
+        self._tables = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            frame = table.to_pandas(split_blocks=True)
+        if self._merged and self._order is not None:
+            for loc, name in enumerate(self._order):
+                parts = self._merged.get(name)
+                if parts is not None:
+                    values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    frame.insert(loc, name, values)
+        return frame
+
+
+def _merged_order(names: Sequence[str], triples: dict[str, tuple[str, str, str]]) -> list[str]:
+    drop = {c for cols in triples.values() for c in cols}
+    order: list[str] = []
+    for name in names:
+        if name in drop:
+            if name.endswith("_x") and name[:-2] in triples:
+                order.append(name[:-2])
+            continue
+        order.append(name)
+    return order
+
+
+def table_to_frame(table: pa.Table, *, split_positions: bool = True) -> pd.DataFrame:
+    """Convert a query result to pandas, merging position triples unless asked not to.
+
+    Args:
+        table: The Arrow result.
         split_positions: Keep ``<base>_x/_y/_z`` columns; otherwise each triple becomes one
             object column ``<base>`` of ``np.ndarray([x, y, z])``, placed where the triple was.
 
     Returns:
         The DataFrame, with the pandas dtypes the server's metadata asks for.
     """
-    triples = {} if split_positions else position_triples(table.column_names)
-    merged: dict[str, np.ndarray] = {}
-    if triples:
-        for base, cols in triples.items():
-            merged[base] = rows_as_arrays(stack_positions(table, cols))
-        drop = {c for cols in triples.values() for c in cols}
-        order: list[str] = []
-        for name in table.column_names:
-            if name in drop:
-                base = name[:-2]
-                if name.endswith("_x") and base in merged:
-                    order.append(base)
-                continue
-            order.append(name)
-        table = table.drop_columns(sorted(drop))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=FutureWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        frame = table.to_pandas(split_blocks=True, ignore_metadata=False)
-    if triples:
-        for base, values in merged.items():
-            frame[base] = values
-        frame = frame[order]
-    return frame
+    assembler = FrameAssembler(split_positions=split_positions)
+    assembler.add(table)
+    return assembler.frame()
 
 
 def concatenate_position_columns(df: pd.DataFrame, inplace: bool = False) -> pd.DataFrame:

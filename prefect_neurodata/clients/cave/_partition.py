@@ -99,25 +99,27 @@ def plan_ranges(total: int, lo: int, hi: int, limit: int, fill: float = FILL) ->
         fill: Target fraction of the limit per range.
 
     Returns:
-        Ranges covering every integer: the first is open below, the last open above.
+        Ranges covering every integer: ``(None, lo)`` and ``(hi, None)`` catch ids outside the
+        estimate (usually empty), the bounded ranges in between split ``[lo, hi)`` evenly.
     """
     hi = max(hi, lo + 1)
     target = max(1, int(limit * fill))
     parts = max(1, math.ceil(total / target))
     parts = min(parts, hi - lo)
     width = math.ceil((hi - lo) / parts)
-    cuts = [lo + i * width for i in range(1, parts) if lo + i * width < hi]
-    bounds: list[int | None] = [None, *cuts, hi, None]
-    if not cuts:
-        bounds = [None, hi, None]
-    return [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+    edges = list(range(lo, hi, width)) + [hi]
+    bounded: list[IdRange] = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+    return [(None, lo), *bounded, (hi, None)]
 
 
-def split_range(rng: IdRange, width_hint: int, pieces: int = 4) -> list[IdRange]:
+def split_range(
+    rng: IdRange, width_hint: int, pieces: int = 4, span: tuple[int, int] | None = None
+) -> list[IdRange]:
     """Split a range whose answer was cut at the limit.
 
-    A bounded range is cut into ``pieces`` equal parts; an open one is split into a bounded part
-    of twice ``width_hint`` next to its bound and the rest, which stays open.
+    A bounded range is cut into ``pieces`` equal parts. An open range is split at the edge of
+    the estimated id ``span`` when it reaches into it, otherwise into a bounded part of twice
+    ``width_hint`` next to its bound and the rest, which stays open.
 
     Raises:
         QueryLimitError: The range holds a single id, so it cannot be split.
@@ -128,8 +130,12 @@ def split_range(rng: IdRange, width_hint: int, pieces: int = 4) -> list[IdRange]
         return [(None, 0), (0, None)]
     if lo is None:
         assert hi is not None
+        if span is not None and span[0] < hi:
+            return [(None, span[0]), (span[0], hi)]
         return [(None, hi - 2 * width), (hi - 2 * width, hi)]
     if hi is None:
+        if span is not None and span[1] > lo:
+            return [(lo, span[1]), (span[1], None)]
         return [(lo, lo + 2 * width), (lo + 2 * width, None)]
     if hi - lo <= 1:
         raise QueryLimitError(
@@ -170,6 +176,7 @@ class Partitioner:
         self.limit = limit_hint
         self._on_learn_limit = on_learn_limit
         self._width = 1
+        self._span: tuple[int, int] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _learn(self, chunk: Chunk) -> None:
@@ -190,8 +197,14 @@ class Partitioner:
         if not chunk.cut_at_limit():
             return [chunk]
         logger.debug("id range %s reached the row limit %s; splitting", rng, chunk.limit)
+        pieces = 4
+        lo, hi = rng
+        if self._count is not None and lo is not None and hi is not None and self.limit:
+            # one count tells how many pieces fit under the limit, instead of splitting blindly
+            rows = self._count(rng)
+            pieces = max(2, math.ceil(rows / max(1, int(self.limit * FILL))))
         out: list[Chunk] = []
-        for sub in split_range(rng, self._width):
+        for sub in split_range(rng, self._width, pieces=pieces, span=self._span):
             out.extend(self.fetch_range(sub))
         return out
 
@@ -201,7 +214,9 @@ class Partitioner:
         The upper end is probed with count queries (``id >= h`` empty?), starting from the
         table size or the largest id seen, doubling until a probe is empty.
         """
-        lo, hi = 0, max(1, size_hint or 1)
+        lo, hi = 1, max(1, size_hint or 1) + 1  # ids usually run from 1 upwards
+        if sample is not None and sample.num_rows:
+            hi = max(hi, lo + 2 * sample.num_rows)
         if sample is not None and "id" in sample.column_names and sample.num_rows:
             ids = sample.column("id")
             lo = int(pc.min(ids).as_py())
@@ -227,10 +242,8 @@ class Partitioner:
         limit = self.limit or DEFAULT_SERVER_LIMIT
         ranges = plan_ranges(total, lo, hi, limit)
         bounded = [r for r in ranges if r[0] is not None and r[1] is not None]
-        if bounded:
-            self._width = max(1, max(r[1] - r[0] for r in bounded))  # type: ignore[operator]
-        else:
-            self._width = max(1, hi - lo)
+        self._width = max(1, max(r[1] - r[0] for r in bounded))  # type: ignore[operator]
+        self._span = (lo, hi)
         logger.debug("fetching %d rows as %d id ranges over [%d, %d)", total, len(ranges), lo, hi)
         for chunks in imap_bounded(self.fetch_range, ranges, self.max_workers):
             yield from chunks

@@ -60,7 +60,7 @@ MAX_ANNOTATIONS_PER_REQUEST = 10_000
 PERMISSIONS = ("PRIVATE", "GROUP", "PUBLIC")
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_]+[a-z0-9_]*$")
 
-_URL_IDS_CHARS = 6000  # keeps ``?annotation_ids=...`` well under common request-line limits
+_URL_IDS_CHARS = 6000  # keeps ``?annotation_ids=...`` (commas sent as %2C) under line limits
 
 
 class AnnotationUploadError(requests.HTTPError):
@@ -446,11 +446,11 @@ class AnnotationClientV2(ClientBase):
         size = 0
         for i in ids:
             text = str(i)
-            if current and size + len(text) + 1 > _URL_IDS_CHARS:
+            if current and size + len(text) + 3 > _URL_IDS_CHARS:
                 groups.append(current)
                 current, size = [], 0
             current.append(text)
-            size += len(text) + 1
+            size += len(text) + 3
         if current:
             groups.append(current)
         return groups

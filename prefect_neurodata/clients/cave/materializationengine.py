@@ -52,10 +52,11 @@ from prefect_neurodata.clients.http import decode_json, dumps, loads
 
 from . import endpoints as _endpoints
 from ._arrow import (
-    concat_tables,
+    FrameAssembler,
     content_type,
     is_arrow,
     limit_from_warnings,
+    parse_resolution,
     read_ipc,
     scale_factors,
     scale_table_positions,
@@ -297,15 +298,6 @@ def _json_safe(value: Any) -> Any:
 
 def _metadata_attrs(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {(k if k.startswith("table") else f"table_{k}"): v for k, v in meta.items()}
-
-
-def _parse_resolution(value: str | None) -> list[float] | None:
-    if not value:
-        return None
-    try:
-        return [float(v) for v in value.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        return None
 
 
 def _add_id_range(body: dict[str, Any], table: str, rng: IdRange) -> dict[str, Any]:
@@ -763,6 +755,7 @@ class MaterializationClientV2(ClientBase):
         can_count: bool = True,
         can_partition: Callable[[], str | None] | None = None,
         single: bool = False,
+        assembler: FrameAssembler | None = None,
     ) -> tuple[list[Chunk], Any]:
         """Run one query (partitioned if needed); return the chunks and the first headers."""
         check_on_limit(on_limit)
@@ -801,15 +794,19 @@ class MaterializationClientV2(ClientBase):
         # Only an unfiltered query is certainly as big as the table: then the table count
         # lets the first (certainly cut) request be skipped.
         unfiltered = not any(body.get(key) for _, key, _ in _FILTER_KEYS)
-        chunks = list(
-            partitioner.run(
-                on_limit=on_limit,
-                limit=limit,
-                offset=offset,
-                size_hint=size_hint if unfiltered and not single else None,
-                why_not=why_not,
-            )
-        )
+        chunks: list[Chunk] = []
+        for chunk in partitioner.run(
+            on_limit=on_limit,
+            limit=limit,
+            offset=offset,
+            size_hint=size_hint if unfiltered and not single else None,
+            why_not=why_not,
+        ):
+            if assembler is not None:
+                # converted while later partitions are still in flight
+                assembler.add(chunk.table, chunk.headers)
+                chunk.table = None
+            chunks.append(chunk)
         if not chunks:
             raise RuntimeError("the query produced no answer")
         self._log_warnings(chunks)
@@ -837,30 +834,6 @@ class MaterializationClientV2(ClientBase):
                     continue
                 seen.add(message)
                 logger.warning(message)
-
-    def _finish(
-        self,
-        chunks: list[Chunk],
-        headers: Any,
-        *,
-        return_df: bool,
-        split_positions: bool,
-        desired_resolution: Sequence[float] | None,
-        given_resolution: Callable[[], Sequence[float] | None] | None,
-    ) -> tuple[Any, list[float] | None]:
-        """Concatenate the chunks and convert them; returns (frame or records, resolution)."""
-        if not return_df:
-            records: list[Any] = []
-            for chunk in chunks:
-                records.extend(chunk.table)
-            return records, None
-        table = concat_tables([c.table for c in chunks])
-        resolution = _parse_resolution(headers.get("dataframe_resolution"))
-        if desired_resolution is not None and resolution is None and given_resolution is not None:
-            given = given_resolution()
-            table = scale_table_positions(table, scale_factors(given, desired_resolution))
-            resolution = [float(x) for x in desired_resolution]
-        return table_to_frame(table, split_positions=split_positions), resolution
 
     def _resolution_for(self, desired_resolution: Iterable[float] | None) -> list[float] | None:
         if desired_resolution is None:
@@ -1056,6 +1029,15 @@ class MaterializationClientV2(ClientBase):
             url = self._url("join_query", datastack_name=ds, version=v)
         else:
             url = self._url("simple_query", datastack_name=ds, version=v, table_name=table)
+        asm = (
+            FrameAssembler(
+                split_positions=split_positions or get_counts,
+                desired_resolution=res,
+                given_resolution=lambda: self._table_resolution(table, ds, v),
+            )
+            if return_df
+            else None
+        )
         chunks, headers = self._run(
             url,
             body,
@@ -1069,16 +1051,13 @@ class MaterializationClientV2(ClientBase):
             size_hint=lambda: self.get_annotation_count(table, datastack_name=ds, version=v),
             can_partition=self._partition_check(),
             single=get_counts or random_sample is not None,
+            assembler=asm,
         )
         tables = [table] + ([reference] if reference else [])
         return self._result(
             chunks,
-            headers,
-            return_df=return_df,
+            assembler=asm,
             get_counts=get_counts,
-            split_positions=split_positions,
-            desired_resolution=res,
-            given_resolution=lambda: self._table_resolution(table, ds, v),
             metadata=metadata,
             attrs=lambda resolution: self._assemble_attributes(
                 tables,
@@ -1115,29 +1094,23 @@ class MaterializationClientV2(ClientBase):
     def _table_resolution(self, table: str, ds: str, v: int) -> list[float] | None:
         return self.get_table_metadata(table, datastack_name=ds, version=v).get("voxel_resolution")
 
+    @staticmethod
     def _result(
-        self,
         chunks: list[Chunk],
-        headers: Any,
         *,
-        return_df: bool,
+        assembler: FrameAssembler | None,
         get_counts: bool,
-        split_positions: bool,
-        desired_resolution: list[float] | None,
-        given_resolution: Callable[[], Sequence[float] | None] | None,
         metadata: bool,
         attrs: Callable[[list[float] | None], dict[str, Any]] | None,
     ) -> Any:
-        data, resolution = self._finish(
-            chunks,
-            headers,
-            return_df=return_df,
-            split_positions=split_positions or get_counts,
-            desired_resolution=desired_resolution,
-            given_resolution=given_resolution,
-        )
-        if return_df and metadata and attrs is not None and not get_counts:
-            data.attrs.update(attrs(resolution))
+        if assembler is None:
+            records: list[Any] = []
+            for chunk in chunks:
+                records.extend(chunk.table)
+            return records
+        data = assembler.frame()
+        if metadata and attrs is not None and not get_counts:
+            data.attrs.update(attrs(assembler.resolution))
         return data
 
     def _assemble_attributes(
@@ -1301,7 +1274,7 @@ class MaterializationClientV2(ClientBase):
             self._log_warnings([chunk])
             if not checked:
                 checked = True
-                header = _parse_resolution(chunk.headers.get("dataframe_resolution"))
+                header = parse_resolution(chunk.headers.get("dataframe_resolution"))
                 if res is not None and header is None:
                     factors = scale_factors(self._table_resolution(table, ds, v), res)
             yield scale_table_positions(chunk.table, factors)
@@ -1390,6 +1363,15 @@ class MaterializationClientV2(ClientBase):
             body["desired_resolution"] = res
         params = self._query_params(return_df, False, random_sample)
         url = self._url("join_query", datastack_name=ds, version=v)
+        asm = (
+            FrameAssembler(
+                split_positions=split_positions,
+                desired_resolution=res,
+                given_resolution=lambda: self._table_resolution(names[0], ds, v),
+            )
+            if return_df
+            else None
+        )
         chunks, headers = self._run(
             url,
             body,
@@ -1403,15 +1385,12 @@ class MaterializationClientV2(ClientBase):
             size_hint=lambda: self.get_annotation_count(names[0], datastack_name=ds, version=v),
             can_partition=self._partition_check(),
             single=random_sample is not None,
+            assembler=asm,
         )
         return self._result(
             chunks,
-            headers,
-            return_df=return_df,
+            assembler=asm,
             get_counts=False,
-            split_positions=split_positions,
-            desired_resolution=res,
-            given_resolution=lambda: self._table_resolution(names[0], ds, v),
             metadata=metadata,
             attrs=lambda resolution: self._assemble_attributes(
                 names,
@@ -1831,6 +1810,11 @@ class MaterializationClientV2(ClientBase):
         if random_sample is not None:
             params["random_sample"] = int(random_sample)
         url = self._url("live_live_query", datastack_name=ds)
+        asm: FrameAssembler | None = FrameAssembler(
+            split_positions=split_positions,
+            desired_resolution=res,
+            given_resolution=None,
+        )
         chunks, headers = self._run(
             url,
             body,
@@ -1844,17 +1828,14 @@ class MaterializationClientV2(ClientBase):
             can_count=False,
             can_partition=self._partition_check(),
             single=random_sample is not None,
+            assembler=asm,
         )
         v = None
         live = {"timestamp": string_format_timestamp(ts)}
         return self._result(
             chunks,
-            headers,
-            return_df=True,
+            assembler=asm,
             get_counts=False,
-            split_positions=split_positions,
-            desired_resolution=res,
-            given_resolution=None,
             metadata=metadata,
             attrs=lambda resolution: self._assemble_attributes(
                 names,
@@ -2128,6 +2109,20 @@ class MaterializationClientV3(MaterializationClientV2):
             schema = self.get_view_schema(view_name, materialization_version=v, datastack_name=ds)
             return "id" in schema
 
+        def view_resolution() -> list[float] | None:
+            meta = self.get_view_metadata(view_name, materialization_version=v, datastack_name=ds)
+            keys = ("voxel_resolution_x", "voxel_resolution_y", "voxel_resolution_z")
+            return [meta[k] for k in keys] if all(k in meta for k in keys) else None
+
+        asm = (
+            FrameAssembler(
+                split_positions=split_positions or get_counts,
+                desired_resolution=res,
+                given_resolution=view_resolution,
+            )
+            if return_df
+            else None
+        )
         chunks, headers = self._run(
             url,
             body,
@@ -2140,21 +2135,13 @@ class MaterializationClientV3(MaterializationClientV2):
             max_workers=max_workers,
             can_partition=self._partition_check(has_id),
             single=get_counts or random_sample is not None,
+            assembler=asm,
         )
-
-        def view_resolution() -> list[float] | None:
-            meta = self.get_view_metadata(view_name, materialization_version=v, datastack_name=ds)
-            keys = ("voxel_resolution_x", "voxel_resolution_y", "voxel_resolution_z")
-            return [meta[k] for k in keys] if all(k in meta for k in keys) else None
 
         return self._result(
             chunks,
-            headers,
-            return_df=return_df,
+            assembler=asm,
             get_counts=get_counts,
-            split_positions=split_positions,
-            desired_resolution=res,
-            given_resolution=view_resolution,
             metadata=metadata,
             attrs=lambda resolution: self._assemble_attributes(
                 [view_name],

@@ -67,6 +67,7 @@ router = APIRouter()
 def json_response(
     value: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
+    """JSON response encoded with orjson (non-string keys allowed)."""
     return Response(
         orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS),
         status_code=status_code,
@@ -76,6 +77,7 @@ def json_response(
 
 
 async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON (400 naming the problem otherwise)."""
     raw = await request.body()
     if not raw:
         raise CaveHTTPError(400, "Request body must be JSON")
@@ -86,17 +88,20 @@ async def read_json(request: Request) -> Any:
 
 
 def world_of(request: Request) -> Any:
+    """The request's :class:`CaveWorld`, with this module's tables created."""
     world = request.app.state.world
     store.ensure_schema(world.engine)
     return world
 
 
 def check_aligned_volume(world: Any, aligned_volume: str) -> None:
+    """404 unless ``aligned_volume`` is the world's aligned volume."""
     if aligned_volume != world.config.aligned_volume:
         raise CaveHTTPError(404, f"aligned volume {aligned_volume} not found")
 
 
 def get_meta(conn: sa.Connection, world: Any, table_name: str) -> dict[str, Any]:
+    """Metadata row of a live (not deleted) table, else 404."""
     meta = store.table_meta_row(conn, world.config.aligned_volume, table_name)
     if meta is None:
         raise CaveHTTPError(404, f"table {table_name} not found in {world.config.aligned_volume}")
@@ -104,12 +109,14 @@ def get_meta(conn: sa.Connection, world: Any, table_name: str) -> dict[str, Any]
 
 
 def notice_headers(meta: dict[str, Any]) -> dict[str, str]:
+    """``Warning: Table Owner Notice: ...`` when the table has a notice."""
     if meta.get("notice_text"):
         return {"Warning": f"Table Owner Notice: {meta['notice_text']}"}
     return {}
 
 
 def owner_check(user: Any, meta: dict[str, Any], action: str) -> None:
+    """401 unless the caller owns the table (or is a superadmin)."""
     if _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
         return
     raise CaveHTTPError(
@@ -118,6 +125,7 @@ def owner_check(user: Any, meta: dict[str, Any], action: str) -> None:
 
 
 def read_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
+    """Table-level read permission (PUBLIC / GROUP / PRIVATE); 401 when refused."""
     perm = meta["read_permission"]
     if perm == "PUBLIC" or _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
         return
@@ -131,6 +139,7 @@ def read_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
 
 
 def write_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
+    """Table-level write permission (PUBLIC / GROUP / PRIVATE); 401 when refused."""
     perm = meta["write_permission"]
     if perm == "PUBLIC" or _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
         return
@@ -205,10 +214,12 @@ def schema_fields(world: Any, schema_type: str) -> list[Field]:
 
 
 def is_reference_schema(fields: list[Field]) -> bool:
+    """True when the schema has a ``target_id`` (reference annotation)."""
     return any(f.name == "target_id" for f in fields)
 
 
 def validation_errors(world: Any, schema_type: str, annotation: Any) -> list[str]:
+    """Schema errors of one nested annotation (empty list = valid)."""
     return list(world.schemas.validate(schema_type, annotation))
 
 
@@ -285,6 +296,7 @@ def _bad_annotation(index: int, errors: list[str]) -> CaveHTTPError:
 
 
 def next_ids(conn: sa.Connection, table: sa.Table, n: int) -> list[int]:
+    """The next ``n`` free ids of a live table (hold the table's write lock)."""
     current = conn.execute(sa.select(sa.func.max(table.c.id))).scalar()
     start = int(current or 0) + 1
     return list(range(start, start + n))
@@ -461,7 +473,8 @@ def _annotation_list(body: Any, key: str) -> list[Any]:
     if len(items) > MAX_ANNOTATIONS:
         raise CaveHTTPError(
             413,
-            f"Exceeded the maximum number of annotations per request: {len(items)} > {MAX_ANNOTATIONS}",
+            f"Exceeded the maximum number of annotations per request: "
+            f"{len(items)} > {MAX_ANNOTATIONS}",
         )
     return items
 
@@ -596,6 +609,7 @@ def check_request(request: Request, level: str) -> Any:
 
 @router.get(PREFIX + "/table")
 def list_tables(request: Request, aligned_volume: str, filter_valid: str | None = None) -> Response:
+    """``GET /table``: names of the aligned volume's tables."""
     world = world_of(request)
     _view(request)
     check_aligned_volume(world, aligned_volume)
@@ -612,6 +626,7 @@ def list_tables(request: Request, aligned_volume: str, filter_valid: str | None 
 
 @router.post(PREFIX + "/table")
 async def post_table(request: Request, aligned_volume: str) -> Response:
+    """``POST /table``: create a table; answers the plain-text table name."""
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)
@@ -622,6 +637,7 @@ async def post_table(request: Request, aligned_volume: str) -> Response:
 
 @router.put(PREFIX + "/table")
 async def put_table(request: Request, aligned_volume: str) -> Response:
+    """``PUT /table``: update a table's metadata (owner only)."""
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)
@@ -663,6 +679,7 @@ async def put_table(request: Request, aligned_volume: str) -> Response:
 
 @router.get(PREFIX + "/table/{table_name}")
 def get_table(request: Request, aligned_volume: str, table_name: str) -> Response:
+    """``GET /table/{t}``: table metadata, status 201 (the real quirk)."""
     world = world_of(request)
     user = _view(request)
     check_aligned_volume(world, aligned_volume)
@@ -674,6 +691,7 @@ def get_table(request: Request, aligned_volume: str, table_name: str) -> Respons
 
 @router.delete(PREFIX + "/table/{table_name}")
 def delete_table(request: Request, aligned_volume: str, table_name: str) -> Response:
+    """``DELETE /table/{t}``: soft-delete a table (owner only); answers ``true``."""
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)
@@ -690,6 +708,7 @@ def delete_table(request: Request, aligned_volume: str, table_name: str) -> Resp
 
 @router.get(PREFIX + "/table/{table_name}/count")
 def table_count(request: Request, aligned_volume: str, table_name: str) -> Response:
+    """``GET /table/{t}/count``: number of rows (including invalidated ones)."""
     world = world_of(request)
     user = _view(request)
     check_aligned_volume(world, aligned_volume)
@@ -705,6 +724,7 @@ def table_count(request: Request, aligned_volume: str, table_name: str) -> Respo
 def get_annotations_route(
     request: Request, aligned_volume: str, table_name: str, annotation_ids: str = ""
 ) -> Response:
+    """``GET /table/{t}/annotations?annotation_ids=1,2``: flattened rows."""
     world = world_of(request)
     user = _view(request)
     check_aligned_volume(world, aligned_volume)
@@ -722,6 +742,7 @@ def get_annotations_route(
 
 @router.post(PREFIX + "/table/{table_name}/annotations")
 async def post_annotations(request: Request, aligned_volume: str, table_name: str) -> Response:
+    """``POST /table/{t}/annotations``: insert; answers the new ids."""
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)
@@ -731,6 +752,7 @@ async def post_annotations(request: Request, aligned_volume: str, table_name: st
 
 @router.put(PREFIX + "/table/{table_name}/annotations")
 async def put_annotations(request: Request, aligned_volume: str, table_name: str) -> Response:
+    """``PUT /table/{t}/annotations``: update; answers ``{old: new}``."""
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)
@@ -743,6 +765,7 @@ async def put_annotations(request: Request, aligned_volume: str, table_name: str
 async def delete_annotations_route(
     request: Request, aligned_volume: str, table_name: str
 ) -> Response:
+    """``DELETE /table/{t}/annotations``: soft delete; answers ids."""
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)

@@ -245,6 +245,11 @@ def seed_world(world: CaveWorld, body: dict[str, Any]) -> dict[str, Any]:
             if kind is int and (int(value) != value or value < 0):
                 raise CaveHTTPError(400, f"seed field {key!r} must be an int >= 0, got {value!r}")
             values[key] = kind(value)
+    for key, low, high in (("neurons", 2, 5000), ("neuron_length", 10, 10_000)):
+        if key in values and not low <= values[key] <= high:
+            raise CaveHTTPError(
+                400, f"seed field {key!r} must be in [{low}, {high}], got {values[key]!r}"
+            )
     extra = {k: v for k, v in body.items() if k not in _SEED_KEYS}
     seed_mod = _optional_module("seed")
     seed_fn = getattr(seed_mod, "seed_tables", None) if seed_mod is not None else None

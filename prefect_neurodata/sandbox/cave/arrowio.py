@@ -18,6 +18,7 @@ import gzip
 import json
 from collections.abc import Iterable
 
+import numpy as np
 import pyarrow as pa
 
 ARROW_MEDIA_TYPE = "data.arrow"
@@ -44,8 +45,10 @@ def _column_meta(field: pa.Field, plain: bool) -> dict[str, object]:
     elif not plain and t in _NULLABLE_BY_TYPE:
         pandas_type, numpy_type = _NULLABLE_BY_TYPE[t]
         meta.update(pandas_type=pandas_type, numpy_type=numpy_type)
+    elif pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+        meta.update(pandas_type=f"list[{t.value_type}]", numpy_type="object")
     else:
-        name = str(t.to_pandas_dtype().__name__) if hasattr(t, "to_pandas_dtype") else str(t)
+        name = str(np.dtype(t.to_pandas_dtype()))
         meta.update(pandas_type=name, numpy_type=name)
     return meta
 

@@ -432,6 +432,10 @@ class ChunkedGraph:
         order = np.argsort(ids)
         self._sorted_ids = ids[order]
         self._sorted_idx = order.astype(np.int64)
+        cx, cy, cz = (int(v) for v in self.chunks)
+        chunk_flat = (self.sv_chunk[:, 0] * cy + self.sv_chunk[:, 1]) * cz + self.sv_chunk[:, 2]
+        self._chunk_sv_count = np.bincount(chunk_flat, minlength=cx * cy * cz).astype(np.int64)
+        self._chunk_sv_start = np.concatenate([[0], np.cumsum(self._chunk_sv_count)[:-1]])
         offsets = np.zeros(n + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(c) for c in sv_cells])
         self.sv_cell_offsets = offsets
@@ -591,10 +595,22 @@ class ChunkedGraph:
     def sv_index(self, svids: Any) -> np.ndarray:
         """Index of each supervoxel id in the model's arrays; -1 for unknown ids."""
         ids = _as_uint64(svids)
-        pos = np.searchsorted(self._sorted_ids, ids)
-        pos = np.minimum(pos, len(self._sorted_ids) - 1)
-        found = self._sorted_ids[pos] == ids
-        return np.where(found, self._sorted_idx[pos], -1)
+        # Supervoxel ids sort by (chunk x, y, z, segment) and segments count 1.. per chunk, so an
+        # id's rank is chunk_start + segment - 1: pure bit arithmetic, no search.
+        b = self.bits[1]
+        shift = 64 - LAYER_ID_BITS
+        mask = np.uint64((1 << b) - 1)
+        layer = ids >> np.uint64(shift)
+        x = ((ids >> np.uint64(shift - b)) & mask).astype(np.int64)
+        y = ((ids >> np.uint64(shift - 2 * b)) & mask).astype(np.int64)
+        z = ((ids >> np.uint64(shift - 3 * b)) & mask).astype(np.int64)
+        seg = (ids & np.uint64((1 << (shift - 3 * b)) - 1)).astype(np.int64)
+        cx, cy, cz = (int(v) for v in self.chunks)
+        ok = (layer == 1) & (x < cx) & (y < cy) & (z < cz) & (seg >= 1)
+        flat = np.where(ok, (x * cy + y) * cz + z, 0)
+        ok &= seg <= self._chunk_sv_count[flat]
+        pos = np.where(ok, self._chunk_sv_start[flat] + seg - 1, 0)
+        return np.where(ok, self._sorted_idx[pos], -1)
 
     def _require_sv(self, svid: int) -> int:
         idx = int(self.sv_index([svid])[0])
@@ -626,10 +642,31 @@ class ChunkedGraph:
         """Root (level>2) or L2 (level 2) of supervoxel indices as of operation ``seq``."""
         if seq >= len(self._op_ts) - 1:
             return (self.cur_l2 if level == 2 else self.cur_root)[idx]
+        if len(idx) > self.n_supervoxels // 4:
+            # big batches: index a whole-world snapshot at seq (cached) instead of searching
+            return self._snapshot(seq, level)[idx]
         keys, roots, l2s = self._lookup_arrays()
         q = (idx.astype(np.int64) << _SEQ_BITS) | seq
         pos = np.searchsorted(keys, q, side="right") - 1
         return (l2s if level == 2 else roots)[pos]
+
+    def _snapshot(self, seq: int, level: int) -> np.ndarray:
+        """Root (or L2) of every supervoxel as of ``seq``; a few recent snapshots are cached."""
+        with self._lock:
+            cache: dict[tuple[int, int, int], np.ndarray] = self.__dict__.setdefault(
+                "_snapshots", {}
+            )
+            key = (len(self._op_ts), seq, 2 if level == 2 else 0)
+            snap = cache.get(key)
+            if snap is None:
+                keys, roots, l2s = self._lookup_arrays()
+                q = (np.arange(self.n_supervoxels, dtype=np.int64) << _SEQ_BITS) | seq
+                pos = np.searchsorted(keys, q, side="right") - 1
+                snap = (l2s if level == 2 else roots)[pos]
+                if len(cache) >= 8:
+                    cache.pop(next(iter(cache)))
+                cache[key] = snap
+            return snap
 
     # ---------------------------------------------------------------- spatial API
     def lookup_supervoxels(self, points_voxel: Any) -> np.ndarray:

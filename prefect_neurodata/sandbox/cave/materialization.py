@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +51,7 @@ from prefect_neurodata.sandbox.cave.store import Field
 SERVER_VERSION = "5.26.4"
 API_VERSIONS = [2, 3]
 QUERY_LIMIT_SIZE = 200_000
+LIMIT_ENV = "NEURODATA_SANDBOX_CAVE_QUERY_LIMIT"
 DEFAULT_DAYS_TO_EXPIRE = 7
 EXPIRED_MESSAGE = "This materialization version is not available"
 
@@ -72,8 +75,10 @@ _LIVE_KEYS = set(query.FILTER_KINDS) | {
 
 
 def limit_size(world: Any) -> int:
-    """The server's row limit (``QUERY_LIMIT_SIZE``); a world may override it for tests."""
-    return int(getattr(world, "query_limit_size", None) or QUERY_LIMIT_SIZE)
+    """The server's row limit: ``world.query_limit_size`` (set by ``PUT /__sandbox__/query_limit``
+    or by in-process tests), else env ``NEURODATA_SANDBOX_CAVE_QUERY_LIMIT``, else 200,000."""
+    value = getattr(world, "query_limit_size", None) or os.environ.get(LIMIT_ENV)
+    return int(value or QUERY_LIMIT_SIZE)
 
 
 def _posix(value: dt.datetime) -> float:
@@ -164,6 +169,7 @@ def frozen_arrow(
 
 
 def position_bases(fields: list[Field]) -> list[str]:
+    """Model names (``<pt>_position``) of the point fields."""
     return [f"{f.name}_position" for f in fields if f.kind in ("bound_point", "point")]
 
 
@@ -188,14 +194,16 @@ def _encode_chunks(table: pa.Table) -> list[bytes]:
 
 
 class FrozenCache:
-    """Per-process LRU of decoded frozen tables (immutable, so caching is always valid)."""
+    """Per-process LRU of decoded frozen tables, bounded by bytes (frozen data is immutable, so a
+    cached table is always valid; expiry drops a version's entries)."""
 
-    def __init__(self, size: int = 12) -> None:
-        self.size = size
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[Any, ...], Source] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...]) -> Source | None:
+        """The cached source for ``key``, or None."""
         with self._lock:
             item = self._items.get(key)
             if item is not None:
@@ -203,17 +211,22 @@ class FrozenCache:
             return item
 
     def put(self, key: tuple[Any, ...], value: Source) -> None:
+        """Cache ``value``; evicts least recently used tables beyond ``max_bytes``."""
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            total = sum(v.table.nbytes for v in self._items.values())
+            while len(self._items) > 1 and total > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                total -= dropped.table.nbytes
 
     def drop_all(self) -> None:
+        """Forget every cached table."""
         with self._lock:
             self._items.clear()
 
     def drop_version(self, db_key: str, datastack: str, version: int) -> None:
+        """Forget the cached tables of one version."""
         with self._lock:
             for key in [k for k in self._items if k[:3] == (db_key, datastack, version)]:
                 del self._items[key]
@@ -224,6 +237,10 @@ CACHE = FrozenCache()
 
 def _db_key(world: Any) -> str:
     return str(world.engine.url)
+
+
+def _cache_key(world: Any, version: int, kind: str, name: str) -> tuple[Any, ...]:
+    return (_db_key(world), world.config.datastack, version, kind, name)
 
 
 # --------------------------------------------------------------------------- versions
@@ -294,6 +311,7 @@ def expire_version(world: Any, version: int) -> dict[str, Any]:
 
 
 def version_dict(row: Any) -> dict[str, Any]:
+    """The AnalysisVersion dict of a version row."""
     r = row._mapping if hasattr(row, "_mapping") else row
     return {
         "id": r["id"],
@@ -309,6 +327,7 @@ def version_dict(row: Any) -> dict[str, Any]:
 
 
 def version_metadata(world: Any, version: int) -> dict[str, Any]:
+    """AnalysisVersion dict of ``version`` (404 when unknown)."""
     v = store.mat_versions
     ds = world.config.datastack
     with world.engine.connect() as conn:
@@ -406,9 +425,9 @@ def materialize(
             table = frozen_arrow(world, meta, cols, ts)
             info = _mat_table_meta(world, meta, version)
             _store_frozen(world, version, meta["table_name"], "table", table, info)
-            sources[meta["table_name"]] = Source(
-                meta["table_name"], table, position_bases(fields), _resolution(meta)
-            )
+            src = Source(meta["table_name"], table, position_bases(fields), _resolution(meta))
+            sources[meta["table_name"]] = src
+            CACHE.put(_cache_key(world, version, "table", meta["table_name"]), src)
         with world.engine.connect() as conn:
             view_defs = (
                 conn.execute(sa.select(store.views).where(store.views.c.datastack == ds))
@@ -615,7 +634,7 @@ def load_source(
 ) -> tuple[Source, dict[str, Any]]:
     """The frozen table (cached) and its metadata row."""
     row = _mat_row(world, version, name, kind)
-    key = (_db_key(world), world.config.datastack, version, kind, name)
+    key = _cache_key(world, version, kind, name)
     src = CACHE.get(key)
     if src is None:
         with world.engine.connect() as conn:
@@ -643,6 +662,7 @@ def load_source(
 
 
 def public_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """Stored table/view metadata without the stand-in's private keys."""
     return {k: v for k, v in row["meta"].items() if not k.startswith("_")}
 
 
@@ -683,7 +703,10 @@ def _check_keys(body: Any, allowed: set[str]) -> dict[str, Any]:
         raise CaveHTTPError(400, "Request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise CaveHTTPError(400, {k: ["Unknown field."] for k in unknown}.__repr__())
+        # marshmallow's unknown=RAISE message, keyed by field
+        raise CaveHTTPError(
+            400, f"Unknown field(s) in request body: { {k: ['Unknown field.'] for k in unknown} }"
+        )
     return body
 
 
@@ -781,6 +804,7 @@ def _query_flags(request: Request) -> tuple[bool, int | None]:
 def run_simple(
     request: Request, world: Any, user: Any, api: int, version: int, name: str, kind: str, body: Any
 ) -> Response:
+    """Run a table or view query and render the response."""
     body = _check_keys(body, _SIMPLE_KEYS)
     _version_row(world, version)
     if kind == "table":
@@ -803,6 +827,7 @@ def run_simple(
 def run_join(
     request: Request, world: Any, user: Any, api: int, version: int, body: Any
 ) -> Response:
+    """Run a two-table join query and render the response."""
     body = _check_keys(body, _COMPLEX_KEYS)
     tables = body.get("tables")
     if (
@@ -901,10 +926,9 @@ def run_live(request: Request, world: Any, user: Any, body: Any) -> Response:
         _read_allowed(world, user, name)
         with world.engine.connect() as conn:
             meta = annotation.get_meta(conn, world, name)
-            fields = store.table_fields(meta)
-            cols = store.read_live_rows(conn, name, fields, at)
+        fields = store.table_fields(meta)
         metas.append(meta)
-        frozen = frozen_arrow(world, meta, cols, at)
+        frozen = _live_table(world, meta, fields, at)
         frozen, dropped = _sentinel_rows(frozen, fields, allow_missing)
         if dropped:
             warnings.append(
@@ -953,6 +977,80 @@ def run_live(request: Request, world: Any, user: Any, body: Any) -> Response:
         ]
     warnings += _notices(*metas)
     return render(request, result, extra_warnings=warnings, send_resolution=True)
+
+
+def _live_table(world: Any, meta: dict[str, Any], fields: list[Field], at: dt.datetime) -> pa.Table:
+    """The table's rows valid at ``at`` in the frozen layout, root ids at ``at``.
+
+    Like the real server: start from a frozen version of the table (the newest one) and apply
+    the delta of live rows created or deleted between the version's timestamp and ``at`` (either
+    direction), then recompute every root id at ``at``. Only the delta is read from SQL; a
+    table that is in no version is read whole.
+    """
+    name = meta["table_name"]
+    v = store.mat_versions
+    t = store.mat_tables
+    with world.engine.connect() as conn:
+        found = conn.execute(
+            sa.select(v.c.version, v.c.time_stamp)
+            .select_from(
+                v.join(t, sa.and_(t.c.datastack == v.c.datastack, t.c.version == v.c.version))
+            )
+            .where(
+                v.c.datastack == world.config.datastack,
+                v.c.valid.is_(True),
+                t.c.table_name == name,
+                t.c.kind == "table",
+            )
+            .order_by(v.c.version.desc())
+            .limit(1)
+        ).first()
+    base = None
+    if found is not None:
+        try:
+            base, _ = load_source(world, int(found[0]), name)
+        except CaveHTTPError:
+            base = None
+    if base is None:
+        with world.engine.connect() as conn:
+            cols = store.read_live_rows(conn, name, fields, at)
+        return frozen_arrow(world, meta, cols, at)
+    since = min(store.naive_utc(found[1]), at)
+    with world.engine.connect() as conn:
+        delta = store.read_changed_rows(conn, name, fields, since)
+    table = _roots_at(world, base.table, fields, at)
+    if not delta["id"]:
+        return table
+    keep = [
+        i
+        for i, (c, d) in enumerate(zip(delta["created"], delta["deleted"], strict=True))
+        if c <= at and (d is None or d > at)
+    ]
+    changed = pa.array(delta["id"], pa.int64())
+    table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=changed)))
+    cols = {k: [vals[i] for i in keep] for k, vals in delta.items()}
+    added = frozen_arrow(world, meta, cols, at).cast(table.schema)
+    out = pa.concat_tables([table, added])
+    ids = out.column("id").to_numpy()
+    if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        out = out.take(pa.array(np.argsort(ids, kind="stable")))
+    return out
+
+
+def _roots_at(world: Any, table: pa.Table, fields: list[Field], at: dt.datetime) -> pa.Table:
+    cg = world.chunkedgraph
+    ts = _posix(at)
+    for f in fields:
+        if f.kind != "bound_point":
+            continue
+        sv = table.column(f"{f.name}_supervoxel_id").to_numpy()
+        roots = np.zeros(len(sv), dtype=np.int64)
+        if cg is not None:
+            roots = np.asarray(cg.get_roots(sv.astype(np.uint64), ts)).astype(np.int64)
+        roots = np.where(sv == 1, 1, roots)
+        i = table.column_names.index(f"{f.name}_root_id")
+        table = table.set_column(i, f"{f.name}_root_id", pa.array(roots))
+    return table
 
 
 def _pick_live_version(world: Any, at: dt.datetime) -> int:
@@ -1039,8 +1137,8 @@ def _sentinel_rows(
     if not allow_missing:
         raise CaveHTTPError(
             406,
-            f"There are {n} annotations that need supervoxel lookups, pass allow_missing_lookups=True "
-            "to drop them",
+            f"There are {n} annotations that need supervoxel lookups, "
+            "pass allow_missing_lookups=True to drop them",
         )
     return table.filter(pa.array(~pending)), n
 
@@ -1085,11 +1183,13 @@ DS = "/datastack/{datastack}"
 
 @router.get(ME + "/api/versions")
 def api_versions() -> Response:
+    """API versions the server supports."""
     return _json(API_VERSIONS)
 
 
 @router.get(ME + "/version")
 def server_version() -> Response:
+    """The server software version (>= 5.13 enables every client query)."""
     return _json(SERVER_VERSION)
 
 
@@ -1103,6 +1203,7 @@ def _api(api_str: str) -> int:
 def list_versions(
     request: Request, api: str, datastack: str, expired: str | None = None
 ) -> Response:
+    """Valid version numbers (every version with ``expired=True``)."""
     _api(api)
     world = _world(request, datastack)
     _view(request)
@@ -1118,6 +1219,7 @@ def list_versions(
 
 @router.get(ME + "/api/{api}" + DS + "/version/{version}")
 def get_version_metadata(request: Request, api: str, datastack: str, version: int) -> Response:
+    """AnalysisVersion dict of one version."""
     _api(api)
     world = _world(request, datastack)
     _view(request)
@@ -1129,6 +1231,7 @@ def get_version_metadata(request: Request, api: str, datastack: str, version: in
 def get_versions_metadata(
     request: Request, api: str, datastack: str, expired: str | None = None
 ) -> Response:
+    """AnalysisVersion dicts (valid ones unless ``expired=True``)."""
     _api(api)
     world = _world(request, datastack)
     _view(request)
@@ -1165,6 +1268,7 @@ def _mat_names(world: Any, version: int, kind: str) -> list[dict[str, Any]]:
 
 @router.get(ME + "/api/{api}" + DS + "/version/{version}/tables")
 def list_mat_tables(request: Request, api: str, datastack: str, version: int) -> Response:
+    """Table names frozen in a version."""
     _api(api)
     world = _world(request, datastack)
     _view(request)
@@ -1179,6 +1283,7 @@ def list_mat_tables(request: Request, api: str, datastack: str, version: int) ->
 def mat_table_count(
     request: Request, api: str, datastack: str, version: int, table_name: str
 ) -> Response:
+    """Row count of a frozen table."""
     _api(api)
     world = _world(request, datastack)
     user = _view(request)
@@ -1191,6 +1296,7 @@ def mat_table_count(
 def mat_table_metadata(
     request: Request, api: str, datastack: str, version: int, table_name: str
 ) -> Response:
+    """Metadata of a frozen table (reference section 4.2)."""
     _api(api)
     world = _world(request, datastack)
     user = _view(request)
@@ -1201,6 +1307,7 @@ def mat_table_metadata(
 
 @router.get(ME + "/api/v3" + DS + "/version/{version}/tables/metadata")
 def all_tables_metadata(request: Request, datastack: str, version: int) -> Response:
+    """Metadata of every frozen table of a version."""
     world = _world(request, datastack)
     _view(request)
     _version_row(world, version)
@@ -1211,6 +1318,7 @@ def all_tables_metadata(request: Request, datastack: str, version: int) -> Respo
 async def simple_query_route(
     request: Request, api: str, datastack: str, version: int, table_name: str
 ) -> Response:
+    """Versioned single-table query (Arrow or JSON)."""
     api_n = _api(api)
     world = _world(request, datastack)
     user = _view(request)
@@ -1222,6 +1330,7 @@ async def simple_query_route(
 
 @router.post(ME + "/api/{api}" + DS + "/version/{version}/query")
 async def join_query_route(request: Request, api: str, datastack: str, version: int) -> Response:
+    """Versioned join query (Arrow or JSON)."""
     api_n = _api(api)
     world = _world(request, datastack)
     user = _view(request)
@@ -1231,6 +1340,7 @@ async def join_query_route(request: Request, api: str, datastack: str, version: 
 
 @router.post(ME + "/api/v3" + DS + "/query")
 async def live_live_query_route(request: Request, datastack: str) -> Response:
+    """Server-side live query at a timestamp (reference section 1.5.2)."""
     world = _world(request, datastack)
     user = _view(request)
     body = await _body(request)
@@ -1253,6 +1363,7 @@ def _view_info(row: dict[str, Any]) -> dict[str, Any]:
 
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views")
 def get_views(request: Request, datastack: str, version: int) -> Response:
+    """Views of a version: ``{name: {id, description, ...}}``."""
     world = _world(request, datastack)
     _view(request)
     _version_row(world, version)
@@ -1261,6 +1372,7 @@ def get_views(request: Request, datastack: str, version: int) -> Response:
 
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views/schemas")
 def get_view_schemas(request: Request, datastack: str, version: int) -> Response:
+    """Column types of every view (404 ``{}`` without views)."""
     world = _world(request, datastack)
     _view(request)
     _version_row(world, version)
@@ -1272,6 +1384,7 @@ def get_view_schemas(request: Request, datastack: str, version: int) -> Response
 
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views/{view_name}/metadata")
 def get_view_metadata(request: Request, datastack: str, version: int, view_name: str) -> Response:
+    """Metadata of one view."""
     world = _world(request, datastack)
     _view(request)
     _version_row(world, version)
@@ -1306,6 +1419,7 @@ def _view_schema(world: Any, version: int, view_name: str) -> dict[str, Any]:
 
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views/{view_name}/schema")
 def get_view_schema(request: Request, datastack: str, version: int, view_name: str) -> Response:
+    """Column types of one view."""
     world = _world(request, datastack)
     _view(request)
     _version_row(world, version)
@@ -1316,6 +1430,7 @@ def get_view_schema(request: Request, datastack: str, version: int, view_name: s
 async def view_query_route(
     request: Request, datastack: str, version: int, view_name: str
 ) -> Response:
+    """Query a view (filters nested under the view name)."""
     world = _world(request, datastack)
     user = _view(request)
     body = await _body(request)
@@ -1326,6 +1441,7 @@ async def view_query_route(
 
 @router.get(ME + "/api/v3" + DS + "/table/{table_name}/unique_string_values")
 def unique_string_values(request: Request, datastack: str, table_name: str) -> Response:
+    """Distinct values of every string column of a live table."""
     world = _world(request, datastack)
     user = _view(request)
     expire_versions(world)
@@ -1354,6 +1470,7 @@ def unique_string_values(request: Request, datastack: str, table_name: str) -> R
 
 @router.post(ME + "/api/v2/materialize/run/ingest_annotations" + DS + "/{table_name}")
 def ingest_annotations(request: Request, datastack: str, table_name: str) -> Response:
+    """Accept an ingest request (edit + table write permission); no-op."""
     world = _world(request, datastack)
     user = _edit(request)
     with world.engine.connect() as conn:
@@ -1364,6 +1481,7 @@ def ingest_annotations(request: Request, datastack: str, table_name: str) -> Res
 
 @router.post(ME + "/api/v2/materialize/run/lookup_svid" + DS + "/{table_name}")
 async def lookup_svid(request: Request, datastack: str, table_name: str) -> Response:
+    """Re-run supervoxel lookups for rows still carrying the sentinel 1."""
     world = _world(request, datastack)
     user = _edit(request)
     body = await _body(request) or {}
@@ -1424,6 +1542,30 @@ async def admin_materialize(request: Request) -> Response:
 
 @router.post("/__sandbox__/versions/{version}/expire")
 def admin_expire(request: Request, version: int) -> Response:
+    """Sandbox admin: expire a version now."""
     world = annotation.world_of(request)
     _admin(request)
     return _json(expire_version(world, version))
+
+
+@router.put("/__sandbox__/query_limit")
+async def admin_query_limit(request: Request) -> Response:
+    """Change the server row limit at runtime: ``{"limit": N}``; ``{"limit": null}`` restores the
+    configured default. Returns ``{"limit": <effective limit>}``."""
+    world = annotation.world_of(request)
+    _admin(request)
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) != {"limit"}:
+        raise CaveHTTPError(400, 'body must be {"limit": <positive int or null>}')
+    value = body["limit"]
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise CaveHTTPError(400, f"limit must be a positive integer or null, got {value!r}")
+    world.query_limit_size = value
+    return _json({"limit": limit_size(world)})
+
+
+@router.get("/__sandbox__/query_limit")
+def admin_get_query_limit(request: Request) -> Response:
+    """Sandbox: the effective row limit."""
+    world = annotation.world_of(request)
+    return _json({"limit": limit_size(world)})

@@ -76,16 +76,19 @@ class Source:
         return out
 
     def physical(self, model_col: str) -> list[str]:
+        """Arrow column names of a model column (a position splits into three)."""
         if model_col in self.position_bases:
             return [f"{model_col}_{a}" for a in "xyz"]
         return [model_col]
 
 
 def bad_request(message: str) -> CaveHTTPError:
+    """A 400 in the flask-restx shape."""
     return CaveHTTPError(400, message)
 
 
 def server_error(message: str) -> CaveHTTPError:
+    """A 500 in the real server's unhandled-error shape."""
     return CaveHTTPError(500, body={"code": 500, "message": message, "traceback": []})
 
 
@@ -151,7 +154,8 @@ def _one_filter(src: Source, kind: str, col: str, value: Any) -> Any:
         if has_null:
             # x NOT IN (.., NULL) is NULL or false for every x: SQL returns no rows.
             return pa.chunked_array([pa.array(np.zeros(len(t), dtype=bool))])
-        return pc.invert(hit)  # null stays null -> excluded
+        # is_in answers false (not NULL) for a NULL value; SQL NOT IN gives NULL: excluded.
+        return pc.and_(pc.invert(hit), pc.is_valid(column))
     if kind == "filter_equal_dict":
         column = _scalar_column(src, col, kind)
         if value is None:
@@ -226,6 +230,7 @@ def filters_for(body: dict[str, Any], names: Sequence[str]) -> dict[str, dict[st
 
 
 def apply_filters(src: Source, filters: dict[str, dict[str, Any]]) -> pa.Table:
+    """The rows of ``src`` passing ``filters`` (and valid = true)."""
     mask = filter_mask(src, filters)
     return src.table if mask is None else src.table.filter(mask)
 
@@ -251,6 +256,7 @@ class Result:
 
 
 def select_model_columns(src: Source, select: Sequence[str] | None) -> list[str]:
+    """Validated model column names to return (all when ``select`` is None)."""
     cols = src.model_columns()
     if select is None:
         return cols
@@ -372,6 +378,7 @@ def join_query(
         raise bad_request(f"column names collide after suffixing: {final}")
 
     def prepared(src: Source, sel: list[str], key: str, tag: str) -> tuple[pa.Table, list[str]]:
+        """One side of the join: filtered, renamed, with its join key."""
         work = Source(
             src.name, random_sample(src.table, sample), src.position_bases, src.resolution
         )

@@ -170,9 +170,7 @@ def _executemany(
         created_value: Any = created.strftime("%Y-%m-%d %H:%M:%S.%f")
         valid_value: Any = 1
         placeholders = ", ".join("?" for _ in all_names)
-        sql = (
-            f'INSERT INTO "{table.name}" ({", ".join(all_names)}) VALUES ({placeholders})'
-        )
+        sql = f'INSERT INTO "{table.name}" ({", ".join(all_names)}) VALUES ({placeholders})'
         lists = [_py(cols[c]) for c in names]
         raw = world.engine.raw_connection()
         try:
@@ -341,7 +339,13 @@ def seed_tables(
         {
             "table": SYNAPSE_TABLE,
             "filter_greater_dict": {SYNAPSE_TABLE: {"size": 500.0}},
-            "select_columns": ["id", "pre_pt_root_id", "post_pt_root_id", "size", "ctr_pt_position"],
+            "select_columns": [
+                "id",
+                "pre_pt_root_id",
+                "post_pt_root_id",
+                "size",
+                "ctr_pt_position",
+            ],
         },
         "Synapses larger than 500.",
         live_compatible=True,

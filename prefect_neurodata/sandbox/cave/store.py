@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,10 +138,12 @@ class Field:
     required: bool = False
 
     def to_json(self) -> list[Any]:
+        """JSON form stored in the metadata row."""
         return [self.name, self.kind, self.required]
 
     @classmethod
     def from_json(cls, value: list[Any]) -> Field:
+        """Inverse of :meth:`to_json`."""
         return cls(str(value[0]), str(value[1]), bool(value[2]))
 
 
@@ -178,7 +181,7 @@ def fields_from_jsonschema(doc: dict[str, Any]) -> list[Field]:
 
 # --------------------------------------------------------------------------- live tables
 
-_table_cache: dict[str, sa.Table] = {}
+_table_cache: dict[tuple[str, tuple[Field, ...]], sa.Table] = {}
 _table_cache_lock = threading.Lock()
 write_locks: dict[str, threading.Lock] = {}
 
@@ -190,6 +193,7 @@ def write_lock(table_name: str) -> threading.Lock:
 
 
 def sql_name(table_name: str) -> str:
+    """SQL name of a live annotation table."""
     return f"anno__{table_name}"
 
 
@@ -220,7 +224,8 @@ _SQL_TYPES: dict[str, Any] = {
 
 def live_table(table_name: str, fields: list[Field]) -> sa.Table:
     """The SQLAlchemy table object of one live annotation table."""
-    key = sql_name(table_name)
+    # Keyed by the field layout too: another world (or a re-created table) may reuse the name.
+    key = (sql_name(table_name), tuple(fields))
     with _table_cache_lock:
         cached = _table_cache.get(key)
         if cached is not None:
@@ -236,25 +241,27 @@ def live_table(table_name: str, fields: list[Field]) -> sa.Table:
         cols += [
             sa.Column(name, _SQL_TYPES[kind], nullable=True) for name, kind in live_columns(fields)
         ]
-        table = sa.Table(key, md, *cols)
+        table = sa.Table(key[0], md, *cols)
         _table_cache[key] = table
         return table
 
 
 def forget_table(table_name: str) -> None:
+    """Drop the cached table objects of ``table_name`` (after re-creating it)."""
     with _table_cache_lock:
-        _table_cache.pop(sql_name(table_name), None)
+        for key in [k for k in _table_cache if k[0] == sql_name(table_name)]:
+            del _table_cache[key]
 
 
-_ensured: set[int] = set()
+_ensured: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def ensure_schema(engine: sa.Engine) -> None:
     """Create the fixed tables (idempotent; cheap after the first call per engine)."""
-    if id(engine) in _ensured:
+    if engine in _ensured:
         return
     metadata.create_all(engine)
-    _ensured.add(id(engine))
+    _ensured.add(engine)
 
 
 def utcnow() -> dt.datetime:
@@ -263,6 +270,7 @@ def utcnow() -> dt.datetime:
 
 
 def naive_utc(value: dt.datetime) -> dt.datetime:
+    """A datetime as naive UTC (aware values are converted)."""
     if value.tzinfo is not None:
         value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return value
@@ -294,6 +302,7 @@ def table_meta_row(
 
 
 def table_fields(meta: dict[str, Any]) -> list[Field]:
+    """The storage fields recorded in a table's metadata row."""
     return [Field.from_json(v) for v in meta["fields"]]
 
 
@@ -375,5 +384,24 @@ def _columns(rows: list[Any], names: list[str], group: str) -> dict[str, Any]:
             return {n: arr[:, i].copy() for i, n in enumerate(names)}
         except (TypeError, ValueError):
             pass  # NULLs in an integer column: fall back to lists (None kept)
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return {n: list(c) for n, c in zip(names, cols, strict=True)}
+
+
+def read_changed_rows(
+    conn: sa.Connection, table_name: str, fields: list[Field], since: dt.datetime
+) -> dict[str, list[Any]]:
+    """Every row created or deleted after ``since`` (the delta to a frozen version), with its
+    ``created`` and ``deleted`` timestamps, as column lists in id order."""
+    table = live_table(table_name, fields)
+    names = ["id", "created", "deleted"] + [name for name, _ in live_columns(fields)]
+    since = naive_utc(since)
+    stmt = (
+        sa.select(*[table.c[n] for n in names])
+        .where(sa.or_(table.c.created > since, table.c.deleted > since))
+        .order_by(table.c.id)
+    )
+    with write_lock(table_name):
+        rows = conn.execute(stmt).all()
     cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     return {n: list(c) for n, c in zip(names, cols, strict=True)}

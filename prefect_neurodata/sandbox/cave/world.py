@@ -66,6 +66,8 @@ class CaveConfig:
         local_url: Public base URL of the local services (chunkedgraph, materialize, annotation,
             l2cache). ``None``: derived from each request's base URL.
         faults: JSON text of the fault-injection config (``NEURODATA_SANDBOX_FAULTS_CAVE``).
+        auth_disabled: Every request runs as user 0 ``AUTH_DISABLED`` (superadmin), like the
+            real services' AUTH_DISABLED mode (``NEURODATA_SANDBOX_CAVE_AUTH_DISABLED=1``).
     """
 
     db_url: str = "sqlite://"
@@ -78,6 +80,7 @@ class CaveConfig:
     global_url: str | None = None
     local_url: str | None = None
     faults: str | None = None
+    auth_disabled: bool = False
     datastack: str = "minnie_sandbox"
     aligned_volume: str = "minnie_sandbox_av"
     aligned_volume_id: int = 1
@@ -91,8 +94,8 @@ class CaveConfig:
 
         Reads ``CAVE_DB_URL``, ``CAVE_WORKDIR``, ``CAVE_ADMIN_TOKEN``, ``CAVE_USER_TOKEN``,
         ``CAVE_VIEWER_TOKEN``, ``CAVE_NOPERM_TOKEN``, ``CAVE_TOS_TOKEN``, ``CAVE_GLOBAL_URL``,
-        ``CAVE_LOCAL_URL``, ``FAULTS_CAVE``. Without ``CAVE_DB_URL`` the DB is the SQLite file
-        ``<workdir>/cave.sqlite``.
+        ``CAVE_LOCAL_URL``, ``CAVE_AUTH_DISABLED``, ``FAULTS_CAVE``. Without ``CAVE_DB_URL`` the
+        DB is the SQLite file ``<workdir>/cave.sqlite``.
 
         Args:
             env: Mapping to read (default ``os.environ``).
@@ -118,6 +121,8 @@ class CaveConfig:
                 values[key] = get(name).rstrip("/")  # type: ignore[union-attr]
         if get("FAULTS_CAVE"):
             values["faults"] = get("FAULTS_CAVE")
+        if (get("CAVE_AUTH_DISABLED") or "").lower() in ("1", "true", "yes"):
+            values["auth_disabled"] = True
         values.update(overrides)
         return cls(**values)
 

@@ -114,6 +114,10 @@ COLLECTION_OPS: dict[str, tuple[str, bool]] = {
     "delete_one": ("DELETE", True),
     "delete_many": ("DELETE", True),
 }
+WRITE_OPS = frozenset(
+    {"insert_one", "update_one", "bulk_write", "delete_one", "delete_many"}
+    | {"register", "deregister", "add_qc_evaluation"}
+)
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,119}$")
 # Bodies larger than this are not even drained before the 413: the connection is closed.
 _DRAIN_LIMIT = 256 * 1024 * 1024
@@ -177,7 +181,12 @@ class DocDBApp:
             self._verify(request, body)
         query = self._query(request, op)
         handler: Callable[..., tuple[int, Any]] = getattr(self, "op_" + op)
-        status, payload = await anyio.to_thread.run_sync(lambda: handler(args, query, body))
+        try:
+            status, payload = await anyio.to_thread.run_sync(lambda: handler(args, query, body))
+        finally:
+            if op in WRITE_OPS:
+                # Open read cursors would not see this write: later pages must re-query.
+                self.store.invalidate()
         content = payload if isinstance(payload, bytes) else st.dumps(payload)
         return Response(content, status, media_type="application/json")
 
@@ -434,7 +443,12 @@ def create_app(config: DocDBConfig | None = None) -> FaultMiddleware:
 
     def health() -> dict[str, Any]:
         docdb.store.ping()
-        return {"mongo": "ok", "page_bytes": cfg.page_bytes, "request_bytes": cfg.request_bytes}
+        return {
+            "mongo": "ok",
+            "page_bytes": cfg.page_bytes,
+            "request_bytes": cfg.request_bytes,
+            "find": dict(docdb.store.stats),
+        }
 
     return FaultMiddleware(api, service="docdb", health=health)
 

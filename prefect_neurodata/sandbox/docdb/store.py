@@ -6,8 +6,10 @@ Everything here is synchronous (pymongo) and runs in a worker thread of the ASGI
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -55,6 +57,8 @@ INDEXES = {
         "data_description.modalities.abbreviation",
     ),
 }
+# Requests with a limit at least this large are treated as pages of a longer read.
+PAGER_MIN_LIMIT = 50
 STAMP_FIELD = {"v1": "last_modified", "v2": "_last_modified"}
 
 
@@ -127,6 +131,134 @@ def encode_capped(docs: Iterable[dict], cap: int, *, short_pages: bool) -> tuple
     return b"[" + b",".join(parts) + b"]", len(parts)
 
 
+def _key(value: Any) -> bytes:
+    # Key order is kept: an embedded-document equality match depends on it.
+    return orjson.dumps(value, default=_default) if value else b""
+
+
+def _keeps_id(projection: dict | None) -> bool:
+    return not projection or projection.get("_id", 1) not in (0, False)
+
+
+def _keyset_base(
+    filter: dict, sort: list | None, skip: int, projection: dict | None
+) -> tuple[Any, dict] | None:
+    """``(X, rest_of_filter)`` for a key-set page request ``{_id: {$gt: X}, ...}`` sorted by _id."""
+    if skip or sort != [("_id", 1)] or not _keeps_id(projection):
+        return None
+    bound = filter.get("_id")
+    if not isinstance(bound, dict) or list(bound) != ["$gt"]:
+        return None
+    return bound["$gt"], {k: v for k, v in filter.items() if k != "_id"}
+
+
+class _OpenCursor:
+    """A cursor left open between pages, with the one document that did not fit the last page."""
+
+    def __init__(self, cursor: Any, query_key: tuple, position: int, keyset_key: tuple | None):
+        self.cursor = cursor
+        self.query_key = query_key
+        self.position = position
+        self.keyset_key = keyset_key
+        self.last_id: Any = None
+        self.pending: tuple[bytes, Any] | None = None
+        self.used = time.monotonic()
+        self.generation = 0
+        self.done = False
+
+    def page(self, limit: int, cap: int) -> tuple[bytes, int, bool]:
+        """Next page; returns ``(body, count, exhausted)``."""
+        if self.done and self.pending is None:
+            return b"[]", 0, True
+        parts: list[bytes] = []
+        size = 2
+        exhausted = False
+        while not limit or len(parts) < limit:
+            if self.pending is not None:
+                part, doc_id = self.pending
+                self.pending = None
+            else:
+                try:
+                    doc = next(self.cursor)
+                except StopIteration:
+                    exhausted = True
+                    break
+                part, doc_id = dumps(doc), doc.get("_id")
+            extra = len(part) + (1 if parts else 0)
+            if size + extra > cap:
+                if not parts:
+                    raise PageTooLarge(size + extra)
+                self.pending = (part, doc_id)
+                break
+            parts.append(part)
+            size += extra
+            self.last_id = doc_id
+        self.position += len(parts)
+        self.used = time.monotonic()
+        return b"[" + b",".join(parts) + b"]", len(parts), exhausted
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cursor.close()
+
+
+class _CursorCache:
+    """Open cursors awaiting their next page (bounded, idle ones expire)."""
+
+    # SecantusDB keeps a cursor's whole result in memory (~100 MB for 10k records of 10 KB),
+    # so only a few paginations stay open, briefly.
+    MAX_OPEN = 6
+    IDLE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._entries: list[_OpenCursor] = []
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def take(
+        self, query_key: tuple, skip: int, keyset: tuple | None, coll_name: str, proj: bytes
+    ) -> _OpenCursor | None:
+        with self._lock:
+            self._expire()
+            for i, entry in enumerate(self._entries):
+                hit = entry.query_key == query_key and entry.position == skip
+                if not hit and keyset is not None and entry.keyset_key is not None:
+                    hit = (
+                        entry.keyset_key == (coll_name, _key(keyset[1]), proj)
+                        and entry.last_id == keyset[0]
+                        and entry.last_id is not None
+                    )
+                if hit:
+                    return self._entries.pop(i)
+        return None
+
+    def put(self, entry: _OpenCursor) -> None:
+        with self._lock:
+            if entry.generation != self.generation:  # a write happened while it was serving
+                entry.close()
+                return
+            self._entries.append(entry)
+            while len(self._entries) > self.MAX_OPEN:
+                self._entries.pop(0).close()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            entries, self._entries = self._entries, []
+        for entry in entries:
+            entry.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for entry in self._entries:
+            if now - entry.used > self.IDLE_SECONDS:
+                entry.close()
+            else:
+                keep.append(entry)
+        self._entries = keep
+
+
 class Store:
     """pymongo access for the stand-in (collections cached, page-size estimates kept)."""
 
@@ -141,9 +273,13 @@ class Store:
         self._collections: dict[tuple[str, str, str], Collection] = {}
         self._avg_size: dict[tuple, float] = {}
         self._lock = threading.Lock()
+        self._cursors = _CursorCache()
+        # find requests answered by a new query vs by continuing an open cursor.
+        self.stats = {"queries": 0, "continued": 0}
 
     def close(self) -> None:
-        """Close the MongoDB client."""
+        """Close the cached cursors and the MongoDB client."""
+        self._cursors.clear()
         self.client.close()
 
     def ping(self) -> None:
@@ -179,34 +315,101 @@ class Store:
         cap: int,
         short_pages: bool,
     ) -> tuple[bytes, int]:
-        """One ``find`` answer under the byte cap (see :func:`encode_capped`)."""
-        key = (coll.full_name, orjson.dumps(projection) if projection else b"")
-        avg = self._avg_size.get(key)
-        # Fetch about one page worth of documents per batch: a default 16 MB batch would make
-        # the database produce (and pymongo decode) documents the page then throws away.
-        batch = 101 if avg is None else max(1, min(int(cap / avg * 1.1) + 1, 10_000))
-        if limit:
-            batch = min(batch, limit)
+        """One ``find`` answer under the byte cap (see :func:`encode_capped`).
+
+        Sequential pages reuse the open cursor of the previous page when the request continues
+        it exactly: same filter/projection/sort and ``skip`` equal to the records already
+        served, or (key-set paging) ``{"_id": {"$gt": <last _id served>}}`` sorted by ``_id``.
+        SecantusDB materialises a query's whole result when it opens a cursor (an O(collection)
+        cost even for ``limit=1``) but streams ``getMore`` batches cheaply, so without this a
+        full read would cost O(N^2). Any write through the API drops the open cursors.
+        """
+        if not short_pages:
+            return self._find_once(coll, filter, projection, sort, limit, skip, cap)
+        query_key = (coll.full_name, _key(filter), _key(projection), _key(sort))
+        keyset = _keyset_base(filter, sort, skip, projection)
+        entry = self._cursors.take(query_key, skip, keyset, coll.full_name, _key(projection))
+        if entry is not None:
+            try:
+                self.stats["continued"] += 1
+                return self._serve(entry, coll, limit, cap)
+            except PageTooLarge:
+                raise
+            except PyMongoError:  # the cached cursor died (timeout, restart): start afresh
+                entry.close()
+        generation = self._cursors.generation
+        self.stats["queries"] += 1
+        cursor = coll.find(
+            filter,
+            projection or None,
+            sort=sort or None,
+            skip=skip,
+            batch_size=self._batch_size(coll, projection, cap, limit),
+        )
+        base_filter = keyset[1] if keyset else filter
+        keyset_ok = sort == [("_id", 1)] and _keeps_id(projection)
+        entry = _OpenCursor(
+            cursor,
+            query_key,
+            skip,
+            (coll.full_name, _key(base_filter), _key(projection)) if keyset_ok else None,
+        )
+        entry.generation = generation
+        return self._serve(entry, coll, limit, cap)
+
+    def _serve(self, entry: _OpenCursor, coll: Collection, limit: int, cap: int):
+        try:
+            body, count, exhausted = entry.page(limit, cap)
+        except BaseException:
+            entry.close()
+            raise
+        if exhausted:
+            # Kept (cursor closed) so the client's closing request for the empty page is
+            # answered without re-running the query.
+            entry.close()
+            entry.done = True
+            self._cursors.put(entry)
+        elif not limit or count < limit or limit >= PAGER_MIN_LIMIT:
+            self._cursors.put(entry)
+        else:
+            # A small one-off query (e.g. limit=1): an open SecantusDB cursor holds the whole
+            # materialised result in the daemon's memory, so do not keep it around.
+            entry.close()
+        if count:
+            key = (coll.full_name, entry.query_key[2])
+            with self._lock:
+                self._avg_size[key] = (len(body) - 2) / count
+        return body, count
+
+    def _batch_size(self, coll: Collection, projection: dict | None, cap: int, limit: int) -> int:
+        avg = self._avg_size.get((coll.full_name, _key(projection)))
+        # About one page per batch: the default (101 docs, then 16 MB) is either many round
+        # trips or far more than a page.
+        batch = 101 if avg is None else max(101, min(int(cap / avg * 1.1) + 1, 10_000))
+        return min(batch, limit) if limit else batch
+
+    def _find_once(self, coll, filter, projection, sort, limit, skip, cap) -> tuple[bytes, int]:
         cursor = coll.find(
             filter,
             projection or None,
             sort=sort or None,
             skip=skip,
             limit=limit,
-            batch_size=batch,
+            batch_size=self._batch_size(coll, projection, cap, limit),
         )
         try:
-            body, count = encode_capped(cursor, cap, short_pages=short_pages)
+            return encode_capped(cursor, cap, short_pages=False)
         finally:
             cursor.close()
-        if count:
-            with self._lock:
-                self._avg_size[key] = (len(body) - 2) / count
-        return body, count
+
+    def invalidate(self) -> None:
+        """Close every cached cursor (called after each write through the API)."""
+        self._cursors.clear()
 
     def count(self, coll: Collection, filter: dict | None) -> dict[str, int]:
         """``count_documents`` answer."""
-        total = coll.count_documents({})
+        # The collection's metadata count, as a server would report the total cheaply.
+        total = coll.estimated_document_count()
         filtered = total if not filter else coll.count_documents(filter)
         return {"total_record_count": total, "filtered_record_count": filtered}
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
 from collections import deque
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -168,7 +168,9 @@ def _schema_doc(name: str, version: str) -> dict[str, Any]:
 
 def _asset_objects(record: dict[str, Any], version: str, registered: bool) -> dict[str, bytes]:
     """Keys (relative to the asset folder) and bodies of one asset."""
-    objects = {f"{stem}.json": indexer_json(body) for stem, body in core_files(record, version).items()}
+    objects = {
+        f"{stem}.json": indexer_json(body) for stem, body in core_files(record, version).items()
+    }
     if registered:
         objects["metadata.nd.json"] = indexer_json(record)
     level = (record.get("data_description") or {}).get("data_level", "raw")
@@ -348,8 +350,29 @@ def seed_sandbox(
     n2 = int(round(records * v2_fraction))
     counts = {"v1": records - n2, "v2": n2}
     rng = np.random.default_rng([seed, 5])
-    chosen = set(rng.choice(records, size=s3_assets, replace=False).tolist()) if s3_assets else set()
+    chosen = (
+        set(rng.choice(records, size=s3_assets, replace=False).tolist()) if s3_assets else set()
+    )
 
+    # The CAVE world is built inside the CAVE process: start it first so it overlaps with the
+    # DocDB and S3 work below.
+    cave_url = env.get("NEURODATA_CAVE_GLOBAL_URL") or env.get("NEURODATA_CAVE_LOCAL_URL")
+    cave_pool = cave_job = None
+    if cave and synapses and cave_url:
+
+        def run_cave() -> dict[str, Any]:
+            t = time.perf_counter()
+            out = seed_cave(
+                cave_url,
+                synapses=synapses,
+                seed=seed,
+                admin_token=env.get("NEURODATA_CAVE_ADMIN_TOKEN"),
+            )
+            report.timings["cave"] = time.perf_counter() - t
+            return out
+
+        cave_pool = ThreadPoolExecutor(max_workers=1)
+        cave_job = cave_pool.submit(run_cave)
     client = pymongo.MongoClient(env["NEURODATA_MONGO_URI"], directConnection=True)
     s3 = target = saved = None
     if env.get("AWS_ENDPOINT_URL"):
@@ -427,6 +450,8 @@ def seed_sandbox(
         report.records_v1 = db.estimated_document_count()
         report.records_v2 = db2.estimated_document_count()
     finally:
+        if cave_pool is not None:
+            cave_pool.shutdown(wait=True)
         inserts.pool.shutdown(wait=True, cancel_futures=True)
         uploads.pool.shutdown(wait=True, cancel_futures=True)
         client.close()
@@ -442,16 +467,8 @@ def seed_sandbox(
     report.record_bytes_max = int(arr.max())
     report.records_over_100kb = int((arr > 100_000).sum())
 
-    cave_url = env.get("NEURODATA_CAVE_GLOBAL_URL") or env.get("NEURODATA_CAVE_LOCAL_URL")
-    if cave and synapses and cave_url:
-        t = time.perf_counter()
-        report.cave = seed_cave(
-            cave_url,
-            synapses=synapses,
-            seed=seed,
-            admin_token=env.get("NEURODATA_CAVE_ADMIN_TOKEN"),
-        )
+    if cave_job is not None:
+        report.cave = cave_job.result()
         report.synapses = int(synapses)
-        report.timings["cave"] = time.perf_counter() - t
     report.timings["total"] = time.perf_counter() - t0
     return report

@@ -303,7 +303,9 @@ class RecordGenerator:
         Returns:
             The records, in creation order.
         """
-        return list(self.iter_generate(n, version=version, stream=stream, force_bucket=force_bucket))
+        return list(
+            self.iter_generate(n, version=version, stream=stream, force_bucket=force_bucket)
+        )
 
     def iter_generate(
         self, n: int, *, version: str = "v1", stream: int | None = None, force_bucket: bool = False
@@ -328,10 +330,12 @@ class RecordGenerator:
             yield rec
 
     # ------------------------------------------------------------------ shared pieces
-    def _location(self, name: str, plan: AssetPlan, rng: random.Random, force: bool) -> str:
+    def _location(
+        self, name: str, plan: AssetPlan, rng: random.Random, force: bool, derived: bool
+    ) -> str:
         if force or plan.in_bucket:
             return f"s3://{self.bucket}/{name}"
-        if plan.derived and rng.random() < 0.15:
+        if derived and rng.random() < 0.15:
             return f"s3://{CO_RESULTS_BUCKET}/{_uuid4(rng)}"
         return f"s3://{rng.choice(OTHER_BUCKETS)}/{name}"
 
@@ -492,7 +496,7 @@ class RecordGenerator:
             "describedBy": SCHEMA_URL.format("metadata"),
             "schema_version": rng.choice(("1.2.1", "1.2.1", "1.2.1", "1.1.1", "0.2.7")),
             "name": name,
-            "location": self._location(name, plan, rng, force_bucket),
+            "location": self._location(name, plan, rng, force_bucket, derived),
             "created": fmt(created_dt),
             "last_modified": fmt(modified_dt),
             "metadata_status": status,
@@ -956,7 +960,7 @@ class RecordGenerator:
             "describedBy": SCHEMA_URL.format("metadata"),
             "schema_version": "2.0.78",
             "name": name,
-            "location": self._location(name, plan, rng, force_bucket),
+            "location": self._location(name, plan, rng, force_bucket, derived),
             "other_identifiers": other_ids,
             "subject": subject,
             "data_description": data_description,

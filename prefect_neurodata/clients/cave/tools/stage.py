@@ -205,7 +205,7 @@ class StagedAnnotations:
 
         def add(*args: Any, **kwargs: Any) -> None:
             try:
-                bound = signature.bind(*args, **kwargs)
+                bound = signature.bind_partial(*args, **kwargs)
             except TypeError as exc:
                 raise AnnotationValidationError(
                     f"annotation {len(self._rows)}: {exc} (fields: {self.fields})",

@@ -1,0 +1,386 @@
+"""Flow 5: snapshot a CAVE materialization version to Parquet, with a checksummed manifest.
+
+Given a datastack, a version (the most recent valid one by default) and tables (all by
+default), the flow writes every row of each table under
+
+```
+{destination}/{datastack}/v{version}/{table}/part-00000.parquet ...
+{destination}/{datastack}/v{version}/manifest.json
+```
+
+where ``destination`` is a local directory or an ``s3://`` URI (``AWS_ENDPOINT_URL`` honoured).
+
+* **Nothing truncated, bounded memory.** Each table is split into id ranges of about
+  ``rows_per_part`` rows (one task each); a task streams its range from the server partition
+  by partition into a `pyarrow.parquet.ParquetWriter` (the client splits any range the server
+  cuts at its row limit), so memory holds a few partitions whatever the table size.
+* **Verified.** Each table's row count is checked against the server's materialized count;
+  every file's sha256 goes into the manifest.
+* **Idempotent.** Tables already in the manifest for this version whose files are all present
+  with matching checksums are skipped; the manifest is rewritten (atomically) after each table,
+  so a run killed midway keeps the tables it finished.
+* **Validated first.** An unknown or expired version, unknown tables and missing permissions
+  (no ``view`` on the datastack, PRIVATE tables of other users) fail before any file is
+  written, with messages naming what is wrong.
+
+Example:
+    ```python
+    from prefect_neurodata.flows.materialization_snapshot import (
+        SnapshotRequest, snapshot_materialization,
+    )
+
+    summary = snapshot_materialization(
+        SnapshotRequest(datastack="minnie65_public", destination="/data/cave-snapshots"),
+        cave_block="neurodata-cave",
+    )
+    print(summary.manifest, summary.rows)
+    ```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field, field_validator
+
+from prefect_neurodata.clients.http import dumps, loads
+from prefect_neurodata.flows._artifacts import in_flow_run, publish_table
+from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks.cave import (
+    DEFAULT_ROWS_PER_PART,
+    CaveInputError,
+    CavePermissionError,
+    check_cave_access,
+    count_version_rows,
+    list_version_tables,
+    load_cave,
+    plan_table_partitions,
+    resolve_materialization_version,
+    snapshot_table_part,
+    table_permission_problem,
+)
+
+DEFAULT_CAVE_BLOCK = "neurodata-cave"
+ARTIFACT_KEY = "cave-materialization-snapshot"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "neurodata-cave-snapshot/1"
+
+
+class SnapshotRequest(BaseModel):
+    """What to snapshot and where to."""
+
+    destination: str = Field(
+        description="Local directory or s3://bucket/prefix under which snapshots are written."
+    )
+    datastack: str | None = Field(
+        default=None, description="Datastack; None uses the CAVE block's datastack."
+    )
+    version: int | None = Field(
+        default=None, ge=1, description="Materialization version; None for the latest valid."
+    )
+    tables: list[str] = Field(
+        default_factory=list, description="Tables to snapshot; empty for every table."
+    )
+    desired_resolution: list[float] | None = Field(
+        default=None,
+        description="Resolution (nm/voxel) of written positions; None keeps each table's own.",
+    )
+    rows_per_part: int = Field(
+        default=DEFAULT_ROWS_PER_PART,
+        ge=1_000,
+        le=1_000_000,
+        description="Rows per Parquet part file (one task each).",
+    )
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("destination must not be empty")
+        if value.startswith("s3://"):
+            bucket = value[5:].split("/", 1)[0]
+            if not bucket:
+                raise ValueError(f"destination {value!r} has no bucket")
+        elif "://" in value:
+            raise ValueError(f"destination {value!r}: only local paths and s3:// are supported")
+        return value.rstrip("/") or value
+
+    @field_validator("desired_resolution")
+    @classmethod
+    def _resolution(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 3 or not all(x > 0 for x in value)):
+            raise ValueError(f"desired_resolution must be three positive numbers, got {value}")
+        return value
+
+
+class TableSnapshot(BaseModel):
+    """Outcome for one table."""
+
+    table: str
+    status: str = Field(description="written or skipped (already snapshotted, checksums ok).")
+    rows: int
+    expected_rows: int
+    files: int
+    bytes: int
+    seconds: float
+
+
+class SnapshotSummary(BaseModel):
+    """What a snapshot run did."""
+
+    datastack: str
+    version: int
+    version_timestamp: str | None
+    manifest: str
+    rows: int
+    tables: list[TableSnapshot]
+
+
+class SnapshotVerificationError(RuntimeError):
+    """A table's written row count differs from the server's count."""
+
+
+def snapshot_root(destination: str, datastack: str, version: int) -> str:
+    """The directory (or S3 prefix) of one version's snapshot."""
+    return storage.join(destination, datastack, f"v{version}")
+
+
+def read_manifest(root: str) -> dict[str, Any] | None:
+    """The manifest under ``root``, or None."""
+    uri = storage.join(root, MANIFEST_NAME)
+    if not storage.exists(uri):
+        return None
+    return loads(storage.read_bytes(uri))
+
+
+def table_is_intact(root: str, entry: dict[str, Any]) -> bool:
+    """Whether every file of a manifest table entry exists with its recorded sha256."""
+    for item in entry.get("files", []):
+        uri = storage.join(root, item["path"])
+        if not storage.exists(uri) or storage.sha256_file(uri) != item["sha256"]:
+            return False
+    return True
+
+
+def _check_destination(destination: str) -> None:
+    """Fail before any write when the destination cannot be written."""
+    import pyarrow.fs as pafs
+
+    if storage.is_s3(destination):
+        fs, path = storage.resolve(destination)
+        bucket = path.split("/", 1)[0]
+        info = fs.get_file_info(bucket)
+        if info.type == pafs.FileType.NotFound:
+            raise CaveInputError(f"destination bucket {bucket!r} does not exist")
+        return
+    fs, path = storage.resolve(destination)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise CaveInputError(f"destination {destination!r} is a file, not a directory")
+
+
+def _schema_of(uri: str) -> list[dict[str, str]]:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(uri)
+    schema = pq.read_schema(path, filesystem=fs)
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def _write_manifest(root: str, manifest: dict[str, Any]) -> str:
+    uri = storage.join(root, MANIFEST_NAME)
+    storage.write_bytes_atomic(uri, dumps(manifest))
+    return uri
+
+
+def _link(uri: str) -> str:
+    return uri if storage.is_s3(uri) else f"file://{uri}"
+
+
+@flow(
+    name="cave-materialization-snapshot",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    validate_parameters=True,
+)
+def snapshot_materialization(
+    request: SnapshotRequest,
+    cave_block: str = DEFAULT_CAVE_BLOCK,
+) -> SnapshotSummary:
+    """Write a materialization version's tables to Parquet with a manifest.
+
+    Args:
+        request: Datastack, version, tables, destination and partition size.
+        cave_block: Name of the saved `CaveCredentials` block.
+
+    Returns:
+        The summary: version, manifest location, and per table its status, rows and files.
+
+    Raises:
+        CaveInputError: Unknown datastack, expired or unknown version, unknown tables, or an
+            unusable destination (before any write).
+        CavePermissionError: The token cannot read the datastack or a table (before any write).
+        SnapshotVerificationError: A table's written rows differ from the server's count.
+    """
+    logger = get_run_logger()
+    datastack = request.datastack or load_cave(cave_block).datastack_name
+    if not datastack:
+        raise CaveInputError("no datastack given and the CAVE block names none")
+
+    # --- validate everything before the first write ---------------------------------------
+    access = check_cave_access(cave_block, datastack, "view")
+    vmeta = resolve_materialization_version(cave_block, datastack, request.version)
+    version = int(vmeta["version"])
+    metas = {m["table_name"]: m for m in list_version_tables(cave_block, datastack, version)}
+    wanted = list(dict.fromkeys(request.tables)) or sorted(metas)
+    unknown = [t for t in wanted if t not in metas]
+    if unknown:
+        raise CaveInputError(
+            f"table(s) {unknown} are not in version {version} of datastack {datastack!r} "
+            f"(tables: {sorted(metas)})"
+        )
+    denied = [p for t in wanted if (p := table_permission_problem(metas[t], access, "read"))]
+    if denied:
+        raise CavePermissionError("cannot read:\n  " + "\n  ".join(denied))
+    _check_destination(request.destination)
+
+    root = snapshot_root(request.destination, datastack, version)
+    manifest = read_manifest(root) or {}
+    if manifest.get("version") != version or manifest.get("datastack") != datastack:
+        manifest = {}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "datastack": datastack,
+        "version": version,
+        "version_timestamp": vmeta.get("time_stamp"),
+        "expires_on": vmeta.get("expires_on"),
+        "server": load_cave(cave_block).server_address,
+        "desired_resolution": request.desired_resolution,
+        "tables": dict(manifest.get("tables", {})),
+    }
+
+    rows_out: list[TableSnapshot] = []
+    todo: list[str] = []
+    for table in wanted:
+        entry = manifest["tables"].get(table)
+        if (
+            entry
+            and entry.get("desired_resolution") == request.desired_resolution
+            and table_is_intact(root, entry)
+        ):
+            logger.info("%s: already snapshotted for version %d (checksums match)", table, version)
+            rows_out.append(
+                TableSnapshot(
+                    table=table,
+                    status="skipped",
+                    rows=entry["rows"],
+                    expected_rows=entry["expected_rows"],
+                    files=len(entry["files"]),
+                    bytes=sum(f["bytes"] for f in entry["files"]),
+                    seconds=0.0,
+                )
+            )
+        else:
+            todo.append(table)
+
+    # --- write -----------------------------------------------------------------------------
+    storage.ensure_dir(root)
+    started: dict[str, float] = {}
+    expected: dict[str, int] = {}
+    futures: dict[str, list[Any]] = defaultdict(list)
+    for table in todo:
+        started[table] = time.monotonic()
+        expected[table] = count_version_rows(cave_block, datastack, version, table)
+        ranges = plan_table_partitions(cave_block, datastack, version, table, request.rows_per_part)
+        for index, id_range in enumerate(ranges):
+            target = storage.join(root, table, f"part-{index:05d}.parquet")
+            futures[table].append(
+                snapshot_table_part.submit(
+                    cave_block,
+                    datastack,
+                    version,
+                    table,
+                    id_range,
+                    target,
+                    request.desired_resolution,
+                )
+            )
+
+    problems: list[str] = []
+    for table in todo:
+        parts = [f.result() for f in futures[table]]
+        files = [p for p in parts if p["path"]]
+        rows = sum(p["rows"] for p in parts)
+        if rows != expected[table]:
+            problems.append(f"{table}: wrote {rows} rows but the server counts {expected[table]}")
+            continue
+        entry = {
+            "rows": rows,
+            "expected_rows": expected[table],
+            "schema_type": metas[table].get("schema_type"),
+            "voxel_resolution": metas[table].get("voxel_resolution"),
+            "reference_table": metas[table].get("reference_table") or None,
+            "desired_resolution": request.desired_resolution,
+            "arrow_schema": _schema_of(files[0]["path"]) if files else [],
+            "snapshotted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "files": [
+                {
+                    "path": f"{table}/{p['path'].rsplit('/', 1)[-1]}",
+                    "rows": p["rows"],
+                    "sha256": p["sha256"],
+                    "bytes": p["bytes"],
+                    "id_range": p["id_range"],
+                }
+                for p in files
+            ],
+        }
+        manifest["tables"][table] = entry
+        manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        manifest_uri = _write_manifest(root, manifest)
+        rows_out.append(
+            TableSnapshot(
+                table=table,
+                status="written",
+                rows=rows,
+                expected_rows=expected[table],
+                files=len(files),
+                bytes=sum(p["bytes"] for p in files),
+                seconds=round(time.monotonic() - started[table], 3),
+            )
+        )
+        logger.info("%s: %d rows in %d file(s)", table, rows, len(files))
+    manifest["updated"] = manifest.get("updated") or dt.datetime.now(dt.timezone.utc).isoformat()
+    manifest_uri = _write_manifest(root, manifest)
+    rows_out.sort(key=lambda r: r.table)
+
+    summary = SnapshotSummary(
+        datastack=datastack,
+        version=version,
+        version_timestamp=vmeta.get("time_stamp"),
+        manifest=manifest_uri,
+        rows=sum(r.rows for r in rows_out),
+        tables=rows_out,
+    )
+    publish_table(
+        ARTIFACT_KEY,
+        [r.model_dump() for r in rows_out],
+        f"Snapshot of {datastack} v{version} under {root}",
+    )
+    if in_flow_run():
+        create_link_artifact(
+            link=_link(manifest_uri),
+            link_text=f"{datastack} v{version} manifest",
+            key=f"{ARTIFACT_KEY}-manifest",
+            description=f"Manifest of the snapshot of {datastack} v{version}",
+        )
+    if problems:
+        raise SnapshotVerificationError(
+            "row counts differ from the server's:\n  " + "\n  ".join(problems)
+        )
+    return summary

@@ -1,0 +1,299 @@
+"""Relay S3 upload notifications from SQS to a self-hosted Prefect server as events.
+
+S3 sends ``s3:ObjectCreated:*`` notifications to an SQS queue (the sandbox configures this for
+new ``data_description.json`` files). Prefect's open-source server has no webhooks, so this
+small consumer turns each notification into a ``neurodata.asset.uploaded`` event whose
+resource id is the asset's S3 location, ``s3://<bucket>/<prefix>`` (the key's folder), and
+POSTs it to ``<PREFECT_API_URL>/events``. A `DeploymentEventTrigger` on that event starts the
+registration deployment.
+
+Delivery rules:
+
+* ``s3:TestEvent`` messages (sent when a notification is configured) are deleted unrelayed.
+* Object keys are URL-decoded as S3 encodes them (``+`` is a space, ``%2B`` a plus).
+* A message is deleted only after the Prefect API accepted its events; otherwise it becomes
+  visible again after the queue's visibility timeout and is retried (send poison messages to a
+  dead-letter queue with a redrive policy).
+* Event ids are derived from bucket, key and the S3 sequencer, so a redelivered message
+  produces the same event id.
+
+Example:
+    ```bash
+    neurodata events relay --env-file .sandbox/sandbox.env
+    ```
+    or from Python:
+    ```python
+    relay = EventRelay(sqs_client, queue_url, "http://127.0.0.1:4200/api")
+    relay.poll_once()
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote_plus
+
+from prefect_neurodata.clients.http import HttpClient, RetryPolicy, redact_url
+
+logger = logging.getLogger("prefect_neurodata.relay")
+
+EVENT_NAME = "neurodata.asset.uploaded"
+_ID_NAMESPACE = uuid.UUID("6d1c3c1e-2f4b-4c39-9d43-6b7e0e1c2a10")
+
+
+def events_from_message(body: str) -> list[dict[str, Any]]:
+    """The Prefect events of one SQS message body (S3 notification, possibly SNS-wrapped).
+
+    Returns:
+        One event per ``ObjectCreated`` record whose key lies in a folder; ``[]`` for
+        ``s3:TestEvent`` and other event types.
+
+    Raises:
+        ValueError: The body is not an S3 notification.
+    """
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"message body is not JSON: {exc}") from exc
+    if isinstance(document, dict) and document.get("Type") == "Notification":
+        document = json.loads(document.get("Message") or "{}")  # SNS -> SQS fan-out
+    if not isinstance(document, dict):
+        raise ValueError("message body is not an S3 notification object")
+    if document.get("Event") == "s3:TestEvent":
+        return []
+    if "Records" not in document:
+        raise ValueError("message body has no 'Records' (not an S3 notification)")
+    events = []
+    for record in document["Records"]:
+        name = str(record.get("eventName", ""))
+        if not name.startswith("ObjectCreated"):
+            continue
+        s3 = record.get("s3", {})
+        bucket = s3.get("bucket", {}).get("name")
+        obj = s3.get("object", {})
+        key = unquote_plus(obj.get("key", ""))
+        if not bucket or "/" not in key:
+            continue
+        prefix = key.rsplit("/", 1)[0]
+        location = f"s3://{bucket}/{prefix}"
+        marker = obj.get("sequencer") or obj.get("eTag") or record.get("eventTime", "")
+        events.append(
+            {
+                "id": str(uuid.uuid5(_ID_NAMESPACE, f"{bucket}/{key}/{marker}")),
+                "occurred": record.get("eventTime")
+                or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "event": EVENT_NAME,
+                "resource": {
+                    "prefect.resource.id": location,
+                    "prefect.resource.name": prefix,
+                    "bucket": bucket,
+                    "prefix": prefix,
+                },
+                "payload": {
+                    "bucket": bucket,
+                    "key": key,
+                    "size": obj.get("size"),
+                    "etag": obj.get("eTag"),
+                    "s3_event": name,
+                },
+                "related": [],
+            }
+        )
+    return events
+
+
+@dataclasses.dataclass
+class RelayStats:
+    """Counters of a relay."""
+
+    messages: int = 0
+    events: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+class EventRelay:
+    """Moves S3 notifications from an SQS queue to the Prefect events API.
+
+    Args:
+        sqs: A boto3 SQS client.
+        queue_url: The queue receiving the bucket's notifications.
+        api_url: Prefect API base URL, e.g. ``http://127.0.0.1:4200/api``.
+        http: HTTP client for the Prefect API (timeouts and retries of the shared core).
+        headers: Extra headers for the Prefect API (e.g. authorization).
+        wait_seconds: SQS long-poll wait.
+        max_messages: Messages per receive (1-10).
+    """
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        api_url: str,
+        *,
+        http: HttpClient | None = None,
+        headers: Mapping[str, str] | None = None,
+        wait_seconds: int = 10,
+        max_messages: int = 10,
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.events_url = api_url.rstrip("/") + "/events"
+        self.http = http or HttpClient(timeout=(5, 30), retry=RetryPolicy(max_retries=3))
+        self.headers = dict(headers or {})
+        self.wait_seconds = wait_seconds
+        self.max_messages = max(1, min(10, max_messages))
+        self.stats = RelayStats()
+
+    def __repr__(self) -> str:
+        return f"EventRelay(queue={self.queue_url!r}, api={redact_url(self.events_url)!r})"
+
+    def poll_once(self, wait_seconds: int | None = None) -> int:
+        """Receive one round of messages and relay them.
+
+        Returns:
+            Events accepted by Prefect in this round.
+        """
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.max_messages,
+            WaitTimeSeconds=self.wait_seconds if wait_seconds is None else wait_seconds,
+        )
+        sent = 0
+        for message in response.get("Messages", []):
+            self.stats.messages += 1
+            try:
+                events = events_from_message(message["Body"])
+            except ValueError as exc:
+                # Left in the queue: after maxReceiveCount it goes to the dead-letter queue.
+                logger.warning("not an S3 notification (message %s): %s", message["MessageId"], exc)
+                self.stats.skipped += 1
+                continue
+            if events:
+                try:
+                    self.http.request(
+                        "POST",
+                        self.events_url,
+                        json=events,
+                        headers=self.headers,
+                        idempotent=True,  # event ids are deterministic: a resend is a duplicate
+                    )
+                except Exception as exc:  # noqa: BLE001 - the message stays queued
+                    logger.warning("Prefect did not accept events, will retry: %s", exc)
+                    self.stats.failed += 1
+                    continue
+                sent += len(events)
+                self.stats.events += len(events)
+                for event in events:
+                    logger.info("relayed %s for %s", EVENT_NAME, event["resource"]["prefect.resource.id"])
+            self.sqs.delete_message(
+                QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+            )
+            self.stats.deleted += 1
+        return sent
+
+    def run(self, stop: threading.Event | None = None) -> RelayStats:
+        """Relay until ``stop`` is set (or forever)."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - keep relaying through outages
+                logger.warning("relay round failed: %s", exc)
+                stop.wait(2.0)
+        return self.stats
+
+
+def prefect_api_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Authorization headers for the Prefect API from the usual Prefect settings variables."""
+    env = os.environ if environ is None else environ
+    if env.get("PREFECT_API_KEY"):
+        return {"Authorization": f"Bearer {env['PREFECT_API_KEY']}"}
+    if env.get("PREFECT_API_AUTH_STRING"):
+        token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def build_relay(args: argparse.Namespace) -> EventRelay:
+    """An `EventRelay` from CLI options, an env file and the environment."""
+    import boto3
+
+    env = dict(os.environ)
+    if args.env_file:
+        env.update(_read_env_file(args.env_file))
+    queue_url = args.queue_url or env.get("NEURODATA_SQS_QUEUE_URL")
+    api_url = args.api_url or env.get("PREFECT_API_URL")
+    if not queue_url:
+        raise SystemExit("no queue: pass --queue-url or set NEURODATA_SQS_QUEUE_URL")
+    if not api_url:
+        raise SystemExit("no Prefect API: pass --api-url or set PREFECT_API_URL")
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=args.endpoint_url or env.get("AWS_ENDPOINT_URL"),
+        region_name=args.region or env.get("AWS_DEFAULT_REGION") or "us-west-2",
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=env.get("AWS_SESSION_TOKEN"),
+    )
+    return EventRelay(
+        sqs, queue_url, api_url, headers=prefect_api_headers(env), wait_seconds=args.wait_seconds
+    )
+
+
+def _relay_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    relay = build_relay(args)
+    if args.once:
+        relay.poll_once()
+        print(json.dumps(dataclasses.asdict(relay.stats)))
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"relaying {relay.queue_url} -> {redact_url(relay.events_url)} (Ctrl-C to stop)")
+    try:
+        relay.run(stop)
+    except KeyboardInterrupt:
+        pass
+    print(json.dumps(dataclasses.asdict(relay.stats)))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``events`` command group (``neurodata events relay``) to the CLI."""
+    group = subparsers.add_parser("events", help="relay S3 upload notifications to Prefect")
+    commands = group.add_subparsers(dest="events_command", metavar="COMMAND")
+    relay = commands.add_parser(
+        "relay", help="turn S3 ObjectCreated notifications from SQS into Prefect events"
+    )
+    relay.add_argument("--queue-url", help="SQS queue URL (default $NEURODATA_SQS_QUEUE_URL)")
+    relay.add_argument("--api-url", help="Prefect API URL (default $PREFECT_API_URL)")
+    relay.add_argument("--endpoint-url", help="AWS endpoint (default $AWS_ENDPOINT_URL)")
+    relay.add_argument("--region", help="AWS region (default $AWS_DEFAULT_REGION)")
+    relay.add_argument("--env-file", help="KEY=VALUE file to read, e.g. .sandbox/sandbox.env")
+    relay.add_argument("--wait-seconds", type=int, default=10, help="SQS long-poll seconds")
+    relay.add_argument("--once", action="store_true", help="relay one round and exit")
+    relay.set_defaults(func=_relay_command)

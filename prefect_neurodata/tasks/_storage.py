@@ -1,0 +1,159 @@
+"""Local paths and ``s3://`` URIs behind one small interface (pyarrow filesystems).
+
+The CAVE flows read sources and write snapshots, manifests and ledgers to either a local
+directory or S3. S3 goes through `pyarrow.fs.S3FileSystem`, configured from the standard AWS
+environment (credentials chain, ``AWS_REGION``/``AWS_DEFAULT_REGION``) and honouring
+``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3`` first), so the same code runs against AWS, MinIO
+or the sandbox's moto server.
+
+Example:
+    ```python
+    from prefect_neurodata.tasks._storage import join, write_bytes_atomic, read_bytes
+
+    uri = join("s3://bucket/snapshots", "manifest.json")
+    write_bytes_atomic(uri, b"{}")
+    assert read_bytes(uri) == b"{}"
+    ```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` is an ``s3://`` URI."""
+    return str(uri).startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path segments to a local path or an S3 URI."""
+    if is_s3(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return str(Path(base, *parts))
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem from the AWS environment, honouring ``AWS_ENDPOINT_URL``."""
+    kwargs: dict[str, object] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    key = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs["access_key"] = key
+        kwargs["secret_key"] = secret
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it for a local path or ``s3://bucket/key``."""
+    if is_s3(uri):
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise ValueError(f"{uri!r} has no bucket (expected s3://bucket/key)")
+        return s3_filesystem(), f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def exists(uri: str) -> bool:
+    """Whether a file exists at ``uri``."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a (small) file."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def ensure_dir(uri: str) -> None:
+    """Create a local directory (S3 has no directories)."""
+    if not is_s3(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so that readers see the old or the new content, never a partial file.
+
+    Locally the file is written next to its target and renamed; an S3 PUT is atomic already.
+    """
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, target)
+
+
+def publish_file(local_path: str | Path, uri: str) -> None:
+    """Move a finished local file to ``uri`` (rename locally, stream upload to S3)."""
+    fs, path = resolve(uri)
+    if not is_s3(uri):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local_path, path)
+        return
+    with open(local_path, "rb") as src, fs.open_output_stream(path) as out:
+        while block := src.read(CHUNK_BYTES):
+            out.write(block)
+    os.unlink(local_path)
+
+
+def sha256_file(uri: str) -> str:
+    """Hex sha256 of a file, read in blocks (constant memory)."""
+    fs, path = resolve(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while block := stream.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_local(path: str | Path) -> str:
+    """Hex sha256 of a local file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def scratch_dir(target_uri: str) -> Path:
+    """Where to build a file before publishing it to ``target_uri``.
+
+    Next to the target for local destinations (so the final rename stays on one filesystem),
+    else the system temporary directory.
+    """
+    if not is_s3(target_uri):
+        parent = Path(target_uri).absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        return parent
+    import tempfile
+
+    return Path(tempfile.gettempdir())

@@ -1,0 +1,563 @@
+"""Annotation engine client and StagedAnnotations: request shapes, batching, validation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from prefect_neurodata.clients.cave import endpoints
+from prefect_neurodata.clients.cave.annotationengine import (
+    AnnotationClient,
+    AnnotationClientV2,
+    AnnotationUploadError,
+)
+from prefect_neurodata.clients.cave.tools import StagedAnnotations
+from prefect_neurodata.clients.cave.tools.stage import AnnotationValidationError
+
+AE = "https://local.example.org"
+AV = "test_volume"
+BASE = f"{AE}/annotation/api/v2/aligned_volume/{AV}"
+TOKEN = "b" * 32
+
+POINT = {
+    "type": "object",
+    "properties": {
+        "position": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+        "supervoxel_id": {"type": ["integer", "null"]},
+        "root_id": {"type": ["integer", "null"]},
+    },
+    "required": ["position"],
+    "additionalProperties": False,
+}
+CELL_TYPE_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "definitions": {
+        "BoundSpatialPoint": POINT,
+        "CellTypeLocal": {
+            "type": "object",
+            "properties": {
+                "valid": {"type": ["boolean", "null"]},
+                "classification_system": {"type": "string"},
+                "cell_type": {"type": "string"},
+                "pt": {"type": "object", "$ref": "#/definitions/BoundSpatialPoint"},
+                "confidence": {"type": ["number", "null"]},
+            },
+            "required": ["cell_type", "classification_system", "pt"],
+            "additionalProperties": True,
+        },
+    },
+    "$ref": "#/definitions/CellTypeLocal",
+}
+REFERENCE_SCHEMA = {
+    "definitions": {
+        "ReferenceTag": {
+            "type": "object",
+            "properties": {"target_id": {"type": "integer"}, "tag": {"type": "string"}},
+            "required": ["target_id", "tag"],
+        }
+    },
+    "$ref": "#/definitions/ReferenceTag",
+}
+
+
+class FakeSchemaClient:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def schema_definition(self, name: str) -> dict[str, Any]:
+        self.asked.append(name)
+        return {"cell_type_local": CELL_TYPE_SCHEMA, "reference_tag": REFERENCE_SCHEMA}[name]
+
+
+def make_client(schema_client: Any = None) -> AnnotationClientV2:
+    return AnnotationClientV2(
+        AE,
+        {"Authorization": f"Bearer {TOKEN}"},
+        2,
+        endpoints.annotation_endpoints_v2,
+        "ae_server_address",
+        AV,
+        schema_client=schema_client,
+    )
+
+
+def body(call: Any) -> Any:
+    return json.loads(call.request.body)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+
+@responses.activate
+def test_factory_and_table_reads() -> None:
+    client = AnnotationClient(AE, aligned_volume_name=AV)
+    assert isinstance(client, AnnotationClientV2) and client.api_version == 2
+    assert client.aligned_volume_name == AV
+    responses.get(f"{BASE}/table", json=["a", "b"])
+    responses.get(f"{BASE}/table/a/count", json=12)
+    responses.get(
+        f"{BASE}/table/a",
+        status=201,
+        json={
+            "table_name": "a",
+            "voxel_resolution_x": 4,
+            "voxel_resolution_y": 4,
+            "voxel_resolution_z": 40,
+            "schema_type": "bound_tag",
+        },
+        headers={"Warning": "Table Owner Notice: provisional"},
+    )
+    assert client.get_tables() == ["a", "b"]
+    assert client.get_annotation_count("a") == 12
+    meta = client.get_table_metadata("a")
+    assert meta["voxel_resolution"] == [4, 4, 40] and "voxel_resolution_x" not in meta
+    assert AnnotationClient(AE, dataset_name="legacy").aligned_volume_name == "legacy"
+
+
+@responses.activate
+def test_create_table_body() -> None:
+    client = make_client(FakeSchemaClient())
+    responses.post(
+        f"{BASE}/table",
+        body="my_table",
+        content_type="text/plain",
+        match=[
+            matchers.json_params_matcher(
+                {
+                    "schema_type": "cell_type_local",
+                    "table_name": "my_table",
+                    "metadata": {
+                        "description": "cells of a test",
+                        "voxel_resolution_x": 4.0,
+                        "voxel_resolution_y": 4.0,
+                        "voxel_resolution_z": 40.0,
+                        "write_permission": "GROUP",
+                        "read_permission": "PUBLIC",
+                        "user_id": 7,
+                        "notice_text": "careful",
+                        "flat_segmentation_source": "precomputed://gs://x",
+                    },
+                }
+            ),
+            matchers.header_matcher({"Authorization": f"Bearer {TOKEN}"}),
+        ],
+    )
+    response = client.create_table(
+        "my_table",
+        "cell_type_local",
+        "cells of a test",
+        [4, 4, 40],
+        flat_segmentation_source="precomputed://gs://x",
+        user_id=7,
+        write_permission="GROUP",
+        notice_text="careful",
+    )
+    assert response.text == "my_table"
+
+
+@responses.activate
+def test_create_reference_table_body() -> None:
+    client = make_client(FakeSchemaClient())
+    responses.post(
+        f"{BASE}/table",
+        body="tags",
+        match=[
+            matchers.json_params_matcher(
+                {
+                    "schema_type": "reference_tag",
+                    "table_name": "tags",
+                    "metadata": {
+                        "description": "d",
+                        "voxel_resolution_x": 1.0,
+                        "voxel_resolution_y": 1.0,
+                        "voxel_resolution_z": 1.0,
+                        "write_permission": "PRIVATE",
+                        "read_permission": "PUBLIC",
+                        "table_metadata": {
+                            "reference_table": "cells",
+                            "track_target_id_updates": True,
+                        },
+                    },
+                }
+            )
+        ],
+    )
+    client.create_table(
+        "tags",
+        "reference_tag",
+        "d",
+        [1, 1, 1],
+        reference_table="cells",
+        track_target_id_updates=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("Bad-Name", "cell_type_local", "d", [4, 4, 40]), {}, "table_name 'Bad-Name'"),
+        (("ok", "cell_type_local", "  ", [4, 4, 40]), {}, "description"),
+        (("ok", "cell_type_local", "d", [4, 4]), {}, "voxel_resolution"),
+        (("ok", "cell_type_local", "d", [4, 0, 40]), {}, "positive"),
+        (("ok", "cell_type_local", "d", [4, 4, 40]), {"read_permission": "ALL"}, "read_perm"),
+        (("ok", "reference_tag", "d", [4, 4, 40]), {}, "reference schema"),
+        (("ok", "cell_type_local", "d", [4, 4, 40]), {"reference_table": "ok"}, "another"),
+    ],
+)
+def test_create_table_validation_happens_before_any_write(
+    args: tuple, kwargs: dict[str, Any], message: str
+) -> None:
+    client = make_client(FakeSchemaClient())
+    with responses.RequestsMock() as rsps, pytest.raises(ValueError, match=message):
+        client.create_table(*args, **kwargs)
+    assert len(rsps.calls) == 0
+
+
+@responses.activate
+def test_update_metadata_and_delete_table() -> None:
+    client = make_client()
+    responses.put(
+        f"{BASE}/table",
+        json={"table_name": "t", "notice_text": None},
+        match=[
+            matchers.json_params_matcher(
+                {"table_name": "t", "metadata": {"read_permission": "GROUP", "notice_text": ""}}
+            )
+        ],
+    )
+    responses.delete(f"{BASE}/table/t", json=True)
+    assert client.update_metadata("t", read_permission="GROUP", notice_text="None")["table_name"]
+    assert client.delete_table("t") is True
+    with pytest.raises(ValueError, match="at least one"):
+        client.update_metadata("t")
+    with pytest.raises(ValueError, match="write_permission"):
+        client.update_metadata("t", write_permission="everyone")
+
+
+# ---------------------------------------------------------------------------------------------
+# annotations
+# ---------------------------------------------------------------------------------------------
+
+
+def ids_callback(request: Any) -> tuple[int, dict[str, str], str]:
+    annos = json.loads(request.body)["annotations"]
+    start = ids_callback.next  # type: ignore[attr-defined]
+    ids_callback.next += len(annos)  # type: ignore[attr-defined]
+    return 200, {}, json.dumps(list(range(start, start + len(annos))))
+
+
+@responses.activate
+def test_post_annotation_batches_at_10000() -> None:
+    client = make_client()
+    ids_callback.next = 1  # type: ignore[attr-defined]
+    responses.add_callback(
+        responses.POST,
+        f"{BASE}/table/t/annotations",
+        callback=ids_callback,
+        content_type="application/json",
+    )
+    data = [
+        {"pt": {"position": [i, 0, 0]}, "tag": np.str_("x"), "n": np.int64(i)}
+        for i in range(25_001)
+    ]
+    ids = client.post_annotation("t", data)
+    assert ids == list(range(1, 25_002))
+    sizes = [len(body(c)["annotations"]) for c in responses.calls]
+    assert sizes == [10_000, 10_000, 5_001]
+    assert body(responses.calls[0])["annotations"][3] == {
+        "pt": {"position": [3, 0, 0]},
+        "tag": "x",
+        "n": 3,
+    }
+    assert responses.calls[0].request.headers["Content-Type"] == "application/json"
+
+
+@responses.activate
+def test_post_single_dict() -> None:
+    client = make_client()
+    responses.post(
+        f"{BASE}/table/t/annotations",
+        json=[5],
+        match=[matchers.json_params_matcher({"annotations": [{"tag": "a"}]})],
+    )
+    assert client.post_annotation("t", {"tag": "a"}) == [5]
+
+
+@responses.activate
+def test_failed_later_batch_reports_what_landed_and_post_is_not_retried() -> None:
+    client = make_client()
+    responses.post(f"{BASE}/table/t/annotations", json=list(range(10_000)))
+    responses.post(f"{BASE}/table/t/annotations", status=502, json={"message": "gateway"})
+    data = [{"tag": "x"} for _ in range(15_000)]
+    with pytest.raises(AnnotationUploadError) as info:
+        client.post_annotation("t", data)
+    err = info.value
+    assert isinstance(err, requests.HTTPError)
+    assert err.done == range(0, 10_000) and err.not_done == range(10_000, 15_000)
+    assert err.result == list(range(10_000))
+    assert err.status_code == 502
+    assert "rows 0-9999 were written" in str(err)
+    assert len(responses.calls) == 2  # the 502 was not retried: the POST may have landed
+
+
+@responses.activate
+def test_unserialisable_annotation_fails_before_any_write() -> None:
+    client = make_client()
+    data = [{"tag": "a"}] * 3 + [{"tag": object()}]
+    with pytest.raises(ValueError, match=r"annotations\[3\]\.tag"):
+        client.post_annotation("t", data)
+    assert len(responses.calls) == 0
+    with pytest.raises(ValueError, match="annotation 1 must be a dict"):
+        client.post_annotation("t", [{"a": 1}, 5])
+
+
+@responses.activate
+def test_update_and_delete_annotations() -> None:
+    client = make_client()
+    responses.put(
+        f"{BASE}/table/t/annotations",
+        json={"1": 11, "2": 12},
+        match=[
+            matchers.json_params_matcher(
+                {"annotations": [{"id": 1, "tag": "a"}, {"id": 2, "tag": "b"}]}
+            )
+        ],
+    )
+    responses.delete(
+        f"{BASE}/table/t/annotations",
+        json=[1, 2],
+        match=[matchers.json_params_matcher({"annotation_ids": [1, 2]})],
+    )
+    assert client.update_annotation("t", [{"id": 1, "tag": "a"}, {"id": 2, "tag": "b"}]) == {
+        "1": 11,
+        "2": 12,
+    }
+    assert client.delete_annotation("t", np.array([1, 2])) == [1, 2]
+    with pytest.raises(ValueError, match="annotation 0 needs an integer 'id'"):
+        client.update_annotation("t", [{"tag": "a"}])
+
+
+@responses.activate
+def test_update_put_is_not_retried() -> None:
+    client = make_client()
+    responses.put(f"{BASE}/table/t/annotations", status=503, json={"message": "busy"})
+    with pytest.raises(requests.HTTPError):
+        client.update_annotation("t", {"id": 1, "tag": "a"})
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_get_annotation_batches_ids_in_the_url() -> None:
+    client = make_client()
+    responses.get(
+        f"{BASE}/table/t/annotations",
+        json=[{"id": 1}],
+        match=[matchers.query_param_matcher({"annotation_ids": "1,2,3"})],
+    )
+    assert client.get_annotation("t", [1, 2, 3]) == [{"id": 1}]
+    responses.get(f"{BASE}/table/t/annotations", json=[])
+    client.get_annotation("t", range(10_000_000, 10_003_000))
+    assert len(responses.calls) > 2
+    assert all(len(c.request.url) < 7000 for c in responses.calls)
+
+
+def test_process_position_columns_variants() -> None:
+    df = pd.DataFrame(
+        {
+            "pt_position": [np.array([1, 2, 3]), [4, 5, 6]],
+            "tag": ["a", "b"],
+            "score": [0.5, np.nan],
+        }
+    )
+    out = AnnotationClientV2.process_position_columns(df, ["pt_position"])
+    assert out == [
+        {"tag": "a", "score": 0.5, "pt": {"position": [1, 2, 3]}},
+        {"tag": "b", "pt": {"position": [4, 5, 6]}},
+    ]
+    assert AnnotationClientV2.process_position_columns(df, None) == out
+    mapped = AnnotationClientV2.process_position_columns(
+        df.rename(columns={"pt_position": "where"}), {"where": "pt"}
+    )
+    assert mapped == out
+    split = pd.DataFrame(
+        {"pt_position_x": [1], "pt_position_y": [2], "pt_position_z": [3], "tag": ["a"]}
+    )
+    assert AnnotationClientV2.process_position_columns(split, ["pt_position"]) == [
+        {"tag": "a", "pt": {"position": [1, 2, 3]}}
+    ]
+    with pytest.raises(ValueError, match="must end in '_position'"):
+        AnnotationClientV2.process_position_columns(df, ["tag"])
+    with pytest.raises(ValueError, match="needs 3 coordinates"):
+        AnnotationClientV2.process_position_columns(
+            pd.DataFrame({"pt_position": [[1, 2]]}), ["pt_position"]
+        )
+
+
+@responses.activate
+def test_post_and_update_annotation_df() -> None:
+    client = make_client()
+    responses.post(
+        f"{BASE}/table/t/annotations",
+        json=[1],
+        match=[
+            matchers.json_params_matcher(
+                {"annotations": [{"tag": "a", "pt": {"position": [1, 2, 3]}}]}
+            )
+        ],
+    )
+    responses.put(
+        f"{BASE}/table/t/annotations",
+        json={"1": 2},
+        match=[
+            matchers.json_params_matcher(
+                {"annotations": [{"id": 1, "tag": "b", "pt": {"position": [1, 2, 3]}}]}
+            )
+        ],
+    )
+    df = pd.DataFrame({"pt_position": [[1, 2, 3]], "tag": ["a"]})
+    assert client.post_annotation_df("t", df, ["pt_position"]) == [1]
+    df2 = pd.DataFrame({"id": [1], "pt_position": [[1, 2, 3]], "tag": ["b"]})
+    assert client.update_annotation_df("t", df2, ["pt_position"]) == {"1": 2}
+    with pytest.raises(ValueError, match="'id' column"):
+        client.update_annotation_df("t", df, ["pt_position"])
+
+
+# ---------------------------------------------------------------------------------------------
+# staged annotations
+# ---------------------------------------------------------------------------------------------
+
+
+def test_staged_annotations_fields_and_validation() -> None:
+    stage = StagedAnnotations(CELL_TYPE_SCHEMA, table_name="cells")
+    assert stage.fields_required == ["classification_system", "cell_type", "pt_position"]
+    assert set(stage.fields) == {
+        "valid",
+        "classification_system",
+        "cell_type",
+        "pt_position",
+        "confidence",
+    }
+    stage.add(cell_type="basket", classification_system="m", pt_position=np.array([1, 2, 3]))
+    stage.add("m", "chandelier", [4, 5, 6], confidence=np.float32(0.5))
+    assert stage.annotation_list == [
+        {"cell_type": "basket", "classification_system": "m", "pt": {"position": [1, 2, 3]}},
+        {
+            "classification_system": "m",
+            "cell_type": "chandelier",
+            "pt": {"position": [4, 5, 6]},
+            "confidence": 0.5,
+        },
+    ]
+    with pytest.raises(AnnotationValidationError, match=r"annotation 2: field 'pt_position'") as e:
+        stage.add(cell_type="x", classification_system="m", pt_position=[1, 2])
+    assert e.value.row == 2 and e.value.field == "pt_position"
+    with pytest.raises(AnnotationValidationError, match="field 'cell_type' is invalid"):
+        stage.add(cell_type=5, classification_system="m", pt_position=[1, 2, 3])
+    with pytest.raises(AnnotationValidationError, match="'classification_system' is required"):
+        stage.add(cell_type="x", pt_position=[1, 2, 3])
+    with pytest.raises(AnnotationValidationError, match="unknown field 'colour'|unexpected"):
+        stage.add(cell_type="x", classification_system="m", pt_position=[1, 2, 3], colour=1)
+    assert len(stage) == 2
+    assert "cells" in repr(stage) and "2 new annotations" in repr(stage)
+
+
+def test_staged_add_dataframe_is_all_or_nothing_and_names_the_row() -> None:
+    stage = StagedAnnotations(CELL_TYPE_SCHEMA, table_name="cells")
+    good = pd.DataFrame(
+        {
+            "classification_system": ["m", "m"],
+            "cell_type": ["a", "b"],
+            "pt_position": [[1, 2, 3], [4, 5, 6]],
+        },
+        index=[10, 11],
+    )
+    bad = good.copy()
+    bad.loc[11, "pt_position"] = [1, 2]
+    with pytest.raises(AnnotationValidationError, match="annotation 11: field 'pt_position'"):
+        stage.add_dataframe(bad)
+    assert len(stage) == 0
+    with pytest.raises(ValueError, match=r"not in dataframe: \['cell_type'\]"):
+        stage.add_dataframe(good.drop(columns=["cell_type"]))
+    with pytest.raises(ValueError, match=r"not in schema: \['extra'\]"):
+        stage.add_dataframe(good.assign(extra=1))
+    stage.add_dataframe(good)
+    assert stage.annotation_dataframe["cell_type"].tolist() == ["a", "b"]
+
+
+def test_staged_update_requires_integer_id_and_scales_positions() -> None:
+    stage = StagedAnnotations(
+        CELL_TYPE_SCHEMA,
+        update=True,
+        table_resolution=[4, 4, 40],
+        annotation_resolution=[1, 1, 1],
+    )
+    assert stage.fields_required[0] == "id" and stage.is_update
+    stage.add(id=3, cell_type="a", classification_system="m", pt_position=[4, 8, 40])
+    assert stage.annotation_list[0]["pt"]["position"] == [1.0, 2.0, 1.0]
+    with pytest.raises(AnnotationValidationError, match="'id' must be an integer"):
+        stage.add(id="3", cell_type="a", classification_system="m", pt_position=[4, 8, 40])
+
+
+@responses.activate
+def test_stage_and_upload_resumes_after_failure() -> None:
+    schema_client = FakeSchemaClient()
+    client = make_client(schema_client)
+    responses.get(
+        f"{BASE}/table/cells",
+        status=201,
+        json={
+            "schema_type": "cell_type_local",
+            "voxel_resolution_x": 4,
+            "voxel_resolution_y": 4,
+            "voxel_resolution_z": 40,
+        },
+    )
+    stage = client.stage_annotations("cells", annotation_resolution=[1, 1, 1])
+    assert schema_client.asked == ["cell_type_local"]
+    for i in range(5):
+        stage.add(cell_type="a", classification_system="m", pt_position=[4 * i, 0, 0])
+    responses.post(f"{BASE}/table/cells/annotations", json=[100, 101])
+    responses.post(f"{BASE}/table/cells/annotations", status=500, json={"message": "boom"})
+    with pytest.raises(AnnotationUploadError) as info:
+        client.upload_staged_annotations(stage, batch_size=2)
+    assert info.value.done == range(0, 2)
+    tracked = stage.to_dataframe(include_tracking=True)
+    assert tracked["is_uploaded"].tolist() == [True, True, False, False, False]
+    assert tracked["new_id"].tolist()[:2] == [100, 101]
+    assert body(responses.calls[1])["annotations"][1]["pt"]["position"] == [1.0, 0.0, 0.0]
+    # the rerun sends only rows 2-4
+    responses.replace(responses.POST, f"{BASE}/table/cells/annotations", json=[102, 103, 104])
+    assert client.upload_staged_annotations(stage) == [102, 103, 104]
+    assert len(body(responses.calls[-1])["annotations"]) == 3
+    assert stage.to_dataframe(include_tracking=True)["new_id"].tolist() == [100, 101, 102, 103, 104]
+    assert client.upload_staged_annotations(stage) == []
+    stage.purge_uploaded_annotations()
+    assert len(stage) == 0
+
+
+@responses.activate
+def test_upload_staged_updates_returns_mapping() -> None:
+    client = make_client()
+    stage = StagedAnnotations(CELL_TYPE_SCHEMA, update=True, table_name="cells")
+    stage.add(id=7, cell_type="a", classification_system="m", pt_position=[1, 2, 3])
+    responses.put(f"{BASE}/table/cells/annotations", json={"7": 70})
+    assert client.upload_staged_annotations(stage) == {"7": 70}
+    assert stage.to_dataframe(include_tracking=True)["new_id"].tolist() == [70]
+
+
+def test_upload_needs_a_table_name() -> None:
+    client = make_client()
+    stage = StagedAnnotations(CELL_TYPE_SCHEMA)
+    with pytest.raises(ValueError, match="no table_name"):
+        client.upload_staged_annotations(stage)
+    with pytest.raises(ValueError, match="table_name or a schema_name"):
+        client.stage_annotations()
