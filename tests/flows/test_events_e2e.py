@@ -46,7 +46,7 @@ def _deployment_ready() -> Any:
             deployment = client.read_deployment_by_name(DEPLOYMENT)
         except Exception:  # noqa: BLE001 - not created yet
             return None
-        automations = client.read_automations_by_name(f"{deployment.name}__automation_1")
+        automations = client.read_automations_by_name("asset uploaded to S3")
         return deployment if automations else None
 
 
