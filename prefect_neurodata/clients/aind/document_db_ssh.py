@@ -20,8 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 from pydantic import SecretStr, model_validator
@@ -140,6 +142,21 @@ def _host_key(credentials: DocumentDbSSHCredentials) -> Any:
     return None
 
 
+def _abandon(tunnel: Any) -> None:
+    """Release a tunnel whose start failed.
+
+    ``SSHTunnelForwarder.stop()`` would wait forever for forwarding servers that never started
+    serving, so their sockets and the SSH transport are closed directly instead.
+    """
+    for server in list(getattr(tunnel, "_server_list", [])):
+        with contextlib.suppress(Exception):
+            server.server_close()
+    transport = getattr(tunnel, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
+
+
 class DocumentDbSSHClient:
     """A pymongo client to the document store through an SSH tunnel.
 
@@ -153,6 +170,7 @@ class DocumentDbSSHClient:
         self.collection_name = credentials.collection
         self._client: Any = None
         self._ssh_server: Any = None
+        self.ssh_connect_attempts = 3
 
     def __repr__(self) -> str:
         c = self.credentials
@@ -211,10 +229,30 @@ class DocumentDbSSHClient:
         )
 
     def start(self) -> None:
-        """Start the client and SSH tunnel."""
-        self._ssh_server = self._create_ssh_tunnel()
+        """Start the client and SSH tunnel.
+
+        Opening the SSH session is retried (``ssh_connect_attempts`` times) because a busy
+        gateway may drop a handshake; authentication and host-key failures are not retried.
+        """
+        from sshtunnel import BaseSSHTunnelForwarderError
+
+        attempts = max(1, self.ssh_connect_attempts)
+        for attempt in range(attempts):
+            tunnel = self._create_ssh_tunnel()
+            try:
+                tunnel.start()
+            except BaseSSHTunnelForwarderError:
+                _abandon(tunnel)
+                if attempt + 1 >= attempts:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            except BaseException:
+                _abandon(tunnel)
+                raise
+            self._ssh_server = tunnel
+            break
         try:
-            self._ssh_server.start()
             self._client = self._create_mongo_client(self._ssh_server.local_bind_port)
             info = self._client.server_info()
         except BaseException:

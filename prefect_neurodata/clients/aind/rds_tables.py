@@ -171,10 +171,7 @@ def _csv_field(value: Any) -> str:
         return repr(number)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return '"\\x' + bytes(value).hex() + '"'
-    if isinstance(value, (dict, list)):
-        text = json.dumps(value)
-    else:
-        text = str(value)
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return '"' + text.replace('"', '""') + '"'
 
 

@@ -1644,33 +1644,41 @@ class MaterializationClientV2(ClientBase):
     def _update_rootids(
         self, df: pd.DataFrame, timestamp: dt.datetime, future_map: Mapping[int, int]
     ) -> pd.DataFrame:
-        """Bring every ``<pt>_root_id`` column forward to ``timestamp``."""
+        """Bring every ``<pt>_root_id`` column forward to ``timestamp``.
+
+        Every root that is not the latest at ``timestamp`` is recomputed from the row's
+        supervoxel. ``future_map`` is deliberately not used as a shortcut (the seed does): a
+        past root that was split maps to only one of its pieces, which would give rows of the
+        other pieces the wrong root and let them through the post-filter.
+        """
+        del future_map
         cg = self.cg_client
         sv_cols = [c for c in df.columns if str(c).endswith("supervoxel_id")]
-        for sv_col in sv_cols:
-            root_col = sv_col[: -len("supervoxel_id")] + "root_id"
-            if root_col not in df.columns or df.empty:
+        pairs = [
+            (sv, sv[: -len("supervoxel_id")] + "root_id")
+            for sv in sv_cols
+            if sv[: -len("supervoxel_id")] + "root_id" in df.columns
+        ]
+        if df.empty or not pairs:
+            return df
+        roots_by_col = {root: df[root].to_numpy(dtype=np.uint64, na_value=0) for _, root in pairs}
+        unique = np.unique(np.concatenate(list(roots_by_col.values())))
+        unique = unique[unique != 0]
+        stale = np.zeros(0, dtype=np.uint64)
+        if len(unique):
+            latest = np.asarray(cg.is_latest_roots(unique, timestamp=timestamp), dtype=bool)
+            stale = unique[~latest]
+        if not len(stale):
+            return df
+        for sv_col, root_col in pairs:
+            roots = roots_by_col[root_col]
+            rows = np.isin(roots, stale)
+            if not rows.any():
                 continue
-            roots = df[root_col].to_numpy(dtype=np.uint64, na_value=0)
-            if future_map:
-                keys = np.fromiter(future_map.keys(), dtype=np.uint64, count=len(future_map))
-                vals = np.fromiter(future_map.values(), dtype=np.uint64, count=len(future_map))
-                order = np.argsort(keys)
-                keys, vals = keys[order], vals[order]
-                idx = np.clip(np.searchsorted(keys, roots), 0, len(keys) - 1)
-                roots = np.where(keys[idx] == roots, vals[idx], roots)
-            unique = np.unique(roots[roots != 0])
-            if len(unique):
-                latest = np.asarray(cg.is_latest_roots(unique, timestamp=timestamp), dtype=bool)
-                stale = set(unique[~latest].tolist())
-            else:
-                stale = set()
-            if stale:
-                rows = np.isin(roots, np.fromiter(stale, dtype=np.uint64, count=len(stale)))
-                svs = df[sv_col].to_numpy(dtype=np.uint64, na_value=0)[rows]
-                new = np.asarray(cg.get_roots(svs, timestamp=timestamp), dtype=np.uint64)
-                roots = roots.copy()
-                roots[rows] = new
+            svs = df[sv_col].to_numpy(dtype=np.uint64, na_value=0)[rows]
+            new = np.asarray(cg.get_roots(svs, timestamp=timestamp), dtype=np.uint64)
+            roots = roots.copy()
+            roots[rows] = new
             df[root_col] = pd.array(roots.astype(np.int64), dtype=df[root_col].dtype)
         return df
 
