@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -197,10 +198,10 @@ class EventRelay:
                 sent += len(events)
                 self.stats.events += len(events)
                 for event in events:
-                    logger.info("relayed %s for %s", EVENT_NAME, event["resource"]["prefect.resource.id"])
-            self.sqs.delete_message(
-                QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
-            )
+                    logger.info(
+                        "relayed %s for %s", EVENT_NAME, event["resource"]["prefect.resource.id"]
+                    )
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
             self.stats.deleted += 1
         return sent
 
@@ -274,10 +275,8 @@ def _relay_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"relaying {relay.queue_url} -> {redact_url(relay.events_url)} (Ctrl-C to stop)")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         relay.run(stop)
-    except KeyboardInterrupt:
-        pass
     print(json.dumps(dataclasses.asdict(relay.stats)))
     return 0
 

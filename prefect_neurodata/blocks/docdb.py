@@ -103,9 +103,7 @@ class DocDbApiCredentials(CredentialsBlock):
     def _host_has_scheme(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("https://", "http://")):
-            raise ValueError(
-                f"host must include the scheme (https:// or http://), got {value!r}"
-            )
+            raise ValueError(f"host must include the scheme (https:// or http://), got {value!r}")
         return value
 
     @field_validator("version")
@@ -140,9 +138,7 @@ class DocDbApiCredentials(CredentialsBlock):
             boto=self._boto(),
         )
 
-    def get_analysis_client(
-        self, collection: str, database: str = "analysis"
-    ) -> AnalysisDbClient:
+    def get_analysis_client(self, collection: str, database: str = "analysis") -> AnalysisDbClient:
         """Build an `AnalysisDbClient` for ``collection`` of the analysis database."""
         from prefect_neurodata.clients.aind.document_db import AnalysisDbClient
 

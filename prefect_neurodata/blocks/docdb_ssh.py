@@ -59,9 +59,7 @@ class DocumentDbSshCredentials(CredentialsBlock):
     port: int = Field(default=27017, description="DocumentDB port.", title="Port")
     username: str = Field(description="DocumentDB user.", title="Username")
     password: SecretStr = Field(description="DocumentDB password.", title="Password")
-    database: str = Field(
-        default="metadata_index", description="Database name.", title="Database"
-    )
+    database: str = Field(default="metadata_index", description="Database name.", title="Database")
     collection: str = Field(
         default="data_assets", description="Collection name.", title="Collection"
     )

@@ -17,9 +17,7 @@ def in_flow_run() -> bool:
     return FlowRunContext.get() is not None
 
 
-def publish_table(
-    key: str, rows: Sequence[Mapping[str, Any]], description: str
-) -> None:
+def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
     """Publish ``rows`` as a table artifact under ``key`` (kept as versions of that key)."""
     if not in_flow_run():
         return

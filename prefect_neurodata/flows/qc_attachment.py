@@ -137,7 +137,9 @@ def _history_problems(where: str, history: Any) -> list[str]:
             problems.append(f"{here} is missing {', '.join(missing)}")
             continue
         if entry["status"] not in STATUSES:
-            problems.append(f"{here}.status must be one of {list(STATUSES)}, got {entry['status']!r}")
+            problems.append(
+                f"{here}.status must be one of {list(STATUSES)}, got {entry['status']!r}"
+            )
         bad_time = _timestamp_problem(entry["timestamp"])
         if bad_time:
             problems.append(f"{here}.timestamp {bad_time}")

@@ -34,7 +34,7 @@ from prefect_neurodata.tasks._common import (
     validate_locations,
 )
 from prefect_neurodata.tasks.docdb import lookup_locations, register_asset_batch
-from prefect_neurodata.tasks.s3 import inspect_asset_folders
+from prefect_neurodata.tasks.s3 import inspect_asset_folders, list_asset_prefixes
 
 DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
 ARTIFACT_KEY = "asset-registration"
@@ -55,9 +55,16 @@ class RegistrationRequest(BaseModel):
     locations: list[str] = Field(
         default_factory=list, description="Asset locations, s3://bucket/prefix."
     )
-    bucket: str | None = Field(default=None, description="Bucket of the prefixes below.")
+    bucket: str | None = Field(
+        default=None,
+        description="Bucket of the prefixes below; without prefixes, every folder is scanned.",
+    )
     prefixes: list[str] = Field(
         default_factory=list, description="Asset prefixes (folders) in the bucket."
+    )
+    starts_with: list[str] = Field(
+        default_factory=list,
+        description="When scanning a bucket: only folders whose names start with these.",
     )
     code_ocean_results: list[CodeOceanResult] = Field(
         default_factory=list, description="Code Ocean result assets."
@@ -70,12 +77,17 @@ class RegistrationRequest(BaseModel):
         default=50, ge=1, le=1000, description="Assets registered per task run."
     )
 
-    @field_validator("prefixes")
+    @field_validator("prefixes", "starts_with")
     @classmethod
     def _prefixes_need_bucket(cls, value: list[str], info: Any) -> list[str]:
         if value and not info.data.get("bucket"):
-            raise ValueError("prefixes were given without a bucket")
+            raise ValueError(f"{info.field_name} were given without a bucket")
         return value
+
+    @property
+    def scans_bucket(self) -> bool:
+        """Whether the request scans the bucket's folders (a bucket without prefixes)."""
+        return bool(self.bucket) and not self.prefixes
 
 
 class RegistrationRow(BaseModel):
@@ -93,6 +105,7 @@ class RegistrationSummary(BaseModel):
     requested: int
     registered: int
     already_registered: int
+    skipped: int
     failed: int
     rows: list[RegistrationRow]
 
@@ -101,10 +114,13 @@ class RegistrationFailed(RuntimeError):
     """Some assets could not be registered (non-transient errors, e.g. rejected metadata)."""
 
 
-def _collect(request: RegistrationRequest) -> tuple[list[dict[str, Any]], list[str]]:
+def _collect(
+    request: RegistrationRequest, scanned: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """All items to register, validated; raises ValueError naming every bad input."""
     problems: list[str] = []
     raw: list[str] = list(request.locations)
+    raw += [f"s3://{request.bucket}/{prefix}" for prefix in scanned]
     if request.bucket:
         bad = bucket_problem(request.bucket)
         if bad:
@@ -127,7 +143,7 @@ def _collect(request: RegistrationRequest) -> tuple[list[dict[str, Any]], list[s
             "co_asset_id": result.co_asset_id,
             "co_computation_id": result.co_computation_id,
         }
-    if not items:
+    if not items and not request.scans_bucket:
         raise ValueError("nothing to register: give locations, bucket + prefixes, or results")
     plain = [uri for uri, item in items.items() if not item.get("co_asset_id")]
     return list(items.values()), plain
@@ -159,33 +175,46 @@ def register_assets(
         RegistrationFailed: The API rejected some registrations (after the artifact is out).
     """
     logger = get_run_logger()
-    items, plain = _collect(request)
+    if request.bucket and bucket_problem(request.bucket):
+        raise ValueError(f"invalid registration request: bucket: {bucket_problem(request.bucket)}")
     aws = aws_block or _nested_aws(docdb_block)
+    scanned: list[str] = []
+    if request.scans_bucket:
+        scanned = list_asset_prefixes(aws, request.bucket, request.starts_with or [""])
+        logger.info("scanned s3://%s: %d asset folders", request.bucket, len(scanned))
+    items, plain = _collect(request, scanned)
 
-    # Check every asset folder before the first write.
-    files: dict[str, list[str] | None] = {}
-    for batch in chunks(plain, 500):
-        files.update(inspect_asset_folders(aws, batch))
+    # Reads only until every input is checked: what DocDB has, then the folders it lacks.
+    known: dict[str, str] = {}
+    for batch in chunks([item["location"] for item in items], 2000):
+        known.update(lookup_locations(docdb_block, batch))
+    unknown = [location for location in plain if location not in known]
+    missing: dict[str, list[str] | None] = {}
+    for batch in chunks(unknown, 500):
+        missing.update(inspect_asset_folders(aws, batch, list(request.required_files)))
     problems = []
-    for location in plain:
-        present = files.get(location)
-        if present is None:
+    rows: list[RegistrationRow] = []
+    for location in unknown:
+        absent = missing.get(location)
+        if absent is None:
             problems.append(f"{location}: no such folder in S3")
-            continue
-        missing = [name for name in request.required_files if name not in present]
-        if missing:
-            problems.append(f"{location}: missing core metadata file(s) {', '.join(missing)}")
+        elif absent:
+            problem = f"missing core metadata file(s) {', '.join(absent)}"
+            if request.scans_bucket:
+                rows.append(RegistrationRow(location=location, outcome="skipped", detail=problem))
+            else:
+                problems.append(f"{location}: {problem}")
     if problems:
-        raise ValueError(
-            "cannot register; nothing was written:\n  " + "\n  ".join(problems)
-        )
+        raise ValueError("cannot register; nothing was written:\n  " + "\n  ".join(problems))
 
-    known = lookup_locations(docdb_block, [item["location"] for item in items])
-    rows = [
+    skipped = {row.location for row in rows}
+    rows += [
         RegistrationRow(location=loc, outcome="already registered", record_id=record_id)
         for loc, record_id in known.items()
     ]
-    todo = [item for item in items if item["location"] not in known]
+    todo = [
+        item for item in items if item["location"] not in known and item["location"] not in skipped
+    ]
     logger.info("%d to register, %d already in DocDB", len(todo), len(known))
     futures = [
         register_asset_batch.submit(docdb_block, batch)
@@ -199,12 +228,16 @@ def register_assets(
         requested=len(items),
         registered=sum(r.outcome == "registered" for r in rows),
         already_registered=sum(r.outcome == "already registered" for r in rows),
+        skipped=sum(r.outcome == "skipped" for r in rows),
         failed=sum(r.outcome == "failed" for r in rows),
         rows=rows,
     )
+    # Thousands of "already registered" rows would bury the news: list those last, if at all.
+    interesting = [r for r in rows if r.outcome != "already registered"]
     publish_table(
         ARTIFACT_KEY,
-        [row.model_dump() for row in rows],
+        [row.model_dump() for row in interesting]
+        + [row.model_dump() for row in rows if row.outcome == "already registered"],
         f"Asset registration: {summary.registered} registered, "
         f"{summary.already_registered} already registered, {summary.failed} failed.",
     )
@@ -216,6 +249,7 @@ def register_assets(
                 "requested": summary.requested,
                 "registered": summary.registered,
                 "already registered": summary.already_registered,
+                "skipped (incomplete folder)": summary.skipped,
                 "failed": summary.failed,
             },
             [f"- `{r.location}`: {r.detail}" for r in rows if r.outcome == "failed"][:50],

@@ -303,7 +303,9 @@ class FaultMiddleware:
             payload: dict[str, Any] = {"status": "ok", "service": self.service}
             if self._health is not None:
                 try:
-                    payload.update(self._health())
+                    # In a worker thread: a health callback may block (e.g. a database ping).
+                    loop = asyncio.get_running_loop()
+                    payload.update(await loop.run_in_executor(None, self._health))
                 except Exception as exc:  # health must report, not crash
                     await _send_json(
                         send, 503, {"status": "error", "service": self.service, "error": str(exc)}

@@ -267,7 +267,9 @@ def resolve_assets(docdb: DocDb, refs: list[dict[str, str]]) -> list[dict[str, A
             problems.append(f"assets[{index}]: no DocDB record has {key} {value!r}")
         elif len(matches) > 1:
             ids = ", ".join(str(m["_id"]) for m in matches[:5])
-            problems.append(f"assets[{index}]: {key} {value!r} matches {len(matches)} records ({ids})")
+            problems.append(
+                f"assets[{index}]: {key} {value!r} matches {len(matches)} records ({ids})"
+            )
         else:
             record = matches[0]
             resolved.append(

@@ -24,7 +24,7 @@ from prefect_neurodata.tasks._common import (
     parse_s3_location,
 )
 
-S3_THREADS = 8
+S3_THREADS = 4
 """Concurrent S3 requests inside one task."""
 
 CHECKPOINT_ROOT = ".neurodata"
@@ -131,13 +131,29 @@ def put_bytes(s3: Any, bucket: str, key: str, data: bytes) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/json")
 
 
-def folder_files(s3: Any, bucket: str, prefix: str) -> list[str] | None:
-    """Names of the files directly inside one folder; None if the folder has no objects."""
-    page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", Delimiter="/", MaxKeys=1000)
-    files = [obj["Key"].rsplit("/", 1)[-1] for obj in page.get("Contents", [])]
-    if not files and not page.get("CommonPrefixes"):
-        return None
-    return sorted(files)
+def missing_files(s3: Any, bucket: str, prefix: str, required: Sequence[str]) -> list[str] | None:
+    """Which of ``required`` files are missing in a folder; None if the folder does not exist.
+
+    Uses one HEAD request per required file (cheap on S3 and its stand-ins); only when some are
+    missing does it list the folder to tell "incomplete" from "absent".
+    """
+    missing = []
+    for name in required:
+        try:
+            s3.head_object(Bucket=bucket, Key=f"{prefix}/{name}")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                missing.append(name)
+            elif code == "NoSuchBucket":
+                return None
+            else:
+                raise
+    if missing or not required:
+        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
+        if not page.get("KeyCount", len(page.get("Contents", []))):
+            return None
+    return missing
 
 
 @task(
@@ -148,32 +164,30 @@ def folder_files(s3: Any, bucket: str, prefix: str) -> list[str] | None:
     cache_policy=NONE,
 )
 def inspect_asset_folders(
-    aws: str | AwsCredentials | None, locations: list[str]
+    aws: str | AwsCredentials | None, locations: list[str], required: list[str]
 ) -> dict[str, list[str] | None]:
-    """List the files at the top of each asset folder (one task for a batch of folders).
+    """Check that asset folders exist and hold the required files (a batch per task).
 
     Args:
         aws: `AwsCredentials` block or its name.
         locations: ``s3://bucket/prefix`` locations (already validated).
+        required: File names each folder must contain, e.g. ``["data_description.json"]``.
 
     Returns:
-        ``{location: sorted file names}``, None for folders that do not exist.
+        ``{location: missing file names}`` (``[]`` when complete), None for absent folders.
 
     Example:
         ```python
-        files = inspect_asset_folders("my-aws", ["s3://aind-open-data/ecephys_1_2024-01-01_00-00-00"])
+        report = inspect_asset_folders(
+            "my-aws", ["s3://aind-open-data/ecephys_1_2024-01-01_00-00-00"], ["subject.json"]
+        )
         ```
     """
     s3 = s3_client(aws)
 
     def one(location: str) -> list[str] | None:
         parsed = parse_s3_location(location)
-        try:
-            return folder_files(s3, parsed.bucket, parsed.prefix)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
-                return None
-            raise
+        return missing_files(s3, parsed.bucket, parsed.prefix, required)
 
     return dict(zip(locations, map_bounded(one, locations, S3_THREADS), strict=True))
 

@@ -266,7 +266,11 @@ def sync_metadata_batch(
             if status == "failed":
                 counts["unregistered"] += 1
                 changes.append(
-                    {"location": location, "change": "registration failed", "detail": _message(result)}
+                    {
+                        "location": location,
+                        "change": "registration failed",
+                        "detail": _message(result),
+                    }
                 )
             else:
                 registered.append(location)

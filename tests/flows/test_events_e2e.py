@@ -1,5 +1,6 @@
 """End to end: an upload to S3 registers the asset through SQS, the relay, a Prefect event
 trigger and a served deployment, all on 127.0.0.1 against a real Prefect server."""
+# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """Metadata sync flow through a real Prefect API against DocDB/S3 stand-ins and real Postgres."""
+# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """QC attachment flow through a real Prefect API against the DocDB and S3 stand-ins."""
+# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """Asset registration flow through a real Prefect API against the DocDB and S3 stand-ins."""
+# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -145,3 +146,24 @@ def test_same_state_under_injected_faults(
     assert comparable(faulted, bucket) == comparable(
         records_in(sandbox.env, reference_bucket), reference_bucket
     )
+
+
+def test_bucket_scan_registers_complete_folders_and_skips_incomplete(
+    sandbox: Any, saved_docdb_block: str, bucket: str
+) -> None:
+    s3 = _s3(sandbox)
+    names = write_assets(s3, bucket, 6)
+    partial = asset_name(77)
+    files = core_files(partial, 77)
+    del files["data_description"]
+    write_asset(s3, bucket, partial, files)
+
+    summary = register_assets(RegistrationRequest(bucket=bucket), docdb_block=saved_docdb_block)
+
+    assert (summary.registered, summary.skipped, summary.failed) == (6, 1, 0)
+    (skipped,) = [row for row in summary.rows if row.outcome == "skipped"]
+    assert skipped.location == f"s3://{bucket}/{partial}"
+    assert "data_description.json" in skipped.detail
+    assert sorted(r["name"] for r in records_in(sandbox.env, bucket)) == sorted(names)
+    again = register_assets(RegistrationRequest(bucket=bucket), docdb_block=saved_docdb_block)
+    assert (again.registered, again.already_registered) == (0, 6)

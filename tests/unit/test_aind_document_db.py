@@ -888,3 +888,23 @@ def test_base_client_has_crud_but_not_admin_methods():
     client = make_client(Client, database="d", collection="c")
     assert hasattr(client, "upsert_list_of_docdb_records")
     assert not hasattr(client, "register_asset")
+
+
+@responses.activate
+def test_500_is_retried_for_reads_and_upserts_but_not_for_registration():
+    responses.get(f"{BASE}/count_documents", status=500)
+    responses.get(f"{BASE}/count_documents", json={"total_record_count": 1})
+    client = make_client()
+    assert client._count_records()["total_record_count"] == 1
+    responses.post(f"https://{HOST}/v1/assets/register", status=500, json={"message": "boom"})
+    with pytest.raises(http.ServiceError, match="boom"):
+        client.register_asset("s3://bucket/prefix")
+    assert [c.request.url.rsplit("/", 1)[-1] for c in responses.calls] == [
+        "count_documents",
+        "count_documents",
+        "register",
+    ]
+
+
+def test_default_retry_policy_includes_500():
+    assert 500 in MetadataDbClient(host=HOST).retry.statuses

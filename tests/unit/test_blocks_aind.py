@@ -90,11 +90,8 @@ def test_docdb_block_builds_seed_compatible_clients() -> None:
     block = _docdb_block(version="v2", collection="other")
     client = block.get_client()
     assert isinstance(client, MetadataDbClient)
-    assert (client.host, client.version, client.database, client.collection)[1:] == (
-        "v2",
-        "metadata_index",
-        "other",
-    )
+    assert (client.scheme, client.host) == ("http", "127.0.0.1:8999")
+    assert (client.version, client.database, client.collection) == ("v2", "metadata_index", "other")
     assert client.boto.get_credentials().access_key == "AKIDEXAMPLE"
     assert client.boto.region_name == "us-west-2"
     assert isinstance(block.get_analysis_client("results"), AnalysisDbClient)

@@ -602,6 +602,10 @@ class FakeLimitedServer:
         headers = {"Content-Type": "data.arrow"}
         if len(df) == limit:
             headers["Warning"] = f'201 - "Limited query to {limit} rows'
+        if params.get("return_pyarrow") == "False":
+            headers["Content-Type"] = "application/json"
+            records = df[["id", "pre_pt_root_id"]].astype("int64").to_dict(orient="records")
+            return 200, headers, json.dumps(records).encode()
         return 200, headers, arrow_body(df.reset_index(drop=True))
 
 
@@ -664,6 +668,22 @@ def test_partitioning_keeps_user_filters_and_limit() -> None:
     assert all(
         b["filter_in_dict"] == {"synapses": {"post_pt_root_id": [100]}} for b in server.bodies
     )
+
+
+def test_json_answers_are_partitioned_too() -> None:
+    ids = list(range(1, 14))
+    server = FakeLimitedServer(ids)
+    client = make_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        serve(rsps, server)
+        records = client.query_table(
+            "synapses", return_df=False, merge_reference=False, filter_in_dict={"id": ids}
+        )
+        assert sorted(r["id"] for r in records) == ids
+        first = client.query_table(
+            "synapses", return_df=False, merge_reference=False, limit=7, offset=2
+        )
+    assert len(first) == 7
 
 
 def test_on_limit_raise() -> None:
@@ -754,7 +774,8 @@ class FakeChunkedGraph:
         return np.array([dt.datetime(2021, 5, 1, tzinfo=dt.timezone.utc) for _ in ids])
 
     def get_past_ids(self, ids: Any, timestamp_past: Any = None, timestamp_future: Any = None):
-        return {"past_id_map": {200: [100], 201: [100]}, "future_id_map": {}}
+        # like PyChunkedGraph, a split past id maps forward to only one of its pieces
+        return {"past_id_map": {200: [100], 201: [100]}, "future_id_map": {100: 200}}
 
     def get_roots(self, svs: Any, timestamp: Any = None) -> np.ndarray:
         self.calls.append("get_roots")
@@ -789,6 +810,17 @@ def test_live_query_maps_filters_updates_roots_and_post_filters() -> None:
     assert df.attrs["live_query"] is True
     assert df.attrs["timestamp"] == "2021-06-01T00:00:00.000000"
     assert "pre_pt_position" in df.columns
+
+    # an exclusion of a current root is applied after the roots moved forward, not sent back
+    # to the version (where root 100 also holds the rows of 200, which are wanted)
+    server.bodies.clear()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        serve(rsps, server)
+        rsps.get(f"{V3}/metadata", json=[version_record])
+        add_metadata(rsps)
+        kept = client.live_query("synapses", ts, filter_out_dict={"pre_pt_root_id": [201]})
+    assert "filter_notin_dict" not in server.bodies[0]
+    assert kept["id"].tolist() == [1, 2]
 
 
 def test_live_query_rejects_expired_roots() -> None:

@@ -44,9 +44,7 @@ def test_object_created_becomes_an_asset_event() -> None:
     )
     assert event["payload"]["key"] == "ecephys_1_2025-01-01_10-00-00/data_description.json"
     assert event["occurred"] == "2026-11-22T03:00:00.000Z"
-    again = events_from_message(
-        notification("ecephys_1_2025-01-01_10-00-00/data_description.json")
-    )
+    again = events_from_message(notification("ecephys_1_2025-01-01_10-00-00/data_description.json"))
     assert again[0]["id"] == event["id"]
 
 
@@ -64,7 +62,9 @@ def test_test_events_and_other_event_types_relay_nothing() -> None:
 
 def test_sns_wrapped_notifications_are_unwrapped() -> None:
     body = json.dumps({"Type": "Notification", "Message": notification("x/data_description.json")})
-    assert events_from_message(body)[0]["resource"]["prefect.resource.id"] == "s3://aind-open-data/x"
+    assert (
+        events_from_message(body)[0]["resource"]["prefect.resource.id"] == "s3://aind-open-data/x"
+    )
 
 
 def test_garbage_is_rejected() -> None:
@@ -83,9 +83,9 @@ def queue() -> Any:
 
 
 def _remaining(sqs: Any, url: str) -> int:
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+        "Attributes"
+    ]
     return int(attrs["ApproximateNumberOfMessages"])
 
 
@@ -93,9 +93,7 @@ def _remaining(sqs: Any, url: str) -> int:
 def test_messages_are_deleted_only_after_prefect_accepts(queue: Any) -> None:
     sqs, url = queue
     sqs.send_message(QueueUrl=url, MessageBody=notification("a/data_description.json"))
-    sqs.send_message(
-        QueueUrl=url, MessageBody=json.dumps({"Event": "s3:TestEvent", "Bucket": "b"})
-    )
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Event": "s3:TestEvent", "Bucket": "b"}))
     responses.post(f"{API}/events", status=500)
     relay = EventRelay(sqs, url, API, wait_seconds=0)
     relay.http.retry = relay.http.retry.none()

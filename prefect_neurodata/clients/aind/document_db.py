@@ -57,6 +57,12 @@ _ID_ONLY = {"_id": 1}
 _STR_OVERHEAD = 49
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
+DEFAULT_RETRY = http.RetryPolicy(statuses=http.TRANSIENT_STATUSES | {500})
+"""Retry policy of the DocDB clients: the shared transient statuses plus 500, because the
+gateway surfaces a failed Lambda invocation as a 500/502. 500 is retried only for idempotent
+requests (reads, upserts and deletes keyed by ``_id``), never for inserts without ``_id``,
+registrations or QC submissions."""
+
 
 class BulkWriteFailed(requests.HTTPError):
     """Some chunks of `Client.upsert_list_of_docdb_records` did not land.
@@ -148,7 +154,7 @@ class Client:
         session: The requests session to send through; a pooled one is created when omitted.
             It is closed by `close`.
         timeout: ``(connect, read)`` timeout in seconds for every request.
-        retry: The retry policy for transient failures.
+        retry: The retry policy for transient failures (default `DEFAULT_RETRY`).
         max_workers: Requests in flight for concurrent reads and chunked writes.
 
     Example:
@@ -178,7 +184,7 @@ class Client:
         self.collection = collection
         self.version = version
         self.timeout = timeout
-        self.retry = retry
+        self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_workers = max(1, int(max_workers))
         self._boto = boto
         self._session = session

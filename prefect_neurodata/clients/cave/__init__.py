@@ -28,6 +28,8 @@ __all__ = [
     "GlobalClientError",
     "AuthException",
     "ServerIncompatibilityError",
+    "QueryLimitError",
+    "AnnotationUploadError",
     "get_session_defaults",
     "set_session_defaults",
 ]
@@ -39,6 +41,8 @@ _LAZY = {
     "GlobalClientError": "frameworkclient",
     "AuthException": "base",
     "ServerIncompatibilityError": "base",
+    "QueryLimitError": "_partition",
+    "AnnotationUploadError": "annotationengine",
 }
 
 

@@ -73,13 +73,24 @@ class Chunk:
 
     @property
     def num_rows(self) -> int:
-        return self.table.num_rows
+        return _num_rows(self.table)
 
     def cut_at_limit(self, requested: int | None = None) -> bool:
         """True when the server stopped at its own limit (not at a limit we asked for)."""
-        if self.limit is None or self.table.num_rows < self.limit:
+        if self.limit is None or self.num_rows < self.limit:
             return False
         return requested is None or self.limit < requested
+
+
+def _num_rows(table: Any) -> int:
+    """Rows of an answer: an Arrow table, or a list of JSON records."""
+    return table.num_rows if isinstance(table, pa.Table) else len(table)
+
+
+def _slice(table: Any, start: int, length: int | None = None) -> Any:
+    if isinstance(table, pa.Table):
+        return table.slice(start, length)
+    return table[start:] if length is None else table[start : start + length]
 
 
 def check_on_limit(on_limit: str) -> None:
@@ -215,12 +226,16 @@ class Partitioner:
         table size or the largest id seen, doubling until a probe is empty.
         """
         lo, hi = 1, max(1, size_hint or 1) + 1  # ids usually run from 1 upwards
-        if sample is not None and sample.num_rows:
-            hi = max(hi, lo + 2 * sample.num_rows)
-        if sample is not None and "id" in sample.column_names and sample.num_rows:
-            ids = sample.column("id")
-            lo = int(pc.min(ids).as_py())
-            hi = max(hi, int(pc.max(ids).as_py()) + 1)
+        if sample is not None and _num_rows(sample):
+            hi = max(hi, lo + 2 * _num_rows(sample))
+            if isinstance(sample, pa.Table) and "id" in sample.column_names:
+                ids = sample.column("id")
+                lo = int(pc.min(ids).as_py())
+                hi = max(hi, int(pc.max(ids).as_py()) + 1)
+            elif isinstance(sample, list) and sample and isinstance(sample[0], dict):
+                ids = [r["id"] for r in sample if isinstance(r.get("id"), int)]
+                if ids:
+                    lo, hi = min(ids), max(hi, max(ids) + 1)
         if self._count is None:
             return lo, hi
         for _ in range(64):
@@ -231,7 +246,7 @@ class Partitioner:
 
     def _total_and_bounds(self, size_hint: int | None, sample: pa.Table | None):
         if self._count is None:
-            total = sample.num_rows * 2 if sample is not None else size_hint or 1
+            total = _num_rows(sample) * 2 if sample is not None else size_hint or 1
             return total, *self._bounds(size_hint, sample)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="neurodata-count") as pool:
             total_f = pool.submit(self._count, None)
@@ -336,12 +351,12 @@ def _take(chunks: Iterator[Chunk], offset: int | None, limit: int | None) -> Ite
     for chunk in chunks:
         table = chunk.table
         if skip:
-            dropped = min(skip, table.num_rows)
-            table = table.slice(dropped)
+            dropped = min(skip, _num_rows(table))
+            table = _slice(table, dropped)
             skip -= dropped
         if remaining is not None:
-            table = table.slice(0, remaining)
-            remaining -= table.num_rows
+            table = _slice(table, 0, remaining)
+            remaining -= _num_rows(table)
         if table is not chunk.table:
             chunk = Chunk(table, chunk.warnings, chunk.headers, chunk.limit)
         yield chunk

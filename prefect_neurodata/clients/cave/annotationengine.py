@@ -60,6 +60,8 @@ MAX_ANNOTATIONS_PER_REQUEST = 10_000
 PERMISSIONS = ("PRIVATE", "GROUP", "PUBLIC")
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_]+[a-z0-9_]*$")
 
+_UNSURE_STATUSES = frozenset({502, 504})
+
 _URL_IDS_CHARS = 6000  # keeps ``?annotation_ids=...`` (commas sent as %2C) under line limits
 
 
@@ -73,6 +75,8 @@ class AnnotationUploadError(requests.HTTPError):
         table_name: The table written to.
         done: Rows (0-based positions in the input) that were written.
         not_done: Rows that were not written.
+        uncertain: Rows of the failed batch whose fate is unknown (a gateway error or a lost
+            answer: the server may have written them); check before resending them.
         result: What the written batches returned (ids, or ``{old_id: new_id}``).
         status_code: HTTP status of the failed batch, if it was an HTTP error.
     """
@@ -85,6 +89,7 @@ class AnnotationUploadError(requests.HTTPError):
         done: range | list[int],
         not_done: range | list[int],
         result: Any,
+        uncertain: range | list[int] = range(0),
         status_code: int | None = None,
         response: requests.Response | None = None,
     ) -> None:
@@ -92,6 +97,7 @@ class AnnotationUploadError(requests.HTTPError):
         self.table_name = table_name
         self.done = done
         self.not_done = not_done
+        self.uncertain = uncertain
         self.result = result
         self.status_code = status_code
 
@@ -506,16 +512,28 @@ class AnnotationClientV2(ClientBase):
             except requests.RequestException as exc:
                 if index == 0:
                     raise
-                done = range(0, rows.start)
-                not_done = range(rows.start, len(records))
                 status = getattr(exc, "status_code", None)
+                # A gateway error or a lost answer says nothing about whether the backend
+                # applied the batch; any other error means it did not.
+                unsure = status in _UNSURE_STATUSES or (
+                    status is None and not isinstance(exc, requests.ConnectTimeout)
+                )
+                done = range(0, rows.start)
+                uncertain = rows if unsure else range(rows.start, rows.start)
+                not_done = range(rows.stop if unsure else rows.start, len(records))
+                fate = (
+                    f"rows {rows.start}-{rows.stop - 1} may or may not have been written, "
+                    if unsure
+                    else ""
+                )
                 raise AnnotationUploadError(
                     f"{method} of annotations to {table_name!r} failed at rows "
-                    f"{rows.start}-{rows.stop - 1}: rows 0-{rows.start - 1} were written, rows "
-                    f"{rows.start}-{len(records) - 1} were not ({exc})",
+                    f"{rows.start}-{rows.stop - 1}: rows 0-{rows.start - 1} were written, "
+                    f"{fate}rows {not_done.start}-{len(records) - 1} were not ({exc})",
                     table_name=table_name,
                     done=done,
                     not_done=not_done,
+                    uncertain=uncertain,
                     result=_merge(results),
                     status_code=status,
                     response=getattr(exc, "response", None),
@@ -742,7 +760,10 @@ class AnnotationClientV2(ClientBase):
         """Upload the not-yet-uploaded rows of a `StagedAnnotations` (POST, or PUT for updates).
 
         Rows are marked uploaded batch by batch (with their new ids), so after a failure the
-        same call sends only what is missing. Nothing is retried blindly.
+        same call sends only what is missing. Nothing is retried blindly: when the failed batch's
+        fate is unknown (a 502/504 or a lost answer), its rows stay unmarked and the error's
+        ``uncertain`` names them (positions among the rows this call tried to send); check the
+        table (``get_annotation_count``) before re-running, or they may be written twice.
 
         Returns:
             New ids of the rows uploaded by this call, or ``{"old_id": new_id}`` for updates.

@@ -1600,6 +1600,15 @@ class MaterializationClientV2(ClientBase):
             "filter_out_dict": out_f,
             "filter_equal_dict": eq_f,
         }
+        if post_filter:
+            # An exclusion or inequality on root ids cannot be translated to the version: a
+            # past root may hold rows of several current roots, some wanted, some not. Those
+            # filters are applied only after the roots are brought forward.
+            for arg in ("filter_out_dict", *_INEQUALITY_ARGS):
+                spec = mapped.get(arg)
+                if spec:
+                    kept = {c: v for c, v in spec.items() if not str(c).endswith("root_id")}
+                    mapped[arg] = kept or None
         select = list(select_columns) if select_columns is not None else None
         if select is not None:
             # root updating needs the supervoxel ids next to each selected root id

@@ -11,7 +11,9 @@ import datetime as dt
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -153,7 +155,11 @@ def _keyset_base(
 
 
 class _OpenCursor:
-    """A cursor left open between pages, with the one document that did not fit the last page."""
+    """A cursor left open between pages, with encoded documents read ahead of the next page.
+
+    After a page is served, a worker thread reads and encodes about one more page into
+    ``buffer`` while the client is still receiving and decoding the current one.
+    """
 
     def __init__(self, cursor: Any, query_key: tuple, position: int, keyset_key: tuple | None):
         self.cursor = cursor
@@ -161,45 +167,89 @@ class _OpenCursor:
         self.position = position
         self.keyset_key = keyset_key
         self.last_id: Any = None
-        self.pending: tuple[bytes, Any] | None = None
+        self.buffer: deque[tuple[bytes, Any]] = deque()
+        self.source_done = False
+        self.error: BaseException | None = None
+        self.prefetching: Future | None = None
         self.used = time.monotonic()
         self.generation = 0
-        self.done = False
+
+    @property
+    def done(self) -> bool:
+        """No document left to serve."""
+        return self.source_done and not self.buffer
+
+    def _pull(self) -> tuple[bytes, Any] | None:
+        try:
+            doc = next(self.cursor)
+        except StopIteration:
+            self.source_done = True
+            self.close_cursor()
+            return None
+        return dumps(doc), doc.get("_id")
+
+    def _next(self) -> tuple[bytes, Any] | None:
+        if self.buffer:
+            return self.buffer.popleft()
+        if self.error is not None:
+            raise self.error
+        if self.source_done:
+            return None
+        return self._pull()
 
     def page(self, limit: int, cap: int) -> tuple[bytes, int, bool]:
         """Next page; returns ``(body, count, exhausted)``."""
-        if self.done and self.pending is None:
-            return b"[]", 0, True
+        self.wait()
         parts: list[bytes] = []
         size = 2
-        exhausted = False
         while not limit or len(parts) < limit:
-            if self.pending is not None:
-                part, doc_id = self.pending
-                self.pending = None
-            else:
-                try:
-                    doc = next(self.cursor)
-                except StopIteration:
-                    exhausted = True
-                    break
-                part, doc_id = dumps(doc), doc.get("_id")
+            item = self._next()
+            if item is None:
+                break
+            part, doc_id = item
             extra = len(part) + (1 if parts else 0)
             if size + extra > cap:
+                self.buffer.appendleft(item)
                 if not parts:
                     raise PageTooLarge(size + extra)
-                self.pending = (part, doc_id)
                 break
             parts.append(part)
             size += extra
             self.last_id = doc_id
         self.position += len(parts)
         self.used = time.monotonic()
-        return b"[" + b",".join(parts) + b"]", len(parts), exhausted
+        return b"[" + b",".join(parts) + b"]", len(parts), self.done
 
-    def close(self) -> None:
+    def prefetch(self, limit: int, cap: int) -> None:
+        """Read and encode about one page ahead (runs in a worker thread)."""
+        try:
+            size = sum(len(part) + 1 for part, _ in self.buffer)
+            count = len(self.buffer)
+            while not self.source_done and size < cap and (not limit or count < limit):
+                item = self._pull()
+                if item is None:
+                    break
+                self.buffer.append(item)
+                size += len(item[0]) + 1
+                count += 1
+        except Exception as exc:  # surfaced to the next page request, which re-queries
+            self.error = exc
+
+    def wait(self) -> None:
+        """Let a running read-ahead finish before touching the cursor."""
+        future, self.prefetching = self.prefetching, None
+        if future is not None:
+            future.result()
+
+    def close_cursor(self) -> None:
         with contextlib.suppress(Exception):
             self.cursor.close()
+
+    def close(self) -> None:
+        """Stop the read-ahead and close the cursor."""
+        with contextlib.suppress(Exception):
+            self.wait()
+        self.close_cursor()
 
 
 class _CursorCache:
@@ -219,7 +269,8 @@ class _CursorCache:
         self, query_key: tuple, skip: int, keyset: tuple | None, coll_name: str, proj: bytes
     ) -> _OpenCursor | None:
         with self._lock:
-            self._expire()
+            expired = self._expire()
+            found = None
             for i, entry in enumerate(self._entries):
                 hit = entry.query_key == query_key and entry.position == skip
                 if not hit and keyset is not None and entry.keyset_key is not None:
@@ -229,8 +280,11 @@ class _CursorCache:
                         and entry.last_id is not None
                     )
                 if hit:
-                    return self._entries.pop(i)
-        return None
+                    found = self._entries.pop(i)
+                    break
+        for old in expired:
+            old.close()
+        return found
 
     def put(self, entry: _OpenCursor) -> None:
         with self._lock:
@@ -238,8 +292,10 @@ class _CursorCache:
                 entry.close()
                 return
             self._entries.append(entry)
-            while len(self._entries) > self.MAX_OPEN:
-                self._entries.pop(0).close()
+            evicted = self._entries[: -self.MAX_OPEN] if len(self._entries) > self.MAX_OPEN else []
+            del self._entries[: len(evicted)]
+        for old in evicted:
+            old.close()
 
     def clear(self) -> None:
         with self._lock:
@@ -248,15 +304,12 @@ class _CursorCache:
         for entry in entries:
             entry.close()
 
-    def _expire(self) -> None:
+    def _expire(self) -> list[_OpenCursor]:
         now = time.monotonic()
-        keep = []
-        for entry in self._entries:
-            if now - entry.used > self.IDLE_SECONDS:
-                entry.close()
-            else:
-                keep.append(entry)
-        self._entries = keep
+        expired = [e for e in self._entries if now - e.used > self.IDLE_SECONDS]
+        if expired:
+            self._entries = [e for e in self._entries if now - e.used <= self.IDLE_SECONDS]
+        return expired
 
 
 class Store:
@@ -264,6 +317,9 @@ class Store:
 
     def __init__(self, uri: str) -> None:
         kwargs: dict[str, Any] = {"uuidRepresentation": "standard"}
+        if "serverselectiontimeoutms" not in uri.lower():
+            # Fail fast (502) rather than hang for pymongo's default 30 s when the DB is down.
+            kwargs["serverSelectionTimeoutMS"] = 5000
         # Loopback SecantusDB advertises a replica set; talk to the given host itself.
         if "directconnection" not in uri.lower() and not uri.startswith("mongodb+srv"):
             hosts = uri.split("://", 1)[-1].split("/", 1)[0]
@@ -274,12 +330,14 @@ class Store:
         self._avg_size: dict[tuple, float] = {}
         self._lock = threading.Lock()
         self._cursors = _CursorCache()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docdb-read-ahead")
         # find requests answered by a new query vs by continuing an open cursor.
         self.stats = {"queries": 0, "continued": 0}
 
     def close(self) -> None:
         """Close the cached cursors and the MongoDB client."""
         self._cursors.clear()
+        self._pool.shutdown(wait=True)
         self.client.close()
 
     def ping(self) -> None:
@@ -366,10 +424,9 @@ class Store:
         if exhausted:
             # Kept (cursor closed) so the client's closing request for the empty page is
             # answered without re-running the query.
-            entry.close()
-            entry.done = True
             self._cursors.put(entry)
         elif not limit or count < limit or limit >= PAGER_MIN_LIMIT:
+            entry.prefetching = self._pool.submit(entry.prefetch, limit, cap)
             self._cursors.put(entry)
         else:
             # A small one-off query (e.g. limit=1): an open SecantusDB cursor holds the whole
