@@ -31,15 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _task_runs(flow_run_id: Any) -> int:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    body = {"flow_runs": {"id": {"any_": [str(flow_run_id)]}}}
     with get_client(sync_client=True) as client:
-        # Task-run states reach the server as events; give it a moment to catch up.
+        # Task-run states reach the server as events; wait until the count settles.
         last = -1
         for _ in range(30):
-            count = client.count_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
+            count = int(client.request("POST", "/task_runs/count", json=body).json())
             if count == last:
                 return count
             last = count

@@ -5,6 +5,8 @@
   the request.
 * ``aind-metadata-sync/scheduled``: the metadata sync on a cron schedule.
 * ``aind-qc-attachment/ui``: QC attachment, run from the Prefect UI with a parameter form.
+* ``cave-materialization-snapshot/nightly``: Parquet snapshot of the latest CAVE version.
+* ``cave-annotation-upload/ui``: annotation upload, run from the Prefect UI with a form.
 
 Run ``python deployments/serve.py --help`` for options. For many machines, use
 ``deployments/prefect.yaml`` with a process work pool instead.
@@ -25,12 +27,14 @@ from typing import Any
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
+from prefect_neurodata.flows.annotation_upload import upload_annotations
+from prefect_neurodata.flows.materialization_snapshot import snapshot_materialization
 from prefect_neurodata.flows.metadata_sync import sync_metadata
 from prefect_neurodata.flows.qc_attachment import attach_qc
 from prefect_neurodata.flows.registration import register_assets
 from prefect_neurodata.relay import EVENT_NAME
 
-DEPLOYMENTS = ("registration", "sync", "qc")
+DEPLOYMENTS = ("registration", "sync", "qc", "snapshot", "annotations")
 
 
 def registration_trigger(docdb_block: str) -> DeploymentEventTrigger:
@@ -61,6 +65,9 @@ def build_deployments(
     bucket: str = "aind-open-data",
     sync_cron: str = "0 3 * * *",
     only: Sequence[str] = DEPLOYMENTS,
+    cave_block: str = "neurodata-cave",
+    snapshot_destination: str = "cave-snapshots",
+    snapshot_cron: str = "30 2 * * *",
 ) -> list[Any]:
     """The runner deployments to serve (a subset with ``only``)."""
     deployments = []
@@ -97,6 +104,28 @@ def build_deployments(
                 tags=["aind", "docdb", "ui"],
             )
         )
+    if "snapshot" in only:
+        deployments.append(
+            snapshot_materialization.to_deployment(
+                name="nightly",
+                description="Parquet snapshot (with manifest) of the latest CAVE version.",
+                cron=snapshot_cron,
+                parameters={
+                    "request": {"destination": snapshot_destination},
+                    "cave_block": cave_block,
+                },
+                tags=["cave", "schedule"],
+            )
+        )
+    if "annotations" in only:
+        deployments.append(
+            upload_annotations.to_deployment(
+                name="ui",
+                description="Upload annotations to a CAVE table (fill in the form and run).",
+                parameters={"cave_block": cave_block},
+                tags=["cave", "write", "ui"],
+            )
+        )
     return deployments
 
 
@@ -107,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rds-block", default=None)
     parser.add_argument("--bucket", default="aind-open-data")
     parser.add_argument("--sync-cron", default="0 3 * * *")
+    parser.add_argument("--cave-block", default="neurodata-cave")
+    parser.add_argument("--snapshot-destination", default="cave-snapshots")
+    parser.add_argument("--snapshot-cron", default="30 2 * * *")
     parser.add_argument("--only", nargs="*", choices=DEPLOYMENTS, default=list(DEPLOYMENTS))
     parser.add_argument("--limit", type=int, default=4, help="concurrent flow runs")
     args = parser.parse_args(argv)
@@ -116,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bucket=args.bucket,
         sync_cron=args.sync_cron,
         only=args.only,
+        cave_block=args.cave_block,
+        snapshot_destination=args.snapshot_destination,
+        snapshot_cron=args.snapshot_cron,
     )
     serve(*deployments, limit=args.limit)
     return 0

@@ -106,7 +106,7 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 def _start_sandbox(workdir: Path, records: int, s3_assets: int) -> tuple[Any, bool]:
     from prefect_neurodata.sandbox.launcher import Sandbox
 
-    sandbox = Sandbox(workdir, services=("mongo", "aws", "docdb"), detach=True)
+    sandbox = Sandbox(workdir, services=("mongo", "aws", "docdb", "cave"), detach=True)
     rows = sandbox.status()
     if rows and all(row.get("healthy") for row in rows):
         _say(f"reusing the running sandbox in {workdir}")
@@ -316,7 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threading.Thread(target=relay.run, args=(stop_relay,), daemon=True).start()
 
                 run_flows(env, rds_block)
-                _say(f"all three flows done {time.monotonic() - t_start:.0f} s after start")
+                from prefect_neurodata.demo_cave import run_cave_flows
+
+                cave = run_cave_flows(env, workdir)
+                _say(f"all five flows done {time.monotonic() - t_start:.0f} s after start")
                 location = _upload_new_asset(env)
                 _say(
                     f"uploaded {location}: the relay turns its S3 notification into a "
@@ -327,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  Prefect UI:  http://127.0.0.1:{port}  (flow runs, artifacts, deployments)"
                 )
                 print(f"  Sandbox env: {sandbox.env_file}")
+                print(f"  Snapshot:    {cave['snapshot'].manifest}")
                 print()
                 if args.no_wait:
                     time.sleep(15)

@@ -267,9 +267,13 @@ def fresh_asset(env: dict[str, str]) -> Iterator[str]:
     """An S3 asset folder with core metadata files that DocDB does not know yet."""
     bucket = env["NEURODATA_S3_BUCKET"]
     name = f"ecephys_{uuid.uuid4().int % 900000 + 100000}_2025-01-01_00-00-00"
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
     core = {
         "data_description": {"name": name, "subject_id": "123456", "data_level": "raw"},
         "subject": {"subject_id": "123456", "sex": "Female"},

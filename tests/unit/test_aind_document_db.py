@@ -894,7 +894,7 @@ def test_base_client_has_crud_but_not_admin_methods():
 def test_500_is_retried_for_reads_and_upserts_but_not_for_registration():
     responses.get(f"{BASE}/count_documents", status=500)
     responses.get(f"{BASE}/count_documents", json={"total_record_count": 1})
-    client = make_client()
+    client = make_client(retry=None)  # the client's default policy
     assert client._count_records()["total_record_count"] == 1
     responses.post(f"https://{HOST}/v1/assets/register", status=500, json={"message": "boom"})
     with pytest.raises(http.ServiceError, match="boom"):

@@ -1,6 +1,6 @@
 """Every public name, argument and default of the seed's ``aind_data_access_api`` surface exists.
 
-The expected surface is transcribed from the seed's API docs (shared/seeds/aind_data_access_api.txt).
+Transcribed from the seed's API docs (shared/seeds/aind_data_access_api.txt).
 Extra parameters are allowed only when keyword-only or defaulted, so seed calls keep working.
 """
 
