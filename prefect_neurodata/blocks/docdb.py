@@ -117,13 +117,15 @@ class DocDbApiCredentials(CredentialsBlock):
         return self.aws_credentials.get_boto3_session()
 
     def get_client(
-        self, database: str | None = None, collection: str | None = None
+        self, database: str | None = None, collection: str | None = None, **options: Any
     ) -> MetadataDbClient:
         """Build a `MetadataDbClient` for this API.
 
         Args:
             database: Overrides the block's database.
             collection: Overrides the block's collection.
+            **options: Client options such as ``timeout``, ``retry`` or ``max_workers``
+                (requests in flight for concurrent reads and chunked writes).
 
         Returns:
             A client; close it (or use it as a context manager) when done.
@@ -136,6 +138,7 @@ class DocDbApiCredentials(CredentialsBlock):
             collection=collection or self.collection,
             version=self.version,
             boto=self._boto(),
+            **options,
         )
 
     def get_analysis_client(self, collection: str, database: str = "analysis") -> AnalysisDbClient:

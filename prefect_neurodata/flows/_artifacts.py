@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.context import FlowRunContext
 
 MAX_TABLE_ROWS = 2000
@@ -41,3 +47,20 @@ def markdown_counts(title: str, counts: Mapping[str, Any], notes: Sequence[str] 
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+class Progress:
+    """A progress bar on the flow run (a Prefect progress artifact) updated as work completes."""
+
+    def __init__(self, key: str, total: int, description: str) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self._id: UUID | None = None
+        if in_flow_run():
+            self._id = create_progress_artifact(progress=0.0, key=key, description=description)
+
+    def advance(self, amount: int = 1) -> None:
+        """Count ``amount`` more units as done."""
+        self.done += amount
+        if self._id is not None:
+            update_progress_artifact(self._id, progress=min(100.0, 100.0 * self.done / self.total))

@@ -237,7 +237,8 @@ def snapshot_materialization(
     access = check_cave_access(cave_block, datastack, "view")
     vmeta = resolve_materialization_version(cave_block, datastack, request.version)
     version = int(vmeta["version"])
-    metas = {m["table_name"]: m for m in list_version_tables(cave_block, datastack, version)}
+    stamp = vmeta.get("time_stamp")
+    metas = {m["table_name"]: m for m in list_version_tables(cave_block, datastack, version, stamp)}
     wanted = list(dict.fromkeys(request.tables)) or sorted(metas)
     unknown = [t for t in wanted if t not in metas]
     if unknown:
@@ -296,8 +297,10 @@ def snapshot_materialization(
     futures: dict[str, list[Any]] = defaultdict(list)
     for table in todo:
         started[table] = time.monotonic()
-        expected[table] = count_version_rows(cave_block, datastack, version, table)
-        ranges = plan_table_partitions(cave_block, datastack, version, table, request.rows_per_part)
+        expected[table] = count_version_rows(cave_block, datastack, version, table, stamp)
+        ranges = plan_table_partitions(
+            cave_block, datastack, version, table, request.rows_per_part, stamp
+        )
         for index, id_range in enumerate(ranges):
             target = storage.join(root, table, f"part-{index:05d}.parquet")
             futures[table].append(

@@ -52,7 +52,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
-from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.flows._artifacts import (
+    Progress,
+    markdown_counts,
+    publish_markdown,
+    publish_table,
+)
 from prefect_neurodata.tasks._common import (
     bucket_problem,
     chunks,
@@ -299,9 +304,17 @@ def sync_metadata(
         )
         for batch in batches
     ]
+    progress = Progress(
+        f"{ARTIFACT_KEY}-progress",
+        len(prefixes),
+        f"Asset folders of s3://{request.bucket} synchronised (generation {generation})",
+    )
+    progress.advance(len(done_prefixes))
     results = list(done)
     for future in as_completed(futures):
-        results.append(future.result())
+        result = future.result()
+        results.append(result)
+        progress.advance(len(result["prefixes"]))
 
     complete = request.max_batches is None or len(batches) == len(
         list(chunks(remaining, request.batch_size))

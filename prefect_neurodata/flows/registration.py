@@ -186,8 +186,12 @@ def register_assets(
 
     # Reads only until every input is checked: what DocDB has, then the folders it lacks.
     known: dict[str, str] = {}
-    for batch in chunks([item["location"] for item in items], 2000):
-        known.update(lookup_locations(docdb_block, batch))
+    lookups = [
+        lookup_locations.submit(docdb_block, batch)
+        for batch in chunks([item["location"] for item in items], 2000)
+    ]
+    for lookup in lookups:
+        known.update(lookup.result())
     unknown = [location for location in plain if location not in known]
     missing: dict[str, list[str] | None] = {}
     for batch in chunks(unknown, 500):

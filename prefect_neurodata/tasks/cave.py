@@ -251,8 +251,14 @@ def resolve_materialization_version(
 
 
 @task(name="list-version-tables", tags=["cave"], **_FROZEN)
-def list_version_tables(cave: Cave, datastack: str, version: int) -> list[dict[str, Any]]:
+def list_version_tables(
+    cave: Cave, datastack: str, version: int, version_timestamp: str | None = None
+) -> list[dict[str, Any]]:
     """Metadata of every table of a frozen version (cached: a version never changes).
+
+    ``version_timestamp`` (from `resolve_materialization_version`) only enters the cache key,
+    so a server that was rebuilt with the same version numbers (a sandbox) is not confused
+    with the old one.
 
     Returns:
         One metadata dict per table (``table_name``, ``schema_type``, ``voxel_resolution``,
@@ -271,8 +277,11 @@ def list_version_tables(cave: Cave, datastack: str, version: int) -> list[dict[s
 
 
 @task(name="count-version-rows", tags=["cave"], **_FROZEN)
-def count_version_rows(cave: Cave, datastack: str, version: int, table: str) -> int:
-    """Rows of ``table`` in a frozen version, as the server's materialized metadata says."""
+def count_version_rows(
+    cave: Cave, datastack: str, version: int, table: str, version_timestamp: str | None = None
+) -> int:
+    """Rows of ``table`` in a frozen version, as the server's materialized metadata says
+    (``version_timestamp`` as in `list_version_tables`)."""
     client = _client(cave, datastack)
     return int(client.materialize.get_annotation_count(table, version=version))
 
@@ -295,6 +304,7 @@ def plan_table_partitions(
     version: int,
     table: str,
     rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    version_timestamp: str | None = None,
 ) -> list[list[int | None]]:
     """Split a frozen table into half-open id ranges of about ``rows_per_part`` rows.
 
@@ -302,7 +312,8 @@ def plan_table_partitions(
     a range that still reaches the server's row limit is split again when it is fetched.
 
     Returns:
-        ``[[lo, hi], ...]`` with None for an open end.
+        ``[[lo, hi], ...]`` with None for an open end (``version_timestamp`` as in
+        `list_version_tables`).
     """
     if rows_per_part < 1:
         raise ValueError(f"rows_per_part must be >= 1, got {rows_per_part}")

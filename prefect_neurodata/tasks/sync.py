@@ -113,18 +113,19 @@ def summary_row(record: dict[str, Any], version: str, outcome: str, s3_files: in
 
 
 def _fetch_batch_records(client: Any, bucket: str, prefixes: list[str]) -> dict[str, dict]:
-    """Full records of the batch's locations: one paged range query on ``location``."""
-    first, last = f"s3://{bucket}/{prefixes[0]}", f"s3://{bucket}/{prefixes[-1]}"
-    wanted = {f"s3://{bucket}/{p}" for p in prefixes}
-    records = client.retrieve_docdb_records(
-        filter_query={"location": {"$gte": first, "$lte": last}}
-    )
+    """Full records of the batch's locations (``$in`` aggregations on the indexed location,
+    split by the client into requests under the gateway's payload cap)."""
+    locations = [f"s3://{bucket}/{p}" for p in prefixes]
     found: dict[str, dict] = {}
-    for record in records:
+    for record in client.fetch_records_by_filter_list("location", locations):
         location = record.get("location")
-        if location in wanted and location not in found:
+        if location not in found:
             found[location] = record
     return found
+
+
+DOCDB_WORKERS = 2
+"""Concurrent DocDB requests per batch task (two batches run at once by default)."""
 
 
 @task(
@@ -184,7 +185,7 @@ def sync_metadata_batch(
         modified = obj.get("LastModified")
         return modified is None or parse_time(modified) >= cutoff
 
-    with block.get_client() as client:
+    with block.get_client(max_workers=DOCDB_WORKERS) as client:
         records = _fetch_batch_records(client, bucket, prefixes)
 
         # S3 -> DocDB: which core files differ from their record's field?

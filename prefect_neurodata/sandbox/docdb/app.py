@@ -66,7 +66,13 @@ Status codes and bodies chosen, checked in this order (gateway first, then the L
 
 ``find`` pages are capped at ``NEURODATA_SANDBOX_PAGE_BYTES`` (default 5 MB): a page that would
 overflow is cut short (fewer than ``limit`` records), as the production ``/find`` does, and the
-client continues with ``skip``. Writes into ``metadata_index`` stamp ``last_modified`` (v1) or
+client continues with ``skip``. Like a server with an ``_id`` index, ``find`` with an empty or
+``_id``-range-only filter (``$gt``/``$gte``/``$lt``/``$lte``, also inside ``$and``), sorted by
+``_id`` or unsorted, and ``count_documents`` of such filters are answered from a cached sorted
+``_id`` list (see ``store._IdIndex``): O(page), not O(collection) as SecantusDB's own scans.
+Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Writes
+through the API refresh that list at once, writes made straight to MongoDB (the seeder) within
+30 s. Writes into ``metadata_index`` stamp ``last_modified`` (v1) or
 ``_last_modified`` (v2) with the server's UTC time; ``schemas`` and ``analysis`` records are
 stored as sent.
 """

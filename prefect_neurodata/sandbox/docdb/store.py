@@ -6,6 +6,7 @@ Everything here is synchronous (pymongo) and runs in a worker thread of the ASGI
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import datetime as dt
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 import pymongo
-from bson import Decimal128, ObjectId
+from bson import Decimal128, Int64, ObjectId
 from bson.errors import BSONError
 from pymongo import (
     DeleteMany,
@@ -40,6 +41,9 @@ _ORJSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 DATABASES = ("metadata_index", "schemas", "analysis")
 READ_ONLY_FORBIDDEN_STAGES = ("$out", "$merge")
 
+# Fields users and flows filter on (equality / ``$in``, which SecantusDB serves from an index).
+# Each version indexes the fields its records have: v1 stamps ``created``/``last_modified``,
+# v2 only ``_last_modified``.
 INDEXES = {
     "v1": (
         "name",
@@ -312,10 +316,198 @@ class _CursorCache:
         return expired
 
 
-class Store:
-    """pymongo access for the stand-in (collections cached, page-size estimates kept)."""
+_RANGE_OPS = frozenset({"$gt", "$gte", "$lt", "$lte"})
+# ``_id`` batch of one ``$in`` fetch; SecantusDB answers it from the ``_id`` index in O(batch).
+_MAX_IN_BATCH = 2_000
 
-    def __init__(self, uri: str) -> None:
+
+def _id_kind(value: Any) -> str | None:
+    """Comparison class of an ``_id`` whose Python order is MongoDB's order, else None.
+
+    Strings compare by code point (= UTF-8 byte order, MongoDB's binary comparison without a
+    collation), numbers numerically, ObjectIds bytewise. Anything else (booleans, NaN, UUIDs,
+    dates, documents) is left to MongoDB.
+    """
+    kind = type(value)
+    if kind is str:
+        return "str"
+    if kind is int or kind is Int64 or (kind is float and value == value):
+        return "num"
+    if kind is ObjectId:
+        return "oid"
+    return None
+
+
+def _id_bounds(filter: Any) -> list[tuple[str, Any]] | None:
+    """``_id`` range operators of a filter made only of ``_id`` ranges, else None.
+
+    Accepts ``{}``, ``{"_id": {"$gt"|"$gte"|"$lt"|"$lte": v, ...}}`` and any nesting of these
+    in a non-empty top-level ``$and`` (e.g. ``{"$and": [{}, {"_id": {"$gt": v}}]}``); every
+    bound applies (intersection).
+    """
+    bounds: list[tuple[str, Any]] = []
+
+    def walk(part: Any) -> bool:
+        if not isinstance(part, dict):
+            return False
+        for key, value in part.items():
+            if key == "_id":
+                if not isinstance(value, dict) or not value or not set(value) <= _RANGE_OPS:
+                    return False
+                bounds.extend(value.items())
+            elif key == "$and":
+                # An empty $and is an error MongoDB must report.
+                if not isinstance(value, list) or not value or not all(map(walk, value)):
+                    return False
+            else:
+                return False
+        return True
+
+    return bounds if walk(filter) else None
+
+
+def _id_direction(sort: list[tuple[str, Any]] | None) -> int | None:
+    """1/-1 for no sort or a sort on ``_id`` alone, else None."""
+    if not sort:
+        return 1
+    if len(sort) != 1 or sort[0][0] != "_id":
+        return None
+    direction = sort[0][1]
+    if isinstance(direction, bool) or direction not in (1, -1):
+        return None
+    return int(direction)
+
+
+class _IdList:
+    """The ``_id`` values of one collection, sorted, and when they were read.
+
+    Attributes:
+        count: number of documents.
+        ids: sorted ``_id`` values, or None when they are not all of one comparable kind
+            (see :func:`_id_kind`); then only ``count`` is used.
+        kind: that kind.
+        built: ``time.monotonic()`` of the read.
+    """
+
+    __slots__ = ("built", "count", "ids", "kind")
+
+    def __init__(self, values: list[Any]) -> None:
+        self.count = len(values)
+        self.built = time.monotonic()
+        kinds = {_id_kind(v) for v in values}
+        self.kind = next(iter(kinds)) if len(kinds) == 1 else None
+        self.ids: list[Any] | None = None
+        if not values:
+            self.ids = []
+        elif self.kind is not None:
+            values.sort()
+            self.ids = values
+
+    def span(self, bounds: list[tuple[str, Any]]) -> tuple[int, int] | None:
+        """``(lo, hi)`` positions of the ids within ``bounds``, or None if Mongo must decide."""
+        ids = self.ids
+        if ids is None:
+            return None
+        lo, hi = 0, len(ids)
+        if not ids:
+            return lo, hi
+        for op, value in bounds:
+            if _id_kind(value) != self.kind:
+                return None  # a cross-type comparison: MongoDB's type brackets apply
+            if op == "$gt":
+                lo = max(lo, bisect.bisect_right(ids, value))
+            elif op == "$gte":
+                lo = max(lo, bisect.bisect_left(ids, value))
+            elif op == "$lt":
+                hi = min(hi, bisect.bisect_left(ids, value))
+            else:
+                hi = min(hi, bisect.bisect_right(ids, value))
+        return lo, max(lo, hi)
+
+
+class _StaleIds(Exception):
+    """An ``_id`` of the cached list is no longer in the collection (a direct write)."""
+
+
+class _IdIndex:
+    """Per-collection sorted ``_id`` lists, read with one ``_id``-only projection query.
+
+    SecantusDB opens any cursor that is not an equality/``$in`` lookup on an indexed field in
+    time proportional to the whole collection, while ``$in`` on ``_id`` is O(ids). With the
+    sorted ids in memory, range, key-set and skip/limit reads become a bisect plus an ``$in``
+    fetch of one page, as a real server serves them from its ``_id`` index.
+
+    Freshness: every write through the API drops all lists (:meth:`clear`); a list older than
+    ``ttl`` seconds is re-read, so writes made straight to MongoDB (the seeder) are seen within
+    ``ttl``; an id that vanished (found missing by a fetch) drops the list at once.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.generation = 0
+        self.builds = 0
+        self._lists: dict[str, _IdList] = {}
+        self._building: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def _fresh(self, name: str) -> _IdList | None:
+        found = self._lists.get(name)
+        if found is not None and time.monotonic() - found.built <= self.ttl:
+            return found
+        return None
+
+    def get(self, coll: Collection) -> _IdList:
+        """The collection's id list, read now if missing or expired (one reader at a time)."""
+        name = coll.full_name
+        found = self._fresh(name)
+        if found is not None:
+            return found
+        with self._lock:
+            building = self._building.setdefault(name, threading.Lock())
+        with building:
+            found = self._fresh(name)
+            if found is not None:
+                return found
+            generation = self.generation
+            with coll.find({}, {"_id": 1}, batch_size=100_000) as cursor:
+                found = _IdList([doc["_id"] for doc in cursor])
+            with self._lock:
+                self.builds += 1
+                # A write that landed while reading may be missing from the list: don't keep it.
+                if generation == self.generation:
+                    self._lists[name] = found
+            return found
+
+    def drop(self, name: str) -> None:
+        """Forget one collection's list."""
+        with self._lock:
+            self.generation += 1
+            self._lists.pop(name, None)
+
+    def clear(self) -> None:
+        """Forget every list (after a write through the API)."""
+        with self._lock:
+            self.generation += 1
+            self._lists.clear()
+
+
+class Store:
+    """pymongo access for the stand-in (collections cached, page-size estimates kept).
+
+    Args:
+        uri: MongoDB URI.
+        id_list_ttl: seconds a collection's cached ``_id`` list is trusted (see
+            :class:`_IdIndex`); writes straight to MongoDB are seen by reads after this.
+
+    Attributes:
+        use_id_lists: serve ``_id``-range/unfiltered reads and counts from the cached ``_id``
+            lists (default); False sends every query to MongoDB (the reference behaviour the
+            tests compare against).
+    """
+
+    ID_LIST_TTL = 30.0
+
+    def __init__(self, uri: str, *, id_list_ttl: float = ID_LIST_TTL) -> None:
         kwargs: dict[str, Any] = {"uuidRepresentation": "standard"}
         if "serverselectiontimeoutms" not in uri.lower():
             # Fail fast (502) rather than hang for pymongo's default 30 s when the DB is down.
@@ -331,8 +523,11 @@ class Store:
         self._lock = threading.Lock()
         self._cursors = _CursorCache()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docdb-read-ahead")
-        # find requests answered by a new query vs by continuing an open cursor.
-        self.stats = {"queries": 0, "continued": 0}
+        self._ids = _IdIndex(id_list_ttl)
+        self.use_id_lists = True
+        # find requests answered by a new query, by continuing an open cursor, or from the
+        # cached _id list (``id_lists``: how often such a list was read).
+        self.stats = {"queries": 0, "continued": 0, "indexed": 0, "id_lists": 0}
 
     def close(self) -> None:
         """Close the cached cursors and the MongoDB client."""
@@ -381,7 +576,15 @@ class Store:
         SecantusDB materialises a query's whole result when it opens a cursor (an O(collection)
         cost even for ``limit=1``) but streams ``getMore`` batches cheaply, so without this a
         full read would cost O(N^2). Any write through the API drops the open cursors.
+
+        Before that, a filter that is empty or only ``_id`` ranges, sorted by ``_id`` alone or
+        unsorted, is answered from the collection's cached sorted ``_id`` list (see
+        :meth:`_find_by_ids`), like a server using its ``_id`` index. Unsorted reads then come
+        in ``_id`` order: the stable natural order of this stand-in (MongoDB promises none).
         """
+        served = self._find_by_ids(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        if served is not None:
+            return served
         if not short_pages:
             return self._find_once(coll, filter, projection, sort, limit, skip, cap)
         query_key = (coll.full_name, _key(filter), _key(projection), _key(sort))
@@ -414,6 +617,111 @@ class Store:
         )
         entry.generation = generation
         return self._serve(entry, coll, limit, cap)
+
+    def _find_by_ids(
+        self,
+        coll: Collection,
+        filter: dict,
+        projection: dict | None,
+        sort: list[tuple[str, Any]] | None,
+        limit: int,
+        skip: int,
+        cap: int,
+        short_pages: bool,
+    ) -> tuple[bytes, int] | None:
+        """A page sliced from the sorted ``_id`` list, or None when the query needs MongoDB.
+
+        The page's ids are cut from the list by bisection (bounds), ``skip`` and ``limit``,
+        then fetched with ``{"_id": {"$in": [...]}}`` in batches sized from the average record
+        size, and encoded in ``_id`` order under the same byte-cap rules as
+        :func:`encode_capped`.
+        """
+        if not self.use_id_lists:
+            return None
+        bounds = _id_bounds(filter)
+        direction = _id_direction(sort)
+        if bounds is None or direction is None or not _keeps_id(projection):
+            return None
+        if projection and any("$" in key for key in projection):
+            return None  # positional projections need the query's own array match
+        for attempt in range(2):
+            id_list = self._ids_of(coll)
+            span = id_list.span(bounds)
+            if span is None or id_list.ids is None:
+                return None
+            lo, hi = span
+            ids = id_list.ids
+            if direction == 1:
+                start = min(lo + skip, hi)
+                stop = hi if not limit else min(hi, start + limit)
+                wanted = ids[start:stop]
+            else:
+                stop = max(hi - skip, lo)
+                start = lo if not limit else max(lo, stop - limit)
+                wanted = ids[start:stop][::-1]
+            try:
+                body, count = self._fetch_encode(coll, wanted, projection, cap, short_pages)
+            except _StaleIds:
+                self._ids.drop(coll.full_name)
+                if attempt:
+                    return None
+                continue
+            self.stats["indexed"] += 1
+            if count:
+                with self._lock:
+                    self._avg_size[(coll.full_name, _key(projection))] = (len(body) - 2) / count
+            return body, count
+        return None
+
+    def _ids_of(self, coll: Collection) -> _IdList:
+        found = self._ids.get(coll)
+        self.stats["id_lists"] = self._ids.builds
+        return found
+
+    def _fetch_encode(
+        self,
+        coll: Collection,
+        wanted: list[Any],
+        projection: dict | None,
+        cap: int,
+        short_pages: bool,
+    ) -> tuple[bytes, int]:
+        """Fetch ``wanted`` by ``_id`` and encode them in that order (see :func:`encode_capped`).
+
+        Raises:
+            PageTooLarge: as :func:`encode_capped`.
+            _StaleIds: an id is no longer in the collection.
+        """
+        parts: list[bytes] = []
+        size = 2
+        avg = self._avg_size.get((coll.full_name, _key(projection)))
+        pos = 0
+        while pos < len(wanted):
+            if parts:
+                avg = (size - 2) / len(parts)
+            # About what the rest of the page holds (+10 %), so a page is mostly one fetch.
+            n = 100 if avg is None else int((cap - size) / max(avg, 1.0) * 1.1) + 1
+            chunk = wanted[pos : pos + max(1, min(n, _MAX_IN_BATCH))]
+            pos += len(chunk)
+            found = {
+                doc["_id"]: doc
+                for doc in coll.find(
+                    {"_id": {"$in": chunk}}, projection or None, batch_size=len(chunk)
+                )
+            }
+            for doc_id in chunk:
+                doc = found.get(doc_id)
+                if doc is None:
+                    raise _StaleIds(doc_id)
+                part = dumps(doc)
+                extra = len(part) + (1 if parts else 0)
+                if size + extra > cap:
+                    if parts and short_pages:
+                        return b"[" + b",".join(parts) + b"]", len(parts)
+                    raise PageTooLarge(size + extra)
+                parts.append(part)
+                size += extra
+        return b"[" + b",".join(parts) + b"]", len(parts)
 
     def _serve(self, entry: _OpenCursor, coll: Collection, limit: int, cap: int):
         try:
@@ -460,14 +768,31 @@ class Store:
             cursor.close()
 
     def invalidate(self) -> None:
-        """Close every cached cursor (called after each write through the API)."""
+        """Close every cached cursor and drop the ``_id`` lists (after each write via the API)."""
+        self._ids.clear()
         self._cursors.clear()
 
     def count(self, coll: Collection, filter: dict | None) -> dict[str, int]:
-        """``count_documents`` answer."""
-        # The collection's metadata count, as a server would report the total cheaply.
-        total = coll.estimated_document_count()
-        filtered = total if not filter else coll.count_documents(filter)
+        """``count_documents`` answer.
+
+        The total (and the filtered count of an empty or ``_id``-range-only filter) comes from
+        the cached ``_id`` list, as a server reads it from collection metadata / its index;
+        other filters are counted by MongoDB.
+        """
+        if not self.use_id_lists:
+            total = coll.estimated_document_count()
+            filtered = total if not filter else coll.count_documents(filter)
+            return {"total_record_count": total, "filtered_record_count": filtered}
+        id_list = self._ids_of(coll)
+        total = id_list.count
+        bounds = _id_bounds(filter or {})
+        span = id_list.span(bounds) if bounds is not None else None
+        if span is not None:
+            filtered = span[1] - span[0]
+        elif bounds == []:
+            filtered = total
+        else:
+            filtered = coll.count_documents(filter)
         return {"total_record_count": total, "filtered_record_count": filtered}
 
     def aggregate(self, coll: Collection, pipeline: list, cap: int) -> bytes:

@@ -1,0 +1,93 @@
+"""The CAVE tasks on their own: chunkedgraph batches, frozen-version caching, retry rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from prefect import flow
+
+from prefect_neurodata.clients.http import ServiceError
+from prefect_neurodata.tasks import cave as cave_tasks
+from prefect_neurodata.tasks._common import is_transient_error
+from tests.flows.cave_helpers import client_for
+
+pytestmark = pytest.mark.flows
+
+
+def test_chunkedgraph_tasks_agree_with_the_frozen_version(
+    sandbox: Any, saved_cave_block: str
+) -> None:
+    env = sandbox.env
+    datastack = env["NEURODATA_CAVE_DATASTACK"]
+    materialize = client_for(env).materialize
+    version = materialize.most_recent_version()
+    stamp = materialize.get_timestamp(version)
+    rows = materialize.query_table("synapses", limit=50, materialization_version=version)
+
+    @flow
+    def roots_at_version() -> tuple[list[int], list[bool], list[int]]:
+        roots = cave_tasks.get_roots(
+            saved_cave_block, datastack, rows["pre_pt_supervoxel_id"].tolist(), stamp
+        )
+        latest = cave_tasks.is_latest_roots(saved_cave_block, datastack, roots)
+        descendants = cave_tasks.get_latest_roots(saved_cave_block, datastack, roots[0])
+        return roots, latest, descendants
+
+    roots, latest, descendants = roots_at_version()
+    assert roots == rows["pre_pt_root_id"].tolist()
+    assert len(latest) == len(roots)
+    for root, is_latest in zip(roots, latest, strict=True):
+        if is_latest:
+            assert cave_tasks.get_latest_roots.fn(saved_cave_block, datastack, root) == [root]
+    assert descendants and all(isinstance(r, int) for r in descendants)
+
+
+def test_frozen_reads_are_cached_across_runs_and_live_reads_are_not(
+    sandbox: Any, saved_cave_block: str
+) -> None:
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+
+    @flow
+    def read_twice() -> list[Any]:
+        meta = cave_tasks.resolve_materialization_version(saved_cave_block, datastack)
+        count = cave_tasks.count_version_rows(
+            saved_cave_block,
+            datastack,
+            meta["version"],
+            "synapses",
+            meta["time_stamp"],
+            return_state=True,
+        )
+        live = cave_tasks.count_annotations(
+            saved_cave_block, datastack, "synapses", return_state=True
+        )
+        return [count, live]
+
+    read_twice()
+    count, live = read_twice()
+    assert count.name == "Cached" and count.result() > 0
+    assert live.name == "Completed"
+
+
+def test_only_transient_errors_are_retried() -> None:
+    def error(status: int) -> ServiceError:
+        return ServiceError(status_code=status, method="GET", url="http://x", server_message="m")
+
+    assert is_transient_error(error(503)) and is_transient_error(error(429))
+    assert not is_transient_error(error(404))
+    assert not is_transient_error(cave_tasks.CaveInputError("bad table"))
+    assert not is_transient_error(cave_tasks.ChunkReconcileError("?"))
+    assert cave_tasks.upload_annotation_chunk.retries > 0
+    assert cave_tasks.upload_annotation_chunk.retry_condition_fn is not None
+    assert set(cave_tasks.upload_annotation_chunk.tags) == {"cave", "write"}
+    assert "write" not in cave_tasks.snapshot_table_part.tags
+
+
+def test_version_resolution_names_what_is_wrong(sandbox: Any, saved_cave_block: str) -> None:
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+    meta = cave_tasks.resolve_materialization_version.fn(saved_cave_block, datastack, None)
+    assert meta["valid"] and dt.datetime.fromisoformat(meta["time_stamp"])
+    with pytest.raises(cave_tasks.CaveInputError, match=r"does not exist .* \(valid versions: \["):
+        cave_tasks.resolve_materialization_version.fn(saved_cave_block, datastack, 4242)
