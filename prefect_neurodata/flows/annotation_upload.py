@@ -236,6 +236,19 @@ class SchemaFields:
                 out.scalars[name] = prop.get("type")
         return out
 
+    @property
+    def numeric_columns(self) -> frozenset[str]:
+        """Flat columns that always hold numbers (ids and coordinates)."""
+        cached = getattr(self, "_numeric", None)
+        if cached is None:
+            names = {"id"}
+            for pt in self.points:
+                names |= {f"{pt}_position_{a}" for a in "xyz"}
+                names |= {f"{pt}_supervoxel_id", f"{pt}_root_id"}
+            cached = frozenset(names)
+            self._numeric = cached
+        return cached
+
     def columns(self) -> set[str]:
         """Every flat column name a source may use."""
         names = set(self.scalars)
@@ -321,6 +334,116 @@ def _field_of(error: jsonschema.ValidationError, fields: SchemaFields) -> tuple[
     return head, error.instance
 
 
+_SIMPLE_TYPES = frozenset({"string", "number", "integer", "boolean", "null"})
+_DOC_KEYS = frozenset({"title", "description", "format"})
+
+
+def _type_ok(value: Any, types: Sequence[str]) -> bool:
+    """JSON Schema (draft 7) type check, as ``jsonschema`` does it."""
+    for kind in types:
+        if kind == "null":
+            if value is None:
+                return True
+        elif kind == "boolean":
+            if isinstance(value, bool):
+                return True
+        elif isinstance(value, bool):
+            continue
+        elif kind == "number":
+            if isinstance(value, (int, float)):
+                return True
+        elif kind == "integer":
+            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+                return True
+        elif kind == "string" and isinstance(value, str):
+            return True
+    return False
+
+
+def _types_of(spec: Mapping[str, Any]) -> list[str] | None:
+    """The allowed types of a property using only ``type`` (and doc keys), else None."""
+    if set(spec) - _DOC_KEYS - {"type"} or "type" not in spec:
+        return None
+    types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+    return types if set(types) <= _SIMPLE_TYPES else None
+
+
+def fast_validator(schema: Mapping[str, Any]) -> Any:
+    """An exact, fast validity test for the simple schemas CAVE serves, or None.
+
+    Covers objects whose properties are simply typed scalars or ``$ref``s to point
+    definitions (a 3-number ``position`` plus simply typed ids, no extra keys). It returns
+    True only when ``jsonschema`` would accept the row; rows it rejects (and schemas using
+    anything else) go through ``jsonschema`` for exact messages.
+    """
+    definitions = schema.get("definitions", {})
+    root = definitions.get(str(schema.get("$ref", "")).rsplit("/", 1)[-1], schema)
+    if set(root) - {"type", "properties", "required", "additionalProperties"} - _DOC_KEYS:
+        return None
+    extra_ok = root.get("additionalProperties", True) is not False
+    required = list(root.get("required", []))
+    scalars: dict[str, list[str]] = {}
+    points: dict[str, tuple[int, dict[str, list[str]], list[str]]] = {}
+    for name, prop in root.get("properties", {}).items():
+        if "$ref" in prop:
+            target = definitions.get(str(prop["$ref"]).rsplit("/", 1)[-1])
+            if not target or target.get("additionalProperties") is not False:
+                return None
+            if set(target) - {"type", "properties", "required", "additionalProperties"}:
+                return None
+            position = target.get("properties", {}).get("position", {})
+            size = position.get("minItems")
+            if (
+                set(position) - _DOC_KEYS - {"type", "items", "minItems", "maxItems"}
+                or position.get("type") != "array"
+                or position.get("items") != {"type": "number"}
+                or size is None
+                or position.get("maxItems") != size
+            ):
+                return None
+            others: dict[str, list[str]] = {}
+            for key, spec in target["properties"].items():
+                if key == "position":
+                    continue
+                types = _types_of(spec)
+                if types is None:
+                    return None
+                others[key] = types
+            points[name] = (int(size), others, list(target.get("required", [])))
+        else:
+            types = _types_of(prop)
+            if types is None:
+                return None
+            scalars[name] = types
+
+    def valid(row: Mapping[str, Any], enforce_required: bool = True) -> bool:
+        if enforce_required and any(name not in row for name in required):
+            return False
+        for key, value in row.items():
+            if key in points:
+                size, others, needed = points[key]
+                if not isinstance(value, dict) or any(k not in value for k in needed):
+                    return False
+                for sub, item in value.items():
+                    if sub == "position":
+                        if (
+                            not isinstance(item, list)
+                            or len(item) != size
+                            or not all(_type_ok(x, ("number",)) for x in item)
+                        ):
+                            return False
+                    elif sub not in others or not _type_ok(item, others[sub]):
+                        return False
+            elif key in scalars:
+                if not _type_ok(value, scalars[key]):
+                    return False
+            elif not extra_ok:
+                return False
+        return True
+
+    return valid
+
+
 def check_rows(
     rows: Sequence[Mapping[str, Any]],
     nested: Sequence[dict[str, Any]],
@@ -331,6 +454,7 @@ def check_rows(
 ) -> list[UploadProblem]:
     """Every problem of a batch of rows (row numbers from ``first_row``)."""
     validator = jsonschema.Draft7Validator(fields.schema)
+    fast = fast_validator(fields.schema)
     problems: list[UploadProblem] = []
     for offset, (flat, record) in enumerate(zip(rows, nested, strict=True)):
         number = first_row + offset
@@ -354,6 +478,8 @@ def check_rows(
         if mode == "delete":
             continue
         body = {k: v for k, v in record.items() if k != "id"}
+        if fast is not None and fast(body, mode != "update"):
+            continue
         for error in validator.iter_errors(body):
             if mode == "update" and error.validator == "required" and not error.absolute_path:
                 continue  # updates may be partial; the server merges the old row
@@ -454,16 +580,13 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 def _typed(flat: dict[str, Any], fields: SchemaFields) -> dict[str, Any]:
     """CSV text values as the JSON types the schema declares (others left for the check)."""
     out: dict[str, Any] = {}
+    numeric_columns = fields.numeric_columns
     for key, value in flat.items():
         if isinstance(value, str):
             text = value.strip()
             types = fields.scalars.get(key)
             types = types if isinstance(types, list) else [types]
-            numeric = (
-                key == "id"
-                or key.endswith(("_supervoxel_id", "_root_id"))
-                or any(key == f"{p}_position_{a}" for p in fields.points for a in "xyz")
-            )
+            numeric = key in numeric_columns
             if text == "":
                 value = None
             elif (numeric or "integer" in types) and _INT.match(text):

@@ -331,16 +331,24 @@ def test_direct_mongo_writes_are_seen(
     db.analysis.direct.delete_one({"_id": 4})
     got = find(http, fast, path, limit=0, skip=0, sort={"_id": -1}).json()
     assert [d["_id"] for d in got] == [9, 8, 7, 6, 5, 3, 2, 1, 0]
-    # An insertion straight to MongoDB is seen once the cached list expires.
+    # An insertion straight to MongoDB moves the server's write counters: seen at once.
+    db.analysis.direct.insert_one({"_id": 42})
+    got = find(http, fast, path, limit=2, skip=0, sort={"_id": -1}).json()
+    assert [d["_id"] for d in got] == [42, 9]
+    # Without the counters, once the list expired and was re-read in the background.
     store = fast_app.app.state.docdb.store
-    store._ids.ttl = 0.2
+    probe, store._ids.probe, store._ids.ttl = store._ids.probe, None, 0.2
     try:
-        db.analysis.direct.insert_one({"_id": 42})
-        time.sleep(0.3)
-        got = find(http, fast, path, limit=2, skip=0, sort={"_id": -1}).json()
-        assert [d["_id"] for d in got] == [42, 9]
+        db.analysis.direct.insert_one({"_id": 43})
+        deadline = time.monotonic() + 20
+        while True:
+            got = find(http, fast, path, limit=2, skip=0, sort={"_id": -1}).json()
+            if [d["_id"] for d in got] == [43, 42] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [d["_id"] for d in got] == [43, 42]
     finally:
-        store._ids.ttl = store.ID_LIST_TTL
+        store._ids.probe, store._ids.ttl = probe, store.ID_LIST_TTL
 
 
 def test_caps_and_413_on_the_id_path(

@@ -344,20 +344,26 @@ def test_retrieve_with_sort_and_limit_stops_without_extra_call():
 
 
 @responses.activate
-def test_retrieve_without_sort_is_keyset_and_complete_with_short_pages():
+def test_retrieve_without_sort_lists_ids_then_fetches_in_chunks_with_short_pages():
     docs = make_docs(157)
     fake = FakeDocDB(docs, page_bytes=6_000)
     fake.install()
-    client = make_client(max_workers=4)
+    client = make_client(max_workers=4, ids_per_request=20)
     records = client.retrieve_docdb_records()
-    expected = sorted(docs, key=lambda d: d["_id"])
-    assert records == expected
-    assert all(p["skip"] == 0 for p in fake.find_params)
-    assert all(p["sort"] == {"_id": 1} for p in fake.find_params)
-    # Several range fetches were cut short by the cap and continued by keyset.
-    continued = [p for p in fake.find_params if "$gt" in json.dumps(p["filter"])]
-    assert continued
-    # No record was fetched twice: the data requests together returned exactly N records.
+    assert records == sorted(docs, key=lambda d: d["_id"])
+    id_pages = [p for p in fake.find_params if "$in" not in json.dumps(p["filter"])]
+    fetches = [p for p in fake.find_params if "$in" in json.dumps(p["filter"])]
+    # The id listing: skip advances by the ids received (short pages at this tiny cap) until
+    # the empty page at 157.
+    skips = [p["skip"] for p in id_pages]
+    assert skips[0] == 0 and skips[-1] == 157 and skips == sorted(set(skips))
+    assert all(p["filter"] == {} and p["limit"] == 0 for p in id_pages)
+    assert all(p["sort"] == {"_id": 1} and p["skip"] == 0 for p in fetches)
+    chunks = [p["filter"]["_id"]["$in"] for p in fetches]
+    # Chunks of 20 ids; a chunk cut short by the 6 KB cap asks again for the rest only.
+    first_asks = [c for c in chunks if len(c) == 20 or c == sorted(d["_id"] for d in docs)[140:]]
+    assert len(first_asks) == 8
+    assert len(chunks) > 8 and all(len(c) < 20 for c in chunks if c not in first_asks)
     assert len(records) == len({r["_id"] for r in records}) == 157
 
 
@@ -366,7 +372,7 @@ def test_retrieve_without_sort_with_filter_projection_and_limit():
     docs = make_docs(60)
     fake = FakeDocDB(docs, page_bytes=2_000)
     fake.install()
-    client = make_client(max_workers=3)
+    client = make_client(max_workers=3, ids_per_request=7)
     wanted = {d["_id"] for d in docs if d["name"] < "asset_00040"}
     records = client.retrieve_docdb_records(
         filter_query={"name": {"$lt": "asset_00040"}}, projection={"_id": 0, "name": 1}
@@ -375,34 +381,49 @@ def test_retrieve_without_sort_with_filter_projection_and_limit():
         d["name"] for d in docs if d["_id"] in wanted
     )
     assert all(set(r) == {"name"} for r in records)
-    filters = [p["filter"] for p in fake.find_params if p["filter"]]
-    assert any(f.get("$and", [{}])[0] == {"name": {"$lt": "asset_00040"}} for f in filters)
+    listing = fake.find_params[0]
+    assert listing["filter"] == {"name": {"$lt": "asset_00040"}}
+    assert query(responses.calls[0])["projection"] == '{"_id":1}'
+    fetch = next(c for c in responses.calls if "%24in" in c.request.url)
+    assert query(fetch)["projection"] == '{"name":1}'  # _id kept for paging, stripped after
 
+    responses.calls.reset()
     limited = client.retrieve_docdb_records(limit=25)
     assert [r["_id"] for r in limited] == sorted(d["_id"] for d in docs)[:25]
+    assert query(responses.calls[0])["limit"] == "25"
 
-
-@responses.activate
-def test_retrieve_small_result_takes_two_requests_and_limit_one_takes_one():
-    fake = FakeDocDB(make_docs(3))
-    fake.install()
-    client = make_client()
-    assert len(client.retrieve_docdb_records()) == 3
-    assert len(responses.calls) == 3  # the page, then id listing + count in parallel
     responses.calls.reset()
-    assert len(client.retrieve_docdb_records(limit=1)) == 1
-    assert len(responses.calls) == 1
+    few = client.retrieve_docdb_records(limit=5)
+    assert [r["_id"] for r in few] == sorted(d["_id"] for d in docs)[:5]
+    assert len(responses.calls) == 1  # a small limit is one key-set page
 
 
 @responses.activate
-def test_retrieve_falls_back_to_skip_limit_when_ids_are_not_comparable():
+def test_retrieve_returns_mixed_id_types():
     docs = [{"_id": i, "v": i} for i in range(5)] + [{"_id": f"s{i}", "v": i} for i in range(5)]
-    fake = FakeDocDB(docs, page_bytes=40)
-    fake.install()
-    client = make_client()
-    records = client.retrieve_docdb_records()
-    assert sorted(str(r["_id"]) for r in records) == sorted(str(d["_id"]) for d in docs)
-    assert any(p["skip"] > 0 for p in fake.find_params)
+    FakeDocDB(docs, page_bytes=40).install()
+    records = make_client(ids_per_request=3).retrieve_docdb_records()
+    assert [r["_id"] for r in records] == [0, 1, 2, 3, 4, "s0", "s1", "s2", "s3", "s4"]
+
+
+@responses.activate
+def test_retrieve_falls_back_to_skip_limit_when_listed_ids_cannot_be_fetched():
+    # Like an ObjectId rendered as a string: listed, but a $in on the string finds nothing.
+    docs = make_docs(12)
+    fake = FakeDocDB(docs, page_bytes=1_000)
+    hidden = {docs[3]["_id"], docs[7]["_id"]}
+
+    def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        status, headers, body = fake.find(request)
+        if "%24in" in request.url:
+            body = json.dumps([d for d in json.loads(body) if d["_id"] not in hidden])
+        return status, headers, body
+
+    responses.add_callback("GET", f"{BASE}/find", callback=find)
+    records = make_client(ids_per_request=4).retrieve_docdb_records()
+    assert records == sorted(docs, key=lambda d: d["_id"])
+    last = fake.find_params[-(len(fake.find_params) // 3) :]
+    assert any(p["skip"] > 0 and p["sort"] == {"_id": 1} and p["filter"] == {} for p in last)
 
 
 @responses.activate

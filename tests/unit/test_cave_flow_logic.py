@@ -3,15 +3,20 @@ permission rules, ledger keys, storage helpers (no server needed)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefect_neurodata.flows.annotation_upload import (
     AnnotationUploadRequest,
     SchemaFields,
     Source,
     check_rows,
+    fast_validator,
     ledger_dir_for,
     nest_row,
 )
@@ -165,3 +170,45 @@ def test_storage_atomic_write_and_checksum(tmp_path: Path) -> None:
     assert storage.join("s3://b/p/", "x", "y") == "s3://b/p/x/y"
     with pytest.raises(ValueError, match="has no bucket"):
         storage.resolve("s3:///key")
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(max_size=3),
+)
+_positions = st.one_of(_values, st.lists(_values, max_size=4))
+_points = st.one_of(
+    _values,
+    st.dictionaries(
+        st.sampled_from(["position", "supervoxel_id", "root_id", "other"]),
+        st.one_of(_positions, _values),
+        max_size=3,
+    ),
+)
+_rows = st.dictionaries(
+    st.sampled_from(["pre_pt", "ctr_pt", "post_pt", "size", "valid", "extra"]),
+    st.one_of(_points, _values),
+    max_size=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(row=_rows, enforce=st.booleans())
+def test_fast_validator_agrees_with_jsonschema(row: dict, enforce: bool) -> None:
+    fast = fast_validator(SYNAPSE_SCHEMA)
+    assert fast is not None
+    errors = [
+        e
+        for e in jsonschema.Draft7Validator(SYNAPSE_SCHEMA).iter_errors(row)
+        if enforce or not (e.validator == "required" and not e.absolute_path)
+    ]
+    assert fast(row, enforce) == (not errors), errors
+
+
+def test_fast_validator_declines_schemas_it_does_not_cover() -> None:
+    schema = json.loads(json.dumps(SYNAPSE_SCHEMA))
+    schema["definitions"]["SynapseSchema"]["properties"]["size"]["minimum"] = 0
+    assert fast_validator(schema) is None

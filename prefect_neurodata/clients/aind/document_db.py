@@ -7,9 +7,10 @@ reads public, writes and admin calls signed with SigV4 for ``execute-api``). Wha
 * every request has a timeout and transient failures (connection errors, 429, 502-504) are
   retried with backoff; signed requests are re-signed on every attempt (`HttpClient`);
 * ``host`` may carry an ``http://`` or ``https://`` scheme (``https`` when absent);
-* `Client.retrieve_docdb_records` without a ``sort`` pages by ``_id`` ranges fetched
-  concurrently (O(N) work for the server) instead of skip/limit; with a ``sort`` it pages with
-  skip/limit like the official client;
+* `Client.retrieve_docdb_records` without a ``sort`` lists the matching ``_id``s (tiny records)
+  and fetches them in ``_id`` ``$in`` chunks concurrently: O(N) work for the server, served
+  from its ``_id`` index, and every record exactly once even when the payload cap cuts pages
+  short; with a ``sort`` it pages with skip/limit like the official client;
 * `Client.upsert_list_of_docdb_records` sends its chunks concurrently and raises
   `BulkWriteFailed` naming the ``_id``s that did not land instead of returning unchecked
   responses;
@@ -33,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -133,13 +133,6 @@ def _and(filter_query: dict | None, condition: dict | None) -> dict:
     return {"$and": [filter_query, condition]}
 
 
-def _comparable(ids: list[Any]) -> bool:
-    """Whether ``_id`` range queries can cover these ids (all strings, or all numbers)."""
-    if all(type(i) is str for i in ids):
-        return True
-    return all(type(i) in (int, float) for i in ids)
-
-
 class Client:
     """Client of one DocDB collection behind the REST API.
 
@@ -156,6 +149,8 @@ class Client:
         timeout: ``(connect, read)`` timeout in seconds for every request.
         retry: The retry policy for transient failures (default `DEFAULT_RETRY`).
         max_workers: Requests in flight for concurrent reads and chunked writes.
+        ids_per_request: ``_id`` values per ``$in`` request of a concurrent retrieval (bounded
+            so that the query string stays a few KB).
 
     Example:
         ```python
@@ -178,6 +173,7 @@ class Client:
         timeout: http.Timeout = http.DEFAULT_TIMEOUT,
         retry: http.RetryPolicy | None = None,
         max_workers: int = 8,
+        ids_per_request: int = 100,
     ) -> None:
         self.scheme, self.host = _split_host(host)
         self.database = database
@@ -186,6 +182,7 @@ class Client:
         self.timeout = timeout
         self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_workers = max(1, int(max_workers))
+        self.ids_per_request = max(1, int(ids_per_request))
         self._boto = boto
         self._session = session
         self._http_client: http.HttpClient | None = None
@@ -338,11 +335,14 @@ class Client:
     ) -> list[dict]:
         """Retrieve records as a list of dicts, every matching record exactly once.
 
-        Without ``sort``, records come back in ``_id`` order: a first page is fetched, the
-        ``_id``s of the rest are listed (projection ``{"_id": 1}``), and disjoint ``_id`` ranges
-        are fetched concurrently, each paged by ``_id`` when the server's payload cap cuts a
-        page short. With ``sort``, pages are fetched with skip/limit in the requested order
-        (``skip`` advances by the records actually received).
+        Without ``sort``, records come back in ``_id`` order: the matching ``_id``s are listed
+        (projection ``{"_id": 1}``, sorted by ``_id``), then fetched ``ids_per_request`` at a
+        time with ``{"_id": {"$in": [...]}}`` by ``max_workers`` concurrent requests; a chunk
+        cut short by the payload cap asks again for its missing ids. The records are those
+        whose ids matched the filter when listed. A small ``limit`` (at most
+        ``ids_per_request``) is served by ``_id`` key-set pages instead. With ``sort``, pages
+        are fetched with skip/limit in the requested order (``skip`` advances by the records
+        actually received).
 
         Args:
             filter_query: Filter to apply; None for all records.
@@ -403,84 +403,68 @@ class Client:
             last = page[-1]["_id"]
             yield _strip_ids(page) if strip else page
 
-    def _list_ids(self, filter_query: dict | None, after: Any, limit: int) -> list[Any]:
+    def _list_ids(self, filter_query: dict | None, limit: int) -> list[Any]:
+        """Every matching ``_id`` in ``_id`` order: skip/limit pages of ``_id``-only records
+        (tiny, so a whole collection's ids take one or two requests) over a total order of all
+        BSON types, so no id is missed whatever its type."""
         ids: list[Any] = []
-        last = after
         while True:
             remaining = limit - len(ids) if limit else 0
-            page = self._find_records(
-                _and(filter_query, {"_id": {"$gt": last}}), _ID_ONLY, _ID_SORT, remaining, 0
-            )
+            page = self._find_records(filter_query or {}, _ID_ONLY, _ID_SORT, remaining, len(ids))
             if not page:
                 return ids
             ids.extend(record["_id"] for record in page)
-            last = ids[-1]
             if limit and len(ids) >= limit:
                 return ids[:limit]
 
-    def _fetch_range(
-        self, filter_query: dict | None, projection: dict | None, bounds: tuple[Any, Any]
-    ) -> list[dict]:
-        low, high = bounds
+    def _fetch_ids(self, projection: dict | None, chunk: list[Any]) -> list[dict]:
+        """The records of ``chunk`` (``_id`` ``$in``: an index lookup on any server), asking
+        again for the ids still missing while the payload cap cuts pages short."""
+        wanted = list(chunk)
         records: list[dict] = []
-        condition: dict = {"$gte": low, "$lte": high}
-        while True:
-            page = self._find_records(
-                _and(filter_query, {"_id": condition}), projection, _ID_SORT, 0, 0
-            )
+        while wanted:
+            page = self._find_records({"_id": {"$in": wanted}}, projection, _ID_SORT, 0, 0)
             if not page:
-                return records
+                break  # the rest were deleted meanwhile
             records.extend(page)
-            last = page[-1]["_id"]
-            if last == high:
-                return records
-            condition = {"$gt": last, "$lte": high}
+            if len(page) == len(wanted):
+                break
+            got = {_wire.encode(record["_id"]) for record in page}
+            wanted = [i for i in wanted if _wire.encode(i) not in got]
+        return records
 
     def _keyset_records(
         self, filter_query: dict | None, projection: dict | None, limit: int
     ) -> list[dict]:
+        if limit and limit <= self.ids_per_request:
+            # A small limit: one or two key-set pages beat listing the ids first.
+            records: list[dict] = []
+            for page in self._keyset_pages(filter_query, projection, page_size=limit):
+                records.extend(page)
+                if len(records) >= limit:
+                    break
+            return records[:limit]
+
         request_projection, strip = _with_id(projection)
-        first = self._find_records(filter_query or {}, request_projection, _ID_SORT, limit, 0)
-        if not first or (limit and len(first) >= limit):
-            first = first[:limit] if limit else first
-            return _strip_ids(first) if strip else first
-
-        # The server cut the first page short (payload cap), or more pages may follow: list the
-        # remaining ids (tiny records) while counting, then fetch id ranges concurrently.
-        after = first[-1]["_id"]
-        remaining = limit - len(first) if limit else 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodata-count") as pool:
-            count_future = pool.submit(self._count_records, filter_query or {})
-            ids = self._list_ids(filter_query, after, remaining)
-            counts = count_future.result()
-        expected = counts.get("filtered_record_count", counts.get("total_record_count", 0))
-        found = len(first) + len(ids)
-        all_ids = [r["_id"] for r in first] + ids
-        if found < (min(expected, limit) if limit else expected) or not _comparable(all_ids):
-            # Some ids cannot be reached by range queries (mixed BSON types): page by skip/limit
-            # over a total order instead, which is slower but complete.
-            logger.info(
-                "keyset paging saw %d of %d records; falling back to skip/limit", found, expected
-            )
-            return self._skip_limit_records(filter_query, projection, _ID_SORT, limit)
+        ids = self._list_ids(filter_query, limit)
         if not ids:
-            return _strip_ids(first) if strip else first
-
-        # Ranges about the size the server fitted in the first page, so most ranges take one
-        # request, and at least as many ranges as workers.
-        per_range = max(1, min(int(len(first) * 0.8), math.ceil(len(ids) / self.max_workers)))
-        bounds = [
-            (ids[i], ids[min(i + per_range, len(ids)) - 1]) for i in range(0, len(ids), per_range)
-        ]
-        records = first
+            return []
+        size = self.ids_per_request
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        records = []
         for page in http.imap_bounded(
-            lambda b: self._fetch_range(filter_query, request_projection, b),
-            bounds,
-            self.max_workers,
+            lambda chunk: self._fetch_ids(request_projection, chunk), chunks, self.max_workers
         ):
             records.extend(page)
-        if limit:
-            records = records[:limit]
+        if len(records) != len(ids):
+            # Records deleted meanwhile, or ids that do not survive a JSON round trip (an
+            # ObjectId rendered as a string): read again in one skip/limit pass in _id order.
+            logger.info(
+                "fetched %d of %d listed records; reading again with skip/limit",
+                len(records),
+                len(ids),
+            )
+            return self._skip_limit_records(filter_query, projection, _ID_SORT, limit)
         return _strip_ids(records) if strip else records
 
     def aggregate_docdb_records(self, pipeline: list[dict]) -> list[dict]:

@@ -71,10 +71,11 @@ client continues with ``skip``. Like a server with an ``_id`` index, ``find`` wi
 ``_id`` or unsorted, and ``count_documents`` of such filters are answered from a cached sorted
 ``_id`` list (see ``store._IdIndex``): O(page), not O(collection) as SecantusDB's own scans.
 Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Writes
-through the API refresh that list at once, writes made straight to MongoDB (the seeder) within
-30 s. Writes into ``metadata_index`` stamp ``last_modified`` (v1) or
-``_last_modified`` (v2) with the server's UTC time; ``schemas`` and ``analysis`` records are
-stored as sent.
+through the API refresh that list at once; writes made straight to MongoDB (the seeder) are
+noticed through the server's write counters (``serverStatus`` ``opcounters``) on the next read.
+
+Writes into ``metadata_index`` stamp ``last_modified`` (v1) or ``_last_modified`` (v2) with the
+server's UTC time; ``schemas`` and ``analysis`` records are stored as sent.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ import base64
 import bisect
 import contextlib
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -33,6 +34,8 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from prefect_neurodata.sandbox.docdb.errors import ApiError, bad_request, gateway, mongo_error
+
+logger = logging.getLogger("prefect_neurodata.sandbox.docdb")
 
 _ORJSON_OPTS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
@@ -319,6 +322,8 @@ class _CursorCache:
 _RANGE_OPS = frozenset({"$gt", "$gte", "$lt", "$lte"})
 # ``_id`` batch of one ``$in`` fetch; SecantusDB answers it from the ``_id`` index in O(batch).
 _MAX_IN_BATCH = 2_000
+# Encoded read-ahead documents kept per id list (a few 5 MB pages of concurrent readers).
+_AHEAD_BYTES = 32_000_000
 
 
 def _id_kind(value: Any) -> str | None:
@@ -387,13 +392,31 @@ class _IdList:
             (see :func:`_id_kind`); then only ``count`` is used.
         kind: that kind.
         built: ``time.monotonic()`` of the read.
+        stamp: the server's write counters just before the read (None: unknown).
+        ahead: encoded documents read ahead of the next page, by ``(projection key, _id)``;
+            they live and die with this list, so any write drops them too.
     """
 
-    __slots__ = ("built", "count", "ids", "kind")
+    __slots__ = (
+        "ahead",
+        "ahead_bytes",
+        "built",
+        "count",
+        "ids",
+        "kind",
+        "lock",
+        "pending",
+        "stamp",
+    )
 
-    def __init__(self, values: list[Any]) -> None:
+    def __init__(self, values: list[Any], stamp: Any = None) -> None:
         self.count = len(values)
         self.built = time.monotonic()
+        self.stamp = stamp
+        self.ahead: dict[tuple[bytes, Any], bytes] = {}
+        self.ahead_bytes = 0
+        self.pending: dict[bytes, Future] = {}
+        self.lock = threading.Lock()
         kinds = {_id_kind(v) for v in values}
         self.kind = next(iter(kinds)) if len(kinds) == 1 else None
         self.ids: list[Any] | None = None
@@ -437,46 +460,87 @@ class _IdIndex:
     sorted ids in memory, range, key-set and skip/limit reads become a bisect plus an ``$in``
     fetch of one page, as a real server serves them from its ``_id`` index.
 
-    Freshness: every write through the API drops all lists (:meth:`clear`); a list older than
-    ``ttl`` seconds is re-read, so writes made straight to MongoDB (the seeder) are seen within
-    ``ttl``; an id that vanished (found missing by a fetch) drops the list at once.
+    Freshness: every write through the API drops all lists (:meth:`clear`), so the next read
+    re-reads its list and sees the write. Writes made straight to MongoDB (the seeder, tests)
+    are caught by ``probe``: the server's insert/update/delete counters (``serverStatus``
+    ``opcounters``, well under a millisecond), read on each use; when they moved since the list
+    was read, it is read again before answering. Without a probe (the command failed), a list
+    older than ``ttl`` seconds is re-read in the background while the old one keeps serving
+    (the read costs a full scan, seconds on a big collection), so direct writes show up within
+    ``ttl`` plus that read. An id that vanished (a fetch misses it) drops the list at once.
     """
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, probe: Callable[[], Any] | None = None) -> None:
         self.ttl = ttl
+        self.probe = probe
         self.generation = 0
         self.builds = 0
         self._lists: dict[str, _IdList] = {}
         self._building: dict[str, threading.Lock] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
-    def _fresh(self, name: str) -> _IdList | None:
-        found = self._lists.get(name)
-        if found is not None and time.monotonic() - found.built <= self.ttl:
-            return found
-        return None
+    def _stamp(self) -> Any:
+        probe = self.probe
+        if probe is None:
+            return None
+        try:
+            return probe()
+        except Exception:  # e.g. not authorised: fall back to the TTL
+            logger.warning("write counters unavailable; _id lists refresh by TTL", exc_info=True)
+            self.probe = None
+            return None
 
     def get(self, coll: Collection) -> _IdList:
-        """The collection's id list, read now if missing or expired (one reader at a time)."""
+        """The collection's id list, read now if missing or outdated (one reader at a time)."""
         name = coll.full_name
-        found = self._fresh(name)
+        found = self._lists.get(name)
+        stamp = self._stamp() if found is not None else None
         if found is not None:
-            return found
+            if stamp is not None and stamp == found.stamp:
+                return found
+            if stamp is None:
+                if time.monotonic() - found.built > self.ttl:
+                    self._refresh_later(coll)
+                return found
         with self._lock:
             building = self._building.setdefault(name, threading.Lock())
         with building:
-            found = self._fresh(name)
-            if found is not None:
+            found = self._lists.get(name)
+            if found is not None and (stamp is None or found.stamp == stamp):
                 return found
-            generation = self.generation
-            with coll.find({}, {"_id": 1}, batch_size=100_000) as cursor:
-                found = _IdList([doc["_id"] for doc in cursor])
-            with self._lock:
-                self.builds += 1
-                # A write that landed while reading may be missing from the list: don't keep it.
-                if generation == self.generation:
-                    self._lists[name] = found
-            return found
+            return self._build(coll)
+
+    def _build(self, coll: Collection) -> _IdList:
+        generation = self.generation
+        stamp = self._stamp()  # before the read: a write during it changes the counters
+        with coll.find({}, {"_id": 1}, batch_size=100_000) as cursor:
+            found = _IdList([doc["_id"] for doc in cursor], stamp)
+        with self._lock:
+            self.builds += 1
+            # A write that landed while reading may be missing from the list: don't keep it.
+            if generation == self.generation:
+                self._lists[coll.full_name] = found
+        return found
+
+    def _refresh_later(self, coll: Collection) -> None:
+        name = coll.full_name
+        with self._lock:
+            if name in self._refreshing:
+                return
+            self._refreshing.add(name)
+
+        def run() -> None:
+            try:
+                with self._building.setdefault(name, threading.Lock()):
+                    self._build(coll)
+            except Exception:  # the old list keeps serving; the next expiry retries
+                logger.warning("could not refresh the _id list of %s", name, exc_info=True)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(name)
+
+        threading.Thread(target=run, name="docdb-id-list", daemon=True).start()
 
     def drop(self, name: str) -> None:
         """Forget one collection's list."""
@@ -496,8 +560,8 @@ class Store:
 
     Args:
         uri: MongoDB URI.
-        id_list_ttl: seconds a collection's cached ``_id`` list is trusted (see
-            :class:`_IdIndex`); writes straight to MongoDB are seen by reads after this.
+        id_list_ttl: seconds a collection's cached ``_id`` list is trusted when the server's
+            write counters cannot be read (see :class:`_IdIndex`).
 
     Attributes:
         use_id_lists: serve ``_id``-range/unfiltered reads and counts from the cached ``_id``
@@ -523,11 +587,16 @@ class Store:
         self._lock = threading.Lock()
         self._cursors = _CursorCache()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docdb-read-ahead")
-        self._ids = _IdIndex(id_list_ttl)
+        self._ids = _IdIndex(id_list_ttl, self._write_counters)
         self.use_id_lists = True
         # find requests answered by a new query, by continuing an open cursor, or from the
         # cached _id list (``id_lists``: how often such a list was read).
         self.stats = {"queries": 0, "continued": 0, "indexed": 0, "id_lists": 0}
+
+    def _write_counters(self) -> tuple[int, int, int]:
+        """Server-wide insert/update/delete command counts (cheap; any client's writes)."""
+        counters = self.client.admin.command("serverStatus")["opcounters"]
+        return counters["insert"], counters["update"], counters["delete"]
 
     def close(self) -> None:
         """Close the cached cursors and the MongoDB client."""
@@ -660,7 +729,9 @@ class Store:
                 start = lo if not limit else max(lo, stop - limit)
                 wanted = ids[start:stop][::-1]
             try:
-                body, count = self._fetch_encode(coll, wanted, projection, cap, short_pages)
+                body, count = self._fetch_encode(
+                    coll, id_list, wanted, projection, cap, short_pages
+                )
             except _StaleIds:
                 self._ids.drop(coll.full_name)
                 if attempt:
@@ -668,10 +739,56 @@ class Store:
                 continue
             self.stats["indexed"] += 1
             if count:
+                avg = (len(body) - 2) / count
                 with self._lock:
-                    self._avg_size[(coll.full_name, _key(projection))] = (len(body) - 2) / count
+                    self._avg_size[(coll.full_name, _key(projection))] = avg
+                if short_pages:
+                    # The ids of the next page (skip += count, or _id beyond the last one).
+                    k = min(int(cap / max(avg, 1.0) * 1.1) + 1, limit or _MAX_IN_BATCH)
+                    if direction == 1:
+                        after = ids[start + count : min(hi, start + count + k)]
+                    else:
+                        after = ids[max(lo, stop - count - k) : stop - count][::-1]
+                    self._read_ahead(coll, id_list, projection, after)
             return body, count
         return None
+
+    def _read_ahead(
+        self, coll: Collection, id_list: _IdList, projection: dict | None, ids: list[Any]
+    ) -> None:
+        """Fetch and encode the likely next page in a worker while the client reads this one."""
+        pk = _key(projection)
+        with id_list.lock:
+            running = id_list.pending.get(pk)
+            if running is not None and not running.done():
+                return
+            ids = [i for i in ids if (pk, i) not in id_list.ahead]
+            if not ids:
+                return
+            id_list.pending[pk] = self._pool.submit(
+                self._fetch_ahead, coll, id_list, projection, ids
+            )
+
+    def _fetch_ahead(
+        self, coll: Collection, id_list: _IdList, projection: dict | None, ids: list[Any]
+    ) -> None:
+        pk = _key(projection)
+        try:
+            parts = {
+                doc["_id"]: dumps(doc)
+                for doc in coll.find({"_id": {"$in": ids}}, projection or None, batch_size=len(ids))
+            }
+        except Exception:  # only an optimisation: the request fetches them itself
+            return
+        with id_list.lock:
+            for doc_id in ids:
+                part = parts.get(doc_id)
+                if part is not None and (pk, doc_id) not in id_list.ahead:
+                    id_list.ahead[(pk, doc_id)] = part
+                    id_list.ahead_bytes += len(part)
+            # Bounded: oldest first out (e.g. pages a reader never asked for).
+            while id_list.ahead_bytes > _AHEAD_BYTES and id_list.ahead:
+                id_list.ahead_bytes -= len(id_list.ahead.pop(next(iter(id_list.ahead))))
 
     def _ids_of(self, coll: Collection) -> _IdList:
         found = self._ids.get(coll)
@@ -681,6 +798,7 @@ class Store:
     def _fetch_encode(
         self,
         coll: Collection,
+        id_list: _IdList,
         wanted: list[Any],
         projection: dict | None,
         cap: int,
@@ -688,14 +806,30 @@ class Store:
     ) -> tuple[bytes, int]:
         """Fetch ``wanted`` by ``_id`` and encode them in that order (see :func:`encode_capped`).
 
+        Documents already read ahead (see :meth:`_read_ahead`) are taken from ``id_list``.
+
         Raises:
             PageTooLarge: as :func:`encode_capped`.
             _StaleIds: an id is no longer in the collection.
         """
+        pk = _key(projection)
+        running = id_list.pending.get(pk)
+        if running is not None:
+            with contextlib.suppress(Exception):
+                running.result()
         parts: list[bytes] = []
         size = 2
-        avg = self._avg_size.get((coll.full_name, _key(projection)))
+        avg = self._avg_size.get((coll.full_name, pk))
         pos = 0
+
+        def done() -> tuple[bytes, int]:
+            with id_list.lock:
+                for doc_id in wanted[: len(parts)]:
+                    part = id_list.ahead.pop((pk, doc_id), None)
+                    if part is not None:
+                        id_list.ahead_bytes -= len(part)
+            return b"[" + b",".join(parts) + b"]", len(parts)
+
         while pos < len(wanted):
             if parts:
                 avg = (size - 2) / len(parts)
@@ -703,25 +837,34 @@ class Store:
             n = 100 if avg is None else int((cap - size) / max(avg, 1.0) * 1.1) + 1
             chunk = wanted[pos : pos + max(1, min(n, _MAX_IN_BATCH))]
             pos += len(chunk)
-            found = {
-                doc["_id"]: doc
-                for doc in coll.find(
-                    {"_id": {"$in": chunk}}, projection or None, batch_size=len(chunk)
-                )
-            }
+            with id_list.lock:
+                ready = {i: id_list.ahead[(pk, i)] for i in chunk if (pk, i) in id_list.ahead}
+            missing = [i for i in chunk if i not in ready]
+            found = (
+                {
+                    doc["_id"]: doc
+                    for doc in coll.find(
+                        {"_id": {"$in": missing}}, projection or None, batch_size=len(missing)
+                    )
+                }
+                if missing
+                else {}
+            )
             for doc_id in chunk:
-                doc = found.get(doc_id)
-                if doc is None:
-                    raise _StaleIds(doc_id)
-                part = dumps(doc)
+                part = ready.get(doc_id)
+                if part is None:
+                    doc = found.get(doc_id)
+                    if doc is None:
+                        raise _StaleIds(doc_id)
+                    part = dumps(doc)
                 extra = len(part) + (1 if parts else 0)
                 if size + extra > cap:
                     if parts and short_pages:
-                        return b"[" + b",".join(parts) + b"]", len(parts)
+                        return done()
                     raise PageTooLarge(size + extra)
                 parts.append(part)
                 size += extra
-        return b"[" + b",".join(parts) + b"]", len(parts)
+        return done()
 
     def _serve(self, entry: _OpenCursor, coll: Collection, limit: int, cap: int):
         try:
@@ -820,6 +963,7 @@ def run_mongo(fn, *args: Any, **kwargs: Any) -> Any:
     except (BSONError, TypeError, ValueError) as exc:
         raise mongo_error(str(exc), None, "MongoInvalidArgumentError") from None
     except PyMongoError as exc:
+        logger.warning("MongoDB failed, answering 502: %s", exc)
         raise gateway(502, "Internal server error") from exc
 
 

@@ -1,0 +1,5 @@
+"""Side-by-side benchmarks of our clients against the official ones (``python -m bench``).
+
+See :mod:`bench.harness` for what a run does; ``bench/ours_driver.py`` and
+``bench/official_driver.py`` hold the measured code of each side.
+"""

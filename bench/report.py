@@ -1,0 +1,226 @@
+"""Summaries of the bench measurements: medians, ratios, targets, text/Markdown/JSON tables."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+SPEED_WITH_LATENCY = 2.0  # ours at least 2x faster with added latency
+SPEED_WITHOUT = 1.0  # never slower without it
+FLOW_OVERHEAD = 0.15  # Prefect overhead under 15 % of the plain loop
+
+COLUMNS = (
+    ("workload", "workload"),
+    ("scale", "size"),
+    ("latency", "latency"),
+    ("ours_s", "ours s"),
+    ("official_s", "official s"),
+    ("ratio", "speedup"),
+    ("ours_rows", "rows ours"),
+    ("official_rows", "rows official"),
+    ("ours_mb", "peak MB ours"),
+    ("official_mb", "peak MB official"),
+    ("verdict", "target"),
+)
+
+
+def short(result: dict[str, Any]) -> str:
+    """One-line description of a measurement for the progress log."""
+    if not result.get("ok"):
+        return f"{result.get('side')}: ERROR {result.get('error')}"
+    return (
+        f"{result.get('side')}: {result['seconds']:.2f} s, {result['rows']:,} rows, "
+        f"peak {result['peak_rss_mb']:.0f} MB"
+    )
+
+
+def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if r.get("ok")]
+    errors = [r.get("error", "?") for r in runs if not r.get("ok")]
+    if not ok:
+        return {"ok": False, "n": 0, "errors": errors}
+    return {
+        "ok": True,
+        "n": len(ok),
+        "seconds": statistics.median(r["seconds"] for r in ok),
+        "all_seconds": [round(r["seconds"], 3) for r in ok],
+        "rows": int(statistics.median(r["rows"] for r in ok)),
+        "peak_mb": statistics.median(r["peak_rss_mb"] for r in ok),
+        "work_mb": statistics.median(r.get("work_rss_mb", 0.0) for r in ok),
+        "errors": errors,
+    }
+
+
+def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (workload, scale, latency) with medians, ratios and the target verdict."""
+    rows = []
+    for cell in cells:
+        if cell["workload"].startswith("flows."):
+            rows.append(_flow_row(cell))
+            continue
+        ours, off = _side(cell["runs"]["ours"]), _side(cell["runs"]["official"])
+        row: dict[str, Any] = {
+            "workload": cell["workload"],
+            "scale": f"{cell['scale']}x",
+            "latency": f"{cell['latency_ms']} ms",
+            "latency_ms": cell["latency_ms"],
+            "ours": ours,
+            "official": off,
+            "ours_s": ours.get("seconds"),
+            "official_s": off.get("seconds"),
+            "ours_rows": ours.get("rows"),
+            "official_rows": off.get("rows"),
+            "ours_mb": ours.get("peak_mb"),
+            "official_mb": off.get("peak_mb"),
+            "ratio": None,
+            "rate_ratio": None,
+            "notes": [],
+        }
+        need = SPEED_WITH_LATENCY if cell["latency_ms"] else SPEED_WITHOUT
+        if not ours["ok"]:
+            row["verdict"] = "ERROR"
+            row["notes"].append(f"ours failed: {ours['errors'][0]}")
+        elif not off["ok"]:
+            row["verdict"] = "PASS"
+            row["notes"].append(f"official failed: {off['errors'][0]}")
+        else:
+            row["ratio"] = off["seconds"] / ours["seconds"]
+            ours_rate = ours["rows"] / ours["seconds"] if ours["seconds"] else 0.0
+            off_rate = off["rows"] / off["seconds"] if off["seconds"] else 0.0
+            row["rate_ratio"] = ours_rate / off_rate if off_rate else None
+            speed = row["ratio"]
+            if ours["rows"] != off["rows"]:
+                row["notes"].append(
+                    f"rows differ: ours {ours['rows']:,}, official {off['rows']:,}; speed judged "
+                    f"on rows/s (x{row['rate_ratio']:.2f}), time ratio x{row['ratio']:.2f}"
+                )
+                speed = row["rate_ratio"] or 0.0
+            misses = []
+            if speed < need:
+                misses.append(f"speed x{speed:.2f} < x{need:g}")
+            if ours["peak_mb"] > off["peak_mb"]:
+                misses.append(
+                    f"memory {ours['peak_mb']:.0f} MB > {off['peak_mb']:.0f} MB "
+                    f"(+{100 * (ours['peak_mb'] / off['peak_mb'] - 1):.0f} %)"
+                )
+            row["verdict"] = "PASS" if not misses else "MISS"
+            row["notes"].extend(misses)
+            if off["errors"] or ours["errors"]:
+                row["notes"].append(
+                    f"failed runs: ours {len(ours['errors'])}, official {len(off['errors'])}"
+                )
+        rows.append(row)
+    return rows
+
+
+def _flow_row(cell: dict[str, Any]) -> dict[str, Any]:
+    loop, flow = _side(cell["runs"]["loop"]), _side(cell["runs"]["flow"])
+    row: dict[str, Any] = {
+        "workload": cell["workload"],
+        "scale": f"{cell['scale']}x",
+        "latency": f"{cell['latency_ms']} ms",
+        "latency_ms": cell["latency_ms"],
+        "ours": loop,
+        "official": flow,
+        "ours_s": loop.get("seconds"),
+        "official_s": flow.get("seconds"),
+        "ours_rows": loop.get("rows"),
+        "official_rows": flow.get("rows"),
+        "ours_mb": loop.get("peak_mb"),
+        "official_mb": flow.get("peak_mb"),
+        "ratio": None,
+        "rate_ratio": None,
+        "notes": ["'ours' = plain loop over our clients, 'official' column = the Prefect flow"],
+    }
+    if not (loop["ok"] and flow["ok"]):
+        row["verdict"] = "ERROR"
+        row["notes"].append(f"failed: loop {loop['errors'][:1]}, flow {flow['errors'][:1]}")
+        return row
+    overhead = flow["seconds"] / loop["seconds"] - 1
+    row["ratio"] = loop["seconds"] / flow["seconds"]
+    row["overhead"] = overhead
+    ok = overhead < FLOW_OVERHEAD
+    row["verdict"] = "PASS" if ok else "MISS"
+    row["notes"].append(f"Prefect overhead {100 * overhead:+.1f} % (target < 15 %)")
+    return row
+
+
+def _fmt(key: str, row: dict[str, Any]) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key in ("ours_s", "official_s"):
+        return f"{value:.2f}"
+    if key == "ratio":
+        return f"x{value:.2f}"
+    if key in ("ours_rows", "official_rows"):
+        return f"{value:,}"
+    if key in ("ours_mb", "official_mb"):
+        return f"{value:.0f}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]], markdown: bool) -> str:
+    headers = [title for _, title in COLUMNS]
+    body = [[_fmt(key, row) for key, _ in COLUMNS] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
+              for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*cells) for cells in body]
+    return "\n".join(lines)
+
+
+def _notes(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for row in rows:
+        if row.get("notes"):
+            out.append(
+                f"{row['workload']} {row['scale']} {row['latency']}: " + "; ".join(row["notes"])
+            )
+    return out
+
+
+def _header(meta: dict[str, Any]) -> str:
+    sizes = meta.get("sizes_1x", {})
+    return (
+        f"bench {meta.get('started', '')}: {meta.get('args', {}).get('reps')} repetition(s) per "
+        f"side, medians; speedup = official time / our time; 1x = {sizes.get('records', 0):,} "
+        f"records, {sizes.get('synapses', 0):,} synapses, {sizes.get('names', 0):,} names, "
+        f"{sizes.get('supervoxels', 0):,} supervoxels, {sizes.get('annotations', 0):,} "
+        f"annotations; {meta.get('cpus')} CPUs, load average {meta.get('loadavg_start')} -> "
+        f"{meta.get('loadavg_end')}; run took {meta.get('seconds')} s"
+    )
+
+
+def render_text(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    notes = "\n".join("  * " + n for n in _notes(rows))
+    return f"\n{_header(meta)}\n\n{_table(rows, markdown=False)}\n\nnotes:\n{notes}\n"
+
+
+def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    notes = "\n".join("- " + n for n in _notes(rows))
+    return f"# Bench results\n\n{_header(meta)}\n\n{_table(rows, markdown=True)}\n\n{notes}\n"
+
+
+def write(
+    out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], cells: list[dict[str, Any]]
+) -> list[Path]:
+    """Write ``bench-<time>.md``/``.json`` and ``latest.md``/``.json`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    md = render_markdown(rows, meta)
+    data = json.dumps({"meta": meta, "rows": rows, "cells": cells}, indent=2, default=str)
+    paths = []
+    for name in (f"bench-{stamp}", "latest"):
+        (out / f"{name}.md").write_text(md)
+        (out / f"{name}.json").write_text(data)
+        paths += [out / f"{name}.md", out / f"{name}.json"]
+    return paths
