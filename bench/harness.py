@@ -44,7 +44,6 @@ import json
 import os
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,13 @@ OFFICIAL_STAMP = OFFICIAL_VENV / ".installed-stamp"
 SIDES = ("ours", "official")
 DRIVERS = {"ours": BENCH / "ours_driver.py", "official": BENCH / "official_driver.py"}
 
-DOCDB = ("docdb.retrieve_all", "docdb.retrieve_filtered", "docdb.upsert", "docdb.filter_list")
+DOCDB = (
+    "docdb.retrieve_all",
+    "docdb.retrieve_filtered",
+    "docdb.upsert",
+    "docdb.filter_list",
+    "docdb.filter_list_full",
+)
 CAVE = ("cave.query_all", "cave.query_filtered", "cave.get_roots", "cave.post_annotations")
 FLOWS = ("flows.snapshot",)
 ALL_WORKLOADS = DOCDB + CAVE + FLOWS
@@ -85,12 +90,22 @@ class Sizes:
     annotations: int = 100_000
 
     def times(self, k: int) -> Sizes:
-        return Sizes(*(int(v * k) for v in (self.records, self.synapses, self.names,
-                                            self.supervoxels, self.annotations)))
+        return Sizes(
+            *(
+                int(v * k)
+                for v in (
+                    self.records,
+                    self.synapses,
+                    self.names,
+                    self.supervoxels,
+                    self.annotations,
+                )
+            )
+        )
 
 
 FULL = Sizes()
-QUICK = Sizes(records=1_500, synapses=100_000, names=500, supervoxels=10_000, annotations=10_000)
+QUICK = Sizes(records=1_500, synapses=250_000, names=500, supervoxels=10_000, annotations=10_000)
 
 
 @dataclass
@@ -230,7 +245,10 @@ def prepare_cave(env: dict[str, str], sizes: Sizes, data_dir: Path) -> dict[str,
     want = sizes.supervoxels
     df = client.materialize.query_table("synapses", limit=min(200_000, max(want, 10_000)))
     svids = np.concatenate(
-        [df["pre_pt_supervoxel_id"].to_numpy("int64"), df["post_pt_supervoxel_id"].to_numpy("int64")]
+        [
+            df["pre_pt_supervoxel_id"].to_numpy("int64"),
+            df["post_pt_supervoxel_id"].to_numpy("int64"),
+        ]
     )
     svids = np.resize(svids, want).astype(np.uint64)  # synapse supervoxels, repeats included
     np.save(data_dir / "supervoxels.npy", svids)
@@ -312,6 +330,9 @@ def spec_for(
         params = {"records_file": "upsert_records.json", "collection": f"bench_upsert_{tag}"}
     elif workload == "docdb.filter_list":
         params = {"names_file": "names.json", "projection": NAMES_PROJECTION}
+    elif workload == "docdb.filter_list_full":
+        # Whole records: one aggregation of them is far over the gateway's response limit.
+        params = {"names_file": "names.json", "projection": None}
     elif workload == "cave.query_all":
         params = {"table": "synapses"}
     elif workload == "cave.query_filtered":
@@ -415,13 +436,17 @@ def main(argv: list[str] | None = None) -> int:
                     cell = Cell(workload, scale, latency)
                     cells.append(cell)
                     for rep in range(args.reps):
-                        for side in SIDES:
+                        # ABBA order (ours, official, official, ours, ...): alternating, and
+                        # neither side is always the first one after a latency change or seed.
+                        for side in SIDES if rep % 2 == 0 else SIDES[::-1]:
                             tag = f"{side}_{scale}x_{latency}ms_{rep}_{int(time.time())}"
                             spec = spec_for(workload, env, data_dir, sizes, tag)
                             result = run_driver(side, spec, work, args.timeout, python)
                             cell.runs[side].append(result)
-                            log(f"{workload} {scale}x {latency} ms rep {rep + 1}: "
-                                f"{report.short(result)}")
+                            log(
+                                f"{workload} {scale}x {latency} ms rep {rep + 1}: "
+                                f"{report.short(result)}"
+                            )
                             if workload == "docdb.upsert":
                                 drop_collection(env, spec["params"]["collection"])
                     set_latency(sandbox, 0, [service])

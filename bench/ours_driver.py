@@ -27,7 +27,6 @@ import pandas as pd
 SIDE = "ours"
 
 
-
 # -- measurement (identical in both drivers) ------------------------------------------------
 
 
@@ -223,6 +222,7 @@ WORKLOADS = {
     "docdb.retrieve_filtered": w_docdb_retrieve_filtered,
     "docdb.upsert": w_docdb_upsert,
     "docdb.filter_list": w_docdb_filter_list,
+    "docdb.filter_list_full": w_docdb_filter_list,
     "cave.query_all": w_cave_query_all,
     "cave.query_filtered": w_cave_query_filtered,
     "cave.get_roots": w_cave_get_roots,

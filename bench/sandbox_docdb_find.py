@@ -10,7 +10,8 @@ every record through HTTP three ways:
   (``{"_id": {"$gt": <last>, "$lt": <hi>}}``, sorted, ``limit=500``).
 
 Each pattern checks that every record arrived exactly once. ``count_documents`` (empty filter
-and an ``_id`` range) is timed too.
+and an ``_id`` range) is timed too, and ``probe`` gives the median latency of a fresh
+``{"_id": {"$gt": X}}`` sorted ``limit=100`` request at random ``X`` (no open cursor to reuse).
 
 Usage:
     python bench/sandbox_docdb_find.py                     # 15,000 records, 5 MB pages
@@ -20,6 +21,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,6 +91,33 @@ def read_ranges(base: str, all_ids: list[str], parts: int = 4) -> tuple[list[str
     with ThreadPoolExecutor(max_workers=parts) as pool:
         results = list(pool.map(lambda b: read_keyset(base, *b), bounds))
     return [i for ids, _ in results for i in ids], sum(c for _, c in results)
+
+
+def probe(base: str, all_ids: list[str], n: int = 5) -> None:
+    """Median latency of fresh key-set requests starting at random ids."""
+    ordered = sorted(all_ids)
+    rng = random.Random(1)
+    times = []
+    with requests.Session() as s:
+        for _ in range(n):
+            start_id = ordered[rng.randrange(len(ordered) - 200)]
+            t = time.perf_counter()
+            page = _get(
+                s,
+                base,
+                "find",
+                limit=100,
+                skip=0,
+                filter={"_id": {"$gt": start_id}},
+                sort={"_id": 1},
+            )
+            times.append(time.perf_counter() - t)
+            assert len(page) == 100 and page[0]["_id"] > start_id
+    print(
+        f"probe    fresh `_id > X` limit=100 request: median {statistics.median(times):.3f} s"
+        f" (n={n}, min {min(times):.3f} s, max {max(times):.3f} s)",
+        flush=True,
+    )
 
 
 def _run(name: str, fn: Callable[[], tuple[list[str], int]], expected: set[str]) -> dict:
@@ -162,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             for name, fn in patterns.items():
                 if name not in skip:
                     _run(name, fn, expected)
+            if "probe" not in skip:
+                probe(base, all_ids)
             health = requests.get(base + "/__sandbox__/health", timeout=10).json()
             print(f"stand-in find stats: {health.get('find')}")
 

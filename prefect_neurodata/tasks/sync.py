@@ -1,8 +1,9 @@
 """The metadata-sync batch task: S3 asset folders <-> DocDB records for a range of prefixes.
 
 One task run handles one batch of asset folders (a few hundred): it lists their files with a
-ranged S3 listing, reads their DocDB records with one paged range query, upserts only the core
-fields whose S3 file changed, registers folders DocDB does not know, writes ``metadata.nd.json``
+ranged S3 listing, reads their DocDB records, upserts only the core fields whose S3 file changed
+after the record was last written (DocDB stays the truth for later edits such as attached QC),
+registers folders DocDB does not know, writes ``metadata.nd.json``
 where it differs from the record, and finally writes a checkpoint marker for the batch so that a
 rerun after a crash skips it. Every step is idempotent, so a retried or repeated batch converges
 on the same state.
@@ -112,6 +113,17 @@ def summary_row(record: dict[str, Any], version: str, outcome: str, s3_files: in
     }
 
 
+def _file_is_newer(obj: dict[str, Any], record_stamp: dt.datetime | None) -> bool:
+    """Whether an S3 file was modified after its record's last write (unknown times: yes).
+
+    S3 keeps whole seconds, so a file written in the same second as the record counts as newer.
+    """
+    modified = parse_time(obj.get("LastModified"))
+    if record_stamp is None or modified is None:
+        return True
+    return modified >= record_stamp.replace(microsecond=0)
+
+
 def _fetch_batch_records(client: Any, bucket: str, prefixes: list[str]) -> dict[str, dict]:
     """Full records of the batch's locations (``$in`` aggregations on the indexed location,
     split by the client into requests under the gateway's payload cap)."""
@@ -201,11 +213,16 @@ def sync_metadata_batch(
                 continue
             if not options.get("s3_to_docdb", True):
                 continue
+            record_stamp = parse_time(record.get(STAMP_FIELD[version]))
             for name in core_names:
                 obj = files.get(f"{name}.json")
                 if obj is None or not is_recent(obj):
                     continue
                 current = record.get(name)
+                if current is not None and not _file_is_newer(obj, record_stamp):
+                    # The record was written after this file (e.g. a QC evaluation was
+                    # attached): DocDB holds the newer truth, so the file must not overwrite it.
+                    continue
                 if current is not None and md5_hex(canonical_json(current)) == etag(obj):
                     continue
                 to_read.append((location, name, f"{prefix}/{name}.json"))

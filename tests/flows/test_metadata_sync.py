@@ -278,3 +278,21 @@ def test_same_state_under_injected_faults(
         records_in(sandbox.env, twin), twin
     )
     assert len(_nd_files(sandbox, bucket)) == 31
+
+
+def test_newer_docdb_edits_are_not_overwritten_by_older_files(
+    sandbox: Any, saved_docdb_block: str, bucket: str
+) -> None:
+    names = _registered_bucket(sandbox, bucket, 3)
+    time.sleep(1.1)  # S3 keeps whole seconds: make the DocDB edit clearly newer than the files
+    (record,) = [r for r in records_in(sandbox.env, bucket) if r["name"] == names[0]]
+    with docdb_block(sandbox.env).get_client() as client:
+        client.upsert_one_docdb_record(
+            {"_id": record["_id"], "subject": {**record["subject"], "genotype": "edited in DocDB"}}
+        )
+    summary = sync_metadata(_request(bucket, export_table=None), docdb_block=saved_docdb_block)
+    assert summary.counts["records_upserted"] == 0
+    after = {r["name"]: r for r in records_in(sandbox.env, bucket)}
+    assert after[names[0]]["subject"]["genotype"] == "edited in DocDB"
+    nd = _nd_files(sandbox, bucket)[f"{names[0]}/metadata.nd.json"]
+    assert json.loads(nd)["subject"]["genotype"] == "edited in DocDB"

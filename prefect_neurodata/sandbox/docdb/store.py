@@ -590,8 +590,9 @@ class Store:
         self._ids = _IdIndex(id_list_ttl, self._write_counters)
         self.use_id_lists = True
         # find requests answered by a new query, by continuing an open cursor, or from the
-        # cached _id list (``id_lists``: how often such a list was read).
-        self.stats = {"queries": 0, "continued": 0, "indexed": 0, "id_lists": 0}
+        # cached _id list (``id_lists``: how often such a list was read; ``read_ahead``:
+        # documents served from the id path's read-ahead).
+        self.stats = {"queries": 0, "continued": 0, "indexed": 0, "id_lists": 0, "read_ahead": 0}
 
     def _write_counters(self) -> tuple[int, int, int]:
         """Server-wide insert/update/delete command counts (cheap; any client's writes)."""
@@ -828,6 +829,7 @@ class Store:
                     part = id_list.ahead.pop((pk, doc_id), None)
                     if part is not None:
                         id_list.ahead_bytes -= len(part)
+                        self.stats["read_ahead"] += 1
             return b"[" + b",".join(parts) + b"]", len(parts)
 
         while pos < len(wanted):
