@@ -170,13 +170,36 @@ def ensure_official_venv() -> Path:
 # -- sandbox and data -----------------------------------------------------------------------
 
 
-def start_sandbox(workdir: Path) -> Any:
+def start_sandbox(workdir: Path, mongo_limit_gb: float = 0.0) -> Any:
     from prefect_neurodata.sandbox.launcher import Sandbox
 
     sandbox = Sandbox(workdir, start_timeout=300)
     log(f"starting the sandbox in {workdir} ...")
     sandbox.up()
+    if mongo_limit_gb:
+        limit_memory(sandbox, "mongo", mongo_limit_gb)
     return sandbox
+
+
+def limit_memory(sandbox: Any, service: str, gigabytes: float) -> None:
+    """Cap a sandbox process's address space (RLIMIT_AS).
+
+    SecantusDB materialises every query's whole result in Python objects; a few concurrent
+    full-collection queries over 15,000+ large records reached 11 GB RSS here and the kernel's
+    OOM killer stepped in on a machine shared with others. Under the cap the daemon fails the
+    query instead (the stand-in answers 502, the measurement is recorded as an error).
+    """
+    import resource
+
+    proc = sandbox._processes().get(service)  # the launcher's own record of what it started
+    if proc is None:
+        return
+    limit = int(gigabytes * 2**30)
+    try:
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, limit))
+        log(f"{service} (pid {proc.pid}) address space capped at {gigabytes:g} GiB")
+    except (OSError, ValueError) as exc:
+        log(f"could not cap {service} memory: {exc}")
 
 
 def seed(sandbox: Any, sizes: Sizes, data_dir: Path, docdb: bool, cave: bool) -> dict[str, Any]:
@@ -371,6 +394,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None, help="sandbox and scratch directory")
     parser.add_argument("--out", default=str(BENCH / "results"), help="results directory")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running")
+    parser.add_argument(
+        "--mongo-limit-gb",
+        type=float,
+        default=8.0,
+        help="address-space cap of the sandbox's SecantusDB daemon (0: none); default 8",
+    )
     if argv is None:
         argv = shlex.split(os.environ.get("BENCH_ARGS", "")) + sys.argv[1:]
     args = parser.parse_args(argv)
@@ -412,11 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(),
     }
     bench_client = [w for w in args.chosen if not w.startswith("flows.")]
-    sandbox = start_sandbox(workdir / "sandbox")
+    sandbox = start_sandbox(workdir / "sandbox", args.mongo_limit_gb)
     try:
         for scale in args.scales:
             sizes = sizes1.times(scale)
-            wanted = bench_client if scale == 1 else [w for w in bench_client]
+            wanted = bench_client
             if not wanted and not (scale == 1 and FLOWS[0] in args.chosen):
                 continue
             data_dir = workdir / f"data-{scale}x"

@@ -140,8 +140,8 @@ def _flow_row(cell: dict[str, Any]) -> dict[str, Any]:
         row["notes"].append(f"failed: loop {loop['errors'][:1]}, flow {flow['errors'][:1]}")
         return row
     overhead = flow["seconds"] / loop["seconds"] - 1
-    row["ratio"] = loop["seconds"] / flow["seconds"]
     row["overhead"] = overhead
+    row["ratio_text"] = f"{100 * overhead:+.0f}% ovh"
     ok = overhead < FLOW_OVERHEAD
     row["verdict"] = "PASS" if ok else "MISS"
     row["notes"].append(f"Prefect overhead {100 * overhead:+.1f} % (target < 15 %)")
@@ -150,6 +150,8 @@ def _flow_row(cell: dict[str, Any]) -> dict[str, Any]:
 
 def _fmt(key: str, row: dict[str, Any]) -> str:
     value = row.get(key)
+    if key == "ratio" and value is None and row.get("ratio_text"):
+        return str(row["ratio_text"])
     if value is None:
         return "-"
     if key in ("ours_s", "official_s"):
@@ -225,3 +227,32 @@ def write(
         (out / f"{name}.json").write_text(data)
         paths += [out / f"{name}.md", out / f"{name}.json"]
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report A.json B.json ...``: one table from several runs' JSON files."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("files", nargs="+", help="bench-*.json files written by python -m bench")
+    parser.add_argument("--out", default=None, help="also write merged .md/.json here")
+    args = parser.parse_args(argv)
+    cells: list[dict[str, Any]] = []
+    metas = []
+    for name in args.files:
+        data = json.loads(Path(name).read_text())
+        cells.extend(data["cells"])
+        metas.append(data["meta"])
+    meta = dict(metas[0])
+    meta["merged_from"] = [m.get("started") for m in metas]
+    meta["seconds"] = sum(m.get("seconds") or 0 for m in metas)
+    rows = summarize(cells)
+    print(render_text(rows, meta))
+    if args.out:
+        for path in write(Path(args.out), rows, meta, cells):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

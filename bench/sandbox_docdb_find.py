@@ -102,15 +102,19 @@ def probe(base: str, all_ids: list[str], n: int = 5) -> None:
         for _ in range(n):
             start_id = ordered[rng.randrange(len(ordered) - 200)]
             t = time.perf_counter()
-            page = _get(
-                s,
-                base,
-                "find",
-                limit=100,
-                skip=0,
-                filter={"_id": {"$gt": start_id}},
-                sort={"_id": 1},
-            )
+            try:
+                page = _get(
+                    s,
+                    base,
+                    "find",
+                    limit=100,
+                    skip=0,
+                    filter={"_id": {"$gt": start_id}},
+                    sort={"_id": 1},
+                )
+            except requests.HTTPError as exc:
+                print(f"probe    FAILED after {time.perf_counter() - t:.1f} s: {exc}", flush=True)
+                return
             times.append(time.perf_counter() - t)
             assert len(page) == 100 and page[0]["_id"] > start_id
     print(

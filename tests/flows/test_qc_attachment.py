@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.flows.aind_helpers import (
 
 pytestmark = pytest.mark.flows
 
+_NEXT_START = itertools.count(20_000, 100)
 MODALITY = {"name": "Extracellular electrophysiology", "abbreviation": "ecephys"}
 
 
@@ -67,7 +69,9 @@ def metric(name: str) -> dict[str, Any]:
 
 
 def _register(sandbox: Any, bucket: str, count: int, version: str = "v1") -> list[dict]:
-    names = write_assets(aws_credentials(sandbox.env).get_s3_client(), bucket, count)
+    # Names are unique in the shared DocDB stand-in, so name references stay unambiguous.
+    start = next(_NEXT_START)
+    names = write_assets(aws_credentials(sandbox.env).get_s3_client(), bucket, count, start)
     with docdb_block(sandbox.env, version).get_client() as client:
         for name in names:
             client.register_asset(f"s3://{bucket}/{name}")

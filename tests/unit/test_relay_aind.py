@@ -107,3 +107,22 @@ def test_messages_are_deleted_only_after_prefect_accepts(queue: Any) -> None:
     body = json.loads(responses.calls[-1].request.body)
     assert body[0]["resource"]["prefect.resource.id"] == "s3://aind-open-data/a"
     assert {"id", "occurred", "event", "resource", "payload"} <= set(body[0])
+
+
+def test_cli_group_registers_events_relay() -> None:
+    import argparse
+
+    from prefect_neurodata.relay import register
+
+    parser = argparse.ArgumentParser(prog="neurodata")
+    register(parser.add_subparsers(dest="group"))
+    args = parser.parse_args(
+        ["events", "relay", "--queue-url", "http://q", "--api-url", "http://a/api", "--once"]
+    )
+    assert args.func.__name__ == "_relay_command"
+    assert (args.queue_url, args.api_url, args.once, args.wait_seconds) == (
+        "http://q",
+        "http://a/api",
+        True,
+        10,
+    )

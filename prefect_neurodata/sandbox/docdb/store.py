@@ -324,6 +324,8 @@ _RANGE_OPS = frozenset({"$gt", "$gte", "$lt", "$lte"})
 _MAX_IN_BATCH = 2_000
 # Encoded read-ahead documents kept per id list (a few 5 MB pages of concurrent readers).
 _AHEAD_BYTES = 32_000_000
+# Read-aheads running or queued at once per id list (e.g. one per concurrent reader).
+_AHEAD_RUNNING = 4
 
 
 def _id_kind(value: Any) -> str | None:
@@ -415,7 +417,8 @@ class _IdList:
         self.stamp = stamp
         self.ahead: dict[tuple[bytes, Any], bytes] = {}
         self.ahead_bytes = 0
-        self.pending: dict[bytes, Future] = {}
+        # Running read-aheads by (projection key, first _id they fetch).
+        self.pending: dict[tuple[bytes, Any], Future] = {}
         self.lock = threading.Lock()
         kinds = {_id_kind(v) for v in values}
         self.kind = next(iter(kinds)) if len(kinds) == 1 else None
@@ -760,13 +763,11 @@ class Store:
         """Fetch and encode the likely next page in a worker while the client reads this one."""
         pk = _key(projection)
         with id_list.lock:
-            running = id_list.pending.get(pk)
-            if running is not None and not running.done():
+            for key in [k for k, f in id_list.pending.items() if f.done()]:
+                del id_list.pending[key]
+            if not ids or len(id_list.pending) >= _AHEAD_RUNNING or (pk, ids[0]) in id_list.ahead:
                 return
-            ids = [i for i in ids if (pk, i) not in id_list.ahead]
-            if not ids:
-                return
-            id_list.pending[pk] = self._pool.submit(
+            id_list.pending[(pk, ids[0])] = self._pool.submit(
                 self._fetch_ahead, coll, id_list, projection, ids
             )
 
@@ -814,7 +815,8 @@ class Store:
             _StaleIds: an id is no longer in the collection.
         """
         pk = _key(projection)
-        running = id_list.pending.get(pk)
+        # Only a read-ahead of this very page is worth waiting for.
+        running = id_list.pending.get((pk, wanted[0])) if wanted else None
         if running is not None:
             with contextlib.suppress(Exception):
                 running.result()
