@@ -185,12 +185,16 @@ def server_message(response: requests.Response, limit: int = 2000) -> str:
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict):
-        for key in ("message", "detail", "error", "msg", "errorMessage", "Message"):
-            value = body.get(key)
-            if value:
-                if not isinstance(value, str):
-                    value = orjson.dumps(value).decode()
-                return value[:limit]
+        texts = [body.get(key) for key in ("message", "detail", "msg", "errorMessage", "Message")]
+        main = next((value for value in texts if value), None)
+        if main is not None and not isinstance(main, str):
+            main = orjson.dumps(main).decode()
+        kind = body.get("error")
+        if isinstance(kind, str) and kind and main and kind not in main:
+            # e.g. {"error": "MongoServerError", "detail": "..."}: the kind says what failed.
+            return f"{kind}: {main}"[:limit]
+        if main or kind:
+            return str(main or kind)[:limit]
     return text.strip()[:limit] or (response.reason or "")
 
 
@@ -559,8 +563,7 @@ def dumps(value: Any, *, what: str = "body") -> bytes:
         if path is None:
             raise TypeError(f"cannot serialise {what} to JSON: {exc}") from exc
         raise TypeError(
-            f"cannot serialise {path} to JSON: value of type {type(bad).__name__} "
-            f"is not supported"
+            f"cannot serialise {path} to JSON: value of type {type(bad).__name__} is not supported"
         ) from exc
 
 
@@ -612,9 +615,7 @@ def decode_json(response: requests.Response) -> Any:
         raise requests.JSONDecodeError(f"{where} returned invalid JSON: {exc}", doc, 0) from exc
 
 
-def imap_bounded(
-    fn: Callable[[T], R], items: Iterable[T], max_workers: int = 4
-) -> Iterator[R]:
+def imap_bounded(fn: Callable[[T], R], items: Iterable[T], max_workers: int = 4) -> Iterator[R]:
     """Apply ``fn`` to ``items`` with at most ``max_workers`` calls in flight, yielding in order.
 
     Results are yielded as soon as the next one in order is ready, and no more than

@@ -86,8 +86,11 @@ def list_folder_files(
     result: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in wanted}
     if not wanted:
         return result
-    last_block = wanted[-1] + "/"
-    kwargs: dict[str, Any] = {"Bucket": bucket, "StartAfter": wanted[0]}
+    # Key order is not name order: "abc-d/..." sorts before "abc/..." ('-' < '/') although
+    # "abc" < "abc-d". Bound the scan by the folders' key prefixes, not by their names.
+    blocks = sorted(p + "/" for p in wanted)
+    first_block, last_block = blocks[0], blocks[-1]
+    kwargs: dict[str, Any] = {"Bucket": bucket, "StartAfter": first_block}
     if "/" in wanted[0]:
         common = wanted[0].rsplit("/", 1)[0] + "/"
         if all(p.startswith(common) for p in wanted):

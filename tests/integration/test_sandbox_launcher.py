@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from prefect_neurodata.sandbox.launcher import (
     port_open,
     read_env_file,
 )
-from tests.fixtures.sandbox import SEED_RECORDS, SEED_S3_ASSETS, SEED_UNREGISTERED
+from tests.fixtures.sandbox import SEED, SEED_RECORDS, SEED_S3_ASSETS, SEED_UNREGISTERED
 
 pytestmark = pytest.mark.integration
 
@@ -249,8 +250,29 @@ def test_status_reports_every_service_healthy(sandbox: Sandbox) -> None:
 
 # -- seed --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def records(sandbox_env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
-    client = pymongo.MongoClient(sandbox_env["NEURODATA_MONGO_URI"])
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A DocDB + AWS sandbox of this module's own, seeded like the session one.
+
+    The session ``sandbox`` is shared with contract and flow tests that register, upsert and
+    delete records, so exact seed counts can only be checked on a sandbox nobody else writes to.
+    """
+    sb = Sandbox(tmp_path_factory.mktemp("seeded"), services=("mongo", "aws", "docdb"))
+    sb.up()
+    try:
+        sb.seed(
+            records=SEED_RECORDS,
+            seed=SEED,
+            s3_assets=SEED_S3_ASSETS,
+            unregistered=SEED_UNREGISTERED,
+        )
+        yield sb
+    finally:
+        sb.down()
+
+
+@pytest.fixture(scope="module")
+def records(seeded: Sandbox) -> dict[str, list[dict[str, Any]]]:
+    client = pymongo.MongoClient(seeded.env["NEURODATA_MONGO_URI"])
     try:
         return {
             "v1": list(client.metadata_index.data_assets.find({})),
@@ -261,8 +283,9 @@ def records(sandbox_env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_seed_counts_and_record_shapes(
-    sandbox: Sandbox, sandbox_env: dict[str, str], records: dict[str, list[dict[str, Any]]]
+    seeded: Sandbox, records: dict[str, list[dict[str, Any]]]
 ) -> None:
+    sandbox, sandbox_env = seeded, seeded.env
     assert len(records["v1"]) + len(records["v2"]) == SEED_RECORDS
     assert len(records["v1"]) == len(records["v2"]) == SEED_RECORDS // 2
     for version, pattern in (("v1", V1_NAME), ("v2", V2_NAME)):
@@ -307,8 +330,9 @@ def test_seed_record_sizes_span_5_to_over_100_kb(records: dict[str, list[dict[st
 
 
 def test_s3_folders_match_records_and_some_are_unregistered(
-    sandbox: Sandbox, sandbox_env: dict[str, str], records: dict[str, list[dict[str, Any]]]
+    seeded: Sandbox, records: dict[str, list[dict[str, Any]]]
 ) -> None:
+    sandbox_env = seeded.env
     bucket = sandbox_env["NEURODATA_S3_BUCKET"]
     s3 = _aws(sandbox_env, "s3")
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")

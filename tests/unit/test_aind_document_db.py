@@ -555,7 +555,8 @@ def test_http_errors_carry_server_message():
         make_client().retrieve_docdb_records(filter_query={"$bad": 1})
     assert isinstance(info.value, http.ServiceError)
     assert info.value.status_code == 400
-    assert info.value.server_message == "bad $op" and "bad $op" in str(info.value)
+    assert info.value.server_message == "MongoServerError: bad $op"
+    assert "MongoServerError: bad $op" in str(info.value)
 
 
 # -- writes -----------------------------------------------------------------------------------

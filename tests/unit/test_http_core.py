@@ -81,7 +81,7 @@ def test_client_errors_are_not_retried(http: HttpClient, sleeps: list[float]):
     responses.get(URL, status=400, json={"detail": "bad filter", "error": "BadRequest"})
     with pytest.raises(ServiceError) as info:
         http.get(URL)
-    assert info.value.server_message == "bad filter"
+    assert info.value.server_message == "BadRequest: bad filter"
     assert not info.value.is_transient
     assert len(responses.calls) == 1 and sleeps == []
 
