@@ -40,7 +40,7 @@ import requests
 from prefect_neurodata.clients.http import ServiceError, decode_json, dumps
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _api_endpoints, _auth_header_of
+from .base import ClientBase, _negotiated_client
 from .tools.stage import StagedAnnotations
 
 __all__ = [
@@ -133,24 +133,15 @@ def AnnotationClient(  # noqa: N802 - seed name
     Returns:
         An `AnnotationClientV2`.
     """
-    aligned_volume_name = aligned_volume_name or dataset_name
-    auth_header = _auth_header_of(auth_client)
-    endpoints, chosen = _api_endpoints(
+    return _negotiated_client(
+        AnnotationClientV2,
+        server_address,
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.annotation_common,
         {2: _endpoints.annotation_endpoints_v2},
-        auth_header,
-        verify=verify,
-    )
-    return AnnotationClientV2(
-        server_address,
-        auth_header,
-        chosen,
-        endpoints,
-        SERVER_KEY,
-        aligned_volume_name,
+        aligned_volume_name or dataset_name,
         verify=verify,
         max_retries=max_retries,
         pool_maxsize=pool_maxsize,

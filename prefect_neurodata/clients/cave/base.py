@@ -72,6 +72,7 @@ from . import session_config
 logger = logging.getLogger("prefect_neurodata.cave")
 
 F = TypeVar("F", bound=Callable[..., Any])
+ClientT = TypeVar("ClientT", bound="ClientBase")
 
 _MISSING: Any = object()
 
@@ -735,3 +736,62 @@ def _resolve_server_address(server_address: str | None) -> str:
     if "://" not in server_address:
         server_address = "https://" + server_address
     return server_address.rstrip("/")
+
+
+def _negotiated_client(
+    client_class: Callable[..., ClientT] | Mapping[int, Callable[..., ClientT]],
+    server_address: str,
+    auth_client: Any,
+    api_version: int | str,
+    server_key: str,
+    endpoints_common: Mapping[str, str],
+    endpoint_versions: Mapping[int, Mapping[str, str]],
+    *client_args: Any,
+    fallback_version: int | None = None,
+    **client_kwargs: Any,
+) -> ClientT:
+    """Negotiate the API version and build the subclient: the shared body of the factories.
+
+    The client is built as ``client_class(server_address, auth_header, api_version, endpoints,
+    server_key, *client_args, **client_kwargs)``. A ``verify`` among ``client_kwargs`` is also
+    the TLS setting of the version lookup (otherwise the lookup verifies TLS).
+
+    Args:
+        client_class: The client class, or ``{api_version: class}`` to pick by the version.
+        server_address: The server's base URL (already normalised by the caller).
+        auth_client: An `AuthClient` (its token is sent), or None for no auth.
+        api_version: An int, or "latest" (see `_api_endpoints`).
+        server_key: The placeholder key of the server (e.g. ``cg_server_address``).
+        endpoints_common: Templates common to every version.
+        endpoint_versions: ``{version: templates}``.
+        *client_args: Positional arguments of the class after ``server_key``.
+        fallback_version: Version used when negotiation fails.
+        **client_kwargs: Keyword arguments of the class.
+
+    Raises:
+        ValueError: No API version is supported by both sides, or an unknown version was asked.
+
+    Example:
+        ```python
+        client = _negotiated_client(
+            JSONServiceV1, address, None, "latest", "json_server_address",
+            endpoints.jsonservice_common, endpoints.jsonservice_api_versions, None,
+        )
+        ```
+    """
+    auth_header = _auth_header_of(auth_client)
+    lookup = {"verify": client_kwargs["verify"]} if "verify" in client_kwargs else {}
+    endpoints, chosen = _api_endpoints(
+        api_version,
+        server_key,
+        server_address,
+        endpoints_common,
+        endpoint_versions,
+        auth_header,
+        fallback_version=fallback_version,
+        **lookup,
+    )
+    cls = client_class[chosen] if isinstance(client_class, Mapping) else client_class
+    return cls(
+        server_address, auth_header, chosen, endpoints, server_key, *client_args, **client_kwargs
+    )

@@ -39,9 +39,9 @@ from prefect_neurodata.clients.http import loads, map_bounded
 from . import endpoints as _endpoints
 from .base import (
     ClientBase,
-    _api_endpoints,
-    _auth_header_of,
     _check_version_compatibility,
+    _negotiated_client,
+    _resolve_server_address,
 )
 
 logger = logging.getLogger("prefect_neurodata.cave")
@@ -290,25 +290,14 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         cg.get_root_id(97557743795364048)
         ```
     """
-    from .base import _resolve_server_address
-
-    server_address = _resolve_server_address(server_address)
-    auth_header = _auth_header_of(auth_client)
-    endpoints, api_version = _api_endpoints(
+    return _negotiated_client(
+        ChunkedGraphClientV1,
+        _resolve_server_address(server_address),
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.chunkedgraph_endpoints_common,
         _endpoints.chunkedgraph_api_versions,
-        auth_header,
-        verify=verify,
-    )
-    return ChunkedGraphClientV1(
-        server_address,
-        auth_header,
-        api_version,
-        endpoints,
-        server_key=SERVER_KEY,
         timestamp=timestamp,
         table_name=table_name,
         verify=verify,

@@ -18,7 +18,7 @@ from typing import Any
 from prefect_neurodata.clients.http import ServiceError
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _api_endpoints, _auth_header_of, _resolve_server_address
+from .base import ClientBase, _negotiated_client, _resolve_server_address
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -45,22 +45,14 @@ def SchemaClient(  # noqa: N802 - seed name
         pool_block: Block on an exhausted pool.
         over_client: The owning `CAVEclient`.
     """
-    server_address = _resolve_server_address(server_address)
-    auth_header = _auth_header_of(auth_client)
-    endpoints, api_version = _api_endpoints(
+    return _negotiated_client(
+        SchemaClientLegacy,
+        _resolve_server_address(server_address),
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.schema_common,
         _endpoints.schema_api_versions,
-        auth_header,
-    )
-    return SchemaClientLegacy(
-        server_address,
-        auth_header,
-        api_version,
-        endpoints,
-        SERVER_KEY,
         max_retries=max_retries,
         pool_maxsize=pool_maxsize,
         pool_block=pool_block,

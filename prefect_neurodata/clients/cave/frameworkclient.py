@@ -209,12 +209,16 @@ class CAVEclientGlobal:
                     setattr(self, attr, value)
         return value
 
-    def _pool_args(self) -> dict[str, Any]:
-        return {
-            "max_retries": self._max_retries,
-            "pool_maxsize": self._pool_maxsize,
-            "pool_block": self._pool_block,
-        }
+    def _subclient(self, factory: Callable[..., Any], **kwargs: Any) -> Any:
+        """Build a subclient with this client's token and pool settings, owned by this client."""
+        return factory(
+            auth_client=self.auth,
+            over_client=self,
+            max_retries=self._max_retries,
+            pool_maxsize=self._pool_maxsize,
+            pool_block=self._pool_block,
+            **kwargs,
+        )
 
     # -- seed surface ---------------------------------------------------------------------------
     @property
@@ -237,13 +241,11 @@ class CAVEclientGlobal:
         """The info service client (`InfoServiceClientV2`)."""
         return self._lazy(
             "_info",
-            lambda: InfoServiceClient(
+            lambda: self._subclient(
+                InfoServiceClient,
                 server_address=self._server_address,
                 datastack_name=self.datastack_name,
-                auth_client=self.auth,
-                over_client=self,
                 info_cache=self._info_cache,
-                **self._pool_args(),
             ),
         )
 
@@ -252,12 +254,7 @@ class CAVEclientGlobal:
         """The schema service client (`SchemaClientLegacy`)."""
         return self._lazy(
             "_schema",
-            lambda: SchemaClient(
-                server_address=self._server_address,
-                auth_client=self.auth,
-                over_client=self,
-                **self._pool_args(),
-            ),
+            lambda: self._subclient(SchemaClient, server_address=self._server_address),
         )
 
     @property
@@ -265,12 +262,8 @@ class CAVEclientGlobal:
         """The JSON state service client (`JSONServiceV1`)."""
         return self._lazy(
             "_state",
-            lambda: JSONService(
-                server_address=self._server_address,
-                auth_client=self.auth,
-                ngl_url=self._ngl_url(),
-                over_client=self,
-                **self._pool_args(),
+            lambda: self._subclient(
+                JSONService, server_address=self._server_address, ngl_url=self._ngl_url()
             ),
         )
 
@@ -439,12 +432,10 @@ class CAVEclientFull(CAVEclientGlobal):
         """The chunkedgraph client (`ChunkedGraphClientV1`) of the datastack's segmentation."""
         return self._lazy(
             "_chunkedgraph",
-            lambda: ChunkedGraphClient(
+            lambda: self._subclient(
+                ChunkedGraphClient,
                 server_address=self.local_server,
                 table_name=self._pcg_table_name(),
-                auth_client=self.auth,
-                over_client=self,
-                **self._pool_args(),
             ),
         )
 
@@ -453,12 +444,10 @@ class CAVEclientFull(CAVEclientGlobal):
         """The L2 cache client (`L2CacheClientLegacy`)."""
         return self._lazy(
             "_l2cache",
-            lambda: L2CacheClient(
+            lambda: self._subclient(
+                L2CacheClient,
                 server_address=self.local_server,
                 table_name=self._pcg_table_name(),
-                auth_client=self.auth,
-                over_client=self,
-                **self._pool_args(),
             ),
         )
 
@@ -470,15 +459,13 @@ class CAVEclientFull(CAVEclientGlobal):
             from .materializationengine import MaterializationClient
 
             record = self.info.get_datastack_info() or {}
-            return MaterializationClient(
+            return self._subclient(
+                MaterializationClient,
                 server_address=self.local_server,
                 datastack_name=self._datastack_name,
-                auth_client=self.auth,
                 synapse_table=record.get("synapse_table"),
                 version=self._version,
                 desired_resolution=self._desired_resolution,
-                over_client=self,
-                **self._pool_args(),
             )
 
         return self._lazy("_materialize", build)
@@ -490,13 +477,11 @@ class CAVEclientFull(CAVEclientGlobal):
         def build() -> Any:
             from .annotationengine import AnnotationClient
 
-            return AnnotationClient(
+            return self._subclient(
+                AnnotationClient,
                 server_address=self.local_server,
                 dataset_name=self._datastack_name,
                 aligned_volume_name=self._aligned_volume_name,
-                auth_client=self.auth,
-                over_client=self,
-                **self._pool_args(),
             )
 
         return self._lazy("_annotation", build)

@@ -25,8 +25,7 @@ from prefect_neurodata.clients.http import ServiceError
 from . import endpoints as _endpoints
 from .base import (
     ClientBaseWithDatastack,
-    _api_endpoints,
-    _auth_header_of,
+    _negotiated_client,
     _resolve_server_address,
 )
 from .format_utils import formatter
@@ -62,23 +61,14 @@ def InfoServiceClient(  # noqa: N802 - seed name
         over_client: The owning `CAVEclient`.
         info_cache: Pre-computed ``{datastack: record}``, skipping lookups.
     """
-    server_address = _resolve_server_address(server_address)
-    auth_header = _auth_header_of(auth_client)
-    endpoints, api_version = _api_endpoints(
+    return _negotiated_client(
+        InfoServiceClientV2,
+        _resolve_server_address(server_address),
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.infoservice_common,
         _endpoints.infoservice_api_versions,
-        auth_header,
-        verify=verify,
-    )
-    return InfoServiceClientV2(
-        server_address,
-        auth_header,
-        api_version,
-        endpoints,
-        SERVER_KEY,
         datastack_name,
         verify=verify,
         max_retries=max_retries,

@@ -25,7 +25,7 @@ import numpy as np
 from prefect_neurodata.clients.http import HttpClient, ServiceError, decode_json
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _api_endpoints, _auth_header_of, _resolve_server_address
+from .base import ClientBase, _negotiated_client, _resolve_server_address
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -95,22 +95,14 @@ def JSONService(  # noqa: N802 - seed name
         pool_block: Block on an exhausted pool.
         over_client: The owning `CAVEclient`.
     """
-    server_address = _resolve_server_address(server_address)
-    auth_header = _auth_header_of(auth_client)
-    endpoints, api_version = _api_endpoints(
+    return _negotiated_client(
+        JSONServiceV1,
+        _resolve_server_address(server_address),
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.jsonservice_common,
         _endpoints.jsonservice_api_versions,
-        auth_header,
-    )
-    return JSONServiceV1(
-        server_address,
-        auth_header,
-        api_version,
-        endpoints,
-        SERVER_KEY,
         ngl_url,
         max_retries=max_retries,
         pool_maxsize=pool_maxsize,

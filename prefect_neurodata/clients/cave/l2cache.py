@@ -19,7 +19,7 @@ import pandas as pd
 from prefect_neurodata.clients.http import ServiceError
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _api_endpoints, _auth_header_of, _resolve_server_address
+from .base import ClientBase, _negotiated_client, _resolve_server_address
 from .chunkedgraph import _to_uint64_array
 
 logger = logging.getLogger("prefect_neurodata.cave")
@@ -51,23 +51,14 @@ def L2CacheClient(  # noqa: N802 - seed name
         over_client: The owning `CAVEclient`.
         verify: TLS verification.
     """
-    server_address = _resolve_server_address(server_address)
-    auth_header = _auth_header_of(auth_client)
-    endpoints, api_version = _api_endpoints(
+    return _negotiated_client(
+        L2CacheClientLegacy,
+        _resolve_server_address(server_address),
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.l2cache_common,
         _endpoints.l2cache_api_versions,
-        auth_header,
-        verify=verify,
-    )
-    return L2CacheClientLegacy(
-        server_address,
-        auth_header,
-        api_version,
-        endpoints,
-        SERVER_KEY,
         table_name=table_name,
         max_retries=max_retries,
         pool_maxsize=pool_maxsize,

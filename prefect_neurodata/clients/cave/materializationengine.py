@@ -79,9 +79,8 @@ from ._partition import (
 from .base import (
     ClientBase,
     ServerIncompatibilityError,
-    _api_endpoints,
-    _auth_header_of,
     _check_version_compatibility,
+    _negotiated_client,
 )
 
 __all__ = [
@@ -381,25 +380,16 @@ def MaterializationClient(  # noqa: N802 - seed name
     Returns:
         A `MaterializationClientV3` (API 3) or `MaterializationClientV2` (API 2).
     """
-    auth_header = _auth_header_of(auth_client)
-    endpoints, chosen = _api_endpoints(
+    return _negotiated_client(
+        client_mapping,
+        server_address,
+        auth_client,
         api_version,
         SERVER_KEY,
-        server_address,
         _endpoints.materialization_common,
         _endpoints.materialization_api_versions,
-        auth_header,
-        fallback_version=_endpoints.materialization_fallback_version,
-        verify=verify,
-    )
-    cls = client_mapping[chosen]
-    return cls(
-        server_address,
-        auth_header,
-        chosen,
-        endpoints,
-        SERVER_KEY,
         datastack_name,
+        fallback_version=_endpoints.materialization_fallback_version,
         cg_client=cg_client,
         synapse_table=synapse_table,
         version=version,
@@ -1569,16 +1559,20 @@ class MaterializationClientV2(ClientBase):
         version_meta = self._version_before(ts, ds)
         version = int(version_meta["version"])
         live = {"timestamp": string_format_timestamp(ts)}
-        if version_meta["time_stamp"] == ts:
+
+        def query_version(filters: Mapping[str, Any], columns: Any, split: bool) -> pd.DataFrame:
+            # The query of the materialized version: a timestamp that is exactly the version's
+            # and one whose roots are brought forward differ only in filters, columns and
+            # position layout.
             return self._query_table(
                 table,
-                user,
-                select_columns=select_columns,
+                filters,
+                select_columns=columns,
                 offset=offset,
                 limit=limit,
                 datastack_name=ds,
                 return_df=True,
-                split_positions=split_positions,
+                split_positions=split,
                 materialization_version=version,
                 metadata=metadata,
                 merge_reference=merge_reference,
@@ -1589,6 +1583,9 @@ class MaterializationClientV2(ClientBase):
                 max_workers=max_workers,
                 live=live,
             )
+
+        if version_meta["time_stamp"] == ts:
+            return query_version(user, select_columns, split_positions)
         (in_f, out_f, eq_f), future_map = self.map_filters(
             [user["filter_in_dict"], user["filter_out_dict"], user["filter_equal_dict"]],
             ts,
@@ -1617,25 +1614,7 @@ class MaterializationClientV2(ClientBase):
                     sv = col[: -len("root_id")] + "supervoxel_id"
                     if sv not in select:
                         select.append(sv)
-        df = self._query_table(
-            table,
-            mapped,
-            select_columns=select,
-            offset=offset,
-            limit=limit,
-            datastack_name=ds,
-            return_df=True,
-            split_positions=True,
-            materialization_version=version,
-            metadata=metadata,
-            merge_reference=merge_reference,
-            desired_resolution=desired_resolution,
-            get_counts=False,
-            random_sample=random_sample,
-            on_limit=on_limit,
-            max_workers=max_workers,
-            live=live,
-        )
+        df = query_version(mapped, select, True)
         attrs = dict(df.attrs)
         df = self._update_rootids(df, ts, future_map)
         if post_filter:
@@ -1726,57 +1705,17 @@ class MaterializationClientV2(ClientBase):
         ``joins`` is ``[[table1, column1, table2, column2], ...]``; ``suffixes`` is
         ``{table: suffix}``. Partitions, when needed, are id ranges of ``table``.
         """
-        return self._live_live(
-            table,
-            timestamp,
-            joins=joins,
-            user=dict(
-                filter_in_dict=filter_in_dict,
-                filter_out_dict=filter_out_dict,
-                filter_equal_dict=filter_equal_dict,
-                filter_greater_dict=filter_greater_dict,
-                filter_less_dict=filter_less_dict,
-                filter_greater_equal_dict=filter_greater_equal_dict,
-                filter_less_equal_dict=filter_less_equal_dict,
-                filter_spatial_dict=filter_spatial_dict,
-                filter_regex_dict=filter_regex_dict,
-            ),
-            select_columns=select_columns,
-            offset=offset,
-            limit=limit,
-            datastack_name=datastack_name,
-            split_positions=split_positions,
-            metadata=metadata,
-            suffixes=suffixes,
-            desired_resolution=desired_resolution,
-            allow_missing_lookups=allow_missing_lookups,
-            allow_invalid_root_ids=allow_invalid_root_ids,
-            random_sample=random_sample,
-            on_limit=on_limit,
-            max_workers=max_workers,
+        user = dict(
+            filter_in_dict=filter_in_dict,
+            filter_out_dict=filter_out_dict,
+            filter_equal_dict=filter_equal_dict,
+            filter_greater_dict=filter_greater_dict,
+            filter_less_dict=filter_less_dict,
+            filter_greater_equal_dict=filter_greater_equal_dict,
+            filter_less_equal_dict=filter_less_equal_dict,
+            filter_spatial_dict=filter_spatial_dict,
+            filter_regex_dict=filter_regex_dict,
         )
-
-    def _live_live(
-        self,
-        table: str,
-        timestamp: Any,
-        *,
-        joins: list | None,
-        user: dict[str, Any],
-        select_columns: dict | None,
-        offset: int | None,
-        limit: int | None,
-        datastack_name: str | None,
-        split_positions: bool,
-        metadata: bool,
-        suffixes: dict | None,
-        desired_resolution: Iterable[float] | None,
-        allow_missing_lookups: bool,
-        allow_invalid_root_ids: bool | None,
-        random_sample: int | None,
-        on_limit: str,
-        max_workers: int | None,
-    ) -> pd.DataFrame:
         check_on_limit(on_limit)
         if user.get("filter_regex_dict") is not None and self.api_version < 3:
             raise ServerIncompatibilityError("filter_regex_dict in live_live_query needs API v3")
@@ -2030,13 +1969,9 @@ class MaterializationClientV3(MaterializationClientV2):
         log_warning: bool = True,
     ) -> dict[str, Any]:
         """Metadata of a view."""
-        ds, v = self._ds(datastack_name), self._v(materialization_version)
-
-        def fetch() -> dict[str, Any]:
-            url = self._url("view_metadata", datastack_name=ds, version=v, view_name=view_name)
-            return self._json("GET", url, log_warning=log_warning)
-
-        return self._meta_cache.get(("view_metadata", ds, v, view_name), fetch)
+        return self._view_json(
+            "view_metadata", view_name, materialization_version, datastack_name, log_warning
+        )
 
     @_check_version_compatibility(method_api_constraint=">=3")
     def get_view_schema(
@@ -2047,13 +1982,26 @@ class MaterializationClientV3(MaterializationClientV2):
         log_warning: bool = True,
     ) -> dict[str, Any]:
         """Column types of a view (``{column: {"type": ...}}``)."""
+        return self._view_json(
+            "view_schema", view_name, materialization_version, datastack_name, log_warning
+        )
+
+    def _view_json(
+        self,
+        endpoint: str,
+        view_name: str,
+        materialization_version: int | None,
+        datastack_name: str | None,
+        log_warning: bool,
+    ) -> dict[str, Any]:
+        """GET a per-view endpoint, cached per endpoint, datastack, version and view."""
         ds, v = self._ds(datastack_name), self._v(materialization_version)
 
         def fetch() -> dict[str, Any]:
-            url = self._url("view_schema", datastack_name=ds, version=v, view_name=view_name)
+            url = self._url(endpoint, datastack_name=ds, version=v, view_name=view_name)
             return self._json("GET", url, log_warning=log_warning)
 
-        return self._meta_cache.get(("view_schema", ds, v, view_name), fetch)
+        return self._meta_cache.get((endpoint, ds, v, view_name), fetch)
 
     @_check_version_compatibility(method_api_constraint=">=3")
     def get_view_schemas(
@@ -2218,21 +2166,17 @@ class MaterializationClientV3(MaterializationClientV2):
             )
             ```
         """
-        return self._live_live(
-            table,
-            timestamp,
+        # The V2 method holds the one implementation (it already guards the v3-only arguments
+        # by ``api_version``); only the seed's positional order and defaults differ here.
+        return super().live_live_query(
+            table=table,
+            timestamp=timestamp,
             joins=joins,
-            user=dict(
-                filter_in_dict=filter_in_dict,
-                filter_out_dict=filter_out_dict,
-                filter_equal_dict=filter_equal_dict,
-                filter_greater_dict=filter_greater_dict,
-                filter_less_dict=filter_less_dict,
-                filter_greater_equal_dict=filter_greater_equal_dict,
-                filter_less_equal_dict=filter_less_equal_dict,
-                filter_spatial_dict=filter_spatial_dict,
-                filter_regex_dict=filter_regex_dict,
-            ),
+            filter_in_dict=filter_in_dict,
+            filter_out_dict=filter_out_dict,
+            filter_equal_dict=filter_equal_dict,
+            filter_spatial_dict=filter_spatial_dict,
+            filter_regex_dict=filter_regex_dict,
             select_columns=select_columns,
             offset=offset,
             limit=limit,
@@ -2244,6 +2188,10 @@ class MaterializationClientV3(MaterializationClientV2):
             allow_missing_lookups=allow_missing_lookups,
             allow_invalid_root_ids=allow_invalid_root_ids,
             random_sample=random_sample,
+            filter_greater_dict=filter_greater_dict,
+            filter_less_dict=filter_less_dict,
+            filter_greater_equal_dict=filter_greater_equal_dict,
+            filter_less_equal_dict=filter_less_equal_dict,
             on_limit=on_limit,
             max_workers=max_workers,
         )
