@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-url", help="Prefect API (default: start a server)")
     parser.add_argument("--qc-assets", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=500, help="sync batch size")
+    parser.add_argument(
+        "--only", nargs="*", default=["registration", "qc", "sync"], help="flows to time"
+    )
     args = parser.parse_args(argv)
 
     from prefect.settings import (
@@ -97,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             total = client._count_records()
         print(f"sandbox {args.workdir}: {total} in v1; bucket {bucket}", flush=True)
 
-        _run(
-            "registration (scan whole bucket)",
-            register_assets,
-            request=RegistrationRequest(bucket=bucket, batch_size=50),
-            docdb_block="bench-docdb",
-        )
+        if "registration" in args.only:
+            _run(
+                "registration (scan whole bucket)",
+                register_assets,
+                request=RegistrationRequest(bucket=bucket, batch_size=50),
+                docdb_block="bench-docdb",
+            )
         with block.get_client() as client:
             ids = [
                 r["_id"]
@@ -117,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             evaluations=[evaluation("Bench drift"), evaluation("Bench noise")],
             batch_size=50,
         )
-        _run(f"QC attachment ({len(ids)} assets)", attach_qc, request=qc_request,
-             docdb_block="bench-docdb")  # fmt: skip
+        if "qc" in args.only:
+            _run(f"QC attachment ({len(ids)} assets)", attach_qc, request=qc_request,
+                 docdb_block="bench-docdb")  # fmt: skip
+        if "sync" not in args.only:
+            return 0
         sync_request = MetadataSyncRequest(
             bucket=bucket, lookback_days=None, batch_size=args.batch_size, export_table=None
         )
