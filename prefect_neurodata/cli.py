@@ -28,6 +28,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
         "prefect_neurodata.sandbox.commands",
         "start, inspect, seed and stop the local stand-in services",
     ),
+    "events": ("prefect_neurodata.relay", "relay S3 upload notifications to Prefect events"),
 }
 
 

@@ -213,6 +213,14 @@ def test_cli_help_lists_groups() -> None:
     )
     assert out.returncode == 0
     assert "sandbox" in out.stdout
+    assert "events" in out.stdout
+    relay = subprocess.run(
+        [sys.executable, "-m", "prefect_neurodata.cli", "events", "relay", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert relay.returncode == 0 and "--queue-url" in relay.stdout
 
 
 # -- env file ----------------------------------------------------------------------------------
