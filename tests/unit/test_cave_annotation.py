@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -449,6 +450,100 @@ def test_post_and_update_annotation_df() -> None:
     assert client.update_annotation_df("t", df2, ["pt_position"]) == {"1": 2}
     with pytest.raises(ValueError, match="'id' column"):
         client.update_annotation_df("t", df, ["pt_position"])
+
+
+@responses.activate
+def test_post_annotation_df_sends_25000_rows_in_3_posts_in_order() -> None:
+    client = make_client()
+    ids_callback.next = 1  # type: ignore[attr-defined]
+    responses.add_callback(
+        responses.POST,
+        f"{BASE}/table/t/annotations",
+        callback=ids_callback,
+        content_type="application/json",
+    )
+    n = 25_000
+    xyz = np.arange(3 * n).reshape(n, 3)
+    df = pd.DataFrame(
+        {
+            "pt_position": list(xyz),
+            "tag": pd.Series([f"t{i}" for i in range(n)], dtype=object),
+            "score": np.where(np.arange(n) % 7 == 0, np.nan, np.arange(n) / 2),
+        }
+    )
+    ids = client.post_annotation_df("t", df, ["pt_position"])
+    assert ids == list(range(1, n + 1))
+    sent = [body(c)["annotations"] for c in responses.calls]
+    assert [len(b) for b in sent] == [10_000, 10_000, 5_000]
+    rows = [row for batch in sent for row in batch]
+    for i in (0, 1, 9_999, 10_000, 19_999, 20_000, 24_999):
+        expected: dict[str, Any] = {"tag": f"t{i}", "pt": {"position": xyz[i].tolist()}}
+        if i % 7:
+            expected["score"] = i / 2
+        assert rows[i] == expected
+
+
+@responses.activate
+@pytest.mark.parametrize("bad_row", [0, 10_000, 24_999])
+def test_post_annotation_df_bad_row_anywhere_fails_before_the_first_post(bad_row: int) -> None:
+    client = make_client()
+    responses.post(f"{BASE}/table/t/annotations", json=[])
+    n = 25_000
+    positions = [[i, 0, 0] for i in range(n)]
+    tags: list[Any] = ["a"] * n
+    tags[bad_row] = object()
+    df = pd.DataFrame({"pt_position": positions, "tag": tags}, index=range(100, 100 + n))
+    with pytest.raises(ValueError, match=rf"column 'tag', row {100 + bad_row}\b"):
+        client.post_annotation_df("t", df, ["pt_position"])
+    positions[bad_row] = [1, 2]
+    df = pd.DataFrame({"pt_position": positions, "tag": ["a"] * n}, index=range(100, 100 + n))
+    with pytest.raises(ValueError, match=rf"'pt_position', row {100 + bad_row}: .*3 coordinates"):
+        client.post_annotation_df("t", df, ["pt_position"])
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_post_annotation_bad_row_in_a_later_batch_is_named_by_its_global_row() -> None:
+    client = make_client()
+    responses.post(f"{BASE}/table/t/annotations", json=[])
+    data: list[dict[str, Any]] = [{"tag": "a"} for _ in range(12_000)]
+    data[10_003] = {"tag": {"deep": object()}}
+    with pytest.raises(ValueError, match=r"annotations\[10003\]\.tag\.deep"):
+        client.post_annotation("t", data)
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_dataframe_values_keep_their_json_meaning() -> None:
+    client = make_client()
+    responses.post(f"{BASE}/table/t/annotations", json=[1, 2])
+    df = pd.DataFrame(
+        {
+            "pt_position_x": [1, 2],
+            "pt_position_y": [1.5, 2.0],
+            "pt_position_z": np.array([3, 4], dtype=np.int32),
+            "f32": np.array([0.1, np.nan], dtype=np.float32),
+            "n": pd.array([None, 3], dtype="Int64"),
+            "s": pd.Series(["a", None]),
+            "when": pd.to_datetime(["2020-01-01", None]),
+            "o": pd.Series([np.float32(0.1), pd.NA], dtype=object),
+            "deep": pd.Series([[np.float32(0.5), np.nan, pd.NaT], Decimal("NaN")], dtype=object),
+            "np_time": pd.Series([np.datetime64("2020-01-02T03:04:05"), None], dtype=object),
+        }
+    )
+    client.post_annotation_df("t", df, None)
+    assert body(responses.calls[0])["annotations"] == [
+        {
+            "f32": float(np.float32(0.1)),  # the float32's exact value, as before
+            "s": "a",
+            "when": "2020-01-01T00:00:00",
+            "o": float(np.float32(0.1)),
+            "deep": [0.5, None, None],
+            "np_time": "2020-01-02T03:04:05",
+            "pt": {"position": [1.0, 1.5, 3.0]},
+        },
+        {"n": 3, "deep": None, "pt": {"position": [2.0, 2.0, 4.0]}},
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Creates and manages annotation tables of an aligned volume and writes annotation
 What is better than the seed:
 
 * Writes go out in batches of at most 10,000 annotations (the server's limit, 413 above it).
-  Every batch is validated and serialised before the first one is sent, so bad input fails
-  before anything is written, with the row and field named.
+  Everything is validated before the first batch is sent, so bad input fails before anything
+  is written, with the row and field named; each batch's body is then built and serialised
+  just before it is sent, so only one batch's bytes are held at a time.
 * Writes are never retried blindly (a lost answer to a POST could otherwise duplicate rows). If
   a later batch fails, `AnnotationUploadError` says which rows landed (with their new ids) and
   which did not; staged annotations remember what was uploaded, so re-running
@@ -31,13 +32,15 @@ import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import requests
 
-from prefect_neurodata.clients.http import ServiceError, decode_json, dumps
+from prefect_neurodata.clients.http import ServiceError, decode_json, dumps, loads
 
 from . import endpoints as _endpoints
 from .base import ClientBase, _negotiated_client
@@ -150,19 +153,49 @@ def AnnotationClient(  # noqa: N802 - seed name
     )
 
 
-def _py(value: Any) -> Any:
-    """Plain Python values for JSON (numpy scalars and arrays, pandas NA)."""
+def _plain(value: Any) -> Any:
+    """``default`` hook of the body encoder: what orjson does not encode itself.
+
+    numpy values become plain Python ones (``item()``/``tolist()``), so a float32 is sent
+    with its exact double value and a datetime64 as ``item()`` gives it, and pandas' missing
+    markers (``NA``, ``NaT``) become null; anything else is encoded as the shared ``dumps``
+    does (timestamps, decimals, sets, ...).
+    """
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_py(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _py(v) for k, v in value.items()}
     if value is pd.NA or value is pd.NaT:
         return None
-    return value
+    return loads(dumps(value))
+
+
+# Without OPT_SERIALIZE_NUMPY, numpy values reach `_plain` (see its docstring for why).
+_BODY_OPTIONS = orjson.OPT_NON_STR_KEYS
+_SIMPLE_TYPES = (str, int, float, bool, type(None))
+
+
+def _encode(value: Any) -> bytes:
+    return orjson.dumps(value, default=_plain, option=_BODY_OPTIONS)
+
+
+def _encode_batch(key: str, records: Sequence[Any], start: int, table_name: str) -> bytes:
+    """The JSON body ``{key: records}``; a bad value raises `ValueError` naming its row."""
+    try:
+        return _encode({key: records})
+    except TypeError as exc:
+        for offset, record in enumerate(records):
+            try:
+                _encode(record)
+            except TypeError:
+                try:
+                    dumps(record, what=f"{key}[{start + offset}]")
+                except TypeError as named:
+                    raise ValueError(f"{table_name}: {named}") from exc
+                raise ValueError(
+                    f"{table_name}: cannot serialise {key}[{start + offset}] to JSON: {exc}"
+                ) from exc
+        raise ValueError(f"{table_name}: cannot serialise {key} to JSON: {exc}") from exc
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -468,14 +501,18 @@ class AnnotationClientV2(ClientBase):
         self,
         method: str,
         table_name: str,
-        records: list[Any],
+        records: Sequence[Any] | _FrameRows,
         *,
         key: str,
         aligned_volume_name: str | None,
         batch_size: int = MAX_ANNOTATIONS_PER_REQUEST,
         on_batch: Any = None,
     ) -> list[Any]:
-        """Send ``records`` in batches; every body is serialised before the first is sent."""
+        """Send ``records`` in batches, each body built and serialised just before it is sent.
+
+        A list is checked in full (every batch is serialised and dropped) before the first
+        request; a `_FrameRows` was checked when it was built.
+        """
         if not 0 < batch_size <= MAX_ANNOTATIONS_PER_REQUEST:
             raise ValueError(
                 f"batch_size must be between 1 and {MAX_ANNOTATIONS_PER_REQUEST}, got {batch_size}"
@@ -483,57 +520,83 @@ class AnnotationClientV2(ClientBase):
         url = self._url(
             "annotations", aligned_volume_name=self._av(aligned_volume_name), table_name=table_name
         )
-        batches = _batches(len(records), batch_size)
-        bodies = []
-        for rows in batches:
-            try:
-                bodies.append(dumps({key: records[rows.start : rows.stop]}, what="annotations"))
-            except TypeError as exc:
-                raise ValueError(f"{table_name}: {exc} (row numbers count from 0)") from exc
+        total = len(records)
+        batches = _batches(total, batch_size)
+
+        def body(rows: range) -> bytes:
+            if isinstance(records, _FrameRows):
+                part = records.records(rows)
+            else:
+                part = records[rows.start : rows.stop]
+            return _encode_batch(key, part, rows.start, table_name)
+
+        if not isinstance(records, _FrameRows):
+            for rows in batches:
+                body(rows)
         results: list[Any] = []
-        for index, (rows, body) in enumerate(zip(batches, bodies, strict=True)):
+        for index, rows in enumerate(batches):
+            try:
+                data = body(rows)
+            except ValueError as exc:
+                # Only when a check up front missed a value; earlier batches did land.
+                if index == 0:
+                    raise
+                raise self._upload_error(method, table_name, rows, total, results, exc) from exc
             try:
                 response = self._request(
                     method,
                     url,
-                    data=body,
+                    data=data,
                     headers={"Content-Type": "application/json"},
                     idempotent=False,
                 )
             except requests.RequestException as exc:
                 if index == 0:
                     raise
-                status = getattr(exc, "status_code", None)
-                # A gateway error or a lost answer says nothing about whether the backend
-                # applied the batch; any other error means it did not.
-                unsure = status in _UNSURE_STATUSES or (
-                    status is None and not isinstance(exc, requests.ConnectTimeout)
-                )
-                done = range(0, rows.start)
-                uncertain = rows if unsure else range(rows.start, rows.start)
-                not_done = range(rows.stop if unsure else rows.start, len(records))
-                fate = (
-                    f"rows {rows.start}-{rows.stop - 1} may or may not have been written, "
-                    if unsure
-                    else ""
-                )
-                raise AnnotationUploadError(
-                    f"{method} of annotations to {table_name!r} failed at rows "
-                    f"{rows.start}-{rows.stop - 1}: rows 0-{rows.start - 1} were written, "
-                    f"{fate}rows {not_done.start}-{len(records) - 1} were not ({exc})",
-                    table_name=table_name,
-                    done=done,
-                    not_done=not_done,
-                    uncertain=uncertain,
-                    result=_merge(results),
-                    status_code=status,
-                    response=getattr(exc, "response", None),
-                ) from exc
+                raise self._upload_error(method, table_name, rows, total, results, exc) from exc
+            del data
             answer = decode_json(response) if response.content else None
             results.append(answer)
             if on_batch is not None:
                 on_batch(rows, answer)
         return results
+
+    @staticmethod
+    def _upload_error(
+        method: str,
+        table_name: str,
+        rows: range,
+        total: int,
+        results: list[Any],
+        exc: Exception,
+    ) -> AnnotationUploadError:
+        status = getattr(exc, "status_code", None)
+        # A gateway error or a lost answer says nothing about whether the backend applied the
+        # batch; any other error (or a body that could not be built) means it did not.
+        unsure = isinstance(exc, requests.RequestException) and (
+            status in _UNSURE_STATUSES
+            or (status is None and not isinstance(exc, requests.ConnectTimeout))
+        )
+        done = range(0, rows.start)
+        uncertain = rows if unsure else range(rows.start, rows.start)
+        not_done = range(rows.stop if unsure else rows.start, total)
+        fate = (
+            f"rows {rows.start}-{rows.stop - 1} may or may not have been written, "
+            if unsure
+            else ""
+        )
+        return AnnotationUploadError(
+            f"{method} of annotations to {table_name!r} failed at rows "
+            f"{rows.start}-{rows.stop - 1}: rows 0-{rows.start - 1} were written, "
+            f"{fate}rows {not_done.start}-{total - 1} were not ({exc})",
+            table_name=table_name,
+            done=done,
+            not_done=not_done,
+            uncertain=uncertain,
+            result=_merge(results),
+            status_code=status,
+            response=getattr(exc, "response", None),
+        )
 
     def post_annotation(
         self, table_name: str, data: dict | list[dict], aligned_volume_name: str | None = None
@@ -543,7 +606,7 @@ class AnnotationClientV2(ClientBase):
         Sent in batches of at most 10,000. A failed later batch raises `AnnotationUploadError`
         naming the rows that were and were not written.
         """
-        records = [_py(r) for r in self._as_records(data, "post_annotation")]
+        records = self._as_records(data, "post_annotation")
         return _merge(
             self._write(
                 "POST",
@@ -561,9 +624,11 @@ class AnnotationClientV2(ClientBase):
 
         Each update invalidates the old row and inserts a new one with a new id.
         """
-        records = [_py(r) for r in self._as_records(data, "update_annotation")]
+        records = self._as_records(data, "update_annotation")
         for i, row in enumerate(records):
-            if not isinstance(row.get("id"), int) or isinstance(row.get("id"), bool):
+            if not isinstance(row.get("id"), (int, np.integer)) or isinstance(
+                row.get("id"), (bool, np.bool_)
+            ):
                 raise ValueError(
                     f"update_annotation: annotation {i} needs an integer 'id', "
                     f"got {row.get('id')!r}"
@@ -614,60 +679,18 @@ class AnnotationClientV2(ClientBase):
                 accepted too.
 
         Returns:
-            ``[{"pt": {"position": [x, y, z]}, "other_field": value, ...}, ...]``; missing
-            optional values (NaN/NA) are left out.
+            ``[{"other_field": value, ..., "pt": {"position": [x, y, z]}}, ...]``; missing
+            optional values (None/NaN/NA/NaT) are left out. Numeric columns give plain Python
+            numbers; cells of object columns are passed on as they are (numpy values inside
+            them are converted when the body is serialised).
+
+        Raises:
+            ValueError: A position column is missing or a position is not 3 coordinates, or
+                an object column holds a value that cannot be sent as JSON (row and column
+                are named).
         """
-        columns = [str(c) for c in df.columns]
-        if position_columns is None:
-            mapping = {c: c[: -len("_position")] for c in columns if c.endswith("_position")}
-            for c in columns:
-                if c.endswith("_position_x") and f"{c[:-2]}_y" in columns:
-                    mapping.setdefault(c[:-2], c[: -len("_position_x")])
-        elif isinstance(position_columns, Mapping):
-            mapping = {str(k): str(v) for k, v in position_columns.items()}
-        else:
-            mapping = {}
-            for c in position_columns:
-                c = str(c)
-                if not c.endswith("_position"):
-                    raise ValueError(
-                        f"position column {c!r} must end in '_position' (or pass a mapping "
-                        "{column: field})"
-                    )
-                mapping[c] = c[: -len("_position")]
-        points: dict[str, np.ndarray] = {}
-        used: set[str] = set()
-        for col, _field in mapping.items():
-            if col in columns:
-                values = df[col].to_list()
-                bad = [i for i, v in enumerate(values) if np.size(v) != 3]
-                if bad:
-                    raise ValueError(
-                        f"column {col!r}, row {df.index[bad[0]]!r}: a position needs 3 "
-                        f"coordinates, got {values[bad[0]]!r}"
-                    )
-                points[col] = np.asarray([np.asarray(v).tolist() for v in values])
-                used.add(col)
-            elif all(f"{col}_{a}" in columns for a in "xyz"):
-                triple = [f"{col}_{a}" for a in "xyz"]
-                points[col] = df[triple].to_numpy()
-                used.update(triple)
-            else:
-                raise ValueError(f"position column {col!r} is not in the DataFrame")
-        plain = [c for c in df.columns if str(c) not in used]
-        records = df[plain].to_dict(orient="records") if plain else [{} for _ in range(len(df))]
-        out: list[dict[str, Any]] = []
-        for i, row in enumerate(records):
-            clean: dict[str, Any] = {}
-            for k, v in row.items():
-                v = _py(v)
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    continue
-                clean[str(k)] = v
-            for col, field in mapping.items():
-                clean[field] = {"position": _py(points[col][i])}
-            out.append(clean)
-        return out
+        frame = _FrameRows(df, position_columns)
+        return frame.records(range(len(frame)))
 
     def post_annotation_df(
         self,
@@ -676,9 +699,21 @@ class AnnotationClientV2(ClientBase):
         position_columns: Iterable[str] | Mapping[str, str] | None,
         aligned_volume_name: str | None = None,
     ) -> list[int]:
-        """Insert the rows of a DataFrame (see `process_position_columns`); returns new ids."""
-        data = self.process_position_columns(df, position_columns)
-        return self.post_annotation(table_name, data, aligned_volume_name=aligned_volume_name)
+        """Insert the rows of a DataFrame (see `process_position_columns`); returns new ids.
+
+        Every row is checked before the first request; each batch of 10,000 rows is then turned
+        into annotations and serialised just before it is sent.
+        """
+        frame = _FrameRows(df, position_columns, table_name=table_name)
+        return _merge(
+            self._write(
+                "POST",
+                table_name,
+                frame,
+                key="annotations",
+                aligned_volume_name=aligned_volume_name,
+            )
+        )
 
     def update_annotation_df(
         self,
@@ -814,3 +849,150 @@ def _merge(results: list[Any]) -> Any:
             out.extend(r)
         return out
     return results[0] if len(results) == 1 else results
+
+
+class _FrameRows:
+    """The rows of a DataFrame as annotation dicts, checked up front and built slice by slice.
+
+    Positions are gathered into ``(n, 3)`` arrays and every column's missing values into a
+    mask when the object is built (so bad input fails before any write, naming the row and
+    column); `records` then makes the dicts of one slice with column operations. Missing
+    values (None, NaN, NA, NaT) of non-position columns are left out of the row.
+    """
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        position_columns: Iterable[str] | Mapping[str, str] | None,
+        *,
+        table_name: str | None = None,
+    ) -> None:
+        where = f"{table_name}: " if table_name else ""
+        columns = [str(c) for c in df.columns]
+        if position_columns is None:
+            mapping = {c: c[: -len("_position")] for c in columns if c.endswith("_position")}
+            for c in columns:
+                if c.endswith("_position_x") and f"{c[:-2]}_y" in columns:
+                    mapping.setdefault(c[:-2], c[: -len("_position_x")])
+        elif isinstance(position_columns, Mapping):
+            mapping = {str(k): str(v) for k, v in position_columns.items()}
+        else:
+            mapping = {}
+            for c in position_columns:
+                c = str(c)
+                if not c.endswith("_position"):
+                    raise ValueError(
+                        f"position column {c!r} must end in '_position' (or pass a mapping "
+                        "{column: field})"
+                    )
+                mapping[c] = c[: -len("_position")]
+        self._length = len(df)
+        self._points: list[tuple[str, np.ndarray]] = []
+        used: set[str] = set()
+        for col, field in mapping.items():
+            if col in columns:
+                points = _position_array(df, col)
+                used.add(col)
+            elif all(f"{col}_{a}" in columns for a in "xyz"):
+                triple = [f"{col}_{a}" for a in "xyz"]
+                points = df[triple].to_numpy()
+                used.update(triple)
+            else:
+                raise ValueError(f"position column {col!r} is not in the DataFrame")
+            self._points.append((field, points))
+        # Columns by position, so duplicate labels cannot turn a column into a frame.
+        self._plain: list[tuple[str, pd.Series, np.ndarray | None, bool]] = []
+        for j, label in enumerate(df.columns):
+            if str(label) in used:
+                continue
+            series = df.iloc[:, j]
+            missing = _missing_mask(series)
+            box = series.dtype == object and _check_cells(series, missing, str(label), where)
+            self._plain.append((str(label), series, missing if missing.any() else None, box))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def records(self, rows: range) -> list[dict[str, Any]]:
+        """The annotation dicts of ``rows`` (positions ``rows.start`` to ``rows.stop - 1``)."""
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        for key, series, missing, box in self._plain:
+            values = series.iloc[rows.start : rows.stop].tolist()
+            if box:
+                values = [_boxed(v) for v in values]
+            if missing is None:
+                for record, value in zip(out, values, strict=True):
+                    record[key] = value
+            else:
+                skip = missing[rows.start : rows.stop].tolist()
+                for record, value, gone in zip(out, values, skip, strict=True):
+                    if not gone:
+                        record[key] = value
+        for field, points in self._points:
+            for record, position in zip(out, points[rows.start : rows.stop].tolist(), strict=True):
+                record[field] = {"position": position}
+        return out
+
+
+def _position_array(df: pd.DataFrame, col: str) -> np.ndarray:
+    """The ``(n, 3)`` positions of a column of ``[x, y, z]`` cells."""
+    values = df[col].to_list()
+    try:
+        points = np.array(values)
+    except (ValueError, TypeError):
+        points = None
+    if points is not None and points.shape == (len(values), 3) and points.dtype.kind in "iufb":
+        return points
+    # Slow path: find the bad row to name it, or keep the cell-by-cell conversion for cells
+    # numpy does not stack into numbers directly (mixed containers, None, ...).
+    bad = [i for i, v in enumerate(values) if np.size(v) != 3]
+    if bad:
+        raise ValueError(
+            f"column {col!r}, row {df.index[bad[0]]!r}: a position needs 3 "
+            f"coordinates, got {values[bad[0]]!r}"
+        )
+    return np.asarray([np.asarray(v).tolist() for v in values])
+
+
+def _missing_mask(series: pd.Series) -> np.ndarray:
+    """Cells left out of a row: None, NaN, NA, NaT (also numpy NaN/NaT scalars)."""
+    missing = np.array(series.isna(), dtype=bool)
+    if series.dtype == object and missing.any():
+        # ``isna`` also flags Decimal("NaN"), which is kept (and sent as null).
+        cells = series.to_numpy()
+        for i in np.flatnonzero(missing):
+            if isinstance(cells[i], Decimal):
+                missing[i] = False
+    return missing
+
+
+def _boxed(value: Any) -> Any:
+    """numpy datetimes of a cell as pandas gives them in rows (sent as ISO text, not ints)."""
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value)
+    if isinstance(value, np.timedelta64):
+        return pd.Timedelta(value)
+    return value
+
+
+def _check_cells(series: pd.Series, missing: np.ndarray, column: str, where: str) -> bool:
+    """Fail on the first cell of an object column that cannot be sent as JSON.
+
+    Returns:
+        Whether the column holds numpy datetimes (see `_boxed`).
+    """
+    box = False
+    for i, value in enumerate(series.to_numpy()):
+        if type(value) in _SIMPLE_TYPES or missing[i]:
+            continue
+        if isinstance(value, (np.datetime64, np.timedelta64)):
+            box = True
+            value = _boxed(value)
+        try:
+            _encode(value)
+        except TypeError as exc:
+            raise ValueError(
+                f"{where}column {column!r}, row {series.index[i]!r}: value of type "
+                f"{type(value).__name__} cannot be sent as JSON ({exc})"
+            ) from exc
+    return box
