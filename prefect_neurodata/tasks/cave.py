@@ -1,9 +1,12 @@
 """Retryable Prefect tasks over the CAVE services, one batch or partition per task.
 
-Every task takes the `CaveCredentials` block (or, better, its saved *name*), builds its own
-`CAVEclient` and drops it when done: no live client or token crosses a task boundary, and
-results are small, secret-free values (counts, ids, paths, checksums). Bulk data moves as
-files: a snapshot partition is written to Parquet by the task that fetched it.
+Every task takes the `CaveCredentials` block (or, better, its saved *name*) and gets its
+`CAVEclient` from the process: a saved block is read once per flow run, and a client is built
+once per flow run and worker thread (keyed by the block's settings and a hash of its token),
+so partition tasks skip the repeated block reads and client set-up. No live client or token
+crosses a task boundary as a parameter or result: results are small, secret-free values
+(counts, ids, paths, checksums). Bulk data moves as files: a snapshot partition is written to
+Parquet by the task that fetched it.
 
 Retries: the HTTP core already retries transient failures of idempotent requests; the task
 level adds retries (`TASK_RETRIES`) for transient errors only (`transient_only`), so a schema
@@ -31,10 +34,13 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import os
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,11 +49,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, NONE, TASK_SOURCE
+from prefect.context import FlowRunContext, TaskRunContext
 
 from prefect_neurodata.blocks.cave import CaveCredentials
+from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
 from prefect_neurodata.clients.http import HttpClient, ServiceError, dumps, loads
 from prefect_neurodata.tasks import _storage as storage
 from prefect_neurodata.tasks._common import TASK_RETRIES, TASK_RETRY_DELAYS, transient_only
+
+# (The client package loads its modules, and pandas, lazily; the import of ``frameworkclient``
+# above pays that one-off cost at import instead of inside the first task of a run.)
 
 Cave = str | CaveCredentials
 
@@ -83,15 +94,80 @@ class ChunkReconcileError(RuntimeError):
     """
 
 
+def _run_scope() -> str | None:
+    """The id of the flow run we are in (from a task or the flow itself), or None."""
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
+        return str(task_ctx.task_run.flow_run_id)
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return str(flow_ctx.flow_run.id)
+    return None
+
+
+# A saved block is read from the Prefect API once per flow run (each read is an API round
+# trip, slow when several partition tasks start at once), not once per task. The scope is the
+# flow run, so a block re-saved between runs is always seen by the next run.
+_BLOCKS: OrderedDict[tuple[str, str], CaveCredentials] = OrderedDict()
+_BLOCKS_LOCK = threading.Lock()
+_BLOCKS_MAX = 16
+# Clients are reused by the tasks of one flow run on the same thread (clients are not shared
+# across threads); the key carries a hash of the token, never the token.
+_CLIENTS = threading.local()
+_CLIENTS_MAX = 8
+
+
 def load_cave(block: Cave) -> CaveCredentials:
-    """The CAVE block itself, or the saved block of that name."""
+    """The CAVE block itself, or the saved block of that name (read once per flow run)."""
     if isinstance(block, CaveCredentials):
         return block
-    return CaveCredentials.load(block)
+    scope = _run_scope()
+    if scope is None:
+        return CaveCredentials.load(block)
+    key = (scope, block)
+    with _BLOCKS_LOCK:
+        cached = _BLOCKS.get(key)
+    if cached is not None:
+        return cached
+    loaded = CaveCredentials.load(block)
+    with _BLOCKS_LOCK:
+        _BLOCKS[key] = loaded
+        while len(_BLOCKS) > _BLOCKS_MAX:
+            _BLOCKS.popitem(last=False)
+    return loaded
+
+
+def _client_key(block: CaveCredentials, datastack: str | None, version: int | None) -> tuple:
+    token = block.token.get_secret_value() if block.token else ""
+    return (
+        block.server_address,
+        datastack or block.datastack_name,
+        version,
+        hashlib.sha256(token.encode()).hexdigest(),
+        block.max_retries,
+        block.pool_maxsize,
+        tuple(block.desired_resolution or ()),
+        block.request_timeout,
+    )
 
 
 def _client(block: Cave, datastack: str | None, version: int | None = None) -> Any:
-    return load_cave(block).get_client(datastack_name=datastack, version=version)
+    creds = load_cave(block)
+    scope = _run_scope()
+    if scope is None:
+        return creds.get_client(datastack_name=datastack, version=version)
+    if getattr(_CLIENTS, "scope", None) != scope:
+        _CLIENTS.scope = scope
+        _CLIENTS.cache = OrderedDict()
+    cache: OrderedDict[tuple, Any] = _CLIENTS.cache
+    key = _client_key(creds, datastack, version)
+    client = cache.get(key)
+    if client is None:
+        client = creds.get_client(datastack_name=datastack, version=version)
+        cache[key] = client
+        while len(cache) > _CLIENTS_MAX:
+            cache.popitem(last=False)
+    return client
 
 
 def _json_safe(value: Any) -> Any:
