@@ -344,86 +344,150 @@ def test_retrieve_with_sort_and_limit_stops_without_extra_call():
 
 
 @responses.activate
-def test_retrieve_without_sort_lists_ids_then_fetches_in_chunks_with_short_pages():
+def test_retrieve_without_sort_pages_by_keyset_with_short_pages():
     docs = make_docs(157)
+    by_id = sorted(docs, key=lambda d: d["_id"])
     fake = FakeDocDB(docs, page_bytes=6_000)
     fake.install()
-    client = make_client(max_workers=4, ids_per_request=20)
-    records = client.retrieve_docdb_records()
-    assert records == sorted(docs, key=lambda d: d["_id"])
-    id_pages = [p for p in fake.find_params if "$in" not in json.dumps(p["filter"])]
-    fetches = [p for p in fake.find_params if "$in" in json.dumps(p["filter"])]
-    # The id listing: skip advances by the ids received (short pages at this tiny cap) until
-    # the empty page at 157.
-    skips = [p["skip"] for p in id_pages]
-    assert skips[0] == 0 and skips[-1] == 157 and skips == sorted(set(skips))
-    assert all(p["filter"] == {} and p["limit"] == 0 for p in id_pages)
-    assert all(p["sort"] == {"_id": 1} and p["skip"] == 0 for p in fetches)
-    chunks = [p["filter"]["_id"]["$in"] for p in fetches]
-    # Chunks of 20 ids; a chunk cut short by the 6 KB cap asks again for the rest only.
-    first_asks = [c for c in chunks if len(c) == 20 or c == sorted(d["_id"] for d in docs)[140:]]
-    assert len(first_asks) == 8
-    assert len(chunks) > 8 and all(len(c) < 20 for c in chunks if c not in first_asks)
-    assert len(records) == len({r["_id"] for r in records}) == 157
+    records = make_client().retrieve_docdb_records()
+    assert records == by_id
+    assert len({r["_id"] for r in records}) == 157
+    params = fake.find_params
+    # Key-set pages (limit 0: the byte cap sizes them, so they are short), then the empty
+    # key-set page, then one skip page (empty: every record was served).
+    keyset, (empty, probe) = params[:-2], params[-2:]
+    assert len(keyset) > 5
+    assert keyset[0]["filter"] == {}
+    assert all(p["sort"] == {"_id": 1} and p["limit"] == 0 and p["skip"] == 0 for p in params[:-1])
+    assert empty["filter"] == {"_id": {"$gt": by_id[-1]["_id"]}}
+    assert probe == {"filter": {}, "sort": {"_id": 1}, "limit": 0, "skip": 157}
+    # Each key-set page starts after the last _id of the previous page's records.
+    calls = list(responses.calls)
+    for call, request in zip(calls[:-2], params[1:-1], strict=True):
+        assert request["filter"] == {"_id": {"$gt": call.response.json()[-1]["_id"]}}
+    assert query_keys(calls[0]) == ["limit", "skip", "filter", "sort"]
 
 
 @responses.activate
-def test_retrieve_without_sort_with_filter_projection_and_limit():
+def test_retrieve_without_sort_with_filter_and_projection_strips_id():
     docs = make_docs(60)
+    fake = FakeDocDB(docs, page_bytes=600)
+    fake.install()
+    flt = {"name": {"$lt": "asset_00040"}}
+    records = make_client().retrieve_docdb_records(
+        filter_query=flt, projection={"_id": 0, "name": 1}
+    )
+    wanted = sorted((d for d in docs if d["name"] < "asset_00040"), key=lambda d: d["_id"])
+    assert records == [{"name": d["name"]} for d in wanted]
+    # _id kept on the wire for paging, stripped from the result.
+    assert {query(c)["projection"] for c in responses.calls} == {'{"name":1}'}
+    params = fake.find_params
+    assert params[0]["filter"] == flt
+    assert len(params) > 3  # short pages at this cap
+    for request in params[1:-1]:
+        assert request["filter"] == {**flt, "_id": {"$gt": request["filter"]["_id"]["$gt"]}}
+        assert list(request["filter"]) == ["name", "_id"]  # the caller's filter, then _id
+    assert params[-2]["filter"]["_id"]["$gt"] == wanted[-1]["_id"]
+    assert params[-1] == {"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 40}
+
+
+@responses.activate
+def test_retrieve_without_sort_filter_on_id_is_anded():
+    docs = make_docs(30)
+    fake = FakeDocDB(docs, page_bytes=1_500)
+    fake.install()
+    by_id = sorted(d["_id"] for d in docs)
+    flt = {"_id": {"$gt": by_id[9]}}
+    records = make_client().retrieve_docdb_records(filter_query=flt)
+    assert [r["_id"] for r in records] == by_id[10:]
+    second = fake.find_params[1]["filter"]
+    assert second == {"$and": [flt, {"_id": {"$gt": second["$and"][1]["_id"]["$gt"]}}]}
+
+
+@responses.activate
+def test_retrieve_without_sort_limit_stops_without_extra_call():
+    docs = make_docs(60)
+    by_id = sorted(d["_id"] for d in docs)
     fake = FakeDocDB(docs, page_bytes=2_000)
     fake.install()
-    client = make_client(max_workers=3, ids_per_request=7)
-    wanted = {d["_id"] for d in docs if d["name"] < "asset_00040"}
-    records = client.retrieve_docdb_records(
-        filter_query={"name": {"$lt": "asset_00040"}}, projection={"_id": 0, "name": 1}
-    )
-    assert sorted(r["name"] for r in records) == sorted(
-        d["name"] for d in docs if d["_id"] in wanted
-    )
-    assert all(set(r) == {"name"} for r in records)
-    listing = fake.find_params[0]
-    assert listing["filter"] == {"name": {"$lt": "asset_00040"}}
-    assert query(responses.calls[0])["projection"] == '{"_id":1}'
-    fetch = next(c for c in responses.calls if "%24in" in c.request.url)
-    assert query(fetch)["projection"] == '{"name":1}'  # _id kept for paging, stripped after
-
-    responses.calls.reset()
+    client = make_client()
     limited = client.retrieve_docdb_records(limit=25)
-    assert [r["_id"] for r in limited] == sorted(d["_id"] for d in docs)[:25]
-    assert query(responses.calls[0])["limit"] == "25"
+    assert [r["_id"] for r in limited] == by_id[:25]
+    limits = [p["limit"] for p in fake.find_params]
+    assert limits[0] == 25 and len(limits) > 2
+    # Each request asks for the records still missing; none after the 25th arrived.
+    received = 0
+    for request, call in zip(fake.find_params, responses.calls, strict=True):
+        assert request["limit"] == 25 - received and request["skip"] == 0
+        received += len(call.response.json())
+    assert received == 25
 
-    responses.calls.reset()
+    fake.find_params.clear()
     few = client.retrieve_docdb_records(limit=5)
-    assert [r["_id"] for r in few] == sorted(d["_id"] for d in docs)[:5]
-    assert len(responses.calls) == 1  # a small limit is one key-set page
+    assert [r["_id"] for r in few] == by_id[:5]
+    assert fake.find_params == [{"filter": {}, "sort": {"_id": 1}, "limit": 5, "skip": 0}]
 
 
 @responses.activate
 def test_retrieve_returns_mixed_id_types():
     docs = [{"_id": i, "v": i} for i in range(5)] + [{"_id": f"s{i}", "v": i} for i in range(5)]
-    FakeDocDB(docs, page_bytes=40).install()
-    records = make_client(ids_per_request=3).retrieve_docdb_records()
+    fake = FakeDocDB(docs, page_bytes=40)
+    fake.install()
+    client = make_client(ids_per_request=3)  # deprecated, still accepted
+    records = client.retrieve_docdb_records()
     assert [r["_id"] for r in records] == [0, 1, 2, 3, 4, "s0", "s1", "s2", "s3", "s4"]
+    # $gt 4 matches no string: one skip page brings the first strings, key set resumes there.
+    skips = [(p["skip"], p["filter"]) for p in fake.find_params if p["skip"]]
+    assert skips[0][0] == 5 and skips[0][1] == {}
+    assert skips[-1][0] == 10
+    assert fake.find_params[-2]["filter"] == {"_id": {"$gt": "s4"}}
+
+    fake.find_params.clear()
+    limited = client.retrieve_docdb_records(limit=7)
+    assert [r["_id"] for r in limited] == [0, 1, 2, 3, 4, "s0", "s1"]
+    assert all(
+        p["limit"] == 7 - p["skip"] for p in fake.find_params if p["skip"]
+    )  # the skip page asks only for the records still missing
 
 
 @responses.activate
-def test_retrieve_falls_back_to_skip_limit_when_listed_ids_cannot_be_fetched():
-    # Like an ObjectId rendered as a string: listed, but a $in on the string finds nothing.
+def test_retrieve_without_sort_ids_that_do_not_round_trip():
+    # Like ObjectIds rendered as strings: a key set on the string matches nothing, so every
+    # page after the first comes from a skip page; still every record exactly once.
     docs = make_docs(12)
     fake = FakeDocDB(docs, page_bytes=1_000)
-    hidden = {docs[3]["_id"], docs[7]["_id"]}
 
     def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
         status, headers, body = fake.find(request)
-        if "%24in" in request.url:
-            body = json.dumps([d for d in json.loads(body) if d["_id"] not in hidden])
+        if "%24gt" in request.url:
+            body = "[]"
         return status, headers, body
 
     responses.add_callback("GET", f"{BASE}/find", callback=find)
-    records = make_client(ids_per_request=4).retrieve_docdb_records()
+    records = make_client().retrieve_docdb_records()
     assert records == sorted(docs, key=lambda d: d["_id"])
-    last = fake.find_params[-(len(fake.find_params) // 3) :]
-    assert any(p["skip"] > 0 and p["sort"] == {"_id": 1} and p["filter"] == {} for p in last)
+    skips = [p["skip"] for p in fake.find_params if p["skip"]]
+    assert skips == sorted(set(skips)) and skips[-1] == 12
+
+
+@responses.activate
+def test_retrieve_without_sort_drops_records_a_skip_page_repeats():
+    # An insert before the last _id read shifts the final skip page onto a served record.
+    docs = make_docs(20)
+    by_id = sorted(docs, key=lambda d: d["_id"])
+    fake = FakeDocDB(list(docs), page_bytes=1_500)
+
+    def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        answer = fake.find(request)
+        if len(fake.find_params) == 1:
+            fake.docs.append({"_id": "0", "name": "inserted meanwhile"})
+        return answer
+
+    responses.add_callback("GET", f"{BASE}/find", callback=find)
+    records = make_client().retrieve_docdb_records()
+    assert records == sorted(docs, key=lambda d: d["_id"])
+    assert fake.find_params[-1]["skip"] == 20
+    assert responses.calls[-1].response.json() == [by_id[-1]]  # repeated, and dropped
 
 
 @responses.activate
@@ -437,10 +501,12 @@ def test_paginate_docdb_keyset_short_pages():
     assert flat == sorted(docs, key=lambda d: d["_id"])
     assert all(0 < len(page) <= 15 for page in pages)
     assert any(len(page) < 15 for page in pages[:-1])  # short pages from the byte cap
-    assert all(p["skip"] == 0 and p["limit"] == 15 for p in fake.find_params)
+    assert all(p["skip"] == 0 and p["limit"] == 15 for p in fake.find_params[:-1])
     assert fake.find_params[0]["filter"] == {}
     assert fake.find_params[1]["filter"] == {"_id": {"$gt": pages[0][-1]["_id"]}}
-    assert len(fake.find_params) == len(pages) + 1  # the final empty page
+    # The final empty key-set page, then the skip page that confirms the end.
+    assert len(fake.find_params) == len(pages) + 2
+    assert fake.find_params[-1] == {"filter": {}, "sort": {"_id": 1}, "limit": 15, "skip": 40}
     assert query(responses.calls[0])["projection"] == "{}"
 
 

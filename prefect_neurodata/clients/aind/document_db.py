@@ -7,10 +7,11 @@ reads public, writes and admin calls signed with SigV4 for ``execute-api``). Wha
 * every request has a timeout and transient failures (connection errors, 429, 502-504) are
   retried with backoff; signed requests are re-signed on every attempt (`HttpClient`);
 * ``host`` may carry an ``http://`` or ``https://`` scheme (``https`` when absent);
-* `Client.retrieve_docdb_records` without a ``sort`` lists the matching ``_id``s (tiny records)
-  and fetches them in ``_id`` ``$in`` chunks concurrently: O(N) work for the server, served
-  from its ``_id`` index, and every record exactly once even when the payload cap cuts pages
-  short; with a ``sort`` it pages with skip/limit like the official client;
+* `Client.retrieve_docdb_records` without a ``sort`` pages by ``_id`` key set (each request
+  asks for ``_id`` after the last one received, the server's payload cap sizing each page):
+  O(N) work for the server instead of skip/limit's re-scans, and every record exactly once
+  even when pages come back short; with a ``sort`` it pages with skip/limit like the official
+  client;
 * `Client.upsert_list_of_docdb_records` sends its chunks concurrently and raises
   `BulkWriteFailed` naming the ``_id``s that did not land instead of returning unchecked
   responses;
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_neurodata.aind.document_db")
 
 _ID_SORT = {"_id": 1}
-_ID_ONLY = {"_id": 1}
 # CPython's sys.getsizeof overhead of a compact ASCII str: the official client measures each
 # record as getsizeof(json string) = len + 49, and chunk boundaries follow that measure.
 _STR_OVERHEAD = 49
@@ -125,11 +125,18 @@ def _strip_ids(records: list[dict]) -> list[dict]:
     return records
 
 
-def _and(filter_query: dict | None, condition: dict | None) -> dict:
-    if not condition:
-        return filter_query or {}
+def _after(filter_query: dict | None, last: Any) -> dict:
+    """``filter_query`` and ``_id > last``.
+
+    Merged into the filter's top level when it has no ``_id`` key (the same query: top-level
+    keys are ANDed, and a server continuing its open cursor recognises this shape), wrapped in
+    ``$and`` otherwise.
+    """
+    condition = {"_id": {"$gt": last}}
     if not filter_query:
         return condition
+    if "_id" not in filter_query:
+        return {**filter_query, **condition}
     return {"$and": [filter_query, condition]}
 
 
@@ -149,8 +156,8 @@ class Client:
         timeout: ``(connect, read)`` timeout in seconds for every request.
         retry: The retry policy for transient failures (default `DEFAULT_RETRY`).
         max_workers: Requests in flight for concurrent reads and chunked writes.
-        ids_per_request: ``_id`` values per ``$in`` request of a concurrent retrieval (bounded
-            so that the query string stays a few KB).
+        ids_per_request: Deprecated and ignored (retrievals no longer fetch ``_id`` chunks
+            with ``$in``); still accepted so that existing callers keep working.
 
     Example:
         ```python
@@ -182,7 +189,7 @@ class Client:
         self.timeout = timeout
         self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_workers = max(1, int(max_workers))
-        self.ids_per_request = max(1, int(ids_per_request))
+        self.ids_per_request = max(1, int(ids_per_request))  # deprecated, unused
         self._boto = boto
         self._session = session
         self._http_client: http.HttpClient | None = None
@@ -335,14 +342,22 @@ class Client:
     ) -> list[dict]:
         """Retrieve records as a list of dicts, every matching record exactly once.
 
-        Without ``sort``, records come back in ``_id`` order: the matching ``_id``s are listed
-        (projection ``{"_id": 1}``, sorted by ``_id``), then fetched ``ids_per_request`` at a
-        time with ``{"_id": {"$in": [...]}}`` by ``max_workers`` concurrent requests; a chunk
-        cut short by the payload cap asks again for its missing ids. The records are those
-        whose ids matched the filter when listed. A small ``limit`` (at most
-        ``ids_per_request``) is served by ``_id`` key-set pages instead. With ``sort``, pages
-        are fetched with skip/limit in the requested order (``skip`` advances by the records
-        actually received).
+        Without ``sort``, records come back in ``_id`` order, read by ``_id`` key set: each
+        request is ``find`` with ``{<filter>, "_id": {"$gt": <last _id received>}}`` (the
+        first one with the bare filter; ``$and`` when the filter itself has an ``_id`` key),
+        sorted by ``{"_id": 1}``, with ``limit`` 0 so that the server's payload cap sizes each
+        page (the remaining number of records when ``limit`` is given; no request is sent once
+        ``limit`` records arrived). The server resumes from its ``_id`` index, so a full read
+        costs it O(N), where skip/limit re-scans every skipped record. ``$gt`` only matches
+        ``_id``s of the same BSON type, so when a key-set page comes back empty one skip page
+        follows (``skip`` = records received, sorted by ``_id``): usually empty, which ends the
+        retrieval, otherwise it holds the records of the next ``_id`` type and key-set paging
+        resumes from its last ``_id``. That is one extra small request per retrieval. A
+        projection excluding ``_id`` is sent with ``_id`` kept (paging needs it) and the
+        ``_id``s are removed from the result.
+
+        With ``sort``, pages are fetched with skip/limit in the requested order (``skip``
+        advances by the records actually received), like the official client.
 
         Args:
             filter_query: Filter to apply; None for all records.
@@ -386,86 +401,65 @@ class Client:
                 return records[:limit]
 
     def _keyset_pages(
-        self, filter_query: dict | None, projection: dict | None, *, page_size: int = 0
+        self,
+        filter_query: dict | None,
+        projection: dict | None,
+        *,
+        page_size: int = 0,
+        limit: int = 0,
     ) -> Iterator[list[dict]]:
-        """Pages in ``_id`` order, each request asking for ``_id`` after the last one seen."""
+        """Pages in ``_id`` order, each request asking for ``_id`` after the last one seen.
+
+        ``$gt`` only matches values of the same BSON type, so a key-set page that comes back
+        empty is followed by one skip page (``skip`` = records served, sorted by ``_id``): it
+        is empty when every record was served, and otherwise holds the records of the next
+        ``_id`` type (or of ids that do not survive the JSON round trip), from whose last
+        ``_id`` key-set paging resumes. Records of such a page already served (an insert
+        meanwhile shifted it) are dropped.
+        """
         projection, strip = _with_id(projection)
         last: Any = None
-        started = False
+        served_ids: list[Any] = []
+        seen: set[bytes] | None = None  # encoded served ids, built once a skip page has records
         while True:
-            condition = {"_id": {"$gt": last}} if started else None
-            page = self._find_records(
-                _and(filter_query, condition), projection, _ID_SORT, page_size, 0
-            )
+            remaining = limit - len(served_ids) if limit else 0
+            size = min(page_size, remaining) if page_size and remaining else page_size or remaining
+            if not served_ids:
+                page = self._find_records(filter_query or {}, projection, _ID_SORT, size, 0)
+            else:
+                page = self._find_records(_after(filter_query, last), projection, _ID_SORT, size, 0)
+            if page:
+                last = page[-1]["_id"]
+            elif served_ids:
+                page = self._find_records(
+                    filter_query or {}, projection, _ID_SORT, size, len(served_ids)
+                )
+                if page:
+                    logger.debug("skip page after _id %r: %d records", last, len(page))
+                    last = page[-1]["_id"]  # resume after the whole page, duplicates included
+                    if seen is None:
+                        seen = {_wire.encode(i) for i in served_ids}
+                    page = [r for r in page if _wire.encode(r["_id"]) not in seen]
+                    if not page:
+                        return  # only records already served: the collection changed meanwhile
             if not page:
                 return
-            started = True
-            last = page[-1]["_id"]
+            served_ids.extend(record["_id"] for record in page)
+            if seen is not None:
+                seen.update(_wire.encode(record["_id"]) for record in page)
+            if limit and len(served_ids) >= limit:
+                page = page[: len(page) - (len(served_ids) - limit)]
+                yield _strip_ids(page) if strip else page
+                return
             yield _strip_ids(page) if strip else page
-
-    def _list_ids(self, filter_query: dict | None, limit: int) -> list[Any]:
-        """Every matching ``_id`` in ``_id`` order: skip/limit pages of ``_id``-only records
-        (tiny, so a whole collection's ids take one or two requests) over a total order of all
-        BSON types, so no id is missed whatever its type."""
-        ids: list[Any] = []
-        while True:
-            remaining = limit - len(ids) if limit else 0
-            page = self._find_records(filter_query or {}, _ID_ONLY, _ID_SORT, remaining, len(ids))
-            if not page:
-                return ids
-            ids.extend(record["_id"] for record in page)
-            if limit and len(ids) >= limit:
-                return ids[:limit]
-
-    def _fetch_ids(self, projection: dict | None, chunk: list[Any]) -> list[dict]:
-        """The records of ``chunk`` (``_id`` ``$in``: an index lookup on any server), asking
-        again for the ids still missing while the payload cap cuts pages short."""
-        wanted = list(chunk)
-        records: list[dict] = []
-        while wanted:
-            page = self._find_records({"_id": {"$in": wanted}}, projection, _ID_SORT, 0, 0)
-            if not page:
-                break  # the rest were deleted meanwhile
-            records.extend(page)
-            if len(page) == len(wanted):
-                break
-            got = {_wire.encode(record["_id"]) for record in page}
-            wanted = [i for i in wanted if _wire.encode(i) not in got]
-        return records
 
     def _keyset_records(
         self, filter_query: dict | None, projection: dict | None, limit: int
     ) -> list[dict]:
-        if limit and limit <= self.ids_per_request:
-            # A small limit: one or two key-set pages beat listing the ids first.
-            records: list[dict] = []
-            for page in self._keyset_pages(filter_query, projection, page_size=limit):
-                records.extend(page)
-                if len(records) >= limit:
-                    break
-            return records[:limit]
-
-        request_projection, strip = _with_id(projection)
-        ids = self._list_ids(filter_query, limit)
-        if not ids:
-            return []
-        size = self.ids_per_request
-        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-        records = []
-        for page in http.imap_bounded(
-            lambda chunk: self._fetch_ids(request_projection, chunk), chunks, self.max_workers
-        ):
+        records: list[dict] = []
+        for page in self._keyset_pages(filter_query, projection, limit=limit):
             records.extend(page)
-        if len(records) != len(ids):
-            # Records deleted meanwhile, or ids that do not survive a JSON round trip (an
-            # ObjectId rendered as a string): read again in one skip/limit pass in _id order.
-            logger.info(
-                "fetched %d of %d listed records; reading again with skip/limit",
-                len(records),
-                len(ids),
-            )
-            return self._skip_limit_records(filter_query, projection, _ID_SORT, limit)
-        return _strip_ids(records) if strip else records
+        return records
 
     def aggregate_docdb_records(self, pipeline: list[dict]) -> list[dict]:
         """Run a read-only aggregation pipeline (``POST .../aggregate``, unsigned).

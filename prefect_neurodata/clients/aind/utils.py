@@ -159,7 +159,9 @@ def paginate_docdb(
     Pages are requested by ``_id`` keyset (each request asks for ``_id`` greater than the last
     one seen), so the server never re-scans skipped records and a record inserted or deleted
     meanwhile cannot shift others between pages. A page may hold fewer than ``page_size``
-    records when the server's payload cap cuts it short; iteration ends at the first empty page.
+    records when the server's payload cap cuts it short. When a keyset page comes back empty,
+    one skip page confirms the end (it finds ``_id``s of another BSON type, which ``$gt`` never
+    matches); iteration ends when that page is empty too.
 
     Args:
         docdb_api_client: The client to query.
