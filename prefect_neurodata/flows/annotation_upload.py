@@ -77,6 +77,7 @@ from prefect.artifacts import (
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from prefect_neurodata.clients.http import dumps
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import in_flow_run, publish_table
 from prefect_neurodata.tasks import _storage as storage
 from prefect_neurodata.tasks.cave import (
@@ -203,7 +204,7 @@ class AnnotationUploadSummary(BaseModel):
     id_map: str | None = Field(description="CSV of source row -> id (or old id -> new id).")
 
 
-class AnnotationValidationError(ValueError):
+class AnnotationValidationError(ValueError, NeurodataError):
     """The input has problems; nothing was written. ``problems`` lists every one."""
 
     def __init__(self, message: str, problems: list[UploadProblem]) -> None:

@@ -50,6 +50,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.clients.http import dumps, loads
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import in_flow_run, publish_table
 from prefect_neurodata.tasks import _storage as storage
 from prefect_neurodata.tasks.cave import (
@@ -143,7 +144,7 @@ class SnapshotSummary(BaseModel):
     tables: list[TableSnapshot]
 
 
-class SnapshotVerificationError(RuntimeError):
+class SnapshotVerificationError(RuntimeError, NeurodataError):
     """A table's written row count differs from the server's count."""
 
 

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
 from prefect_neurodata.tasks._common import (
     bucket_problem,
@@ -110,7 +111,7 @@ class RegistrationSummary(BaseModel):
     rows: list[RegistrationRow]
 
 
-class RegistrationFailed(RuntimeError):
+class RegistrationFailed(RuntimeError, NeurodataError):
     """Some assets could not be registered (non-transient errors, e.g. rejected metadata)."""
 
 

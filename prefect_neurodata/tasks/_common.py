@@ -13,6 +13,7 @@ from prefect_aws import AwsCredentials
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.blocks.rds import RdsCredentials
 from prefect_neurodata.clients.http import is_transient
+from prefect_neurodata.errors import NeurodataError
 
 T = TypeVar("T")
 
@@ -23,7 +24,7 @@ TASK_RETRY_DELAYS = [1.0, 2.0, 5.0, 10.0]
 """Seconds before each task retry (items already done are skipped on the retry)."""
 
 
-class TransientBatchError(RuntimeError):
+class TransientBatchError(RuntimeError, NeurodataError):
     """Some items of a batch hit transient failures that item-level retries did not outlast.
 
     The items that did land are reported in the message; a task retry re-checks every item

@@ -53,7 +53,8 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
-from prefect_neurodata.clients.http import HttpClient, ServiceError, dumps, loads
+from prefect_neurodata.clients.http import ServiceError, dumps, loads
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks import _storage as storage
 from prefect_neurodata.tasks._common import TASK_RETRIES, TASK_RETRY_DELAYS, transient_only
 
@@ -78,15 +79,15 @@ _LIVE = {**_RETRYING, "cache_policy": NONE}
 _FROZEN = {**_RETRYING, "cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
 
 
-class CaveInputError(ValueError):
+class CaveInputError(ValueError, NeurodataError):
     """A request names something CAVE does not have (datastack, version, table, schema)."""
 
 
-class CavePermissionError(PermissionError):
+class CavePermissionError(PermissionError, NeurodataError):
     """The token lacks a permission the work needs (checked before any write)."""
 
 
-class ChunkReconcileError(RuntimeError):
+class ChunkReconcileError(RuntimeError, NeurodataError):
     """A chunk whose answer was lost cannot be proven landed or not landed.
 
     Raised instead of resending, so nothing is ever written twice; the message says what was
@@ -184,15 +185,6 @@ def _json_safe(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ access checks
-def _auth_get(client: Any, path: str) -> Any:
-    """GET an auth-service path with the client's token (never logged)."""
-    http = HttpClient(base_headers=client.auth.request_header, timeout=(10.0, 60.0))
-    try:
-        return HttpClient.json(http.request("GET", f"{client.auth.server_address}{path}"))
-    finally:
-        http.close()
-
-
 @task(name="check-cave-access", tags=["cave"], **_LIVE)
 def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
     """Check that the datastack exists and the block's token holds ``permission`` on it.
@@ -224,13 +216,13 @@ def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> d
             ) from None
         raise
     try:
-        dataset = _auth_get(client, f"/auth/api/v1/service/datastack/table/{datastack}/dataset")
+        dataset = client.auth.get_table_dataset(datastack)
     except ServiceError as exc:
         if exc.status_code != 404:
             raise
         dataset = datastack
     try:
-        me = _auth_get(client, "/auth/api/v1/user/cache")
+        me = client.auth.get_user_cache()
     except ServiceError as exc:
         if exc.status_code in (401, 403):
             raise CavePermissionError(

@@ -31,10 +31,12 @@ import jsonschema
 import numpy as np
 import pandas as pd
 
+from prefect_neurodata.errors import NeurodataError
+
 SPATIAL_POINT_CLASSES = ("SpatialPoint", "BoundSpatialPoint")
 
 
-class AnnotationValidationError(jsonschema.ValidationError, ValueError):
+class AnnotationValidationError(jsonschema.ValidationError, ValueError, NeurodataError):
     """A staged annotation does not match the schema.
 
     It is both a `jsonschema.ValidationError` (what the seed raises) and a `ValueError`.
