@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
-from prefect_neurodata.tasks._common import chunks, load_docdb
+from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
-from prefect_neurodata.tasks._common import (
+from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
     prefix_problem,
@@ -269,6 +269,6 @@ def register_assets(
 
 def _nested_aws(docdb_block: str) -> Any:
     """The DocDB block's own AWS credentials (loaded once in the flow, passed as a block)."""
-    from prefect_neurodata.tasks._common import load_docdb
+    from prefect_neurodata.tasks.common import load_docdb
 
     return load_docdb(docdb_block).aws_credentials

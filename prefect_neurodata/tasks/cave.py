@@ -9,8 +9,8 @@ crosses a task boundary as a parameter or result: results are small, secret-free
 Parquet by the task that fetched it.
 
 Retries: the HTTP core already retries transient failures of idempotent requests; the task
-level adds retries (`TASK_RETRIES`) for transient errors only (`transient_only`), so a schema
-error, an unknown table or a missing permission fails at once.
+level retries a batch the core gave up on, for transient errors only (`retries.task_options`),
+so a schema error, an unknown table or a missing permission fails at once.
 
 Caching: reads of a *frozen* materialization version (tables, row counts, partition plans)
 use ``INPUTS + TASK_SOURCE``: a version never changes, so a rerun reuses them. Everything else,
@@ -48,7 +48,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, NONE, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.context import FlowRunContext, TaskRunContext
 
 from prefect_neurodata.blocks.cave import CaveCredentials
@@ -56,7 +56,7 @@ from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  
 from prefect_neurodata.clients.http import ServiceError, dumps, loads
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks import _storage as storage
-from prefect_neurodata.tasks._common import TASK_RETRIES, TASK_RETRY_DELAYS, transient_only
+from prefect_neurodata.tasks.retries import task_options
 
 # (The client package loads its modules, and pandas, lazily; the import of ``frameworkclient``
 # above pays that one-off cost at import instead of inside the first task of a run.)
@@ -69,14 +69,8 @@ MAX_CHUNK = 10_000
 DEFAULT_ROWS_PER_PART = 100_000
 """Rows per snapshot partition task: well under the server's 200,000-row limit."""
 
-_RETRYING: dict[str, Any] = {
-    "retries": TASK_RETRIES,
-    "retry_delay_seconds": TASK_RETRY_DELAYS,
-    "retry_jitter_factor": 0.3,
-    "retry_condition_fn": transient_only,
-}
-_LIVE = {**_RETRYING, "cache_policy": NONE}
-_FROZEN = {**_RETRYING, "cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+_FROZEN_READ: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+"""Task options of reads of immutable data (a frozen materialization version)."""
 
 
 class CaveInputError(ValueError, NeurodataError):
@@ -185,7 +179,7 @@ def _json_safe(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ access checks
-@task(name="check-cave-access", tags=["cave"], **_LIVE)
+@task(name="check-cave-access", **task_options(tags=["cave"]))
 def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
     """Check that the datastack exists and the block's token holds ``permission`` on it.
 
@@ -275,7 +269,7 @@ def table_permission_problem(
 
 
 # ------------------------------------------------------------------------------ materialization
-@task(name="resolve-materialization-version", tags=["cave"], **_LIVE)
+@task(name="resolve-materialization-version", **task_options(tags=["cave"]))
 def resolve_materialization_version(
     cave: Cave, datastack: str, version: int | None = None
 ) -> dict[str, Any]:
@@ -318,7 +312,7 @@ def resolve_materialization_version(
     return _json_safe(meta)
 
 
-@task(name="list-version-tables", tags=["cave"], **_FROZEN)
+@task(name="list-version-tables", **task_options(tags=["cave"], **_FROZEN_READ))
 def list_version_tables(
     cave: Cave, datastack: str, version: int, version_timestamp: str | None = None
 ) -> list[dict[str, Any]]:
@@ -344,7 +338,7 @@ def list_version_tables(
     return sorted(out, key=lambda m: m["table_name"])
 
 
-@task(name="count-version-rows", tags=["cave"], **_FROZEN)
+@task(name="count-version-rows", **task_options(tags=["cave"], **_FROZEN_READ))
 def count_version_rows(
     cave: Cave, datastack: str, version: int, table: str, version_timestamp: str | None = None
 ) -> int:
@@ -365,7 +359,7 @@ def _count_from(client: Any, table: str, version: int, lo: int) -> int:
     return int(frame["count"].iloc[0])
 
 
-@task(name="plan-table-partitions", tags=["cave"], **_FROZEN)
+@task(name="plan-table-partitions", **task_options(tags=["cave"], **_FROZEN_READ))
 def plan_table_partitions(
     cave: Cave,
     datastack: str,
@@ -402,7 +396,7 @@ def plan_table_partitions(
     return [[bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
-@task(name="snapshot-table-part", tags=["cave"], **_LIVE)
+@task(name="snapshot-table-part", **task_options(tags=["cave"]))
 def snapshot_table_part(
     cave: Cave,
     datastack: str,
@@ -479,7 +473,7 @@ def snapshot_table_part(
 
 
 # ------------------------------------------------------------------------------ annotations
-@task(name="get-annotation-table", tags=["cave"], **_LIVE)
+@task(name="get-annotation-table", **task_options(tags=["cave"]))
 def get_annotation_table(cave: Cave, datastack: str, table: str) -> dict[str, Any] | None:
     """Live metadata of an annotation table, or None when the table does not exist."""
     client = _client(cave, datastack)
@@ -491,7 +485,7 @@ def get_annotation_table(cave: Cave, datastack: str, table: str) -> dict[str, An
         raise
 
 
-@task(name="get-annotation-schema", tags=["cave"], **_LIVE)
+@task(name="get-annotation-schema", **task_options(tags=["cave"]))
 def get_annotation_schema(cave: Cave, schema_type: str) -> dict[str, Any]:
     """The JSON Schema of an annotation schema type from the schema service.
 
@@ -511,13 +505,13 @@ def get_annotation_schema(cave: Cave, schema_type: str) -> dict[str, Any]:
         raise
 
 
-@task(name="count-annotations", tags=["cave"], **_LIVE)
+@task(name="count-annotations", **task_options(tags=["cave"]))
 def count_annotations(cave: Cave, datastack: str, table: str) -> int:
     """Live row count of an annotation table (all rows ever inserted, including deleted)."""
     return int(_client(cave, datastack).annotation.get_annotation_count(table))
 
 
-@task(name="create-annotation-table", tags=["cave", "write"], **_LIVE)
+@task(name="create-annotation-table", **task_options(tags=["cave", "write"]))
 def create_annotation_table(
     cave: Cave,
     datastack: str,
@@ -708,7 +702,7 @@ def _send(ann: Any, table: str, mode: str, records: list[Any]) -> Any:
     return ann.delete_annotation(table, records)
 
 
-@task(name="upload-annotation-chunk", tags=["cave", "write"], **_LIVE)
+@task(name="upload-annotation-chunk", **task_options(tags=["cave", "write"]))
 def upload_annotation_chunk(
     cave: Cave,
     datastack: str,
@@ -804,7 +798,7 @@ def upload_annotation_chunk(
 
 
 # ------------------------------------------------------------------------------ chunkedgraph
-@task(name="get-roots", tags=["cave"], **_LIVE)
+@task(name="get-roots", **task_options(tags=["cave"]))
 def get_roots(
     cave: Cave,
     datastack: str,
@@ -816,14 +810,14 @@ def get_roots(
     return [int(x) for x in client.chunkedgraph.get_roots(supervoxel_ids, timestamp=timestamp)]
 
 
-@task(name="get-latest-roots", tags=["cave"], **_LIVE)
+@task(name="get-latest-roots", **task_options(tags=["cave"]))
 def get_latest_roots(cave: Cave, datastack: str, root_id: int) -> list[int]:
     """The current root ids that descend from ``root_id`` (after merges and splits)."""
     client = _client(cave, datastack)
     return [int(x) for x in client.chunkedgraph.get_latest_roots(root_id)]
 
 
-@task(name="is-latest-roots", tags=["cave"], **_LIVE)
+@task(name="is-latest-roots", **task_options(tags=["cave"]))
 def is_latest_roots(
     cave: Cave, datastack: str, root_ids: list[int], timestamp: dt.datetime | None = None
 ) -> list[bool]:
