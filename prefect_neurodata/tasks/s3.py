@@ -161,6 +161,9 @@ def put_bytes(s3: Any, bucket: str, key: str, data: bytes) -> None:
 def missing_files(s3: Any, bucket: str, prefix: str, required: Sequence[str]) -> list[str] | None:
     """Which of ``required`` files are missing in a folder; None if the folder does not exist.
 
+    Raises:
+        UnknownBucketError: The bucket does not exist (a typo must not read as "no folder").
+
     Uses one HEAD request per required file (cheap on S3 and its stand-ins); only when some are
     missing does it list the folder to tell "incomplete" from "absent".
     """
@@ -173,11 +176,12 @@ def missing_files(s3: Any, bucket: str, prefix: str, required: Sequence[str]) ->
             if code in ("404", "NoSuchKey", "NotFound"):
                 missing.append(name)
             elif code == "NoSuchBucket":
-                return None
+                raise UnknownBucketError(bucket) from exc
             else:
                 raise
     if missing or not required:
-        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
+        with naming_bucket(bucket):
+            page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
         if not page.get("KeyCount", len(page.get("Contents", []))):
             return None
     return missing
