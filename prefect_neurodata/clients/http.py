@@ -287,7 +287,7 @@ class HttpClient:
         json: Any = _MISSING,
         data: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
-        cookies: Mapping[str, str] | None = None,
+        cookies: dict[str, str] | None = None,
         auth: requests.auth.AuthBase | None = None,
         idempotent: bool | None = None,
         stream: bool = False,
@@ -349,7 +349,7 @@ class HttpClient:
                 )
             )
             settings = self.session.merge_environment_settings(
-                prepared.url, {}, stream, self.session.verify, None
+                prepared.url or url, {}, stream, self.session.verify, None
             )
             try:
                 response = self.session.send(

@@ -541,15 +541,15 @@ class Client:
         if len(pages) == 1:
             records = pages[0]
         else:
-            records, ids = [], set()
+            records, ids = [], set[bytes]()
             for page in pages:
                 for record in page:
                     marker = record.get("_id")
-                    key = _wire.encode(marker) if marker is not None else None
-                    if key is not None and key in ids:
+                    marker_key = _wire.encode(marker) if marker is not None else None
+                    if marker_key is not None and marker_key in ids:
                         continue
-                    if key is not None:
-                        ids.add(key)
+                    if marker_key is not None:
+                        ids.add(marker_key)
                     records.append(record)
         return _strip_ids(records) if strip else records
 
@@ -617,7 +617,7 @@ class Client:
     def upsert_list_of_docdb_records(
         self,
         records: list[dict],
-        max_payload_size: int = 5e6,
+        max_payload_size: float = 5e6,
         *,
         max_workers: int | None = None,
     ) -> list[requests.Response]:
@@ -766,8 +766,8 @@ def _first_failed(exc: BaseException, chunk_len: int) -> int:
     errors = body.get("writeErrors") if isinstance(body, dict) else None
     if not errors:
         return 0
-    indexes = [e.get("index") for e in errors if isinstance(e, dict)]
-    indexes = [i for i in indexes if isinstance(i, int) and 0 <= i < chunk_len]
+    found = [e.get("index") for e in errors if isinstance(e, dict)]
+    indexes = [i for i in found if isinstance(i, int) and 0 <= i < chunk_len]
     return min(indexes) if indexes else 0
 
 

@@ -41,10 +41,7 @@ from sqlalchemy.engine import URL, Engine, Result
 
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 
-try:  # Self is in typing from 3.11
-    from typing import Self
-except ImportError:  # pragma: no cover - Python 3.10
-    from typing_extensions import Self
+from typing_extensions import Self
 
 
 class RDSCredentials(CoreCredentials):
@@ -113,7 +110,7 @@ class _MaterialisedResult:
 
     def fetchall(self) -> list[sa.Row]:
         """All remaining rows."""
-        return self._rows().fetchall()
+        return list(self._rows().fetchall())
 
     def fetchone(self) -> sa.Row | None:
         """The next row, or None."""
@@ -121,11 +118,11 @@ class _MaterialisedResult:
 
     def fetchmany(self, size: int | None = None) -> list[sa.Row]:
         """Up to ``size`` rows."""
-        return self._rows().fetchmany(size)
+        return list(self._rows().fetchmany(size))
 
     def all(self) -> list[sa.Row]:
         """All remaining rows."""
-        return self._rows().all()
+        return list(self._rows().all())
 
     def first(self) -> sa.Row | None:
         """The first row, or None."""

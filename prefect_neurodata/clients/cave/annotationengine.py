@@ -521,6 +521,7 @@ class AnnotationClientV2(ClientBase):
         batches = _batches(total, batch_size)
 
         def body(rows: range) -> bytes:
+            part: Sequence[Any]
             if isinstance(records, _FrameRows):
                 part = records.records(rows)
             else:

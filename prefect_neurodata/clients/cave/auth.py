@@ -372,10 +372,9 @@ class AuthClient:
         Raises:
             ValueError: An id is not an integer.
         """
-        if isinstance(user_ids, (int, str)):
-            user_ids = [user_ids]  # type: ignore[list-item]
+        values: Iterable[Any] = [user_ids] if isinstance(user_ids, (int, str)) else user_ids
         ids = []
-        for value in user_ids:
+        for value in values:
             try:
                 ids.append(str(int(value)))
             except (TypeError, ValueError):

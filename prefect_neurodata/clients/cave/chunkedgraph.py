@@ -797,7 +797,7 @@ class ChunkedGraphClientV1(ClientBase):
             timestamp = timestamp.replace(tzinfo=_UTC)
         root_ts = self._root_timestamp_bound(ids, use_max=False)
         if root_ts <= timestamp:
-            graph = self.get_lineage_graph(
+            graph: nx.DiGraph = self.get_lineage_graph(
                 ids,
                 timestamp_past=root_ts,
                 timestamp_future=timestamp,
@@ -824,7 +824,7 @@ class ChunkedGraphClientV1(ClientBase):
         """Get the earliest ancestors of a root (in-degree-0 nodes of its lineage graph)."""
         ids = root_id_int_list_check(root_id, make_unique=True)
         root_ts = self._root_timestamp_bound(ids, use_max=True)
-        graph = self.get_lineage_graph(
+        graph: nx.DiGraph = self.get_lineage_graph(
             ids, timestamp_past=timestamp_past, timestamp_future=root_ts, as_nx_graph=True
         )
         nodes = [n for n, d in graph.in_degree() if d == 0]
