@@ -13,11 +13,26 @@ Example:
     ```
 """
 
-from prefect_neurodata.testing.sandbox import (
-    FaultInjection,
-    NeurodataSandbox,
-    SandboxConfig,
-    SandboxExtraMissing,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect_neurodata.testing.sandbox import (
+        FaultInjection,
+        NeurodataSandbox,
+        SandboxConfig,
+        SandboxExtraMissing,
+    )
 
 __all__ = ["FaultInjection", "NeurodataSandbox", "SandboxConfig", "SandboxExtraMissing"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: pytest imports this package for the plugin in every suite, most of which never
+    # touch the sandbox and should not pay for importing it.
+    if name in __all__:
+        from prefect_neurodata.testing import sandbox
+
+        return getattr(sandbox, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -104,6 +104,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(f"neurodata_{name}", help_text, default=None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Check ``--neurodata-*`` / ``neurodata_*`` values at start-up (a usage error, not a test
+    error); suites that set none of them import nothing here."""
+    if any(_raw_option(config, name)[0] not in (None, "") for name, _k, _h in OPTIONS):
+        config_from_options(config)
+
+
+def _raw_option(config: pytest.Config, name: str) -> tuple[Any, str]:
+    raw = config.getoption(f"neurodata_{name}")
+    if raw is not None:
+        return raw, f"--neurodata-{name}"
+    return config.getini(f"neurodata_{name}"), f"ini option neurodata_{name}"
+
+
 def config_from_options(pytestconfig: pytest.Config, **overrides: Any) -> SandboxConfig:
     """The :class:`~.sandbox.SandboxConfig` from command-line and ini options.
 
@@ -121,11 +135,7 @@ def config_from_options(pytestconfig: pytest.Config, **overrides: Any) -> Sandbo
 
     values: dict[str, Any] = {}
     for name, kind, _help in OPTIONS:
-        raw = pytestconfig.getoption(f"neurodata_{name}")
-        source = f"--neurodata-{name}"
-        if raw is None:
-            raw = pytestconfig.getini(f"neurodata_{name}")
-            source = f"ini option neurodata_{name}"
+        raw, source = _raw_option(pytestconfig, name)
         if raw in (None, ""):
             continue
         try:
@@ -152,10 +162,8 @@ def neurodata_sandbox(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[NeurodataSandbox]:
     """The session's sandbox; parts start when first needed and stop at the session's end."""
-    try:
-        from prefect_neurodata.testing.sandbox import NeurodataSandbox, SandboxError
-    except ImportError as exc:  # pragma: no cover - the package itself is broken
-        pytest.fail(f"prefect_neurodata.testing could not be imported: {exc}", pytrace=False)
+    from prefect_neurodata.testing.sandbox import NeurodataSandbox, SandboxError
+
     handle = NeurodataSandbox(neurodata_sandbox_config, tmp_path_factory.mktemp("neurodata"))
     request.config.stash[_SANDBOX_KEY] = handle
     try:

@@ -66,7 +66,7 @@ CaveRole = Literal["user", "viewer", "admin"]
 #: Modules of the ``sandbox`` extra each part needs, by import name.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "cave": ("uvicorn",),
-    "aind": ("uvicorn", "moto", "secantusdb"),
+    "aind": ("uvicorn", "moto", "secantus"),
 }
 _PART_SERVICES: dict[str, tuple[str, ...]] = {
     "cave": ("cave",),
