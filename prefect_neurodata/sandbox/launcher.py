@@ -159,15 +159,10 @@ def _random_key(n: int, alphabet: str) -> str:
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:
-    """Parse a ``KEY=VALUE`` env file (blank lines and ``#`` comments ignored)."""
-    env: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        env[key.strip()] = value.strip()
-    return env
+    """Parse a ``KEY=VALUE`` env file with python-dotenv (comments, quotes, ``export``)."""
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def cave_available() -> bool:
