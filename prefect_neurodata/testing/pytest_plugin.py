@@ -223,25 +223,26 @@ def neurodata_docdb_client(neurodata_sandbox: NeurodataSandbox) -> Any:
 @pytest.fixture
 def neurodata_cave_block(neurodata_sandbox: NeurodataSandbox) -> str:
     """Name of a saved ``CaveCredentials`` block on the sandbox (needs a Prefect API)."""
-    _part(neurodata_sandbox, "cave")
-    neurodata_sandbox.cave_block().save(CAVE_BLOCK_NAME, overwrite=True)
-    return CAVE_BLOCK_NAME
+    return _saved(neurodata_sandbox, "cave", "cave_block", CAVE_BLOCK_NAME)
 
 
 @pytest.fixture
 def neurodata_docdb_block(neurodata_sandbox: NeurodataSandbox) -> str:
     """Name of a saved ``DocDbApiCredentials`` block on the sandbox (needs a Prefect API)."""
-    _part(neurodata_sandbox, "aind")
-    neurodata_sandbox.docdb_block().save(DOCDB_BLOCK_NAME, overwrite=True)
-    return DOCDB_BLOCK_NAME
+    return _saved(neurodata_sandbox, "aind", "docdb_block", DOCDB_BLOCK_NAME)
 
 
 @pytest.fixture
 def neurodata_aws_credentials_block(neurodata_sandbox: NeurodataSandbox) -> str:
     """Name of a saved prefect-aws ``AwsCredentials`` block for the moto stand-in."""
-    _part(neurodata_sandbox, "aind")
-    neurodata_sandbox.aws_credentials().save(AWS_BLOCK_NAME, overwrite=True)
-    return AWS_BLOCK_NAME
+    return _saved(neurodata_sandbox, "aind", "aws_credentials", AWS_BLOCK_NAME)
+
+
+def _saved(sandbox: NeurodataSandbox, part: str, build: str, name: str) -> str:
+    """Save the block ``sandbox.<build>()`` under ``name`` (overwriting); returns the name."""
+    _part(sandbox, part)
+    getattr(sandbox, build)().save(name, overwrite=True)
+    return name
 
 
 @pytest.fixture

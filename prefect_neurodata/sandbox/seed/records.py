@@ -485,19 +485,9 @@ class RecordGenerator:
         parent: tuple[str, AssetPlan, str] | None,
         force_bucket: bool,
     ) -> dict[str, Any]:
-        (
-            abbr,
-            pname,
-            modalities,
-            sid,
-            raw_name,
-            derived,
-            proc_type,
-            pipeline,
-            name,
-            created_dt,
-            modified_dt,
-        ) = self._identity(plan, rng, parent, short_name_share=None)
+        ident = self._identity(plan, rng, parent, short_name_share=None)
+        abbr, pname, modalities, sid, raw_name, derived = ident[:6]
+        proc_type, pipeline, name, created_dt, modified_dt = ident[6:]
         old_style = created_dt.year < 2024 and rng.random() < 0.7
         fmt = _iso_naive if old_style else _iso_z
         has_subject = rng.random() < 0.95
@@ -908,19 +898,9 @@ class RecordGenerator:
         parent: tuple[str, AssetPlan, str] | None,
         force_bucket: bool,
     ) -> dict[str, Any]:
-        (
-            abbr,
-            pname,
-            modalities,
-            sid,
-            raw_name,
-            derived,
-            proc_type,
-            pipeline,
-            name,
-            created_dt,
-            modified_dt,
-        ) = self._identity(plan, rng, parent, short_name_share=0.3)
+        ident = self._identity(plan, rng, parent, short_name_share=0.3)
+        abbr, pname, modalities, sid, raw_name, derived = ident[:6]
+        proc_type, pipeline, name, created_dt, modified_dt = ident[6:]
         experimenters = [rng.choice(PEOPLE) for _ in range(rng.randint(1, 2))]
         dob = datetime(2021, 6, 1) + timedelta(days=rng.randint(0, 1500))
         subject = {
