@@ -68,6 +68,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 from prefect import flow, get_run_logger
+from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from prefect_neurodata.clients.cave.annotation_rows import (
@@ -278,7 +279,7 @@ class Source:
                 yield start, [dict(r) for r in (self.records or [])[start : start + size]]
 
 
-def load_source(request: AnnotationUploadRequest) -> Source:
+def load_source(request: AnnotationUploadRequest, aws: AwsCredentials | None = None) -> Source:
     """Read the source (file or records) and hash its content.
 
     Raises:
@@ -289,9 +290,9 @@ def load_source(request: AnnotationUploadRequest) -> Source:
         return Source(name="records", sha256=digest, records=list(request.records))
     assert request.source is not None
     uri = request.source
-    if not storage.exists(uri):
+    if not storage.exists(uri, aws):
         raise CaveInputError(f"source {uri!r} does not exist")
-    data = storage.read_bytes(uri)
+    data = storage.read_bytes(uri, aws)
     digest = hashlib.sha256(data).hexdigest()
     try:
         if _format_of(uri) == "parquet":
@@ -358,7 +359,9 @@ def ledger_dir_for(
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
 
 
-def write_id_map(ledger: str, mode: str, entries: Sequence[ChunkEntry]) -> tuple[str, list]:
+def write_id_map(
+    ledger: str, mode: str, entries: Sequence[ChunkEntry], aws: AwsCredentials | None = None
+) -> tuple[str, list]:
     """Write the whole id mapping as CSV next to the ledger; return its URI and the rows."""
     rows: list[dict[str, Any]] = []
     for entry in sorted(entries, key=lambda e: e.chunk):
@@ -377,7 +380,7 @@ def write_id_map(ledger: str, mode: str, entries: Sequence[ChunkEntry]) -> tuple
         writer.writeheader()
         writer.writerows(rows)
     uri = storage.join(ledger, "id_map.csv")
-    storage.write_bytes_atomic(uri, out.getvalue().encode())
+    storage.write_bytes_atomic(uri, out.getvalue().encode(), aws)
     return uri, rows
 
 
@@ -477,6 +480,7 @@ def check_ids_usable(
     target: Target,
     cave_block: str,
     ledger: str,
+    aws: AwsCredentials | None = None,
 ) -> None:
     """Update/delete: every id of a chunk not started yet exists and is current.
 
@@ -490,7 +494,7 @@ def check_ids_usable(
         return
     rows_of: dict[int, int] = {}
     for index, (start, rows) in enumerate(source.batches(request.chunk_size)):
-        if read_entry(ledger, index) is not None:
+        if read_entry(ledger, index, aws) is not None:
             continue
         for offset, record in enumerate(records_of(rows, target.fields, source.from_csv)):
             rows_of[int(record["id"])] = start + offset + 1
@@ -543,16 +547,18 @@ def upload_chunks(
     target: Target,
     cave_block: str,
     ledger: str,
+    aws_block: str | None = None,
 ) -> ChunkOutcome:
     """Send every chunk the ledger does not have ``done``, one task per chunk, in order."""
     logger = get_run_logger()
+    aws = storage.load_aws(aws_block)
     chunks = math.ceil(source.num_rows / request.chunk_size)
     progress = Progress(f"{ARTIFACT_KEY}-progress", chunks, "chunks done")
     outcome = ChunkOutcome()
     id_hint: int | None = None
     for index, (start, rows) in enumerate(source.batches(request.chunk_size)):
         span = f"rows {start + 1}-{start + len(rows)}"
-        entry = read_entry(ledger, index)
+        entry = read_entry(ledger, index, aws)
         if entry is not None and entry.done:
             logger.info(
                 "chunk %d/%d (%s) already done by flow run %s", index + 1, chunks, span,
@@ -565,7 +571,7 @@ def upload_chunks(
             name = f"{request.mode} chunk {index + 1}/{chunks} ({span})"
             entry = upload_annotation_chunk.with_options(task_run_name=name)(
                 cave_block, target.datastack, target.table, request.mode, payload, ledger,
-                index, start + 1, id_hint,
+                index, start + 1, id_hint, aws_block,
             )  # fmt: skip
             logger.info("chunk %d/%d (%s) sent by this run", index + 1, chunks, span)
             outcome.sent += 1
@@ -584,9 +590,10 @@ def report_upload(
     ledger: str,
     outcome: ChunkOutcome,
     table_created: bool,
+    aws: AwsCredentials | None = None,
 ) -> AnnotationUploadSummary:
     """Write the id map, publish what a person needs to see, and return the summary."""
-    id_map_uri, id_rows = write_id_map(ledger, request.mode, outcome.entries)
+    id_map_uri, id_rows = write_id_map(ledger, request.mode, outcome.entries, aws)
     summary = AnnotationUploadSummary(
         datastack=target.datastack,
         table=target.table,
@@ -671,6 +678,7 @@ def _run_name() -> str:
 def upload_annotations(
     request: AnnotationUploadRequest,
     cave_block: str = DEFAULT_CAVE_BLOCK,
+    aws_block: str | None = None,
 ) -> AnnotationUploadSummary:
     """Validate every row, then upload in chunks of at most 10,000, exactly once.
 
@@ -681,6 +689,8 @@ def upload_annotations(
     Args:
         request: Table, mode, source (file/URI or records), table definition and chunk size.
         cave_block: Name of the saved `CaveCredentials` block.
+        aws_block: Name of a saved prefect-aws `AwsCredentials` block for ``s3://`` sources
+            and ledgers; None uses the AWS environment (keys, profile, ``AWS_ENDPOINT_URL``).
 
     Returns:
         Counts, the ledger location and the id-mapping file.
@@ -701,8 +711,9 @@ def upload_annotations(
         raise CaveInputError("no datastack given and the CAVE block names none")
 
     # validate: everything that needs no claim, before the first write
+    aws = storage.load_aws(aws_block)
     target = check_target(request, cave_block, datastack)
-    source = load_source(request)
+    source = load_source(request, aws)
     if source.num_rows == 0:
         raise CaveInputError(f"source {source.name!r} has no rows")
     check_source(request, source, target)
@@ -711,7 +722,7 @@ def upload_annotations(
     key, ledger = ledger_dir_for(request, source, datastack)
     chunks = math.ceil(source.num_rows / request.chunk_size)
     with exclusive("cave-annotations", datastack, request.table):
-        check_ids_usable(request, source, target, cave_block, ledger)
+        check_ids_usable(request, source, target, cave_block, ledger, aws)
         logger.info(
             "%d rows valid; %s in %d chunk(s); ledger %s",
             source.num_rows, request.mode, chunks, ledger,
@@ -724,7 +735,8 @@ def upload_annotations(
                 table=request.table, mode=request.mode, chunk_size=request.chunk_size,
                 rows=source.num_rows, chunks=chunks,
             ),
+            aws,
         )  # fmt: skip
-        outcome = upload_chunks(request, source, target, cave_block, ledger)
+        outcome = upload_chunks(request, source, target, cave_block, ledger, aws_block)
         # report (the id map is written under the claim: it reads the ledger)
-        return report_upload(request, source, target, ledger, outcome, table_created)
+        return report_upload(request, source, target, ledger, outcome, table_created, aws)

@@ -46,6 +46,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.clients.http import dumps, loads
@@ -152,29 +153,29 @@ def snapshot_root(destination: str, datastack: str, version: int) -> str:
     return storage.join(destination, datastack, f"v{version}")
 
 
-def read_manifest(root: str) -> dict[str, Any] | None:
+def read_manifest(root: str, aws: AwsCredentials | None = None) -> dict[str, Any] | None:
     """The manifest under ``root``, or None."""
     uri = storage.join(root, MANIFEST_NAME)
-    if not storage.exists(uri):
+    if not storage.exists(uri, aws):
         return None
-    return loads(storage.read_bytes(uri))
+    return loads(storage.read_bytes(uri, aws))
 
 
-def table_is_intact(root: str, entry: dict[str, Any]) -> bool:
+def table_is_intact(root: str, entry: dict[str, Any], aws: AwsCredentials | None = None) -> bool:
     """Whether every file of a manifest table entry exists with its recorded sha256."""
     for item in entry.get("files", []):
         uri = storage.join(root, item["path"])
-        if not storage.exists(uri) or storage.sha256_file(uri) != item["sha256"]:
+        if not storage.exists(uri, aws) or storage.sha256_file(uri, aws) != item["sha256"]:
             return False
     return True
 
 
-def _check_destination(destination: str) -> None:
+def _check_destination(destination: str, aws: AwsCredentials | None = None) -> None:
     """Fail before any write when the destination cannot be written."""
     import pyarrow.fs as pafs
 
     if storage.is_s3(destination):
-        fs, path = storage.resolve(destination)
+        fs, path = storage.resolve(destination, aws)
         bucket = path.split("/", 1)[0]
         info = fs.get_file_info(bucket)
         if info.type == pafs.FileType.NotFound:
@@ -186,18 +187,18 @@ def _check_destination(destination: str) -> None:
         raise CaveInputError(f"destination {destination!r} is a file, not a directory")
 
 
-def _schema_of(uri: str) -> list[dict[str, str]]:
+def _schema_of(uri: str, aws: AwsCredentials | None = None) -> list[dict[str, str]]:
     import pyarrow.parquet as pq
 
-    fs, path = storage.resolve(uri)
+    fs, path = storage.resolve(uri, aws)
     schema = pq.read_schema(path, filesystem=fs)
     return [{"name": f.name, "type": str(f.type)} for f in schema]
 
 
-def write_manifest(root: str, manifest: dict[str, Any]) -> str:
+def write_manifest(root: str, manifest: dict[str, Any], aws: AwsCredentials | None = None) -> str:
     """Write the manifest atomically; return its location."""
     uri = storage.join(root, MANIFEST_NAME)
-    storage.write_bytes_atomic(uri, dumps(manifest))
+    storage.write_bytes_atomic(uri, dumps(manifest), aws)
     return uri
 
 
@@ -222,12 +223,15 @@ def _run_name() -> str:
 def snapshot_materialization(
     request: SnapshotRequest,
     cave_block: str = DEFAULT_CAVE_BLOCK,
+    aws_block: str | None = None,
 ) -> SnapshotSummary:
     """Write a materialization version's tables to Parquet with a manifest.
 
     Args:
         request: Datastack, version, tables, destination and partition size.
         cave_block: Name of the saved `CaveCredentials` block.
+        aws_block: Name of a saved prefect-aws `AwsCredentials` block for an ``s3://``
+            destination; None uses the AWS environment (keys, profile, ``AWS_ENDPOINT_URL``).
 
     Returns:
         The summary: version, manifest location, and per table its status, rows and files.
@@ -242,7 +246,8 @@ def snapshot_materialization(
     if not datastack:
         raise CaveInputError("no datastack given and the CAVE block names none")
     # validate everything before the first write
-    vmeta, metas, wanted = check_request(request, cave_block, datastack)
+    aws = storage.load_aws(aws_block)
+    vmeta, metas, wanted = check_request(request, cave_block, datastack, aws)
     version = int(vmeta["version"])
     stamp = vmeta.get("time_stamp")
 
@@ -251,18 +256,18 @@ def snapshot_materialization(
     # destination write its files and manifest one after the other; the later ones skip the
     # tables the first one finished (checksums verified).
     with exclusive("cave-snapshot", datastack, f"v{version}", root):
-        manifest = new_manifest(root, datastack, version, vmeta, request, cave_block)
-        done, todo = plan_tables(root, manifest, wanted, request)
+        manifest = new_manifest(root, datastack, version, vmeta, request, cave_block, aws)
+        done, todo = plan_tables(root, manifest, wanted, request, aws)
         futures, expected, started = start_parts(
-            request, cave_block, datastack, version, stamp, root, todo
+            request, cave_block, datastack, version, stamp, root, todo, aws_block
         )
         written, problems = finish_tables(
-            root, manifest, metas, request, futures, expected, started, todo
+            root, manifest, metas, request, futures, expected, started, todo, aws
         )
         manifest["updated"] = (
             manifest.get("updated") or dt.datetime.now(dt.timezone.utc).isoformat()
         )
-        manifest_uri = write_manifest(root, manifest)
+        manifest_uri = write_manifest(root, manifest, aws)
     rows_out = sorted(done + written, key=lambda r: r.table)
     summary = SnapshotSummary(
         datastack=datastack,
@@ -281,7 +286,7 @@ def snapshot_materialization(
 
 
 def check_request(
-    request: SnapshotRequest, cave_block: str, datastack: str
+    request: SnapshotRequest, cave_block: str, datastack: str, aws: AwsCredentials | None = None
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
     """Version, tables, permissions and destination, checked before any write.
 
@@ -303,7 +308,7 @@ def check_request(
     denied = [p for t in wanted if (p := table_permission_problem(metas[t], access, "read"))]
     if denied:
         raise CavePermissionError("cannot read:\n  " + "\n  ".join(denied))
-    _check_destination(request.destination)
+    _check_destination(request.destination, aws)
     return vmeta, metas, wanted
 
 
@@ -314,9 +319,10 @@ def new_manifest(
     vmeta: dict[str, Any],
     request: SnapshotRequest,
     cave_block: str,
+    aws: AwsCredentials | None = None,
 ) -> dict[str, Any]:
     """The manifest to write: the one on disk for this version (its tables kept), refreshed."""
-    manifest = read_manifest(root) or {}
+    manifest = read_manifest(root, aws) or {}
     if manifest.get("version") != version or manifest.get("datastack") != datastack:
         manifest = {}
     return {
@@ -332,7 +338,11 @@ def new_manifest(
 
 
 def plan_tables(
-    root: str, manifest: dict[str, Any], wanted: list[str], request: SnapshotRequest
+    root: str,
+    manifest: dict[str, Any],
+    wanted: list[str],
+    request: SnapshotRequest,
+    aws: AwsCredentials | None = None,
 ) -> tuple[list[TableSnapshot], list[str]]:
     """``(skipped, todo)``: tables already in the manifest with intact files, and the rest."""
     logger = get_run_logger()
@@ -343,7 +353,7 @@ def plan_tables(
         if (
             entry
             and entry.get("desired_resolution") == request.desired_resolution
-            and table_is_intact(root, entry)
+            and table_is_intact(root, entry, aws)
         ):
             logger.info("%s: already snapshotted (checksums match); skipped", table)
             skipped.append(
@@ -370,6 +380,7 @@ def start_parts(
     stamp: str | None,
     root: str,
     todo: list[str],
+    aws_block: str | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, float]]:
     """Submit one task per id range of every table to write; ``(futures, expected, started)``."""
     storage.ensure_dir(root)
@@ -394,6 +405,7 @@ def start_parts(
                     id_range,
                     target,
                     request.desired_resolution,
+                    aws_block,
                 )
             )
     return futures, expected, started
@@ -413,6 +425,7 @@ def finish_tables(
     expected: dict[str, int],
     started: dict[str, float],
     todo: list[str],
+    aws: AwsCredentials | None = None,
 ) -> tuple[list[TableSnapshot], list[str]]:
     """Verify each table's row count, record it in the manifest (rewritten after each table)."""
     logger = get_run_logger()
@@ -432,7 +445,7 @@ def finish_tables(
             "voxel_resolution": metas[table].get("voxel_resolution"),
             "reference_table": metas[table].get("reference_table") or None,
             "desired_resolution": request.desired_resolution,
-            "arrow_schema": _schema_of(files[0]["path"]) if files else [],
+            "arrow_schema": _schema_of(files[0]["path"], aws) if files else [],
             "snapshotted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "files": [
                 {
@@ -446,7 +459,7 @@ def finish_tables(
             ],
         }
         manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat()
-        write_manifest(root, manifest)
+        write_manifest(root, manifest, aws)
         written.append(
             TableSnapshot(
                 table=table,

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect_aws import AwsCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_neurodata.clients.http import dumps, loads
@@ -116,33 +117,39 @@ def entry_uri(ledger_dir: str, chunk_index: int) -> str:
     return storage.join(ledger_dir, f"chunk-{chunk_index:06d}.json")
 
 
-def read_header(ledger_dir: str) -> LedgerHeader | None:
+def read_header(ledger_dir: str, aws: AwsCredentials | None = None) -> LedgerHeader | None:
     """The ledger's header, or None before the first run wrote it."""
     uri = header_uri(ledger_dir)
-    return (
-        LedgerHeader.model_validate(loads(storage.read_bytes(uri))) if storage.exists(uri) else None
-    )
+    if not storage.exists(uri, aws):
+        return None
+    return LedgerHeader.model_validate(loads(storage.read_bytes(uri, aws)))
 
 
-def write_header(ledger_dir: str, header: LedgerHeader) -> LedgerHeader:
+def write_header(
+    ledger_dir: str, header: LedgerHeader, aws: AwsCredentials | None = None
+) -> LedgerHeader:
     """Write the header unless one exists (the first run's header is kept); return the one kept."""
     storage.ensure_dir(ledger_dir)
-    existing = read_header(ledger_dir)
+    existing = read_header(ledger_dir, aws)
     if existing is not None:
         return existing
-    storage.write_bytes_atomic(header_uri(ledger_dir), dumps(header.model_dump()))
+    storage.write_bytes_atomic(header_uri(ledger_dir), dumps(header.model_dump()), aws)
     return header
 
 
-def read_entry(ledger_dir: str, chunk_index: int) -> ChunkEntry | None:
+def read_entry(
+    ledger_dir: str, chunk_index: int, aws: AwsCredentials | None = None
+) -> ChunkEntry | None:
     """The entry of a chunk, or None if the chunk was never started."""
     uri = entry_uri(ledger_dir, chunk_index)
-    if not storage.exists(uri):
+    if not storage.exists(uri, aws):
         return None
-    return ChunkEntry.model_validate(loads(storage.read_bytes(uri)))
+    return ChunkEntry.model_validate(loads(storage.read_bytes(uri, aws)))
 
 
-def write_entry(ledger_dir: str, entry: ChunkEntry | Mapping[str, Any]) -> ChunkEntry:
+def write_entry(
+    ledger_dir: str, entry: ChunkEntry | Mapping[str, Any], aws: AwsCredentials | None = None
+) -> ChunkEntry:
     """Write (replace) a chunk's entry atomically; return it as a `ChunkEntry`."""
     model = entry if isinstance(entry, ChunkEntry) else ChunkEntry.model_validate(dict(entry))
     if model.status == "pending" and model.started is None:
@@ -150,5 +157,5 @@ def write_entry(ledger_dir: str, entry: ChunkEntry | Mapping[str, Any]) -> Chunk
     if model.status == "done" and model.finished is None:
         model.finished = time.time()
     payload = model.model_dump(exclude_none=True)
-    storage.write_bytes_atomic(entry_uri(ledger_dir, model.chunk), dumps(payload))
+    storage.write_bytes_atomic(entry_uri(ledger_dir, model.chunk), dumps(payload), aws)
     return model

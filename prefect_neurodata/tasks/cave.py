@@ -412,6 +412,7 @@ def snapshot_table_part(
     id_range: Sequence[int | None],
     target: str,
     desired_resolution: Sequence[float] | None = None,
+    aws_block: str | None = None,
 ) -> dict[str, Any]:
     """Write the rows of one id range of a frozen table to one Parquet file.
 
@@ -429,6 +430,8 @@ def snapshot_table_part(
         id_range: ``[lo, hi)``; None for an open end.
         target: Local path or ``s3://`` URI of the Parquet file.
         desired_resolution: Resolution of positions (None: the table's own).
+        aws_block: Name of an `AwsCredentials` block for an ``s3://`` target (None: the AWS
+            environment).
 
     Returns:
         ``{"path", "rows", "sha256", "bytes", "id_range"}``; an empty range writes no file
@@ -470,7 +473,7 @@ def snapshot_table_part(
         writer = None
         size = scratch.stat().st_size
         digest = storage.sha256_local(scratch)
-        storage.publish_file(scratch, target)
+        storage.publish_file(scratch, target, storage.load_aws(aws_block))
         return {"path": target, "rows": rows, "sha256": digest, "bytes": size, "id_range": [lo, hi]}
     finally:
         if writer is not None:
@@ -736,6 +739,7 @@ def upload_annotation_chunk(
     chunk_index: int,
     first_row: int,
     id_hint: int | None = None,
+    aws_block: str | None = None,
 ) -> ChunkEntry:
     """Send one chunk (at most 10,000 rows) exactly once, recording it in the ledger.
 
@@ -758,6 +762,8 @@ def upload_annotation_chunk(
         chunk_index: Position of the chunk in the upload.
         first_row: Source row number of the chunk's first record (for reports).
         id_hint: First id the server is expected to assign (insert), if known.
+        aws_block: Name of an `AwsCredentials` block for an ``s3://`` ledger (None: the AWS
+            environment).
 
     Returns:
         The ``done`` `ChunkEntry`: ``ids`` (insert/delete) or ``id_map`` (update), ``resumed``
@@ -768,7 +774,8 @@ def upload_annotation_chunk(
     if not 0 < len(records) <= MAX_CHUNK:
         raise ValueError(f"a chunk holds 1 to {MAX_CHUNK} records, got {len(records)}")
     logger = get_run_logger()
-    entry = read_entry(ledger_dir, chunk_index)
+    aws = storage.load_aws(aws_block)
+    entry = read_entry(ledger_dir, chunk_index, aws)
     if entry is not None and entry.done:
         return entry
     ann = _client(cave, datastack).annotation
@@ -794,7 +801,7 @@ def upload_annotation_chunk(
             # is either all there or not at all.
             pending.count_before = int(ann.get_annotation_count(table))
             pending.id_hint = id_hint
-        write_entry(ledger_dir, pending)
+        write_entry(ledger_dir, pending, aws)
         result = _send(ann, table, mode, remaining)
         if mode == "update":
             landed = {**landed, **{str(k): int(v) for k, v in dict(result).items()}}
@@ -805,7 +812,7 @@ def upload_annotation_chunk(
         done.id_map = landed
     else:
         done.ids = landed
-    return write_entry(ledger_dir, done)
+    return write_entry(ledger_dir, done, aws)
 
 
 # ------------------------------------------------------------------------------ chunkedgraph
