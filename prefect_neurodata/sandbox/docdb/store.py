@@ -146,6 +146,16 @@ def _key(value: Any) -> bytes:
     return orjson.dumps(value, default=_default) if value else b""
 
 
+def _ids_only(projection: dict | None) -> bool:
+    """Whether ``projection`` keeps ``_id`` alone (``{"_id": 1}``): served from the id list."""
+    return (
+        projection is not None
+        and list(projection) == ["_id"]
+        and projection["_id"] in (1, True)
+        and not isinstance(projection["_id"], float)
+    )
+
+
 def _keeps_id(projection: dict | None) -> bool:
     return not projection or projection.get("_id", 1) not in (0, False)
 
@@ -818,7 +828,7 @@ class Store:
                 avg = (len(body) - 2) / count
                 with self._lock:
                     self._avg_size[(coll.full_name, _key(projection))] = avg
-                if short_pages:
+                if short_pages and not _ids_only(projection):
                     # The ids of the next page (skip += count, or _id beyond the last one).
                     k = min(int(cap / max(avg, 1.0) * 1.1) + 1, limit or _MAX_IN_BATCH)
                     if direction == 1:
@@ -892,6 +902,7 @@ class Store:
         avg = self._avg_size.get((coll.full_name, pk))
         pos = 0
         from_memory = 0
+        ids_only = _ids_only(projection)
 
         def done() -> tuple[bytes, int]:
             with id_list.lock:
@@ -913,9 +924,13 @@ class Store:
             n = 100 if avg is None else int((cap - size) / max(avg, 1.0) * 1.1) + 1
             chunk = wanted[pos : pos + max(1, min(n, _MAX_IN_BATCH))]
             pos += len(chunk)
-            with id_list.lock:
-                ready = id_list.cached(pk, chunk)
-            from_memory += len(ready)
+            if ids_only:
+                # What MongoDB answers for {"_id": 1}: the ids, which the list already holds.
+                ready = {i: dumps({"_id": i}) for i in chunk}
+            else:
+                with id_list.lock:
+                    ready = id_list.cached(pk, chunk)
+                from_memory += len(ready)
             missing = [i for i in chunk if i not in ready]
             if missing:
                 # Encoded as fetched (also the ones past this page's cap: kept for the next).
