@@ -363,7 +363,7 @@ def test_retrieve_without_sort_pages_by_keyset_with_short_pages():
     assert empty["filter"] == {"_id": {"$gt": by_id[-1]["_id"]}}
     assert probe == {"filter": {}, "sort": {"_id": 1}, "limit": 0, "skip": 157}
     # Each key-set page starts after the last _id of the previous page's records.
-    calls = list(responses.calls)
+    calls = [c for c in responses.calls if "/find" in c.request.url]  # (a count went along)
     for call, request in zip(calls[:-2], params[1:-1], strict=True):
         assert request["filter"] == {"_id": {"$gt": call.response.json()[-1]["_id"]}}
     assert query_keys(calls[0]) == ["limit", "skip", "filter", "sort"]
@@ -381,7 +381,8 @@ def test_retrieve_without_sort_with_filter_and_projection_strips_id():
     wanted = sorted((d for d in docs if d["name"] < "asset_00040"), key=lambda d: d["_id"])
     assert records == [{"name": d["name"]} for d in wanted]
     # _id kept on the wire for paging, stripped from the result.
-    assert {query(c)["projection"] for c in responses.calls} == {'{"name":1}'}
+    finds = [c for c in responses.calls if "/find" in c.request.url]  # (a count went along)
+    assert {query(c)["projection"] for c in finds} == {'{"name":1}'}
     params = fake.find_params
     assert params[0]["filter"] == flt
     assert len(params) > 3  # short pages at this cap
@@ -406,6 +407,31 @@ def test_retrieve_without_sort_filter_on_id_is_anded():
 
 
 @responses.activate
+def test_full_read_of_one_page_takes_one_round_trip():
+    docs = make_docs(30)
+    fake = FakeDocDB(docs)  # no cap: one page holds everything
+    fake.install()
+    flt = {"name": {"$lt": "asset_00020"}}
+    records = make_client().retrieve_docdb_records(filter_query=flt, projection={"name": 1})
+    assert [r["name"] for r in records] == sorted(d["name"] for d in docs)[:20]
+    # The page and count_documents of the same filter, at once; the count says nothing is left.
+    assert fake.find_params == [{"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}]
+    counts = [c for c in responses.calls if "/count_documents" in c.request.url]
+    assert len(counts) == 1 and json.loads(query(counts[0])["filter"]) == flt
+
+
+@responses.activate
+def test_full_read_whose_count_fails_confirms_the_end_with_pages():
+    docs = make_docs(12)
+    fake = FakeDocDB(docs)
+    responses.add_callback("GET", f"{BASE}/find", callback=fake.find)
+    responses.get(f"{BASE}/count_documents", status=400, json={"error": "BadRequest"})
+    records = make_client().retrieve_docdb_records()
+    assert records == sorted(docs, key=lambda d: d["_id"])
+    assert [p["skip"] for p in fake.find_params] == [0, 0, 12]  # page, empty page, skip page
+
+
+@responses.activate
 def test_full_read_overlaps_id_ranges_after_a_large_first_page():
     docs = make_docs(300)
     by_id = sorted(docs, key=lambda d: d["_id"])
@@ -415,7 +441,8 @@ def test_full_read_overlaps_id_ranges_after_a_large_first_page():
     client.parallel_page_bytes = 5_000  # the first page (~6 KB) counts as cut by the cap
     records = client.retrieve_docdb_records()
     assert records == by_id  # every record once, in _id order
-    calls = [(query(c), c.response.json()) for c in responses.calls]
+    finds = [c for c in responses.calls if "/find" in c.request.url]
+    calls = [(query(c), c.response.json()) for c in finds]
     per_page = len(calls[0][1])
     assert calls[0][0] == {"limit": "0", "skip": "0", "filter": "{}", "sort": '{"_id":1}'}
     id_reads = [(json.loads(q["filter"]), page) for q, page in calls if "projection" in q]
@@ -424,16 +451,14 @@ def test_full_read_overlaps_id_ranges_after_a_large_first_page():
     assert len(id_reads) > 1  # the cap cut the id pages too: read on after each
     filters = [json.loads(q["filter"]) for q, _ in calls[1:] if "projection" not in q]
     bounds = [f["_id"] for f in filters if "$gte" in f.get("_id", {})]
-    assert len(bounds) > 4 and bounds[0]["$gte"] == by_id[per_page]["_id"]
+    assert len(bounds) > 4  # (requests in flight at once arrive in any order)
     # Consecutive ranges tile the ids after the first page without gap or overlap.
     position = {d["_id"]: i for i, d in enumerate(by_id)}
     spans = sorted((position[b["$gte"]], position[b["$lte"]]) for b in bounds)
-    assert spans[0][0] == per_page
+    assert spans[0][0] == per_page and spans[-1][1] == len(by_id) - 1
     assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    # What the ranges did not cover is read by key set; an empty page and a skip page end it.
-    *_, empty, probe = fake.find_params
-    assert empty["filter"] == {"_id": {"$gt": by_id[-1]["_id"]}}
-    assert probe == {"filter": {}, "sort": {"_id": 1}, "limit": 0, "skip": 300}
+    # The last id page was not cut: the ranges covered every id, no page confirms the end.
+    assert all(p["skip"] == 0 for p in fake.find_params)
 
     # The same read as a stream, with a filter and a projection dropping _id.
     fake.find_params.clear()

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -518,7 +518,14 @@ class Client:
         while True:
             remaining = limit - len(served_ids) if limit else 0
             size = min(page_size, remaining) if page_size and remaining else page_size or remaining
-            if not served_ids:
+            if not served_ids and may_overlap:
+                page, nbytes, total = self._first_page_and_count(filter_query, projection)
+                if page and total == len(page) and nbytes < self.parallel_page_bytes:
+                    # Not cut by the payload cap, and the server counts no more: the whole
+                    # result came in one round trip (the official client needs two).
+                    yield _strip_ids(page) if strip else page
+                    return
+            elif not served_ids:
                 page, nbytes = self._find_sized(filter_query or {}, projection, size, 0)
             else:
                 page, nbytes = self._find_sized(_after(filter_query, last), projection, size, 0)
@@ -548,14 +555,41 @@ class Client:
             yield _strip_ids(page) if strip else page
             if may_overlap and seen is None and nbytes >= self.parallel_page_bytes:
                 may_overlap = False  # once: what follows the ranges is checked in turn
-                for ranged in self._range_pages(filter_query, projection, last, len(page)):
+                ranges = self._range_pages(filter_query, projection, last, len(page))
+                while True:
+                    try:
+                        ranged = next(ranges)
+                    except StopIteration as stop:
+                        complete = stop.value
+                        break
                     served_ids.extend(record["_id"] for record in ranged)
                     last = ranged[-1]["_id"]
                     yield _strip_ids(ranged) if strip else ranged
+                if complete:
+                    return
+
+    def _first_page_and_count(
+        self, filter_query: dict | None, projection: dict | None
+    ) -> tuple[list[dict], int, int | None]:
+        """The first key-set page, with ``count_documents`` of the filter sent alongside.
+
+        Returns ``(page, bytes on the wire, filtered count or None when the count failed)``.
+        """
+        pool = ThreadPoolExecutor(1, thread_name_prefix="neurodata-count")
+        try:
+            counted = pool.submit(self._count_records, filter_query)
+            page, nbytes = self._find_sized(filter_query or {}, projection, 0, 0)
+            try:
+                total: int | None = int(counted.result()["filtered_record_count"])
+            except Exception:  # noqa: BLE001 - only a shortcut: the pages confirm the end anyway
+                total = None
+        finally:
+            pool.shutdown(wait=True)  # nothing left running behind the caller's back
+        return page, nbytes, total
 
     def _range_pages(
         self, filter_query: dict | None, projection: dict | None, after: Any, per_page: int
-    ) -> Iterator[list[dict]]:
+    ) -> Generator[list[dict], None, bool]:
         """The records after ``after`` as consecutive ``_id`` ranges read concurrently.
 
         One request reads the ``_id``s that follow (projection ``{"_id": 1}``); they are cut
@@ -564,6 +598,10 @@ class Client:
         read next, and so on. Nothing more is yielded once the ids are not all strings (range
         bounds must share one BSON type to order them) or too few to overlap anything; the
         key-set pages that follow then read the rest in turn.
+
+        Returns (as the generator's value) True when the ranges covered every ``_id`` after
+        ``after`` (the last id page was not cut and held only strings): then every record
+        present since that id read was served, and no page is needed to confirm the end.
         """
         per_range = max(1, int(per_page * _RANGE_FILL))
 
@@ -583,8 +621,10 @@ class Client:
         while True:
             ids_page, nbytes = self._find_sized(_after(filter_query, after), {"_id": 1}, 0, 0)
             ids = [record.get("_id") for record in ids_page]
+            if not ids:
+                return nbytes < self.parallel_page_bytes
             if len(ids) <= per_range or not all(type(i) is str for i in ids):
-                return
+                return False
             bounds = [
                 (ids[start], ids[min(start + per_range, len(ids)) - 1])
                 for start in range(0, len(ids), per_range)
@@ -593,7 +633,7 @@ class Client:
                 if records:
                     yield records
             if nbytes < self.parallel_page_bytes:
-                return  # the id page held every id: the ranges covered them all
+                return all(type(i) is str for i in ids)  # the id page held every id
             after = ids[-1]
 
     def aggregate_docdb_records(self, pipeline: list[dict]) -> list[dict]:
@@ -777,34 +817,26 @@ class Client:
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise ValueError(f"A record does not have an _id field: {shown}{more}.")
 
-        ops: list[bytes] = []
+        # Every record is encoded once up front to validate it and size the chunks, and again
+        # when its chunk is sent: only the chunks in flight are held as bytes, not all of them.
+        op_sizes: list[int] = []
         sizes: list[int] = []
         for index, record in enumerate(records):
-            record_json = _wire.encode(record, what=f"records[{index}]")
-            id_json = _wire.encode(record["_id"], what=f"records[{index}]._id")
-            op = b"".join(
-                (
-                    b'{"UpdateOne":{"filter":{"_id":',
-                    id_json,
-                    b'},"update":{"$set":',
-                    record_json,
-                    b'},"upsert":"True"}}',
-                )
-            )
-            if len(op) + 2 > _wire.MAX_BODY_BYTES:
+            op_size, record_size = _upsert_op_size(record, index)
+            if op_size + 2 > _wire.MAX_BODY_BYTES:
                 raise ValueError(
-                    f"records[{index}] (_id={record['_id']!r}) is {len(op):,} bytes as an upsert,"
+                    f"records[{index}] (_id={record['_id']!r}) is {op_size:,} bytes as an upsert,"
                     f" over the gateway's {_wire.GATEWAY_REQUEST_LIMIT:,}-byte request limit; "
                     "nothing was sent"
                 )
-            ops.append(op)
-            sizes.append(len(record_json) + _STR_OVERHEAD)
+            op_sizes.append(op_size)
+            sizes.append(record_size + _STR_OVERHEAD)
 
-        chunks = self._chunk(ops, sizes, max_payload_size)
+        chunks = self._chunk(op_sizes, sizes, max_payload_size)
         url = f"{self._base_url}/bulk_write"
 
         def send(chunk: list[int]) -> tuple[requests.Response | None, BaseException | None, int]:
-            body = b"[" + b",".join(ops[i] for i in chunk) + b"]"
+            body = b"[" + b",".join(_upsert_op(records[i], i) for i in chunk) + b"]"
             try:
                 response = self._signed("POST", url, body, idempotent=True)
             except Exception as exc:  # noqa: BLE001 - reported together after all chunks
@@ -832,13 +864,13 @@ class Client:
         return responses
 
     @staticmethod
-    def _chunk(ops: list[bytes], sizes: list[int], max_payload_size: float) -> list[list[int]]:
+    def _chunk(op_sizes: list[int], sizes: list[int], max_payload_size: float) -> list[list[int]]:
         chunks: list[list[int]] = []
         current: list[int] = []
         total = 0
         body = 2
         for index, size in enumerate(sizes):
-            op_bytes = len(ops[index]) + 1
+            op_bytes = op_sizes[index] + 1
             if current and (
                 total + size > max_payload_size or body + op_bytes > _wire.MAX_BODY_BYTES
             ):
@@ -871,6 +903,23 @@ class Client:
             what="data_asset_record_ids",
         )
         return self._signed("DELETE", f"{self._base_url}/delete_many", body, idempotent=True)
+
+
+_UPSERT_PARTS = (b'{"UpdateOne":{"filter":{"_id":', b'},"update":{"$set":', b'},"upsert":"True"}}')
+
+
+def _upsert_op(record: Mapping[str, Any], index: int) -> bytes:
+    """The ``bulk_write`` operation upserting ``record`` by ``_id`` (the official client's)."""
+    head, middle, tail = _UPSERT_PARTS
+    id_json = _wire.encode(record["_id"], what=f"records[{index}]._id")
+    return b"".join((head, id_json, middle, _wire.encode(record, what=f"records[{index}]"), tail))
+
+
+def _upsert_op_size(record: Mapping[str, Any], index: int) -> tuple[int, int]:
+    """``(operation bytes, record JSON bytes)`` of `_upsert_op` without keeping the bytes."""
+    record_size = len(_wire.encode(record, what=f"records[{index}]"))
+    id_size = len(_wire.encode(record["_id"], what=f"records[{index}]._id"))
+    return sum(map(len, _UPSERT_PARTS)) + id_size + record_size, record_size
 
 
 def _first_failed(exc: BaseException, chunk_len: int) -> int:
