@@ -36,9 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-import os
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -49,13 +47,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.context import FlowRunContext, TaskRunContext
 
 from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
-from prefect_neurodata.clients.http import ServiceError, dumps, loads
+from prefect_neurodata.clients.cave.annotation_rows import MAX_ANNOTATIONS_PER_REQUEST
+from prefect_neurodata.clients.http import ServiceError
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks.annotation_ledger import (
+    ChunkEntry,
+    current_run,
+    read_entry,
+    write_entry,
+)
 from prefect_neurodata.tasks.retries import task_options
 
 # (The client package loads its modules, and pandas, lazily; the import of ``frameworkclient``
@@ -63,7 +67,7 @@ from prefect_neurodata.tasks.retries import task_options
 
 Cave = str | CaveCredentials
 
-MAX_CHUNK = 10_000
+MAX_CHUNK = MAX_ANNOTATIONS_PER_REQUEST
 """The annotation engine's limit of annotations per request (413 above it)."""
 
 DEFAULT_ROWS_PER_PART = 100_000
@@ -89,17 +93,6 @@ class ChunkReconcileError(RuntimeError, NeurodataError):
     """
 
 
-def _run_scope() -> str | None:
-    """The id of the flow run we are in (from a task or the flow itself), or None."""
-    task_ctx = TaskRunContext.get()
-    if task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
-        return str(task_ctx.task_run.flow_run_id)
-    flow_ctx = FlowRunContext.get()
-    if flow_ctx is not None and flow_ctx.flow_run is not None:
-        return str(flow_ctx.flow_run.id)
-    return None
-
-
 # A saved block is read from the Prefect API once per flow run (each read is an API round
 # trip, slow when several partition tasks start at once), not once per task. The scope is the
 # flow run, so a block re-saved between runs is always seen by the next run.
@@ -116,7 +109,7 @@ def load_cave(block: Cave) -> CaveCredentials:
     """The CAVE block itself, or the saved block of that name (read once per flow run)."""
     if isinstance(block, CaveCredentials):
         return block
-    scope = _run_scope()
+    scope = current_run()
     if scope is None:
         return CaveCredentials.load(block)
     key = (scope, block)
@@ -148,7 +141,7 @@ def _client_key(block: CaveCredentials, datastack: str | None, version: int | No
 
 def _client(block: Cave, datastack: str | None, version: int | None = None) -> Any:
     creds = load_cave(block)
-    scope = _run_scope()
+    scope = current_run()
     if scope is None:
         return creds.get_client(datastack_name=datastack, version=version)
     if getattr(_CLIENTS, "scope", None) != scope:
@@ -405,6 +398,7 @@ def snapshot_table_part(
     id_range: Sequence[int | None],
     target: str,
     desired_resolution: Sequence[float] | None = None,
+    aws_block: str | None = None,
 ) -> dict[str, Any]:
     """Write the rows of one id range of a frozen table to one Parquet file.
 
@@ -422,6 +416,8 @@ def snapshot_table_part(
         id_range: ``[lo, hi)``; None for an open end.
         target: Local path or ``s3://`` URI of the Parquet file.
         desired_resolution: Resolution of positions (None: the table's own).
+        aws_block: Name of an `AwsCredentials` block for an ``s3://`` target (None: the AWS
+            environment).
 
     Returns:
         ``{"path", "rows", "sha256", "bytes", "id_range"}``; an empty range writes no file
@@ -463,7 +459,7 @@ def snapshot_table_part(
         writer = None
         size = scratch.stat().st_size
         digest = storage.sha256_local(scratch)
-        storage.publish_file(scratch, target)
+        storage.publish_file(scratch, target, storage.load_aws(aws_block))
         return {"path": target, "rows": rows, "sha256": digest, "bytes": size, "id_range": [lo, hi]}
     finally:
         if writer is not None:
@@ -571,24 +567,7 @@ def create_annotation_table(
     return _json_safe(meta)
 
 
-# -- the upload ledger ---------------------------------------------------------------------------
-def ledger_entry_uri(ledger_dir: str, chunk_index: int) -> str:
-    """Where the ledger keeps the state of one chunk."""
-    return storage.join(ledger_dir, f"chunk-{chunk_index:06d}.json")
-
-
-def read_ledger_entry(ledger_dir: str, chunk_index: int) -> dict[str, Any] | None:
-    """The ledger entry of a chunk, or None if the chunk was never started."""
-    uri = ledger_entry_uri(ledger_dir, chunk_index)
-    if not storage.exists(uri):
-        return None
-    return loads(storage.read_bytes(uri))
-
-
-def _write_entry(ledger_dir: str, chunk_index: int, entry: Mapping[str, Any]) -> None:
-    storage.write_bytes_atomic(ledger_entry_uri(ledger_dir, chunk_index), dumps(dict(entry)))
-
-
+# -- annotation uploads ---------------------------------------------------------------------
 def _norm(value: Any) -> Any:
     """A comparable form of a value (numbers as floats, lists as tuples)."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -645,12 +624,12 @@ def _find_inserted_ids(
     return candidates
 
 
-def _reconcile(
+def reconcile_chunk(
     ann: Any,
     table: str,
     mode: str,
     records: Sequence[Any],
-    entry: Mapping[str, Any],
+    entry: ChunkEntry,
 ) -> tuple[list[Any], Any]:
     """After a chunk whose outcome is unknown: what is left to send, and what already landed.
 
@@ -663,16 +642,16 @@ def _reconcile(
     """
     if mode == "insert":
         now = int(ann.get_annotation_count(table))
-        before = int(entry["count_before"])
+        before = int(entry.count_before or 0)
         if now == before:
             return list(records), []
-        hint = int(entry.get("id_hint") or before + 1)
+        hint = int(entry.id_hint or before + 1)
         if now - before == len(records):
             ids = _find_inserted_ids(ann, table, records, hint)
             if ids is not None:
                 return [], ids
         raise ChunkReconcileError(
-            f"chunk {entry.get('chunk')} of {table!r} may have landed: the table grew from "
+            f"chunk {entry.chunk} of {table!r} may have landed: the table grew from "
             f"{before} to {now} rows ({len(records)} were sent) but rows with the chunk's "
             f"content were not found at ids {hint}-{hint + len(records) - 1}. Another writer "
             "may have changed the table; check it before rerunning (nothing was resent)."
@@ -702,6 +681,39 @@ def _send(ann: Any, table: str, mode: str, records: list[Any]) -> Any:
     return ann.delete_annotation(table, records)
 
 
+ID_CHECK_BATCH = 500
+"""Ids fetched per request when checking that rows to update or delete exist."""
+
+
+@task(name="check-annotation-ids", **task_options(tags=["cave"]))
+def check_annotation_ids(
+    cave: Cave, datastack: str, table: str, mode: str, ids: list[int]
+) -> dict[int, str]:
+    """Which ids cannot be updated or deleted, and why (checked before any write).
+
+    The annotations are fetched by id in batches (the service's get-annotations endpoint);
+    an id it does not return does not exist. Updates also need the row to be current (not
+    already superseded or deleted: the service answers 409); deletes need it not deleted yet.
+
+    Returns:
+        ``{id: problem}`` for every id that cannot be used (empty when all can).
+    """
+    ann = _client(cave, datastack).annotation
+    problems: dict[int, str] = {}
+    for start in range(0, len(ids), ID_CHECK_BATCH):
+        group = ids[start : start + ID_CHECK_BATCH]
+        rows = {int(r["id"]): r for r in _fetch_annotations(ann, table, group)}
+        for ident in group:
+            row = rows.get(ident)
+            if row is None:
+                problems[ident] = f"no annotation with this id in table {table!r}"
+            elif row.get("superceded_id") is not None:
+                problems[ident] = f"already superseded by annotation {row['superceded_id']}"
+            elif row.get("deleted") is not None:
+                problems[ident] = f"already deleted ({row['deleted']})"
+    return problems
+
+
 @task(name="upload-annotation-chunk", **task_options(tags=["cave", "write"]))
 def upload_annotation_chunk(
     cave: Cave,
@@ -713,16 +725,18 @@ def upload_annotation_chunk(
     chunk_index: int,
     first_row: int,
     id_hint: int | None = None,
-) -> dict[str, Any]:
+    aws_block: str | None = None,
+) -> ChunkEntry:
     """Send one chunk (at most 10,000 rows) exactly once, recording it in the ledger.
 
-    The ledger entry ``chunk-NNNNNN.json`` under ``ledger_dir`` moves from ``pending``
+    The ledger entry (`prefect_neurodata.tasks.annotation_ledger`) moves from ``pending``
     (written *before* the request, with the live row count for inserts) to ``done`` (written
     after the server acknowledged, with the new ids). A chunk found ``done`` is skipped. A chunk
     found ``pending`` was sent by an attempt whose answer was lost (or that died), so it is
-    reconciled before anything is resent: inserted rows are found by the table count and
-    their content at the expected ids, updates by their old rows' ``superceded_id``, deletes by
-    the rows' ``deleted`` stamp. Only what provably did not land is sent again.
+    reconciled before anything is resent (`reconcile_chunk`): inserted rows are found by the
+    table count and their content at the expected ids, updates by their old rows'
+    ``superceded_id``, deletes by the rows' ``deleted`` stamp. Only what provably did not land
+    is sent again. The caller holds the table's claim, so no other run writes meanwhile.
 
     Args:
         cave: CAVE block or its name.
@@ -734,67 +748,57 @@ def upload_annotation_chunk(
         chunk_index: Position of the chunk in the upload.
         first_row: Source row number of the chunk's first record (for reports).
         id_hint: First id the server is expected to assign (insert), if known.
+        aws_block: Name of an `AwsCredentials` block for an ``s3://`` ledger (None: the AWS
+            environment).
 
     Returns:
-        The ``done`` ledger entry: ``chunk``, ``rows`` ``[first, last]``, ``mode``, ``ids``
-        (insert/delete) or ``id_map`` (update), ``resumed`` (reconciled after a lost answer).
+        The ``done`` `ChunkEntry`: ``ids`` (insert/delete) or ``id_map`` (update), ``resumed``
+        (reconciled after a lost answer) and the flow run that sent it.
     """
     if mode not in ("insert", "update", "delete"):
         raise ValueError(f"mode must be insert, update or delete, got {mode!r}")
     if not 0 < len(records) <= MAX_CHUNK:
         raise ValueError(f"a chunk holds 1 to {MAX_CHUNK} records, got {len(records)}")
     logger = get_run_logger()
-    entry = read_ledger_entry(ledger_dir, chunk_index)
-    if entry is not None and entry.get("status") == "done":
+    aws = storage.load_aws(aws_block)
+    entry = read_entry(ledger_dir, chunk_index, aws)
+    if entry is not None and entry.done:
         return entry
     ann = _client(cave, datastack).annotation
+    rows = [first_row, first_row + len(records) - 1]
     resumed = False
     landed: Any = {} if mode == "update" else []
     remaining = list(records)
-    if entry is not None and entry.get("status") == "pending":
-        remaining, landed = _reconcile(ann, table, mode, records, entry)
+    if entry is not None:
+        remaining, landed = reconcile_chunk(ann, table, mode, records, entry)
         resumed = True
         logger.info(
-            "chunk %d of %s was sent before without an answer: %d rows had landed, %d to send",
+            "chunk %d of %s was sent by run %s without an answer: %d rows had landed, %d to send",
             chunk_index,
             table,
+            entry.flow_run,
             len(records) - len(remaining),
             len(remaining),
         )
     if remaining:
-        pending: dict[str, Any] = {
-            "status": "pending",
-            "chunk": chunk_index,
-            "mode": mode,
-            "rows": [first_row, first_row + len(records) - 1],
-            "started": time.time(),
-            "pid": os.getpid(),
-        }
+        pending = ChunkEntry(status="pending", chunk=chunk_index, mode=mode, rows=rows)  # type: ignore[arg-type]
         if mode == "insert":
             # A partial insert never happens (one request, one transaction), so the chunk
             # is either all there or not at all.
-            pending["count_before"] = int(ann.get_annotation_count(table))
-            pending["id_hint"] = id_hint
-        _write_entry(ledger_dir, chunk_index, pending)
+            pending.count_before = int(ann.get_annotation_count(table))
+            pending.id_hint = id_hint
+        write_entry(ledger_dir, pending, aws)
         result = _send(ann, table, mode, remaining)
         if mode == "update":
             landed = {**landed, **{str(k): int(v) for k, v in dict(result).items()}}
         else:
             landed = [*landed, *[int(i) for i in result]]
-    done: dict[str, Any] = {
-        "status": "done",
-        "chunk": chunk_index,
-        "mode": mode,
-        "rows": [first_row, first_row + len(records) - 1],
-        "resumed": resumed,
-        "finished": time.time(),
-    }
+    done = ChunkEntry(status="done", chunk=chunk_index, mode=mode, rows=rows, resumed=resumed)  # type: ignore[arg-type]
     if mode == "update":
-        done["id_map"] = landed
+        done.id_map = landed
     else:
-        done["ids"] = landed
-    _write_entry(ledger_dir, chunk_index, done)
-    return done
+        done.ids = landed
+    return write_entry(ledger_dir, done, aws)
 
 
 # ------------------------------------------------------------------------------ chunkedgraph

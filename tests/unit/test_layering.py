@@ -29,8 +29,6 @@ ALLOWED: dict[str, str] = {
     # Still to be made public by the engineers who own these modules (issue 14 items 1, 5, 6).
     "clients.cave.l2cache -> clients.cave.chunkedgraph:_to_uint64_array": "14.6, compat",
     "clients.aind.utils -> .._keyset_pages": "14.6, perf (document_db retrieval)",
-    "clients.cave.annotationengine -> .._pending": "14.1 staged rows, annot",
-    "clients.cave.annotationengine -> .._mark_uploaded": "14.1 staged rows, annot",
     "sandbox.cave.chunkedgraph_api -> .._in_bounds": "14.6, sandbox owner",
     "tasks.sync -> tasks.docdb:_location_map": "14.6, aindflows",
     "tasks.sync -> tasks.docdb:_message": "14.6, aindflows",

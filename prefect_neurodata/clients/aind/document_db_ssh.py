@@ -28,11 +28,10 @@ from typing import Any
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
+from typing_extensions import Self
 
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 from prefect_neurodata.clients.aind.secrets import get_secret
-
-from typing_extensions import Self
 
 logger = logging.getLogger("prefect_neurodata.aind.document_db_ssh")
 

@@ -38,10 +38,9 @@ import sqlalchemy as sa
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL, Engine, Result
+from typing_extensions import Self
 
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
-
-from typing_extensions import Self
 
 
 class RDSCredentials(CoreCredentials):
