@@ -497,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                             if workload == "docdb.upsert":
                                 drop_collection(env, spec["params"]["collection"])
                     set_latency(sandbox, 0, [service])
+                    write_partial(args, cells, meta)
         if FLOWS[0] in args.chosen:
-            cells.extend(run_flows(args, workdir, sandbox.env))
+            cells.extend(run_flows(args, workdir, sandbox.env, cells, meta))
     finally:
         if args.keep:
             log(f"sandbox left running in {workdir / 'sandbox'}")
@@ -514,11 +515,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_flows(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> list[Cell]:
+def write_partial(args: argparse.Namespace, cells: list[Cell], meta: dict[str, Any]) -> None:
+    """The table so far, as ``partial.md``/``partial.json`` in ``--out`` (a long run that is
+    stopped still leaves its finished rows)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = [c.as_dict() for c in cells]
+    rows = report.summarize(data)
+    (out / "partial.md").write_text(report.render_markdown(rows, meta))
+    (out / "partial.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "cells": data}, indent=2, default=str)
+    )
+
+
+def run_flows(
+    args: argparse.Namespace,
+    workdir: Path,
+    env: dict[str, str],
+    done: list[Cell],
+    meta: dict[str, Any],
+) -> list[Cell]:
     """Prefect overhead of the snapshot flow vs a plain loop, at every ``--snapshot-rows``."""
     from bench import flows
 
-    return flows.run(args, workdir, env)
+    return flows.run(args, workdir, env, done, meta)
 
 
 def calibrate_memory(
