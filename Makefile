@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install system-deps demo test lint format bench lock clean
+.PHONY: install system-deps demo test compat lint format bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: install
 test: install system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The official clients' own test suites, downloaded from their sdists at run time, run against the
+# official packages (own venv from compat/official-requirements.lock) and against ours.
+compat: install
+	$(BIN)/python compat/run.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -43,9 +48,9 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet -e '.[sandbox,dask,dev]'
+	.lock-venv/bin/pip install --quiet -e '.[sandbox,dask,dev,helpers]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^prefect-neurodata' > requirements.lock
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .sandbox .pytest_cache
+	rm -rf $(VENV) .sandbox .pytest_cache .compat
