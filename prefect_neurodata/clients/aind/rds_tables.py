@@ -180,7 +180,7 @@ class Client:
     def _url(self) -> URL:
         c = self.credentials
         return URL.create(
-            drivername=resolve_drivername(self.drivername),
+            drivername=self.drivername,
             username=c.username,
             password=c.password.get_secret_value(),
             host=c.host,
@@ -191,8 +191,11 @@ class Client:
     @property
     def _engine(self) -> Engine:
         if self._engine_instance is None:
+            url = self._url
             self._engine_instance = sa.create_engine(
-                self._url, pool_pre_ping=True, **self._engine_options
+                url.set(drivername=resolve_drivername(url.drivername)),
+                pool_pre_ping=True,
+                **self._engine_options,
             )
         return self._engine_instance
 
