@@ -140,7 +140,6 @@ def _after(filter_query: dict | None, last: Any) -> dict:
     return {"$and": [filter_query, condition]}
 
 
-
 def filter_list_pipeline(
     filter_key: str, filter_values: list[Any], projection: dict | None = None
 ) -> list[dict]:
@@ -164,6 +163,7 @@ def filter_list_chunk_size(projection: dict | None) -> int:
         (100, 500)
     """
     return 500 if projection else 100
+
 
 class Client:
     """Client of one DocDB collection behind the REST API.

@@ -39,6 +39,7 @@ try:
 except ImportError:  # pragma: no cover - Python 3.10
     from typing_extensions import Self
 
+
 class DocumentDbSSHCredentials(CoreCredentials):
     """Document store credentials with SSH tunneling (environment prefix ``DOC_DB_``).
 
