@@ -51,7 +51,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.clients.http import dumps, loads
 from prefect_neurodata.flows._artifacts import publish_markdown, publish_table
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
     CaveInputError,

@@ -52,7 +52,7 @@ from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
 from prefect_neurodata.clients.cave.annotation_rows import MAX_ANNOTATIONS_PER_REQUEST
 from prefect_neurodata.clients.http import HttpClient, ServiceError
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks._common import TASK_RETRIES, TASK_RETRY_DELAYS, transient_only
 from prefect_neurodata.tasks.annotation_ledger import (
     ChunkEntry,

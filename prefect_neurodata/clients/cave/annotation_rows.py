@@ -267,7 +267,7 @@ def parse_position(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _plain(value: Any) -> Any:
+def _json_number(value: Any) -> Any:
     """Plain JSON numbers: integral floats as ints (ids read as floats), numpy as Python."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
@@ -292,7 +292,7 @@ def nest_row(flat: Mapping[str, Any], fields: SchemaFields, *, convert: bool = T
         convert: Turn integral floats into ints and numpy values into Python ones (what file
             sources need); False keeps values as given (staging sends what the user added).
     """
-    plain: Callable[[Any], Any] = _plain if convert else _same
+    plain: Callable[[Any], Any] = _json_number if convert else _same
     # Staged values were cleaned when added: only None is missing there ("" is a string).
     _missing = _missing_value if convert else _is_none
     out: dict[str, Any] = {}
