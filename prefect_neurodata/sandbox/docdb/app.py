@@ -53,6 +53,9 @@ Status codes and bodies chosen, checked in this order (gateway first, then the L
   (the reference: 413 is the safest emulation of the Lambda's response limit).
 * 409 ``{"error": "Conflict", "detail": ...}``: ``assets/register`` of an already registered
   location (the real answer is unknown; a conflict lets a re-running flow tell "done" apart).
+  ``location`` is unique through a unique index, so of concurrent registrations of one location
+  exactly one lands; ``insert_one``/``bulk_write``/``update_one`` that would duplicate a
+  location get MongoDB's E11000 answer (400, code 11000), as from a real unique index.
 * 404 ``{"error": "NotFound", "detail": ...}``: ``add_qc_evaluation`` / ``data_summary`` of an
   unknown record.
 * Success shapes follow the Node driver (reference 1.4): ``insert_one`` ``{"acknowledged",
@@ -70,7 +73,11 @@ client continues with ``skip``. Like a server with an ``_id`` index, ``find`` wi
 ``_id``-range-only filter (``$gt``/``$gte``/``$lt``/``$lte``, also inside ``$and``), sorted by
 ``_id`` or unsorted, and ``count_documents`` of such filters are answered from a cached sorted
 ``_id`` list (see ``store._IdIndex``): O(page), not O(collection) as SecantusDB's own scans.
-Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Writes
+Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Whole
+documents (no projection) served on that path stay in memory, encoded, within
+``NEURODATA_SANDBOX_DOC_CACHE_BYTES`` (1.5 GB) per collection: repeated full reads are served
+from memory, as DocumentDB serves its working set, and reach MongoDB only for the id list and
+the write counters. Writes
 through the API refresh that list at once; writes made straight to MongoDB (the seeder) are
 noticed through the server's write counters (``serverStatus`` ``opcounters``) on the next read.
 
@@ -135,7 +142,7 @@ class DocDBApp:
 
     def __init__(self, config: DocDBConfig) -> None:
         self.config = config
-        self.store = st.Store(config.mongo_uri)
+        self.store = st.Store(config.mongo_uri, doc_cache_bytes=config.doc_cache_bytes)
         self.assets = Assets(config)
         self.verifier = SigV4Verifier(
             config.access_key_id,
