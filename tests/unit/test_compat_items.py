@@ -61,9 +61,9 @@ def test_upsert_list_with_inf_is_refused_before_any_chunk(docdb: MetadataDbClien
 
 
 @responses.activate
-def test_insert_one_with_nan_in_numpy_array_is_refused(docdb: MetadataDbClient) -> None:
+def test_upsert_with_nan_in_numpy_array_is_refused(docdb: MetadataDbClient) -> None:
     with pytest.raises(ValueError, match=r"field trace\[2\] is"):
-        docdb.insert_one_docdb_record({"_id": "x", "trace": np.array([0.0, 1.0, np.nan])})
+        docdb.upsert_one_docdb_record({"_id": "x", "trace": np.array([0.0, 1.0, np.nan])})
     assert len(responses.calls) == 0
 
 
@@ -261,3 +261,14 @@ def test_ssh_block_passes_host_key_fields_to_the_client() -> None:
     assert creds.ssh_host_key == line and creds.ssh_known_hosts == "~/.ssh/known_hosts"
     assert DocumentDbSshCredentials.model_fields["ssh_host_key"].default is None
     assert "not checked" in DocumentDbSshCredentials.model_fields["ssh_host_key"].description
+
+
+def test_desired_resolution_is_assignable_before_materialize_is_built() -> None:
+    from prefect_neurodata.clients.cave.frameworkclient import CAVEclientFull
+
+    client = CAVEclientFull.__new__(CAVEclientFull)
+    client._desired_resolution = None
+    client.desired_resolution = (4, 4, 40)
+    assert client.desired_resolution == [4, 4, 40]
+    client.desired_resolution = None
+    assert client.desired_resolution is None

@@ -766,7 +766,6 @@ class Client:
         """
         if not isinstance(record, Mapping):
             raise TypeError(f"record must be a dict, got {type(record).__name__}")
-        _wire.reject_non_finite_records([record])
         body = _wire.encode(record, what="record")
         return self._signed(
             "POST",
