@@ -368,15 +368,19 @@ def attach_qc_batch(docdb: DocDb, assignments: list[dict[str, Any]]) -> list[dic
 @task(name="index-docdb-locations", **task_options(tags=["docdb"]))
 def index_locations(docdb: DocDb, bucket: str, starts_with: str = "") -> dict[str, str]:
     """``{location: _id}`` of every record located in ``bucket`` (names starting with
-    ``starts_with``), read with a small projection."""
+    ``starts_with``), read with a small projection, streamed: only the index is held, never
+    the pages (`Client.iter_docdb_records`)."""
     prefix = f"s3://{bucket}/{starts_with}"
     upper = prefix + "\U0010ffff"
     with load_docdb(docdb).get_client() as client:
-        records = client.retrieve_docdb_records(
-            filter_query={"location": {"$gte": prefix, "$lt": upper}},
-            projection={"_id": 1, "location": 1},
-        )
-    return {r["location"]: r["_id"] for r in records if r.get("location")}
+        return {
+            r["location"]: r["_id"]
+            for r in client.iter_docdb_records(
+                filter_query={"location": {"$gte": prefix, "$lt": upper}},
+                projection={"_id": 1, "location": 1},
+            )
+            if r.get("location")
+        }
 
 
 @task(name="deregister-asset-batch", **task_options(tags=["docdb", "write"]))

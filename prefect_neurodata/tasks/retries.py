@@ -183,7 +183,7 @@ def retry_transient_only(task: Any, task_run: TaskRun, state: State) -> bool:
 
 def task_options(
     *,
-    tags: Iterable[str],
+    tags: Iterable[str] = (),
     retries: int = TASK_RETRIES,
     retry_delay_seconds: float | list[float] | None = None,
     cache_policy: CachePolicy = NONE,
@@ -192,7 +192,9 @@ def task_options(
     """Keyword arguments of ``@task`` for a task of this package: the one retry budget.
 
     Args:
-        tags: Tags for concurrency limits (``docdb``, ``s3``, ``rds``, ``cave``, ``write``).
+        tags: Tags for concurrency limits (``docdb``, ``s3``, ``rds``, ``cave``, ``write``);
+            left out when empty, so a shared options dict may be combined with per-task
+            ``tags=``.
         retries: Batch retries after the HTTP core gave up.
         retry_delay_seconds: Seconds before each retry (default `TASK_RETRY_DELAYS`).
         cache_policy: Result cache policy; ``NONE`` (the default) for writes and live reads.
@@ -216,9 +218,10 @@ def task_options(
         ),
         "retry_jitter_factor": TASK_RETRY_JITTER,
         "retry_condition_fn": retry_transient_only,
-        "tags": list(tags),
         "cache_policy": cache_policy,
     }
+    if tags:
+        options["tags"] = list(tags)
     options.update(overrides)
     return options
 

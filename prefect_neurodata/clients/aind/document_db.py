@@ -150,6 +150,31 @@ def _within(filter_query: dict | None, id_condition: dict[str, Any]) -> dict:
     return {"$and": [filter_query, condition]}
 
 
+def filter_list_pipeline(
+    filter_key: str, filter_values: list[Any], projection: dict | None = None
+) -> list[dict]:
+    """The aggregation of ``fetch_records_by_filter_list``: ``$match`` + ``$in`` (+ ``$project``).
+
+    Example:
+        >>> filter_list_pipeline("name", ["a", "b"], {"_id": 1})
+        [{'$match': {'name': {'$in': ['a', 'b']}}}, {'$project': {'_id': 1}}]
+    """
+    pipeline: list[dict] = [{"$match": {filter_key: {"$in": filter_values}}}]
+    if projection:
+        pipeline.append({"$project": projection})
+    return pipeline
+
+
+def filter_list_chunk_size(projection: dict | None) -> int:
+    """Values per ``$in`` request of ``fetch_records_by_filter_list`` (whole records are bigger).
+
+    Example:
+        >>> filter_list_chunk_size(None), filter_list_chunk_size({"_id": 1})
+        (100, 500)
+    """
+    return 500 if projection else 100
+
+
 def _after(filter_query: dict | None, last: Any) -> dict:
     """``filter_query`` and ``_id > last`` (see `_within`)."""
     return _within(filter_query, {"$gt": last})
@@ -703,7 +728,7 @@ class Client:
                 seen.add(key)
                 values.append(value)
         if chunk_size is None:
-            chunk_size = 500 if projection else 100
+            chunk_size = filter_list_chunk_size(projection)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be > 0, got {chunk_size!r}")
         request_projection, strip = _with_id(projection) if projection else (None, False)
@@ -729,9 +754,7 @@ class Client:
         return _strip_ids(records) if strip else records
 
     def _match_in(self, key: str, values: list[Any], projection: dict | None) -> list[dict]:
-        pipeline: list[dict] = [{"$match": {key: {"$in": values}}}]
-        if projection:
-            pipeline.append({"$project": projection})
+        pipeline = filter_list_pipeline(key, values, projection)
         try:
             return self.aggregate_docdb_records(pipeline)
         except http.ServiceError as exc:
@@ -779,10 +802,12 @@ class Client:
             The response, e.g. ``{"acknowledged": true, "matchedCount": 1, ...}``.
 
         Raises:
-            ValueError: ``record`` has no ``_id`` (nothing is sent).
+            ValueError: ``record`` has no ``_id``, or holds NaN or infinity (nothing is sent;
+                the official client would store null).
         """
         if not isinstance(record, Mapping) or record.get("_id") is None:
             raise ValueError("Record does not have an _id field.")
+        _wire.reject_non_finite_records([record])
         body = _wire.encode(
             {"filter": {"_id": record["_id"]}, "update": {"$set": record}, "upsert": "True"},
             what="record",
@@ -831,6 +856,7 @@ class Client:
             shown = ", ".join(f"records[{i}]" for i in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise ValueError(f"A record does not have an _id field: {shown}{more}.")
+        _wire.reject_non_finite_records(records)
 
         # Every record is encoded once up front to validate it and size the chunks, and again
         # when its chunk is sent: only the chunks in flight are held as bytes, not all of them.
