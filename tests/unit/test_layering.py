@@ -33,8 +33,6 @@ ALLOWED: dict[str, str] = {
     "tasks.sync -> tasks.docdb:_location_map": "14.6, aindflows",
     "tasks.sync -> tasks.docdb:_message": "14.6, aindflows",
     "tasks.sync -> tasks.docdb:_reconcile": "14.6, aindflows",
-    "flows.annotation_upload -> tasks._storage": "14.5 storage from blocks, annot",
-    "flows.materialization_snapshot -> tasks._storage": "14.5 storage from blocks, annot",
 }
 
 
