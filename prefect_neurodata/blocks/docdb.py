@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect_aws import AwsCredentials
-from pydantic import Field, field_validator
+from pydantic import Field, HttpUrl, field_validator
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db import (
@@ -34,11 +34,11 @@ if TYPE_CHECKING:
         SchemaDbClient,
     )
 
-AIND_LOGO_URL = (
+AIND_LOGO_URL = HttpUrl(
     "https://cdn.sanity.io/images/3ugk85nk/production/"
     "d74b16fe84ce626345adf235a47008fea2869a60-225x225.png"
 )
-DOCS_URL = "https://aind-data-access-api.readthedocs.io/en/latest/"
+DOCS_URL = HttpUrl("https://aind-data-access-api.readthedocs.io/en/latest/")
 
 
 class DocDbApiCredentials(CredentialsBlock):

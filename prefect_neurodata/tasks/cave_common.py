@@ -34,6 +34,7 @@ from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks.annotation_ledger import current_run
+from prefect_neurodata.tasks.common import load_saved
 from prefect_neurodata.tasks.retries import task_options
 
 # (The client package loads its modules, and pandas, lazily; the import of ``frameworkclient``
@@ -75,13 +76,13 @@ def load_cave(block: Cave) -> CaveCredentials:
         return block
     scope = current_run()
     if scope is None:
-        return CaveCredentials.load(block)
+        return load_saved(CaveCredentials, block)
     key = (scope, block)
     with _BLOCKS_LOCK:
         cached = _BLOCKS.get(key)
     if cached is not None:
         return cached
-    loaded = CaveCredentials.load(block)
+    loaded = load_saved(CaveCredentials, block)
     with _BLOCKS_LOCK:
         _BLOCKS[key] = loaded
         while len(_BLOCKS) > _BLOCKS_MAX:

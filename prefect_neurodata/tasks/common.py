@@ -8,28 +8,44 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
+from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.blocks.rds import RdsCredentials
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Block)
+
+
+def load_saved(block_type: type[B], name: str) -> B:
+    """The saved block ``name`` of ``block_type``, typed as that block.
+
+    ``Block.load`` is ``sync_compatible``: called from synchronous code (every task of this
+    package) it returns the block itself, but its declared type also allows a coroutine.
+
+    Example:
+        ```python
+        docdb = load_saved(DocDbApiCredentials, "neurodata-docdb")
+        ```
+    """
+    return cast(B, block_type.load(name))
 
 
 def load_docdb(block: str | DocDbApiCredentials) -> DocDbApiCredentials:
     """The DocDB block itself, or the saved block of that name."""
     if isinstance(block, DocDbApiCredentials):
         return block
-    return DocDbApiCredentials.load(block)
+    return load_saved(DocDbApiCredentials, block)
 
 
 def load_rds(block: str | RdsCredentials) -> RdsCredentials:
     """The RDS block itself, or the saved block of that name."""
     if isinstance(block, RdsCredentials):
         return block
-    return RdsCredentials.load(block)
+    return load_saved(RdsCredentials, block)
 
 
 def load_aws(
@@ -39,7 +55,7 @@ def load_aws(
     if isinstance(aws, AwsCredentials):
         return aws
     if aws:
-        return AwsCredentials.load(aws)
+        return load_saved(AwsCredentials, aws)
     if docdb is None:
         raise ValueError("either an AWS credentials block or a DocDB block is needed for S3")
     return load_docdb(docdb).aws_credentials
