@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import requests
+from typing_extensions import Self
 
 from prefect_neurodata.clients import http
 from prefect_neurodata.clients.aind import _wire
@@ -300,7 +301,7 @@ class Client:
         if self._session is not None:
             self._session.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
