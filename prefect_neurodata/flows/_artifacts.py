@@ -129,3 +129,10 @@ def publish_failure(key: str, title: str, error: BaseException, inputs: Mapping[
     create_markdown_artifact(
         markdown="\n".join(lines) + "\n", key=f"{key}-failure", description=f"{title} failed"
     )
+
+
+def location_text(uri: str) -> str:
+    """A location for a report: a link when a browser can open it, else the path as code."""
+    if uri.startswith(("http://", "https://")):
+        return f"[{uri}]({uri})"
+    return f"`{uri}`"

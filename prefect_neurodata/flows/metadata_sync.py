@@ -64,7 +64,7 @@ from prefect_neurodata.tasks._common import (
     load_docdb,
     load_rds,
 )
-from prefect_neurodata.tasks.claims import SYNC_CONFIG, claim
+from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.docdb import check_docdb, deregister_asset_batch, index_locations
 from prefect_neurodata.tasks.rds import check_rds, check_table_name, export_rows
 from prefect_neurodata.tasks.s3 import check_bucket, list_asset_prefixes
@@ -386,9 +386,8 @@ def sync_metadata(
     with failure_report(ARTIFACT_KEY, "Metadata sync", inputs):
         block, s3, rds = check_backends(request, docdb_block, aws_block, rds_block)
         ident = sync_id(block, request)
-        logger = get_run_logger()
-        logger.info("sync configuration %s: one run at a time, waiting for any other", ident)
-        with claim(SYNC_CONFIG, [ident], logger=logger):
+        # One run per sync configuration at a time: the others wait, then find the work done.
+        with exclusive(SYNC_CONFIG, request.bucket, ident):
             plan = plan_sync(request, s3, ident)
             results = run_batches(plan, request, docdb_block, s3)
             summary, changes = finish_sync(plan, results, request, docdb_block, rds)

@@ -1,30 +1,35 @@
-"""Claims on shared resources, so overlapping flow runs never write the same thing twice.
+"""Exclusive claims that hold across processes and machines, so overlapping runs never write twice.
 
-Schedules, UI runs and events start the same flow at once, on several machines. A write that is
-"check, then write" (register a location DocDB lacks, attach a QC evaluation not attached yet)
-is only safe when no other run checks and writes the same resource in between. The DocDB API
-cannot be asked to refuse a duplicate (it is not documented to), so the runs exclude each other
-through **Prefect global concurrency limits**: a claim takes one slot of a limit of 1, the check
-and the write happen while it is held, and the next run's check then sees the first run's write.
+Overlapping runs are normal: a schedule fires while an operator starts the same flow from the
+UI, or several events start it at once, on different workers. Work that checks and then writes
+(read a ledger and send what is not done; register a location DocDB lacks; attach a QC
+evaluation not attached yet) must not be done by two runs at once. A claim takes the one slot of
+a Prefect **global concurrency limit**; the check and the write happen while it is held, and the
+next run's check then sees the first run's write. The Prefect server arbitrates, so it holds for
+runs in other processes, on other machines and in Dask workers, with no lock server of our own.
 
-Why this holds across machines: the slots live in the Prefect server's database, and a slot is
-a lease the holder renews in the background; process workers on several hosts, Dask workers
-and ad-hoc Python runs all ask the same server. A holder that dies stops renewing, and its slot
-frees itself when the lease runs out (`CLAIM_LEASE_SECONDS`, the server's minimum, plus the
-server's sweep interval), so a crashed run delays the resource's next writer by about a minute
-and never blocks it for good.
+Two forms:
 
-Resources are hashed onto a fixed set of limits per kind (`CLAIM_STRIPES`), not one limit per
-resource: 15,000 assets would otherwise leave 15,000 limits on the server. Two resources that
-share a stripe only wait for each other. All the limits a claim needs are taken in one request,
-all or nothing, so two claims can never hold parts of each other's set (no deadlock).
+* `exclusive(kind, *target)`: one limit per target (a table, a snapshot, a sync
+  configuration), named after it; for a whole write phase.
+* `claim(kind, keys)`: many small resources at once (asset locations, QC targets), hashed onto
+  a fixed set of `CLAIM_STRIPES` limits per kind, not one limit per resource (15,000 assets
+  would leave 15,000 limits on the server). Two resources that share a stripe only wait for
+  each other. All the limits a claim needs are taken in one request, all or nothing, so two
+  claims never hold parts of each other's set (no deadlock).
 
-The limits are created on first use with ``limit=1`` and appear in the UI under
-Concurrency as ``neurodata-<kind>-<nn>``; raising one above 1 would switch the exclusion off.
+Slots are leased (`LEASE_SECONDS`, renewed while the holder lives): a run killed while holding
+one releases it when the lease runs out (plus the server's sweep, ~15 s), so a rerun after a
+crash waits at most about a minute. The limits are created on first use with ``limit=1`` and
+appear in the UI under Concurrency as ``neurodata-...``; raising one above 1 would switch the
+exclusion off.
 
 Example:
     ```python
-    from prefect_neurodata.tasks.claims import claim
+    from prefect_neurodata.tasks.claims import claim, exclusive
+
+    with exclusive("cave-annotations", "minnie65_public", "my_synapses"):
+        ...  # read the ledger, send what is not done, mark it done
 
     with claim("asset-location", ["s3://aind-open-data/ecephys_1_2024-01-01_10-00-00"]):
         ...  # check what DocDB has, then register what it lacks
@@ -35,41 +40,66 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import httpx
-from prefect.client.orchestration import get_client
+from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
-from prefect.exceptions import ObjectAlreadyExists
-from prefect.logging import get_logger
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists
+from prefect.logging import get_run_logger
+
+__all__ = [
+    "ASSET_LOCATION",
+    "CLAIM_STRIPES",
+    "LEASE_SECONDS",
+    "QC_TARGET",
+    "SYNC_CONFIG",
+    "claim",
+    "claim_name",
+    "claim_names",
+    "exclusive",
+]
+
+LEASE_SECONDS = 60
+"""Lease of a claim (the Prefect server's minimum); renewed every 45 s while the holder lives."""
 
 CLAIM_STRIPES = 64
-"""Limits per kind of resource; a resource always maps to the same one."""
-
-CLAIM_PREFIX = "neurodata"
-
-CLAIM_LEASE_SECONDS = 60.0
-"""Lease of a claim, renewed every 45 s while held; the Prefect server accepts 60 s at least."""
+"""Limits per kind of `claim`; a resource always maps to the same one."""
 
 ASSET_LOCATION = "asset-location"
-"""Kind of claim held while registering (or checking) asset locations."""
+"""Kind of claim held while registering (or de-registering) asset locations."""
 QC_TARGET = "qc-target"
 """Kind of claim held while reading and extending an asset's QC evaluations."""
 SYNC_CONFIG = "metadata-sync"
-"""Kind of claim held by a metadata-sync run for its sync configuration."""
+"""Kind of exclusive claim held by a metadata-sync run for its sync configuration."""
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
+_MAX_NAME = 120
 _known_limits: set[str] = set()
 _known_lock = threading.Lock()
 
 
+def claim_name(kind: str, *parts: str) -> str:
+    """The concurrency-limit name of a target: readable, safe, and unique per target.
+
+    Characters Prefect refuses in names (``/ % & < >``) and anything unusual become ``_``; a
+    hash of the exact parts keeps two targets that differ only there (or in a cut tail) apart.
+    """
+    exact = "\x1f".join((kind, *parts))
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:10]
+    readable = _UNSAFE.sub("_", "-".join((kind, *parts)))[: _MAX_NAME - 12]
+    return f"neurodata-{readable}-{digest}"
+
+
 def claim_names(kind: str, keys: Collection[str]) -> list[str]:
-    """The global concurrency limit names that guard ``keys`` of ``kind`` (sorted, unique).
+    """The striped limit names that guard ``keys`` of ``kind`` in a `claim` (sorted, unique).
 
     Example:
         ```python
@@ -80,11 +110,18 @@ def claim_names(kind: str, keys: Collection[str]) -> list[str]:
         int(hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:8], 16) % CLAIM_STRIPES
         for key in keys
     }
-    return [f"{CLAIM_PREFIX}-{kind}-{stripe:02d}" for stripe in sorted(stripes)]
+    return [f"neurodata-{kind}-{stripe:02d}" for stripe in sorted(stripes)]
 
 
-def ensure_claim_limits(names: Collection[str]) -> None:
-    """Create the limits among ``names`` that the server lacks (``limit=1``, active)."""
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("prefect_neurodata.claims")
+
+
+def _ensure_limits(names: Collection[str]) -> None:
+    """Create the one-slot limits among ``names`` that the server lacks (safe when runs race)."""
     with _known_lock:
         missing = [name for name in names if name not in _known_limits]
     if not missing:
@@ -117,20 +154,42 @@ def _holder() -> ConcurrencyLeaseHolder | None:
 
 
 @contextmanager
+def exclusive(kind: str, *target: str) -> Iterator[str]:
+    """Hold the one slot of the target's global concurrency limit while the block runs.
+
+    Args:
+        kind: What is claimed, e.g. ``"cave-annotations"`` or ``"cave-snapshot"``.
+        *target: What identifies the target, e.g. datastack and table.
+
+    Yields:
+        The limit's name (shown in the Prefect UI under Concurrency).
+    """
+    name = claim_name(kind, *target)
+    logger = _logger()
+    _ensure_limits([name])
+    asked = time.monotonic()
+    logger.info("claiming %s (%s) for this run", " / ".join(target), name)
+    with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True, holder=_holder()):
+        waited = time.monotonic() - asked
+        if waited >= 1:
+            logger.info("claimed %s after waiting %.1f s for another run", name, waited)
+        yield name
+    logger.info("released %s", name)
+
+
+@contextmanager
 def claim(
     kind: str,
     keys: Collection[str],
     *,
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
     timeout_seconds: float | None = None,
 ) -> Iterator[None]:
-    """Hold the claim on ``keys`` of ``kind`` for the body of the ``with`` block.
+    """Hold the claim on ``keys`` of ``kind`` (striped limits) for the body of the block.
 
     Args:
-        kind: Kind of resource, e.g. ``asset-location`` or ``qc-target``; claims of
-            different kinds never wait for each other.
+        kind: Kind of resource, e.g. `ASSET_LOCATION` or `QC_TARGET`; claims of different
+            kinds never wait for each other.
         keys: The resources (locations, record ids, ...); empty claims nothing.
-        logger: Where to say what is claimed and how long the wait took.
         timeout_seconds: Give up waiting after this long (`TimeoutError`); None waits.
 
     Raises:
@@ -139,23 +198,22 @@ def claim(
     if not keys:
         yield
         return
-    log = logger or get_logger("prefect_neurodata.claims")
     names = claim_names(kind, keys)
-    ensure_claim_limits(names)
-    started = time.monotonic()
+    _ensure_limits(names)
+    asked = time.monotonic()
     with concurrency(
         names,
         occupy=1,
         timeout_seconds=timeout_seconds,
-        lease_duration=CLAIM_LEASE_SECONDS,
+        lease_duration=LEASE_SECONDS,
         strict=True,
         holder=_holder(),
     ):
-        log.info(
+        _logger().info(
             "claimed %d %s(s) (%d limit(s), waited %.1f s)",
             len(keys),
             kind,
             len(names),
-            time.monotonic() - started,
+            time.monotonic() - asked,
         )
         yield

@@ -317,7 +317,7 @@ def register_asset_batch(docdb: DocDb, items: list[dict[str, Any]]) -> list[Regi
     locations = [item["location"] for item in items]
     with (
         load_docdb(docdb).get_client() as client,
-        claim(ASSET_LOCATION, locations, logger=logger),
+        claim(ASSET_LOCATION, locations),
     ):
         outcomes, transient = register_locations(client, items, logger)
     if transient:
@@ -469,7 +469,7 @@ def attach_qc_batch(docdb: DocDb, assignments: list[dict[str, Any]]) -> list[QcO
     outcomes: list[QcOutcome] = []
     transient: list[str] = []
     ids = [a["asset_id"] for a in assignments]
-    with block.get_client() as client, claim(QC_TARGET, ids, logger=logger):
+    with block.get_client() as client, claim(QC_TARGET, ids):
         for assignment in assignments:
             asset_id = assignment["asset_id"]
             try:
@@ -511,7 +511,7 @@ def deregister_asset_batch(docdb: DocDb, locations: list[str]) -> list[dict[str,
     outcomes: list[dict[str, Any]] = []
     with (
         load_docdb(docdb).get_client() as client,
-        claim(ASSET_LOCATION, locations, logger=get_run_logger()),
+        claim(ASSET_LOCATION, locations),
     ):
         known = location_map(client, locations)
         for location in locations:

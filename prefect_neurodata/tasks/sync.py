@@ -300,7 +300,7 @@ def _register_missing(batch: _Batch, client: Any, missing: list[str]) -> list[st
         if batch.options.register_missing and "data_description.json" in batch.listing[p]
     ]
     batch.counts.unregistered = len(missing) - len(wanted)
-    with claim(ASSET_LOCATION, wanted, logger=batch.logger):
+    with claim(ASSET_LOCATION, wanted):
         outcomes, transient = register_locations(
             client, [{"location": loc} for loc in wanted], batch.logger
         )

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -407,9 +408,13 @@ def _check_version_compatibility(
         return all(_version_fails_constraint(version, c) for c in constraint.split("||"))
 
     def decorator(method: F) -> F:
+        signature = inspect.signature(method)
+
         @functools.wraps(method)
         def wrapper(self: ClientBase, *args: Any, **kwargs: Any) -> Any:
             name = method.__name__
+            # Guarded arguments count however they are passed, positionally too (as in 5.25).
+            passed = signature.bind_partial(self, *args, **kwargs).arguments
             if method_constraint is not None:
                 version = self.server_version
                 if fails(version, method_constraint):
@@ -425,7 +430,7 @@ def _check_version_compatibility(
                         f"but this client uses API version {self.api_version}"
                     )
             for kwarg, constraint in (kwarg_use_constraints or {}).items():
-                if kwargs.get(kwarg) is None:
+                if passed.get(kwarg) is None:
                     continue
                 version = self.server_version
                 if fails(version, constraint):
@@ -434,7 +439,7 @@ def _check_version_compatibility(
                         f"{constraint}, but the server is {version or 'of unknown version'}"
                     )
             for kwarg, constraint in (kwarg_use_api_constraints or {}).items():
-                if kwargs.get(kwarg) is None:
+                if passed.get(kwarg) is None:
                     continue
                 if fails(Version(str(self.api_version)), constraint):
                     raise ServerIncompatibilityError(

@@ -390,8 +390,21 @@ class CAVEclientFull(CAVEclientGlobal):
 
     @property
     def desired_resolution(self) -> list[float] | None:
-        """Default resolution of positions in materialization queries."""
+        """Default resolution of positions in materialization queries.
+
+        Assignable, as in caveclient 5.25, where it is a plain attribute: the value is used
+        when the materialization client is built (a client built before keeps its own).
+
+        Example:
+            ```python
+            client.desired_resolution = [4, 4, 40]
+            ```
+        """
         return self._desired_resolution
+
+    @desired_resolution.setter
+    def desired_resolution(self, value: Iterable[float] | None) -> None:
+        self._desired_resolution = list(value) if value is not None else None
 
     @property
     def version(self) -> int | None:
