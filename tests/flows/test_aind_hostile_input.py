@@ -25,10 +25,24 @@ from tests.flows.aind_helpers import (
     saved_docdb_block,  # noqa: F401 - fixture
     write_assets,
 )
-from tests.flows.test_metadata_sync import saved_rds_block  # noqa: F401 - fixture
 from tests.flows.test_qc_attachment import evaluation
 
 pytestmark = pytest.mark.flows
+
+
+@pytest.fixture
+def saved_rds_block(postgres_url: str, prefect_api: str) -> str:
+    """An RDS block of this module's own (another module's session fixture is not shared)."""
+    url = sa.engine.make_url(postgres_url)
+    RdsCredentials(
+        host=url.host,
+        port=url.port,
+        username=url.username,
+        password="unused-with-trust-auth",
+        database=url.database,
+        drivername=url.drivername,
+    ).save("test-aind-rds-hostile", overwrite=True)
+    return "test-aind-rds-hostile"
 
 
 def _s3(sandbox: Any) -> Any:
