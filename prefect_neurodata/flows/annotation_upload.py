@@ -54,19 +54,15 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
 from prefect import flow, get_run_logger
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -79,22 +75,23 @@ from prefect_neurodata.clients.cave.annotation_rows import (
     fast_validator,
     nest_row,
     raise_problems,
-    typed_row,
 )
-from prefect_neurodata.clients.http import dumps
 from prefect_neurodata.flows._artifacts import (
     Progress,
+    location_text,
     markdown_counts,
     publish_markdown,
     publish_table,
 )
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.annotation_ledger import (
     ChunkEntry,
     LedgerHeader,
     read_entry,
     write_header,
+    write_id_map,
 )
+from prefect_neurodata.tasks.annotation_source import Source, format_of, read_source
 from prefect_neurodata.tasks.cave import (
     MAX_CHUNK,
     CaveInputError,
@@ -212,7 +209,7 @@ class AnnotationUploadRequest(BaseModel):
     def _one_source(self) -> AnnotationUploadRequest:
         if (self.source is None) == (self.records is None):
             raise ValueError("give exactly one of source (a file or URI) and records")
-        if self.source is not None and not _format_of(self.source):
+        if self.source is not None and not format_of(self.source):
             raise ValueError(f"source {self.source!r}: expected a .csv, .csv.gz or .parquet file")
         return self
 
@@ -234,108 +231,9 @@ class AnnotationUploadSummary(BaseModel):
 
 
 # ------------------------------------------------------------------------------ the source
-def _format_of(source: str) -> str | None:
-    lower = source.lower()
-    if lower.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if lower.endswith((".parquet", ".pq")):
-        return "parquet"
-    return None
-
-
-@dataclass
-class Source:
-    """The rows to upload, loaded once (Arrow for files), with a content hash."""
-
-    name: str
-    sha256: str
-    table: pa.Table | None = None
-    records: list[dict[str, Any]] | None = None
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows if self.table is not None else len(self.records or [])
-
-    @property
-    def columns(self) -> list[str]:
-        if self.table is not None:
-            return list(self.table.column_names)
-        names: dict[str, None] = {}
-        for row in self.records or []:
-            names.update(dict.fromkeys(row))
-        return list(names)
-
-    @property
-    def from_csv(self) -> bool:
-        """Whether the values are CSV text (typed by the schema before the checks)."""
-        return self.table is not None and _format_of(self.name) == "csv"
-
-    def batches(self, size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """``(first index, rows)`` for consecutive slices of at most ``size`` rows."""
-        for start in range(0, self.num_rows, size):
-            if self.table is not None:
-                yield start, self.table.slice(start, size).to_pylist()
-            else:
-                yield start, [dict(r) for r in (self.records or [])[start : start + size]]
-
-
 def load_source(request: AnnotationUploadRequest, aws: AwsCredentials | None = None) -> Source:
-    """Read the source (file or records) and hash its content.
-
-    Raises:
-        CaveInputError: The file does not exist or cannot be parsed.
-    """
-    if request.records is not None:
-        digest = hashlib.sha256(dumps(request.records)).hexdigest()
-        return Source(name="records", sha256=digest, records=list(request.records))
-    assert request.source is not None
-    uri = request.source
-    if not storage.exists(uri, aws):
-        raise CaveInputError(f"source {uri!r} does not exist")
-    data = storage.read_bytes(uri, aws)
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        if _format_of(uri) == "parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(io.BytesIO(data))
-        else:
-            text = gzip.decompress(data) if uri.lower().endswith(".gz") else data
-            table = read_csv_text(text)
-    except (pa.ArrowInvalid, OSError, ValueError) as exc:
-        raise CaveInputError(f"source {uri!r} cannot be read: {exc}") from None
-    return Source(name=uri, sha256=digest, table=table)
-
-
-def read_csv_text(data: bytes) -> pa.Table:
-    """Every column of a CSV as text: types are decided by the schema, not by inference.
-
-    A value longer than the parser's block (1 MiB) makes pyarrow fail with "straddling
-    object"; the file is then read again in one block, so the row checks can name the file,
-    row and field of the long value (`MAX_VALUE_CHARS`) instead of a parser message.
-    """
-    import pyarrow.csv as pacsv
-
-    header = next(csv.reader(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")), [])
-    convert = pacsv.ConvertOptions(
-        column_types={name: pa.string() for name in header}, strings_can_be_null=True
-    )
-    try:
-        return pacsv.read_csv(io.BytesIO(data), convert_options=convert)
-    except pa.ArrowInvalid as exc:
-        if "straddling" not in str(exc):
-            raise
-    whole = pacsv.ReadOptions(block_size=min(len(data) + 1, 2**31 - 1))
-    return pacsv.read_csv(io.BytesIO(data), read_options=whole, convert_options=convert)
-
-
-def records_of(
-    rows: list[dict[str, Any]], fields: SchemaFields, from_csv: bool
-) -> list[dict[str, Any]]:
-    """Source rows as nested annotations (CSV text typed first)."""
-    if from_csv:
-        rows = [typed_row(r, fields) for r in rows]
-    return [nest_row(r, fields) for r in rows]
+    """The request's source (file, URI or records), read once and hashed (`read_source`)."""
+    return read_source(request.source, request.records, aws)
 
 
 # ------------------------------------------------------------------------------ ledger
@@ -357,31 +255,6 @@ def ledger_dir_for(
     else:
         base = os.environ.get("NEURODATA_LEDGER_DIR") or str(Path.home() / ".neurodata" / "ledgers")
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
-
-
-def write_id_map(
-    ledger: str, mode: str, entries: Sequence[ChunkEntry], aws: AwsCredentials | None = None
-) -> tuple[str, list]:
-    """Write the whole id mapping as CSV next to the ledger; return its URI and the rows."""
-    rows: list[dict[str, Any]] = []
-    for entry in sorted(entries, key=lambda e: e.chunk):
-        first = entry.rows[0]
-        if mode == "update":
-            for old, new in (entry.id_map or {}).items():
-                rows.append({"old_id": int(old), "new_id": int(new)})
-        elif mode == "insert":
-            for offset, new in enumerate(entry.ids or []):
-                rows.append({"row": first + offset, "id": int(new)})
-        else:
-            rows.extend({"deleted_id": int(i)} for i in entry.ids or [])
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    uri = storage.join(ledger, "id_map.csv")
-    storage.write_bytes_atomic(uri, out.getvalue().encode(), aws)
-    return uri, rows
 
 
 # ------------------------------------------------------------------------------ the steps
@@ -457,7 +330,7 @@ def check_source(request: AnnotationUploadRequest, source: Source, target: Targe
     ]
     seen: set[int] = set()
     for start, rows in source.batches(request.chunk_size):
-        nested = records_of(rows, fields, source.from_csv)
+        nested = source.annotations(rows, fields)
         problems += check_rows(rows, nested, fields, request.mode, start + 1, seen)
     report_problems(problems, source.name, request.table, target.schema_type)
 
@@ -496,7 +369,7 @@ def check_ids_usable(
     for index, (start, rows) in enumerate(source.batches(request.chunk_size)):
         if read_entry(ledger, index, aws) is not None:
             continue
-        for offset, record in enumerate(records_of(rows, target.fields, source.from_csv)):
+        for offset, record in enumerate(source.annotations(rows, target.fields)):
             rows_of[int(record["id"])] = start + offset + 1
     if not rows_of:
         return
@@ -566,7 +439,7 @@ def upload_chunks(
             )  # fmt: skip
             outcome.skipped += 1
         else:
-            records = records_of(rows, target.fields, source.from_csv)
+            records = source.annotations(rows, target.fields)
             payload: list[Any] = [r["id"] for r in records] if request.mode == "delete" else records
             name = f"{request.mode} chunk {index + 1}/{chunks} ({span})"
             entry = upload_annotation_chunk.with_options(task_run_name=name)(
@@ -654,13 +527,6 @@ def summary_markdown(summary: AnnotationUploadSummary, id_rows: Sequence[Mapping
         notes += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         notes += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in first]
     return markdown_counts(f"Annotation {summary.mode}: {summary.table}", counts, notes)
-
-
-def location_text(uri: str) -> str:
-    """A location for a report: a link when a browser can open it, else the path as code."""
-    if uri.startswith(("http://", "https://")):
-        return f"[{uri}]({uri})"
-    return f"`{uri}`"
 
 
 def _run_name() -> str:

@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections import defaultdict
 from typing import Any
@@ -49,9 +48,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
-from prefect_neurodata.clients.http import dumps, loads
 from prefect_neurodata.flows._artifacts import publish_markdown, publish_table
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
     CaveInputError,
@@ -66,11 +64,14 @@ from prefect_neurodata.tasks.cave import (
     table_permission_problem,
 )
 from prefect_neurodata.tasks.claims import exclusive
+from prefect_neurodata.tasks.snapshot_manifest import (
+    Manifest,
+    SnapshotFile,
+    TableEntry,
+)
 
 DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-materialization-snapshot"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "neurodata-cave-snapshot/1"
 
 
 class SnapshotRequest(BaseModel):
@@ -153,23 +154,6 @@ def snapshot_root(destination: str, datastack: str, version: int) -> str:
     return storage.join(destination, datastack, f"v{version}")
 
 
-def read_manifest(root: str, aws: AwsCredentials | None = None) -> dict[str, Any] | None:
-    """The manifest under ``root``, or None."""
-    uri = storage.join(root, MANIFEST_NAME)
-    if not storage.exists(uri, aws):
-        return None
-    return loads(storage.read_bytes(uri, aws))
-
-
-def table_is_intact(root: str, entry: dict[str, Any], aws: AwsCredentials | None = None) -> bool:
-    """Whether every file of a manifest table entry exists with its recorded sha256."""
-    for item in entry.get("files", []):
-        uri = storage.join(root, item["path"])
-        if not storage.exists(uri, aws) or storage.sha256_file(uri, aws) != item["sha256"]:
-            return False
-    return True
-
-
 def _check_destination(destination: str, aws: AwsCredentials | None = None) -> None:
     """Fail before any write when the destination cannot be written."""
     import pyarrow.fs as pafs
@@ -193,13 +177,6 @@ def _schema_of(uri: str, aws: AwsCredentials | None = None) -> list[dict[str, st
     fs, path = storage.resolve(uri, aws)
     schema = pq.read_schema(path, filesystem=fs)
     return [{"name": f.name, "type": str(f.type)} for f in schema]
-
-
-def write_manifest(root: str, manifest: dict[str, Any], aws: AwsCredentials | None = None) -> str:
-    """Write the manifest atomically; return its location."""
-    uri = storage.join(root, MANIFEST_NAME)
-    storage.write_bytes_atomic(uri, dumps(manifest), aws)
-    return uri
 
 
 def _run_name() -> str:
@@ -264,10 +241,7 @@ def snapshot_materialization(
         written, problems = finish_tables(
             root, manifest, metas, request, futures, expected, started, todo, aws
         )
-        manifest["updated"] = (
-            manifest.get("updated") or dt.datetime.now(dt.timezone.utc).isoformat()
-        )
-        manifest_uri = write_manifest(root, manifest, aws)
+        manifest_uri = manifest.write(root, aws)
     rows_out = sorted(done + written, key=lambda r: r.table)
     summary = SnapshotSummary(
         datastack=datastack,
@@ -320,26 +294,26 @@ def new_manifest(
     request: SnapshotRequest,
     cave_block: str,
     aws: AwsCredentials | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """The manifest to write: the one on disk for this version (its tables kept), refreshed."""
-    manifest = read_manifest(root, aws) or {}
-    if manifest.get("version") != version or manifest.get("datastack") != datastack:
-        manifest = {}
-    return {
-        "format": MANIFEST_FORMAT,
-        "datastack": datastack,
-        "version": version,
-        "version_timestamp": vmeta.get("time_stamp"),
-        "expires_on": vmeta.get("expires_on"),
-        "server": load_cave(cave_block).server_address,
-        "desired_resolution": request.desired_resolution,
-        "tables": dict(manifest.get("tables", {})),
-    }
+    found = Manifest.read(root, aws)
+    if found is None or found.version != version or found.datastack != datastack:
+        found = None
+    return Manifest(
+        datastack=datastack,
+        version=version,
+        version_timestamp=vmeta.get("time_stamp"),
+        expires_on=vmeta.get("expires_on"),
+        server=load_cave(cave_block).server_address,
+        desired_resolution=request.desired_resolution,
+        tables=dict(found.tables) if found else {},
+        updated=found.updated if found else None,
+    )
 
 
 def plan_tables(
     root: str,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     wanted: list[str],
     request: SnapshotRequest,
     aws: AwsCredentials | None = None,
@@ -349,21 +323,17 @@ def plan_tables(
     skipped: list[TableSnapshot] = []
     todo: list[str] = []
     for table in wanted:
-        entry = manifest["tables"].get(table)
-        if (
-            entry
-            and entry.get("desired_resolution") == request.desired_resolution
-            and table_is_intact(root, entry, aws)
-        ):
+        entry = manifest.tables.get(table)
+        if entry is not None and manifest.is_intact(root, table, request.desired_resolution, aws):
             logger.info("%s: already snapshotted (checksums match); skipped", table)
             skipped.append(
                 TableSnapshot(
                     table=table,
                     status="skipped",
-                    rows=entry["rows"],
-                    expected_rows=entry["expected_rows"],
-                    files=len(entry["files"]),
-                    bytes=sum(f["bytes"] for f in entry["files"]),
+                    rows=entry.rows,
+                    expected_rows=entry.expected_rows,
+                    files=len(entry.files),
+                    bytes=entry.bytes,
                     seconds=0.0,
                 )
             )
@@ -418,7 +388,7 @@ def _span(id_range: list[int | None]) -> str:
 
 def finish_tables(
     root: str,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     metas: dict[str, dict[str, Any]],
     request: SnapshotRequest,
     futures: dict[str, list[Any]],
@@ -438,28 +408,29 @@ def finish_tables(
         if rows != expected[table]:
             problems.append(f"{table}: wrote {rows} rows but the server counts {expected[table]}")
             continue
-        manifest["tables"][table] = {
-            "rows": rows,
-            "expected_rows": expected[table],
-            "schema_type": metas[table].get("schema_type"),
-            "voxel_resolution": metas[table].get("voxel_resolution"),
-            "reference_table": metas[table].get("reference_table") or None,
-            "desired_resolution": request.desired_resolution,
-            "arrow_schema": _schema_of(files[0]["path"], aws) if files else [],
-            "snapshotted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "files": [
-                {
-                    "path": f"{table}/{p['path'].rsplit('/', 1)[-1]}",
-                    "rows": p["rows"],
-                    "sha256": p["sha256"],
-                    "bytes": p["bytes"],
-                    "id_range": p["id_range"],
-                }
-                for p in files
-            ],
-        }
-        manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat()
-        write_manifest(root, manifest, aws)
+        manifest.record(
+            table,
+            TableEntry(
+                rows=rows,
+                expected_rows=expected[table],
+                schema_type=metas[table].get("schema_type"),
+                voxel_resolution=metas[table].get("voxel_resolution"),
+                reference_table=metas[table].get("reference_table") or None,
+                desired_resolution=request.desired_resolution,
+                arrow_schema=_schema_of(files[0]["path"], aws) if files else [],
+                files=[
+                    SnapshotFile(
+                        path=f"{table}/{p['path'].rsplit('/', 1)[-1]}",
+                        rows=p["rows"],
+                        sha256=p["sha256"],
+                        bytes=p["bytes"],
+                        id_range=p["id_range"],
+                    )
+                    for p in files
+                ],
+            ),
+        )
+        manifest.write(root, aws)
         written.append(
             TableSnapshot(
                 table=table,
@@ -475,7 +446,7 @@ def finish_tables(
     return written, problems
 
 
-def report_snapshot(summary: SnapshotSummary, root: str, manifest: dict[str, Any]) -> None:
+def report_snapshot(summary: SnapshotSummary, root: str, manifest: Manifest) -> None:
     """Publish the tables and their files inline (counts and checksums), paths as text."""
     publish_table(
         ARTIFACT_KEY,
@@ -485,14 +456,14 @@ def report_snapshot(summary: SnapshotSummary, root: str, manifest: dict[str, Any
     files = [
         {
             "table": table,
-            "file": item["path"],
-            "rows": item["rows"],
-            "bytes": item["bytes"],
-            "ids": _span(item["id_range"]),
-            "sha256": item["sha256"],
+            "file": item.path,
+            "rows": item.rows,
+            "bytes": item.bytes,
+            "ids": _span(item.id_range),
+            "sha256": item.sha256,
         }
-        for table, entry in sorted(manifest["tables"].items())
-        for item in entry.get("files", [])
+        for table, entry in sorted(manifest.tables.items())
+        for item in entry.files
     ]
     lines = [
         f"# Snapshot {summary.datastack} v{summary.version}",

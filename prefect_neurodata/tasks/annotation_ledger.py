@@ -27,10 +27,12 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from prefect.context import FlowRunContext, TaskRunContext
@@ -38,7 +40,7 @@ from prefect_aws import AwsCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_neurodata.clients.http import dumps, loads
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks import storage
 
 __all__ = [
     "ChunkEntry",
@@ -49,6 +51,7 @@ __all__ = [
     "read_header",
     "write_entry",
     "write_header",
+    "write_id_map",
 ]
 
 HEADER_NAME = "ledger.json"
@@ -159,3 +162,28 @@ def write_entry(
     payload = model.model_dump(exclude_none=True)
     storage.write_bytes_atomic(entry_uri(ledger_dir, model.chunk), dumps(payload), aws)
     return model
+
+
+def write_id_map(
+    ledger: str, mode: str, entries: Sequence[ChunkEntry], aws: AwsCredentials | None = None
+) -> tuple[str, list]:
+    """Write the whole id mapping as CSV next to the ledger; return its URI and the rows."""
+    rows: list[dict[str, Any]] = []
+    for entry in sorted(entries, key=lambda e: e.chunk):
+        first = entry.rows[0]
+        if mode == "update":
+            for old, new in (entry.id_map or {}).items():
+                rows.append({"old_id": int(old), "new_id": int(new)})
+        elif mode == "insert":
+            for offset, new in enumerate(entry.ids or []):
+                rows.append({"row": first + offset, "id": int(new)})
+        else:
+            rows.extend({"deleted_id": int(i)} for i in entry.ids or [])
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    uri = storage.join(ledger, "id_map.csv")
+    storage.write_bytes_atomic(uri, out.getvalue().encode(), aws)
+    return uri, rows

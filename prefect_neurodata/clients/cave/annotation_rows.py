@@ -57,6 +57,8 @@ __all__ = [
     "check_sendable",
     "chunk_ranges",
     "fast_validator",
+    "fingerprint",
+    "flat_fingerprint",
     "nest_row",
     "raise_problems",
     "shorten",
@@ -267,7 +269,7 @@ def parse_position(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _plain(value: Any) -> Any:
+def _json_number(value: Any) -> Any:
     """Plain JSON numbers: integral floats as ints (ids read as floats), numpy as Python."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
@@ -292,7 +294,7 @@ def nest_row(flat: Mapping[str, Any], fields: SchemaFields, *, convert: bool = T
         convert: Turn integral floats into ints and numpy values into Python ones (what file
             sources need); False keeps values as given (staging sends what the user added).
     """
-    plain: Callable[[Any], Any] = _plain if convert else _same
+    plain: Callable[[Any], Any] = _json_number if convert else _same
     # Staged values were cleaned when added: only None is missing there ("" is a string).
     _missing = _missing_value if convert else _is_none
     out: dict[str, Any] = {}
@@ -697,6 +699,41 @@ def _id_problems(
         return [RowProblem(row, "id", str(ident), "duplicate id")]
     seen.add(ident)
     return []
+
+
+# ------------------------------------------------------------------------------ content
+def _norm(value: Any) -> Any:
+    """A comparable form of a value (numbers as floats, lists as tuples)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_norm(v) for v in value)
+    return value
+
+
+def fingerprint(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What identifies an annotation's content: its fields as the server stores them.
+
+    Nested points contribute their position only (supervoxel and root ids are looked up by the
+    server, not stored from the request).
+    """
+    items: list[tuple[str, Any]] = []
+    for key, value in record.items():
+        if key in ("id", "valid"):
+            continue
+        if isinstance(value, Mapping):
+            if "position" in value:
+                items.append((f"{key}_position", _norm(value["position"])))
+            continue
+        items.append((key, _norm(value)))
+    return tuple(sorted(items))
+
+
+def flat_fingerprint(row: Mapping[str, Any], keys: set[str]) -> tuple[Any, ...]:
+    """The `fingerprint` of a flat row as the service returns it, over ``keys``."""
+    return tuple(sorted((k, _norm(row.get(k))) for k in keys))
 
 
 # ------------------------------------------------------------------------------ chunks

@@ -10,7 +10,7 @@ stand-in), as in the AIND flows; without a block, from the standard AWS environm
 
 Example:
     ```python
-    from prefect_neurodata.tasks._storage import join, write_bytes_atomic, read_bytes
+    from prefect_neurodata.tasks.storage import join, write_bytes_atomic, read_bytes
 
     uri = join("s3://bucket/snapshots", "manifest.json")
     write_bytes_atomic(uri, b"{}")
