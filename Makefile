@@ -9,7 +9,7 @@ EXAMPLE_STAMP := $(VENV)/.example-installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-example system-deps demo test test-example lint format bench lock clean
+.PHONY: install install-example system-deps demo test test-example compat lint format bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: install system-deps
 test-example: install-example
 	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/pytest -p no:cacheprovider
 
+# The official clients' own test suites, downloaded from their sdists at run time, run against the
+# official packages (own venv from compat/official-requirements.lock) and against ours.
+compat: install
+	$(BIN)/python compat/run.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -59,9 +64,9 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet -e '.[sandbox,dask,dev]'
+	.lock-venv/bin/pip install --quiet -e '.[sandbox,dask,dev,helpers]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^prefect-neurodata' > requirements.lock
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .sandbox .pytest_cache
+	rm -rf $(VENV) .sandbox .pytest_cache .compat

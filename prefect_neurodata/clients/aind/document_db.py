@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,8 @@ import requests
 from prefect_neurodata.clients import http
 from prefect_neurodata.clients.aind import _wire
 from prefect_neurodata.clients.aind.utils import validate_s3_location
+from prefect_neurodata.clients.concurrency import PicklableLock
+from prefect_neurodata.errors import NeurodataError
 
 if TYPE_CHECKING:
     import boto3
@@ -73,7 +74,7 @@ payload cap (5-6 MB), so more pages follow and the rest is read in concurrent ``
 a smaller one held the whole result. `Client.parallel_page_bytes` overrides it per client."""
 
 
-class BulkWriteFailed(requests.HTTPError):
+class BulkWriteFailed(requests.HTTPError, NeurodataError):
     """Some chunks of `Client.upsert_list_of_docdb_records` did not land.
 
     Raised after every chunk was attempted. Upserts are keyed by ``_id``, so calling the method
@@ -149,6 +150,31 @@ def _within(filter_query: dict | None, id_condition: dict[str, Any]) -> dict:
     return {"$and": [filter_query, condition]}
 
 
+def filter_list_pipeline(
+    filter_key: str, filter_values: list[Any], projection: dict | None = None
+) -> list[dict]:
+    """The aggregation of ``fetch_records_by_filter_list``: ``$match`` + ``$in`` (+ ``$project``).
+
+    Example:
+        >>> filter_list_pipeline("name", ["a", "b"], {"_id": 1})
+        [{'$match': {'name': {'$in': ['a', 'b']}}}, {'$project': {'_id': 1}}]
+    """
+    pipeline: list[dict] = [{"$match": {filter_key: {"$in": filter_values}}}]
+    if projection:
+        pipeline.append({"$project": projection})
+    return pipeline
+
+
+def filter_list_chunk_size(projection: dict | None) -> int:
+    """Values per ``$in`` request of ``fetch_records_by_filter_list`` (whole records are bigger).
+
+    Example:
+        >>> filter_list_chunk_size(None), filter_list_chunk_size({"_id": 1})
+        (100, 500)
+    """
+    return 500 if projection else 100
+
+
 def _after(filter_query: dict | None, last: Any) -> dict:
     """``filter_query`` and ``_id > last`` (see `_within`)."""
     return _within(filter_query, {"$gt": last})
@@ -172,6 +198,9 @@ class Client:
         max_workers: Requests in flight for concurrent reads and chunked writes.
         ids_per_request: Deprecated and ignored (retrievals no longer fetch ``_id`` chunks
             with ``$in``); still accepted so that existing callers keep working.
+        transport: Every transport setting at once (`TransportConfig`: timeout, retry policy,
+            pool, TLS verify, session factory); when given it replaces ``timeout`` and
+            ``retry``.
 
     Example:
         ```python
@@ -195,20 +224,30 @@ class Client:
         retry: http.RetryPolicy | None = None,
         max_workers: int = 8,
         ids_per_request: int = 100,
+        transport: http.TransportConfig | None = None,
     ) -> None:
         self.scheme, self.host = _split_host(host)
         self.database = database
         self.collection = collection
         self.version = version
-        self.timeout = timeout
-        self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_workers = max(1, int(max_workers))
+        self.transport = (
+            transport
+            if transport is not None
+            else http.TransportConfig(
+                timeout=timeout,
+                retry=retry if retry is not None else DEFAULT_RETRY,
+                pool_maxsize=max(10, self.max_workers),
+            )
+        )
+        self.timeout = self.transport.timeout
+        self.retry = self.transport.retry
         self.ids_per_request = max(1, int(ids_per_request))  # deprecated, unused
         self.parallel_page_bytes = PARALLEL_PAGE_BYTES
         self._boto = boto
         self._session = session
         self._http_client: http.HttpClient | None = None
-        self._lock = threading.Lock()
+        self._lock = PicklableLock()
 
     def __repr__(self) -> str:
         return (
@@ -233,7 +272,8 @@ class Client:
         """Requests session (created on first use)."""
         with self._lock:
             if self._session is None:
-                self._session = http.new_session(pool_maxsize=max(10, self.max_workers))
+                pool_maxsize = max(self.transport.pool_maxsize, self.max_workers)
+                self._session = self.transport.replace(pool_maxsize=pool_maxsize).new_session()
             return self._session
 
     @property
@@ -688,7 +728,7 @@ class Client:
                 seen.add(key)
                 values.append(value)
         if chunk_size is None:
-            chunk_size = 500 if projection else 100
+            chunk_size = filter_list_chunk_size(projection)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be > 0, got {chunk_size!r}")
         request_projection, strip = _with_id(projection) if projection else (None, False)
@@ -701,22 +741,20 @@ class Client:
         if len(pages) == 1:
             records = pages[0]
         else:
-            records, ids = [], set()
+            records, ids = [], set[bytes]()
             for page in pages:
                 for record in page:
                     marker = record.get("_id")
-                    key = _wire.encode(marker) if marker is not None else None
-                    if key is not None and key in ids:
+                    marker_key = _wire.encode(marker) if marker is not None else None
+                    if marker_key is not None and marker_key in ids:
                         continue
-                    if key is not None:
-                        ids.add(key)
+                    if marker_key is not None:
+                        ids.add(marker_key)
                     records.append(record)
         return _strip_ids(records) if strip else records
 
     def _match_in(self, key: str, values: list[Any], projection: dict | None) -> list[dict]:
-        pipeline: list[dict] = [{"$match": {key: {"$in": values}}}]
-        if projection:
-            pipeline.append({"$project": projection})
+        pipeline = filter_list_pipeline(key, values, projection)
         try:
             return self.aggregate_docdb_records(pipeline)
         except http.ServiceError as exc:
@@ -764,10 +802,12 @@ class Client:
             The response, e.g. ``{"acknowledged": true, "matchedCount": 1, ...}``.
 
         Raises:
-            ValueError: ``record`` has no ``_id`` (nothing is sent).
+            ValueError: ``record`` has no ``_id``, or holds NaN or infinity (nothing is sent;
+                the official client would store null).
         """
         if not isinstance(record, Mapping) or record.get("_id") is None:
             raise ValueError("Record does not have an _id field.")
+        _wire.reject_non_finite_records([record])
         body = _wire.encode(
             {"filter": {"_id": record["_id"]}, "update": {"$set": record}, "upsert": "True"},
             what="record",
@@ -777,7 +817,7 @@ class Client:
     def upsert_list_of_docdb_records(
         self,
         records: list[dict],
-        max_payload_size: int = 5e6,
+        max_payload_size: float = 5e6,
         *,
         max_workers: int | None = None,
     ) -> list[requests.Response]:
@@ -816,6 +856,7 @@ class Client:
             shown = ", ".join(f"records[{i}]" for i in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise ValueError(f"A record does not have an _id field: {shown}{more}.")
+        _wire.reject_non_finite_records(records)
 
         # Every record is encoded once up front to validate it and size the chunks, and again
         # when its chunk is sent: only the chunks in flight are held as bytes, not all of them.
@@ -935,8 +976,8 @@ def _first_failed(exc: BaseException, chunk_len: int) -> int:
     errors = body.get("writeErrors") if isinstance(body, dict) else None
     if not errors:
         return 0
-    indexes = [e.get("index") for e in errors if isinstance(e, dict)]
-    indexes = [i for i in indexes if isinstance(i, int) and 0 <= i < chunk_len]
+    found = [e.get("index") for e in errors if isinstance(e, dict)]
+    indexes = [i for i in found if isinstance(i, int) and 0 <= i < chunk_len]
     return min(indexes) if indexes else 0
 
 
