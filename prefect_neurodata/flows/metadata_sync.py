@@ -58,13 +58,13 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
-from prefect_neurodata.tasks._common import (
+from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
+from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
     load_docdb,
     load_rds,
 )
-from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.docdb import check_docdb, deregister_asset_batch, index_locations
 from prefect_neurodata.tasks.rds import check_rds, check_table_name, export_rows
 from prefect_neurodata.tasks.s3 import check_bucket, list_asset_prefixes

@@ -6,15 +6,10 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NONE
 
 from prefect_neurodata.blocks.rds import RdsCredentials
-from prefect_neurodata.tasks._common import (
-    TASK_RETRIES,
-    TASK_RETRY_DELAYS,
-    load_rds,
-    transient_only,
-)
+from prefect_neurodata.tasks.common import load_rds
+from prefect_neurodata.tasks.retries import task_options
 
 MAX_IDENTIFIER_BYTES = 63
 """Postgres keeps identifiers to NAMEDATALEN - 1 = 63 bytes (longer ones are cut or refused)."""
@@ -46,14 +41,7 @@ def check_table_name(value: str) -> str:
     return value
 
 
-@task(
-    name="check-rds",
-    tags=["rds"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    retry_condition_fn=transient_only,
-    cache_policy=NONE,
-)
+@task(name="check-rds", **task_options(tags=["rds"]))
 def check_rds(rds: str | RdsCredentials) -> None:
     """Fail before any write when the database cannot be reached with the block's credentials.
 
@@ -76,13 +64,7 @@ def check_rds(rds: str | RdsCredentials) -> None:
         client.dispose()
 
 
-@task(
-    name="export-rds-table",
-    tags=["rds", "write"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    cache_policy=NONE,
-)
+@task(name="export-rds-table", **task_options(tags=["rds", "write"]))
 def export_rows(rds: str | RdsCredentials, table: str, rows: list[dict[str, Any]]) -> int:
     """Replace ``table`` with ``rows`` (one row per asset); a rerun writes the same table.
 

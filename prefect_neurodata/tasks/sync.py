@@ -18,23 +18,16 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.clients.http import map_bounded
-from prefect_neurodata.tasks._common import (
-    TASK_RETRIES,
-    TASK_RETRY_DELAYS,
-    TransientBatchError,
-    load_aws,
-    load_docdb,
-    transient_only,
-)
 from prefect_neurodata.tasks.claims import ASSET_LOCATION, claim
+from prefect_neurodata.tasks.common import load_aws, load_docdb
 from prefect_neurodata.tasks.docdb import other_version_locations, register_locations
+from prefect_neurodata.tasks.retries import TransientBatchError, task_options
 from prefect_neurodata.tasks.s3 import (
     CHECKPOINT_ROOT,
     S3_THREADS,
@@ -371,12 +364,7 @@ def _batch_run_name() -> str:
 @task(
     name="sync-metadata-batch",
     task_run_name=_batch_run_name,
-    tags=["docdb", "write", "s3"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    retry_jitter_factor=0.3,
-    retry_condition_fn=transient_only,
-    cache_policy=NONE,
+    **task_options(tags=["docdb", "write", "s3"]),
 )
 def sync_metadata_batch(
     docdb: str | DocDbApiCredentials,
