@@ -49,10 +49,16 @@ def rows_per_part(synapses: int) -> int:
     return max(100_000, synapses // 10)
 
 
-def run(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> list[Any]:
+def run(
+    args: argparse.Namespace,
+    workdir: Path,
+    env: dict[str, str],
+    done: list[Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> list[Any]:
     """Measure ``flows.snapshot`` at every size of ``args.snapshot_rows``; one cell per size."""
     from bench import flows_cave
-    from bench.harness import Cell, log
+    from bench.harness import Cell, log, write_partial
     from prefect_neurodata.sandbox.seed import seed_cave
     from tests.fixtures.prefect import run_prefect_server
 
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> list[An
                     finally:
                         shutil.rmtree(dest, ignore_errors=True)
                     cell.runs[mode].append(result)
+                    write_partial(args, [*(done or []), *cells], meta or {})
                     log(
                         f"flows.snapshot {synapses:,} rows rep {rep + 1}: {mode} "
                         + (

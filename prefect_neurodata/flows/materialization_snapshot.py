@@ -48,6 +48,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import publish_markdown, publish_table
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
@@ -145,7 +146,7 @@ class SnapshotSummary(BaseModel):
     tables: list[TableSnapshot]
 
 
-class SnapshotVerificationError(RuntimeError):
+class SnapshotVerificationError(RuntimeError, NeurodataError):
     """A table's written row count differs from the server's count."""
 
 

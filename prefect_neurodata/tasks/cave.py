@@ -18,8 +18,8 @@ crosses a task boundary as a parameter or result: results are small, secret-free
 Parquet by the task that fetched it.
 
 Retries: the HTTP core already retries transient failures of idempotent requests; the task
-level adds retries (`TASK_RETRIES`) for transient errors only (`transient_only`), so a schema
-error, an unknown table or a missing permission fails at once.
+level retries a batch the core gave up on, for transient errors only (`retries.task_options`),
+so a schema error, an unknown table or a missing permission fails at once.
 
 Caching: reads of a *frozen* materialization version (tables, row counts, partition plans)
 use ``INPUTS + TASK_SOURCE``: a version never changes, so a rerun reuses them. Everything else,

@@ -21,6 +21,7 @@ from prefect_neurodata.clients.cave.annotation_rows import (
     flat_fingerprint,
 )
 from prefect_neurodata.clients.http import ServiceError
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.annotation_ledger import ChunkEntry, read_entry, write_entry
 from prefect_neurodata.tasks.cave_common import (
@@ -36,7 +37,7 @@ MAX_CHUNK = MAX_ANNOTATIONS_PER_REQUEST
 """The annotation engine's limit of annotations per request (413 above it)."""
 
 
-class ChunkReconcileError(RuntimeError):
+class ChunkReconcileError(RuntimeError, NeurodataError):
     """A chunk whose answer was lost cannot be proven landed or not landed.
 
     Raised instead of resending, so nothing is ever written twice; the message says what was

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import task
 
-from prefect_neurodata.clients.http import HttpClient, ServiceError
+from prefect_neurodata.clients.http import ServiceError
 from prefect_neurodata.tasks.cave_common import (
     LIVE_OPTIONS,
     Cave,
@@ -26,15 +26,6 @@ from prefect_neurodata.tasks.cave_common import (
 
 
 # ------------------------------------------------------------------------------ access checks
-def _auth_get(client: Any, path: str) -> Any:
-    """GET an auth-service path with the client's token (never logged)."""
-    http = HttpClient(base_headers=client.auth.request_header, timeout=(10.0, 60.0))
-    try:
-        return HttpClient.json(http.request("GET", f"{client.auth.server_address}{path}"))
-    finally:
-        http.close()
-
-
 @task(name="check-cave-access", tags=["cave"], **LIVE_OPTIONS)
 def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
     """Check that the datastack exists and the block's token holds ``permission`` on it.
@@ -66,13 +57,13 @@ def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> d
             ) from None
         raise
     try:
-        dataset = _auth_get(client, f"/auth/api/v1/service/datastack/table/{datastack}/dataset")
+        dataset = client.auth.get_table_dataset(datastack)
     except ServiceError as exc:
         if exc.status_code != 404:
             raise
         dataset = datastack
     try:
-        me = _auth_get(client, "/auth/api/v1/user/cache")
+        me = client.auth.get_user_cache()
     except ServiceError as exc:
         if exc.status_code in (401, 403):
             raise CavePermissionError(

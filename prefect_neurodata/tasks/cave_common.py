@@ -7,9 +7,9 @@ so partition tasks skip the repeated block reads and client set-up. No live clie
 crosses a task boundary as a parameter or result.
 
 Retries: the HTTP core already retries transient failures of idempotent requests; the task
-level adds retries (`TASK_RETRIES`) for transient errors only (`transient_only`), so a schema
-error, an unknown table or a missing permission fails at once (`LIVE_OPTIONS`). Reads of a
-*frozen* materialization version use ``INPUTS + TASK_SOURCE`` caching (`FROZEN_OPTIONS`).
+level retries a batch the core gave up on, for transient errors only (`retries.task_options`),
+so a schema error, an unknown table or a missing permission fails at once (`LIVE_OPTIONS`).
+Reads of a *frozen* materialization version use ``INPUTS + TASK_SOURCE`` caching (`FROZEN_OPTIONS`).
 
 Example:
     ```python
@@ -28,39 +28,32 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from prefect.cache_policies import INPUTS, NONE, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
-from prefect_neurodata.tasks._common import TASK_RETRIES, TASK_RETRY_DELAYS, transient_only
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks.annotation_ledger import current_run
+from prefect_neurodata.tasks.retries import task_options
 
 # (The client package loads its modules, and pandas, lazily; the import of ``frameworkclient``
 # above pays that one-off cost at import instead of inside the first task of a run.)
 
 Cave = str | CaveCredentials
 
-_RETRYING: dict[str, Any] = {
-    "retries": TASK_RETRIES,
-    "retry_delay_seconds": TASK_RETRY_DELAYS,
-    "retry_jitter_factor": 0.3,
-    "retry_condition_fn": transient_only,
-}
-LIVE_OPTIONS: dict[str, Any] = {**_RETRYING, "cache_policy": NONE}
+LIVE_OPTIONS: dict[str, Any] = task_options()
 """Task options of live reads and of writes: transient-only retries, no cache."""
-FROZEN_OPTIONS: dict[str, Any] = {
-    **_RETRYING,
-    "cache_policy": INPUTS + TASK_SOURCE,
-    "persist_result": True,
-}
+FROZEN_OPTIONS: dict[str, Any] = task_options(
+    cache_policy=INPUTS + TASK_SOURCE, persist_result=True
+)
 """Task options of reads of a frozen materialization version: cached by inputs and source."""
 
 
-class CaveInputError(ValueError):
+class CaveInputError(ValueError, NeurodataError):
     """A request names something CAVE does not have (datastack, version, table, schema)."""
 
 
-class CavePermissionError(PermissionError):
+class CavePermissionError(PermissionError, NeurodataError):
     """The token lacks a permission the work needs (checked before any write)."""
 
 

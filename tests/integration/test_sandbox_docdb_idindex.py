@@ -474,3 +474,45 @@ def test_whole_document_cache_budget(mongo: SecantusDBServer, db: pymongo.MongoC
         assert second == first
     finally:
         store.close()
+
+
+def test_answers_of_mongo_queries_are_kept_until_a_write(
+    http: requests.Session, fast: str, ref: str, db: pymongo.MongoClient
+) -> None:
+    """A filter MongoDB evaluates is answered again from memory, the same, until any write."""
+    path = "/v1/analysis/answers"
+    db.analysis.answers.insert_many(
+        [{"_id": f"a{i:02d}", "kind": i % 3, "pad": "r" * (i * 300)} for i in range(30)]
+    )
+    queries: list[dict[str, Any]] = [
+        {"limit": 0, "skip": 0, "filter": {"kind": 1}},
+        {
+            "limit": 0,
+            "skip": 0,
+            "filter": {"kind": 1},
+            "sort": {"_id": 1},
+            "projection": {"kind": 1},
+        },
+        {"limit": 3, "skip": 2, "filter": {"kind": {"$in": [0, 2]}}, "sort": {"pad": -1}},
+    ]
+    count = {"filter": json.dumps({"kind": 2})}
+
+    def answers(base: str) -> list[Any]:
+        got = [find(http, base, path, **q).content for q in queries]
+        return [*got, http.get(base + path + "/count_documents", params=count).json()]
+
+    first = answers(fast)
+    before = stats(http, fast)["answered"]
+    assert answers(fast) == first == answers(ref)
+    assert stats(http, fast)["answered"] - before == len(queries) + 1  # all from memory
+    # Cut pages of a filtered read: the same pages, warm as cold (skip loop of the official).
+    loop = skip_loop(http, fast, 0, path, filter={"kind": {"$gte": 0}})
+    assert loop == skip_loop(http, fast, 0, path, filter={"kind": {"$gte": 0}}) and len(loop) > 1
+    # A write through the API, then one straight to MongoDB: both are seen at once.
+    body = {"filter": {"_id": "a01"}, "update": {"$set": {"kind": 2}}}
+    assert signed(http, "POST", fast + path + "/update_one", body).status_code == 200
+    after_api = answers(fast)
+    assert after_api != first and after_api == answers(ref)
+    db.analysis.answers.update_one({"_id": "a04"}, {"$set": {"kind": 0}})
+    after_direct = answers(fast)
+    assert after_direct != after_api and after_direct == answers(ref)

@@ -55,7 +55,7 @@ def _default(value: Any) -> Any:
         return format_datetime(value)
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
-    return http._default(value)
+    return http.encode_default(value)
 
 
 def encode(value: Any, *, what: str = "body") -> bytes:

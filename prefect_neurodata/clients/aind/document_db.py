@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,8 @@ import requests
 from prefect_neurodata.clients import http
 from prefect_neurodata.clients.aind import _wire
 from prefect_neurodata.clients.aind.utils import validate_s3_location
+from prefect_neurodata.clients.concurrency import PicklableLock
+from prefect_neurodata.errors import NeurodataError
 
 if TYPE_CHECKING:
     import boto3
@@ -73,7 +74,7 @@ payload cap (5-6 MB), so more pages follow and the rest is read in concurrent ``
 a smaller one held the whole result. `Client.parallel_page_bytes` overrides it per client."""
 
 
-class BulkWriteFailed(requests.HTTPError):
+class BulkWriteFailed(requests.HTTPError, NeurodataError):
     """Some chunks of `Client.upsert_list_of_docdb_records` did not land.
 
     Raised after every chunk was attempted. Upserts are keyed by ``_id``, so calling the method
@@ -197,6 +198,9 @@ class Client:
         max_workers: Requests in flight for concurrent reads and chunked writes.
         ids_per_request: Deprecated and ignored (retrievals no longer fetch ``_id`` chunks
             with ``$in``); still accepted so that existing callers keep working.
+        transport: Every transport setting at once (`TransportConfig`: timeout, retry policy,
+            pool, TLS verify, session factory); when given it replaces ``timeout`` and
+            ``retry``.
 
     Example:
         ```python
@@ -220,20 +224,30 @@ class Client:
         retry: http.RetryPolicy | None = None,
         max_workers: int = 8,
         ids_per_request: int = 100,
+        transport: http.TransportConfig | None = None,
     ) -> None:
         self.scheme, self.host = _split_host(host)
         self.database = database
         self.collection = collection
         self.version = version
-        self.timeout = timeout
-        self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_workers = max(1, int(max_workers))
+        self.transport = (
+            transport
+            if transport is not None
+            else http.TransportConfig(
+                timeout=timeout,
+                retry=retry if retry is not None else DEFAULT_RETRY,
+                pool_maxsize=max(10, self.max_workers),
+            )
+        )
+        self.timeout = self.transport.timeout
+        self.retry = self.transport.retry
         self.ids_per_request = max(1, int(ids_per_request))  # deprecated, unused
         self.parallel_page_bytes = PARALLEL_PAGE_BYTES
         self._boto = boto
         self._session = session
         self._http_client: http.HttpClient | None = None
-        self._lock = threading.Lock()
+        self._lock = PicklableLock()
 
     def __repr__(self) -> str:
         return (
@@ -258,7 +272,8 @@ class Client:
         """Requests session (created on first use)."""
         with self._lock:
             if self._session is None:
-                self._session = http.new_session(pool_maxsize=max(10, self.max_workers))
+                pool_maxsize = max(self.transport.pool_maxsize, self.max_workers)
+                self._session = self.transport.replace(pool_maxsize=pool_maxsize).new_session()
             return self._session
 
     @property
@@ -726,15 +741,15 @@ class Client:
         if len(pages) == 1:
             records = pages[0]
         else:
-            records, ids = [], set()
+            records, ids = [], set[bytes]()
             for page in pages:
                 for record in page:
                     marker = record.get("_id")
-                    key = _wire.encode(marker) if marker is not None else None
-                    if key is not None and key in ids:
+                    marker_key = _wire.encode(marker) if marker is not None else None
+                    if marker_key is not None and marker_key in ids:
                         continue
-                    if key is not None:
-                        ids.add(key)
+                    if marker_key is not None:
+                        ids.add(marker_key)
                     records.append(record)
         return _strip_ids(records) if strip else records
 
@@ -802,7 +817,7 @@ class Client:
     def upsert_list_of_docdb_records(
         self,
         records: list[dict],
-        max_payload_size: int = 5e6,
+        max_payload_size: float = 5e6,
         *,
         max_workers: int | None = None,
     ) -> list[requests.Response]:
@@ -961,8 +976,8 @@ def _first_failed(exc: BaseException, chunk_len: int) -> int:
     errors = body.get("writeErrors") if isinstance(body, dict) else None
     if not errors:
         return 0
-    indexes = [e.get("index") for e in errors if isinstance(e, dict)]
-    indexes = [i for i in indexes if isinstance(i, int) and 0 <= i < chunk_len]
+    found = [e.get("index") for e in errors if isinstance(e, dict)]
+    indexes = [i for i in found if isinstance(i, int) and 0 <= i < chunk_len]
     return min(indexes) if indexes else 0
 
 

@@ -30,14 +30,12 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from pymongo import MongoClient
 from sshtunnel import BaseSSHTunnelForwarderError, SSHTunnelForwarder
+from typing_extensions import Self
 
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 from prefect_neurodata.clients.aind.secrets import get_secret
 
-try:
-    from typing import Self
-except ImportError:  # pragma: no cover - Python 3.10
-    from typing_extensions import Self
+logger = logging.getLogger("prefect_neurodata.aind.document_db_ssh")
 
 
 class DocumentDbSSHCredentials(CoreCredentials):

@@ -40,13 +40,9 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
+from typing_extensions import Self
 
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
-
-try:  # Self is in typing from 3.11
-    from typing import Self
-except ImportError:  # pragma: no cover - Python 3.10
-    from typing_extensions import Self
 
 
 class RDSCredentials(CoreCredentials):

@@ -42,6 +42,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 
+from prefect_neurodata.errors import NeurodataError
+
 __all__ = [
     "ANNOTATION_ID_RANGE",
     "AnnotationValidationError",
@@ -129,7 +131,7 @@ class RowProblem:
         return f"row {self.row}: {self.field} = {self.value}: {self.problem}"
 
 
-class AnnotationValidationError(jsonschema.ValidationError, ValueError):
+class AnnotationValidationError(jsonschema.ValidationError, ValueError, NeurodataError):
     """Annotation rows that do not match the schema or cannot be stored; nothing was written.
 
     It is a `jsonschema.ValidationError` (what the seed's staging raises) and a `ValueError`.

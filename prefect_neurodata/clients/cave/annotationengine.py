@@ -40,7 +40,8 @@ import orjson
 import pandas as pd
 import requests
 
-from prefect_neurodata.clients.http import ServiceError, decode_json, dumps, loads
+from prefect_neurodata.clients.http import ServiceError, TransportConfig, decode_json, dumps, loads
+from prefect_neurodata.errors import NeurodataError
 
 from . import endpoints as _endpoints
 from .annotation_rows import (
@@ -53,7 +54,11 @@ from .annotation_rows import (
     id_list,
     shorten,
 )
-from .base import ClientBase, _negotiated_client
+from .base import (
+    ClientBase,
+    negotiated_client,
+    resolve_transport,
+)
 from .tools.stage import StagedAnnotations
 
 __all__ = [
@@ -77,7 +82,7 @@ _UNSURE_STATUSES = frozenset({502, 504})
 _URL_IDS_CHARS = 6000  # keeps ``?annotation_ids=...`` (commas sent as %2C) under line limits
 
 
-class AnnotationUploadError(requests.HTTPError):
+class AnnotationUploadError(requests.HTTPError, NeurodataError):
     """A batched write failed after some batches had already been written.
 
     It is a `requests.HTTPError`, so seed-style ``except requests.HTTPError`` still catches it;
@@ -125,6 +130,7 @@ def AnnotationClient(  # noqa: N802 - seed name
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> AnnotationClientV2:
     """Build the annotation engine client.
 
@@ -141,11 +147,13 @@ def AnnotationClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections per host.
         pool_block: Block when the pool is exhausted.
         over_client: The `CAVEclient` this client belongs to.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
 
     Returns:
         An `AnnotationClientV2`.
     """
-    return _negotiated_client(
+    return negotiated_client(
         AnnotationClientV2,
         server_address,
         auth_client,
@@ -154,10 +162,7 @@ def AnnotationClient(  # noqa: N802 - seed name
         _endpoints.annotation_common,
         {2: _endpoints.annotation_endpoints_v2},
         aligned_volume_name or dataset_name,
-        verify=verify,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
     )
 
@@ -254,19 +259,11 @@ class AnnotationClientV2(ClientBase):
         pool_block: bool | None = None,
         over_client: Any = None,
         schema_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._aligned_volume_name = aligned_volume_name
         self._schema_client = schema_client
 
@@ -552,6 +549,7 @@ class AnnotationClientV2(ClientBase):
         )
 
         def body(rows: range) -> bytes:
+            part: Sequence[Any]
             if isinstance(records, _FrameRows):
                 part = records.records(rows)
             else:

@@ -34,14 +34,15 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from prefect_neurodata.clients.http import decode_json, loads, map_bounded
+from prefect_neurodata.clients.http import TransportConfig, decode_json, loads, map_bounded
 
 from . import endpoints as _endpoints
 from .base import (
     ClientBase,
     _check_version_compatibility,
-    _negotiated_client,
-    _resolve_server_address,
+    negotiated_client,
+    resolve_server_address,
+    resolve_transport,
 )
 
 logger = logging.getLogger("prefect_neurodata.cave")
@@ -268,6 +269,7 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> ChunkedGraphClientV1:
     """Create a chunkedgraph client, negotiating the API version with the server.
 
@@ -283,6 +285,8 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections; None uses the session defaults.
         pool_block: Block on an exhausted pool; None uses the session defaults.
         over_client: The owning `CAVEclient`.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
 
     Example:
         ```python
@@ -290,9 +294,9 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         cg.get_root_id(97557743795364048)
         ```
     """
-    return _negotiated_client(
+    return negotiated_client(
         ChunkedGraphClientV1,
-        _resolve_server_address(server_address),
+        resolve_server_address(server_address),
         auth_client,
         api_version,
         SERVER_KEY,
@@ -300,10 +304,7 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         _endpoints.chunkedgraph_api_versions,
         timestamp=timestamp,
         table_name=table_name,
-        verify=verify,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
     )
 
@@ -340,24 +341,16 @@ class ChunkedGraphClientV1(ClientBase):
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_key,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_key)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._table_name = table_name
         self._default_timestamp = timestamp
         self._segmentation_info: dict[str, Any] | None = None
         self._default_url_mapping["table_id"] = table_name
-        self._roots_workers = max(1, min(ROOTS_MAX_WORKERS, pool_maxsize or ROOTS_MAX_WORKERS))
+        self._roots_workers = max(1, min(ROOTS_MAX_WORKERS, self.transport.pool_maxsize))
         # Fetched now, as caveclient 5.25 does, so version-guarded arguments (bounds=) are
         # checked against the server the client was built for.
         self._server_version = self._get_version()
@@ -840,7 +833,7 @@ class ChunkedGraphClientV1(ClientBase):
             timestamp = timestamp.replace(tzinfo=_UTC)
         root_ts = self._root_timestamp_bound(ids, use_max=False)
         if root_ts <= timestamp:
-            graph = self.get_lineage_graph(
+            graph: nx.DiGraph = self.get_lineage_graph(
                 ids,
                 timestamp_past=root_ts,
                 timestamp_future=timestamp,
@@ -867,7 +860,7 @@ class ChunkedGraphClientV1(ClientBase):
         """Get the earliest ancestors of a root (in-degree-0 nodes of its lineage graph)."""
         ids = root_id_int_list_check(root_id, make_unique=True)
         root_ts = self._root_timestamp_bound(ids, use_max=True)
-        graph = self.get_lineage_graph(
+        graph: nx.DiGraph = self.get_lineage_graph(
             ids, timestamp_past=timestamp_past, timestamp_future=root_ts, as_nx_graph=True
         )
         nodes = [n for n, d in graph.in_degree() if d == 0]

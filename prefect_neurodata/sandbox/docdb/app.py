@@ -77,7 +77,10 @@ Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural or
 documents (no projection) served on that path stay in memory, encoded, within
 ``NEURODATA_SANDBOX_DOC_CACHE_BYTES`` (1.5 GB) per collection: repeated full reads are served
 from memory, as DocumentDB serves its working set, and reach MongoDB only for the id list and
-the write counters. Writes
+the write counters. Reads MongoDB must evaluate (other filters, filtered counts) are kept too, by
+their exact request, while the id list lives: the same request is answered again from memory
+(SecantusDB takes seconds per filtered query over 15,000 records, where an indexed DocumentDB
+takes milliseconds). Writes
 through the API refresh that list at once; writes made straight to MongoDB (the seeder) are
 noticed through the server's write counters (``serverStatus`` ``opcounters``) on the next read.
 

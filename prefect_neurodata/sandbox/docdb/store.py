@@ -350,6 +350,8 @@ _AHEAD_RUNNING = 4
 DOC_CACHE_BYTES = DEFAULT_DOC_CACHE_BYTES
 # Projection key of a read without projection: whole documents, the ones the cache holds.
 _WHOLE = b""
+# Encoded answers of other queries (filters MongoDB must evaluate, counts) kept per id list.
+_ANSWER_BYTES = 256_000_000
 
 
 def _id_kind(value: Any) -> str | None:
@@ -423,6 +425,9 @@ class _IdList:
             key, _id)``; served once, then dropped.
         docs: encoded whole documents (no projection) by ``_id``, kept while ``docs_bytes``
             stays within ``docs_budget``: later reads of them never reach MongoDB.
+        answers: answers MongoDB computed for other reads (a ``find`` page of a filter it must
+            evaluate, a filtered count), by the exact request, within ``_ANSWER_BYTES``: the
+            same request is answered again without re-running the query.
 
         Both live and die with this list, so any write (through the API, or straight to MongoDB
         as seen by the write counters) drops them too, and the next read re-fetches.
@@ -431,6 +436,8 @@ class _IdList:
     __slots__ = (
         "ahead",
         "ahead_bytes",
+        "answers",
+        "answers_bytes",
         "built",
         "count",
         "docs",
@@ -454,6 +461,8 @@ class _IdList:
         self.docs: dict[Any, bytes] = {}
         self.docs_bytes = 0
         self.docs_budget = docs_budget
+        self.answers: dict[tuple, Any] = {}
+        self.answers_bytes = 0
         # Running read-aheads by (projection key, first _id they fetch).
         self.pending: dict[tuple[bytes, Any], Future] = {}
         self.lock = threading.Lock()
@@ -494,6 +503,12 @@ class _IdList:
             return {i: docs[i] for i in ids if i in docs}
         ahead = self.ahead
         return {i: ahead[(pk, i)] for i in ids if (pk, i) in ahead}
+
+    def remember(self, key: tuple, answer: Any, size: int) -> None:
+        """Keep the answer to the request ``key`` (call with ``lock`` held)."""
+        if key not in self.answers and self.answers_bytes + size <= _ANSWER_BYTES:
+            self.answers[key] = answer
+            self.answers_bytes += size
 
     def keep(self, pk: bytes, parts: dict[Any, bytes], *, ahead: bool) -> None:
         """Remember encoded documents (call with ``lock`` held).
@@ -676,7 +691,8 @@ class Store:
         # find requests answered by a new query, by continuing an open cursor, or from the
         # cached _id list (``id_lists``: how often such a list was read; ``read_ahead``:
         # documents served from the id path's read-ahead or whole-document cache;
-        # ``cached_docs``: those of them served from the whole-document cache).
+        # ``cached_docs``: those of them served from the whole-document cache; ``answered``:
+        # finds and counts answered again from an earlier identical request).
         self.stats = {
             "queries": 0,
             "continued": 0,
@@ -684,6 +700,7 @@ class Store:
             "id_lists": 0,
             "read_ahead": 0,
             "cached_docs": 0,
+            "answered": 0,
         }
 
     def _write_counters(self) -> tuple[int, int, int]:
@@ -750,6 +767,33 @@ class Store:
         served = self._find_by_ids(coll, filter, projection, sort, limit, skip, cap, short_pages)
         if served is not None:
             return served
+        if not self.use_id_lists:
+            return self._find_mongo(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        # The answer lives with the collection's id list, so any write drops it (see _IdList).
+        id_list = self._ids_of(coll)
+        key = ("find", _key(filter), _key(projection), _key(sort), limit, skip, cap, short_pages)
+        with id_list.lock:
+            found = id_list.answers.get(key)
+        if found is not None:
+            self.stats["answered"] += 1
+            return found
+        answer = self._find_mongo(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        with id_list.lock:
+            id_list.remember(key, answer, len(answer[0]))
+        return answer
+
+    def _find_mongo(
+        self,
+        coll: Collection,
+        filter: dict,
+        projection: dict | None,
+        sort: list[tuple[str, Any]] | None,
+        limit: int,
+        skip: int,
+        cap: int,
+        short_pages: bool,
+    ) -> tuple[bytes, int]:
+        """A ``find`` answer computed by MongoDB (continuing an open cursor when it can)."""
         if not short_pages:
             return self._find_once(coll, filter, projection, sort, limit, skip, cap)
         query_key = (coll.full_name, _key(filter), _key(projection), _key(sort))
@@ -1035,7 +1079,16 @@ class Store:
         elif bounds == []:
             filtered = total
         else:
-            filtered = coll.count_documents(filter)
+            key = ("count", _key(filter))
+            with id_list.lock:
+                found = id_list.answers.get(key)
+            if found is None:
+                found = coll.count_documents(filter)
+                with id_list.lock:
+                    id_list.remember(key, found, 64)
+            else:
+                self.stats["answered"] += 1
+            filtered = found
         return {"total_record_count": total, "filtered_record_count": filtered}
 
     def aggregate(self, coll: Collection, pipeline: list, cap: int) -> bytes:
