@@ -94,8 +94,10 @@ def claim_name(kind: str, *parts: str) -> str:
     """
     exact = "\x1f".join((kind, *parts))
     digest = hashlib.sha256(exact.encode()).hexdigest()[:10]
-    readable = _UNSAFE.sub("_", "-".join((kind, *parts)))[: _MAX_NAME - 12]
-    return f"neurodata-{readable}-{digest}"
+    prefix = "neurodata-"
+    room = _MAX_NAME - len(prefix) - len(digest) - 1
+    readable = _UNSAFE.sub("_", "-".join((kind, *parts)))[:room]
+    return f"{prefix}{readable}-{digest}"
 
 
 def claim_names(kind: str, keys: Collection[str]) -> list[str]:
