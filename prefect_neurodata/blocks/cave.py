@@ -26,8 +26,9 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
+
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.cave.frameworkclient import CAVEclientFull, CAVEclientGlobal
@@ -39,7 +40,7 @@ CONNECT_TIMEOUT_S = 10.0
 """Upper bound of the connect part of the timeout (the block's timeout bounds the read)."""
 
 
-class CaveCredentials(CredentialsBlock):
+class CaveCredentials(NeurodataCredentialsBlock):
     """Where the CAVE services are and how to authenticate to them.
 
     Attributes:
