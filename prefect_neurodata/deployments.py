@@ -43,7 +43,6 @@ import yaml
 
 from prefect_neurodata.relay import EVENT_NAME
 
-
 BLOCK_NAMES: dict[str, str] = {
     "docdb_block": "neurodata-docdb",
     "rds_block": "neurodata-rds",
