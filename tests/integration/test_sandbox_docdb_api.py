@@ -840,6 +840,46 @@ def test_register_co_result(base: str, http: requests.Session, db: pymongo.Mongo
     assert rec["external_links"] == {"Code Ocean": [co_id]} and rec["name"] == "ecephys_1_sorted"
 
 
+def test_concurrent_registrations_of_one_location_land_once(
+    base: str, http: requests.Session, db: pymongo.MongoClient, s3
+) -> None:
+    """Like a database unique index: of 12 simultaneous registrations exactly one lands.
+
+    Each call reads the S3 core files between its existence check and its insert, so most of
+    them pass the check together; only the unique index can stop the others.
+    """
+    name = "ecephys_700077_2025-03-07_10-11-12"
+    _put_core(s3, name, {"data_description": {"name": name, "data_level": "raw"}})
+    location = f"s3://{BUCKET}/{name}"
+    start = threading.Barrier(12)
+
+    def register() -> int:
+        with requests.Session() as own:
+            start.wait()
+            return signed(own, "POST", base + "/v1/assets/register", {"s3_location": location})
+
+    results: list[requests.Response] = []
+    threads = [threading.Thread(target=lambda: results.append(register())) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [201] + [409] * 11
+    conflicts = {r.json()["detail"] for r in results if r.status_code == 409}
+    assert conflicts == {f"{location} is already registered."}
+    assert db.metadata_index.data_assets.count_documents({"location": location}) == 1
+    indexes = db.metadata_index.data_assets.index_information().values()
+    assert any(spec["key"] == [("location", 1)] and spec.get("unique") for spec in indexes)
+
+    duplicate = {"_id": str(uuid.uuid4()), "name": "copy", "location": location}
+    r = signed(http, "POST", base + COLL + "/insert_one", duplicate)
+    assert r.status_code == 400
+    assert r.json()["code"] == 11000 and "duplicate key" in r.json()["detail"]
+    assert db.metadata_index.data_assets.count_documents({"location": location}) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from prefect_neurodata.sandbox.cave import arrowio, materialization, query
+from prefect_neurodata.sandbox.cave import arrowio, materialization_queries, query
 from prefect_neurodata.sandbox.cave.errors import CaveHTTPError
 from prefect_neurodata.sandbox.cave.store import Field
 
@@ -71,7 +71,7 @@ def test_pending_lookups_raise_406_or_are_dropped() -> None:
     table = pa.table({"id": [1, 2], "pt_supervoxel_id": pa.array([1, 77], pa.int64())})
     fields = [Field("pt", "bound_point", True)]
     with pytest.raises(CaveHTTPError) as err:
-        materialization._sentinel_rows(table, fields, allow_missing=False)
+        materialization_queries.sentinel_rows(table, fields, allow_missing=False)
     assert err.value.status_code == 406 and "1 annotations" in err.value.message
-    kept, dropped = materialization._sentinel_rows(table, fields, allow_missing=True)
+    kept, dropped = materialization_queries.sentinel_rows(table, fields, allow_missing=True)
     assert dropped == 1 and kept.column("id").to_pylist() == [2]

@@ -53,6 +53,9 @@ Status codes and bodies chosen, checked in this order (gateway first, then the L
   (the reference: 413 is the safest emulation of the Lambda's response limit).
 * 409 ``{"error": "Conflict", "detail": ...}``: ``assets/register`` of an already registered
   location (the real answer is unknown; a conflict lets a re-running flow tell "done" apart).
+  ``location`` is unique through a unique index, so of concurrent registrations of one location
+  exactly one lands; ``insert_one``/``bulk_write``/``update_one`` that would duplicate a
+  location get MongoDB's E11000 answer (400, code 11000), as from a real unique index.
 * 404 ``{"error": "NotFound", "detail": ...}``: ``add_qc_evaluation`` / ``data_summary`` of an
   unknown record.
 * Success shapes follow the Node driver (reference 1.4): ``insert_one`` ``{"acknowledged",

@@ -16,10 +16,16 @@ import orjson
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
 
 from prefect_neurodata.sandbox.docdb.config import DocDBConfig
 from prefect_neurodata.sandbox.docdb.errors import ApiError, bad_request, not_found
-from prefect_neurodata.sandbox.docdb.store import STAMP_FIELD, now_iso, run_mongo
+from prefect_neurodata.sandbox.docdb.store import (
+    STAMP_FIELD,
+    ensure_unique_locations,
+    now_iso,
+    run_mongo,
+)
 
 CORE_FILES = {
     "v1": (
@@ -179,10 +185,10 @@ class Assets:
             for key in sorted(co_keys):
                 if not isinstance(body[key], str) or not body[key].strip():
                     raise bad_request(f"'{key}' must be a non-empty string, got {body[key]!r}")
+        ensure_unique_locations(coll)
+        # A cheap early answer; the unique index below is what makes concurrent calls safe.
         if run_mongo(coll.find_one, {"location": location}, {"_id": 1}) is not None:
-            raise ApiError(
-                409, {"error": "Conflict", "detail": f"{location} is already registered."}
-            )
+            raise _already_registered(location)
         core = self.read_core_files(version, location, required=not is_result)
         if is_result:
             name, co_id = body["name"], body["co_asset_id"]
@@ -192,7 +198,14 @@ class Assets:
             name = name or prefix.rsplit("/", 1)[-1]
             co_id = co_asset_id(location)
         record = self.build_record(version, name, location, core, co_id)
-        run_mongo(coll.insert_one, record)
+
+        def insert() -> None:
+            try:
+                coll.insert_one(record)
+            except DuplicateKeyError:  # a concurrent call registered it first
+                raise _already_registered(location) from None
+
+        run_mongo(insert)
         if is_result:
             return {"message": f"Inserted new DocDB record for result asset {location}."}
         return {
@@ -283,6 +296,10 @@ class Assets:
                 "bedrock_chat_model_kwargs": {"temperature": 0},
             },
         }
+
+
+def _already_registered(location: str) -> ApiError:
+    return ApiError(409, {"error": "Conflict", "detail": f"{location} is already registered."})
 
 
 def _qc_error(detail: str) -> ApiError:

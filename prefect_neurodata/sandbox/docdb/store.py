@@ -66,6 +66,13 @@ INDEXES = {
         "data_description.modalities.abbreviation",
     ),
 }
+# Asset records are unique by location (reference 7.1: "location ... unique"). A unique index
+# enforces it atomically, as a production database would: of N concurrent registrations of one
+# location exactly one lands. Records without a string location stay allowed (partial index).
+UNIQUE_FIELD = "location"
+_UNIQUE_INDEX = "location_unique"
+_unique_ready: set[tuple[int, str]] = set()
+_unique_lock = threading.Lock()
 # Requests with a limit at least this large are treated as pages of a longer read.
 PAGER_MIN_LIMIT = 50
 STAMP_FIELD = {"v1": "last_modified", "v2": "_last_modified"}
@@ -626,7 +633,10 @@ class Store:
         for version, fields in INDEXES.items():
             coll = self.collection(version, "metadata_index", "data_assets")
             for name in fields:
-                coll.create_index([(name, pymongo.ASCENDING)])
+                if name == UNIQUE_FIELD:
+                    ensure_unique_locations(coll)
+                else:
+                    coll.create_index([(name, pymongo.ASCENDING)])
 
     # -- reads ---------------------------------------------------------------------------------
     def find_page(
@@ -953,6 +963,37 @@ class Store:
         with coll.aggregate(pipeline) as cursor:
             body, _ = encode_capped(cursor, cap, short_pages=False)
         return body
+
+
+def ensure_unique_locations(coll: Collection) -> bool:
+    """Make ``location`` unique in ``coll`` with a unique index (once per process and collection).
+
+    A plain ``location`` index left by an older stand-in is replaced. When existing records
+    already share a location the index cannot be built: that is logged and False returned (the
+    callers then fall back to their check-before-insert).
+    """
+    key = (id(coll.database.client), coll.full_name)
+    if key in _unique_ready:
+        return True
+    with _unique_lock:
+        if key in _unique_ready:
+            return True
+        try:
+            info = coll.index_information()
+            for name, spec in info.items():
+                if spec.get("key") == [(UNIQUE_FIELD, 1)] and not spec.get("unique"):
+                    coll.drop_index(name)
+            coll.create_index(
+                [(UNIQUE_FIELD, pymongo.ASCENDING)],
+                name=_UNIQUE_INDEX,
+                unique=True,
+                partialFilterExpression={UNIQUE_FIELD: {"$type": "string"}},
+            )
+        except PyMongoError as exc:
+            logger.error("no unique index on %s.%s: %s", coll.full_name, UNIQUE_FIELD, exc)
+            return False
+        _unique_ready.add(key)
+        return True
 
 
 def run_mongo(fn, *args: Any, **kwargs: Any) -> Any:
