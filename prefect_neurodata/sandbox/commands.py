@@ -9,7 +9,13 @@ import sys
 import time
 from typing import Any
 
-from prefect_neurodata.sandbox.launcher import FAULT_SERVICES, SERVICES, Sandbox, SandboxError
+from prefect_neurodata.sandbox.launcher import (
+    FAULT_SERVICES,
+    KNOWN_SERVICES,
+    SERVICES,
+    Sandbox,
+    SandboxError,
+)
 
 DEFAULT_WORKDIR = ".sandbox"
 
@@ -34,9 +40,9 @@ def _json_arg(text: str) -> dict[str, Any]:
 
 def _services_arg(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in names if s not in SERVICES]
+    bad = [s for s in names if s not in KNOWN_SERVICES]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown service(s) {bad}; choose from {SERVICES}")
+        raise argparse.ArgumentTypeError(f"unknown service(s) {bad}; choose from {KNOWN_SERVICES}")
     return names
 
 
@@ -56,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--services",
         type=_services_arg,
         default=SERVICES,
-        help=f"comma-separated subset of {','.join(SERVICES)} (default: all)",
+        help=f"comma-separated subset of {','.join(KNOWN_SERVICES)} "
+        f"(default: {','.join(SERVICES)}; postgres only when named)",
     )
     up.add_argument("--mongo-uri", help="use this MongoDB instead of starting SecantusDB")
     for svc in FAULT_SERVICES:
