@@ -96,6 +96,7 @@ class ServiceProcess:
             process may have a ``health`` URL that answers 200 while it is healthy.
         adopted: Started by someone else and recorded with :meth:`Sandbox.adopt`.
         group: Stop the whole process group (the process leads its own session).
+        stop_first: An adopted client of other processes: stopped before all of them.
     """
 
     name: str
@@ -106,6 +107,7 @@ class ServiceProcess:
     urls: dict[str, str] = field(default_factory=dict)
     adopted: bool = False
     group: bool = False
+    stop_first: bool = False
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -466,6 +468,7 @@ class Sandbox:
         log: str | Path,
         urls: Mapping[str, str] | None = None,
         group: bool = False,
+        stop_first: bool = False,
     ) -> None:
         """Record a process someone else started so ``status`` lists it and ``down`` stops it.
 
@@ -476,6 +479,8 @@ class Sandbox:
             log: Where it logs.
             urls: Its URLs; ``health``, if given, must answer 200 while it is healthy.
             group: Stop its whole process group (it leads its own session).
+            stop_first: It is a client of the other processes (a deployment runner, an event
+                relay): ``down`` stops it before them, so it can shut down cleanly.
         """
         if name in KNOWN_SERVICES:
             raise ValueError(f"name: {name!r} is a sandbox service; adopt other processes")
@@ -493,6 +498,7 @@ class Sandbox:
             urls=dict(urls or {}),
             adopted=True,
             group=group,
+            stop_first=stop_first,
         )
         self._save_state(procs, self._state_extra())
 
@@ -1017,16 +1023,19 @@ class Sandbox:
         announce: Callable[[str, int], None] | None = None,
     ) -> list[str]:
         """Stop every process that is still our own, in waves: adopted processes (clients of
-        the services), the HTTP services, then their backends.
+        the services), the HTTP services and adopted servers, then their backends.
 
         The HTTP services shut down cleanly only while their database is still up, so they get
         SIGTERM first; whatever does not exit within :data:`STOP_TIMEOUT` gets SIGKILL.
         """
-        adopted = [n for n, p in procs.items() if p.adopted]
-        front = [n for n in ("cave", "docdb") if n in procs]
-        back = [n for n in procs if n not in front and n not in adopted]
+        # Adopted clients (a deployment runner) stop while the servers they talk to still
+        # answer; adopted servers (a Prefect server) stop with the HTTP services.
+        clients = [n for n, p in procs.items() if p.adopted and p.stop_first]
+        front = [n for n, p in procs.items() if p.adopted and not p.stop_first]
+        front += [n for n in ("cave", "docdb") if n in procs]
+        back = [n for n in procs if n not in front and n not in clients]
         stopped: list[str] = []
-        for wave in (adopted, front, back):
+        for wave in (clients, front, back):
             live = {n: procs[n] for n in wave if is_same_process(procs[n])}
             if announce is not None:
                 for name, proc in live.items():
