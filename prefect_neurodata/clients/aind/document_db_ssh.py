@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from prefect_neurodata.clients._extras import import_extra
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 from prefect_neurodata.clients.aind.secrets import get_secret
 
@@ -187,7 +188,7 @@ class DocumentDbSSHClient:
         return self._client[self.database_name][self.collection_name]
 
     def _create_ssh_tunnel(self) -> Any:
-        from sshtunnel import SSHTunnelForwarder
+        SSHTunnelForwarder = import_extra("sshtunnel", extra="aind").SSHTunnelForwarder
 
         c = self.credentials
         local_port = c.port if c.ssh_local_bind_port is None else c.ssh_local_bind_port
@@ -214,8 +215,7 @@ class DocumentDbSSHClient:
         return SSHTunnelForwarder(**kwargs)
 
     def _create_mongo_client(self, port: int) -> Any:
-        from pymongo import MongoClient
-
+        MongoClient = import_extra("pymongo", extra="aind").MongoClient
         c = self.credentials
         return MongoClient(
             host=c.ssh_local_bind_address,
@@ -234,7 +234,9 @@ class DocumentDbSSHClient:
         Opening the SSH session is retried (``ssh_connect_attempts`` times) because a busy
         gateway may drop a handshake; authentication and host-key failures are not retried.
         """
-        from sshtunnel import BaseSSHTunnelForwarderError
+        BaseSSHTunnelForwarderError = import_extra(  # noqa: N806 - the library's class name
+            "sshtunnel", extra="aind"
+        ).BaseSSHTunnelForwarderError
 
         attempts = max(1, self.ssh_connect_attempts)
         for attempt in range(attempts):

@@ -39,6 +39,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import URL, Engine, Result
 
+from prefect_neurodata.clients._extras import missing_extra
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 
 try:  # Self is in typing from 3.11
@@ -235,9 +236,12 @@ class Client:
     @property
     def _engine(self) -> Engine:
         if self._engine_instance is None:
-            self._engine_instance = sa.create_engine(
-                self._url, pool_pre_ping=True, **self._engine_options
-            )
+            try:
+                self._engine_instance = sa.create_engine(
+                    self._url, pool_pre_ping=True, **self._engine_options
+                )
+            except ModuleNotFoundError as exc:  # the driver, e.g. psycopg2
+                raise missing_extra(exc.name or "the database driver", "aind") from exc
         return self._engine_instance
 
     def dispose(self) -> None:
