@@ -342,6 +342,7 @@ def register(subparsers: Any) -> None:
         "list",
         help="list the deployments: full name, schedule or trigger, parameters",
         description="List each deployment with how it runs and its default parameters.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     listing.set_defaults(func=_cmd_list)
     text = sub.add_parser(
