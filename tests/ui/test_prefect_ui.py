@@ -124,6 +124,16 @@ def _deployment_ids(ui: str) -> dict[str, str]:
     return {d["name"]: d["id"] for d in response.json()}
 
 
+def _flow_runs(ui: str, deployment_id: str) -> list[dict[str, Any]]:
+    import httpx
+
+    response = httpx.post(
+        f"{ui}/api/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment_id]}}}
+    )
+    response.raise_for_status()
+    return response.json()
+
+
 def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screenshots: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -143,13 +153,18 @@ def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screens
     browser.get(f"{demo_ui}/deployments/deployment/{ids[snapshot.name]}/run")
     _page_text(browser, ["Submit", "Destination"])
     submit = next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Submit")
+    scheduled = {r["id"] for r in _flow_runs(demo_ui, ids[snapshot.name])}  # the cron's runs
     submit.click()
+    # The UI creates the run and shows the deployment's runs; find the run it created.
     deadline = time.monotonic() + 60
-    while "/runs/flow-run/" not in browser.current_url:
+    while not (
+        runs := [r for r in _flow_runs(demo_ui, ids[snapshot.name]) if r["id"] not in scheduled]
+    ):
         if time.monotonic() > deadline:
-            pytest.fail(f"submitting the run form did not open a flow run: {browser.current_url}")
+            pytest.fail(f"submitting the run form created no run: {browser.current_url}")
         time.sleep(0.5)
-    run_url = browser.current_url.split("?")[0]
+    (run,) = runs
+    run_url = f"{demo_ui}/runs/flow-run/{run['id']}"
     deadline = time.monotonic() + 300
     while True:
         browser.get(run_url)
