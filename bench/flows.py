@@ -1,14 +1,17 @@
-"""Prefect overhead: the snapshot flow against a plain loop over our clients, alternately.
+"""Prefect overhead and the snapshot scale curve: the snapshot flow against a plain loop.
 
-Uses the two children of ``bench/flows_cave.py`` (written with the flow):
+Uses the two children of ``bench/flows_cave.py`` (the same code that script runs directly, so
+the harness and a direct run measure the same workload):
 
 * ``loop``: our CAVE client only, every id-range partition of the synapse table streamed into
-  one Parquet file, then its sha256;
+  one Parquet file (4 partitions in flight), then its sha256;
 * ``flow``: `snapshot_materialization` of the same table through a real Prefect server (started
-  here on 127.0.0.1, heartbeats off).
+  here on 127.0.0.1, heartbeats off; 4 task threads).
 
-Each measurement is a fresh process (peak RSS is its own ``ru_maxrss``); the pair runs
-``--reps`` times alternately, loop first.
+For each synapse count of ``--snapshot-rows`` the CAVE stand-in is re-seeded, then the pair
+runs ``--reps`` times alternately (loop first on odd repetitions, flow first on even ones), each
+measurement in a fresh process reporting its wall and CPU time and its own peak memory above
+its post-import baseline. One cell per size; the report gives medians and the spread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+MODES = ("loop", "flow")
+
 
 def _result(mode: str, fn: Any) -> dict[str, Any]:
     try:
@@ -30,48 +35,68 @@ def _result(mode: str, fn: Any) -> dict[str, Any]:
         "ok": True,
         "side": mode,
         "seconds": raw["seconds"],
+        "cpu_seconds": raw.get("cpu_seconds"),
         "rows": raw["rows"],
         "peak_rss_mb": raw["peak_mb"],
         "base_rss_mb": raw.get("baseline_mb", 0.0),
-        "work_rss_mb": max(0.0, raw["peak_mb"] - raw.get("baseline_mb", 0.0)),
+        "work_rss_mb": raw.get("work_mb", 0.0),
         "extra": {"files": raw.get("files"), "bytes": raw.get("bytes")},
     }
 
 
-def run(args: argparse.Namespace, sizes: Any, workdir: Path, env: dict[str, str]) -> list[Any]:
-    """Measure ``flows.snapshot`` and return its cell (see `bench.harness.Cell`)."""
+def rows_per_part(synapses: int) -> int:
+    """Partition size of the flow: about ten tasks per table, at least 100,000 rows each."""
+    return max(100_000, synapses // 10)
+
+
+def run(
+    args: argparse.Namespace,
+    workdir: Path,
+    env: dict[str, str],
+    done: list[Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Measure ``flows.snapshot`` at every size of ``args.snapshot_rows``; one cell per size."""
     from bench import flows_cave
-    from bench.harness import Cell, log
+    from bench.harness import Cell, log, write_partial
+    from prefect_neurodata.sandbox.seed import seed_cave
     from tests.fixtures.prefect import run_prefect_server
 
-    cell = Cell("flows.snapshot", 1, 0, runs={"loop": [], "flow": []})
-    rows_per_part = max(10_000, sizes.synapses // 10)
+    cells = []
     with run_prefect_server(workdir / "prefect-home") as api_url:
-        for rep in range(args.reps):
-            for mode in ("loop", "flow"):
-                dest = tempfile.mkdtemp(prefix=f"snap-{mode}-", dir=workdir)
-                try:
-                    result = _result(
-                        mode,
-                        lambda mode=mode, dest=dest: flows_cave._run_child(
+        for synapses in args.snapshot_rows:
+            t0 = time.perf_counter()
+            seed_cave(
+                env["NEURODATA_CAVE_GLOBAL_URL"],
+                synapses=synapses,
+                seed=1,
+                admin_token=env["NEURODATA_CAVE_ADMIN_TOKEN"],
+            )
+            log(f"flows.snapshot: seeded {synapses:,} synapses in {time.perf_counter() - t0:.0f} s")
+            cell = Cell("flows.snapshot", synapses, 0, runs={m: [] for m in MODES})
+            cells.append(cell)
+            part: list[str] = ["--rows-per-part", str(rows_per_part(synapses))]
+            for rep in range(args.reps):
+                for mode in MODES if rep % 2 == 0 else MODES[::-1]:
+                    dest = tempfile.mkdtemp(prefix=f"snap-{mode}-", dir=workdir)
+                    try:
+                        result = _result(
                             mode,
-                            {**env, "PREFECT_API_URL": api_url},
-                            dest,
-                            ["--rows-per-part", str(rows_per_part)],
-                        ),
+                            lambda mode=mode, dest=dest, part=part: flows_cave._run_child(
+                                mode, {**env, "PREFECT_API_URL": api_url}, dest, part
+                            ),
+                        )
+                    finally:
+                        shutil.rmtree(dest, ignore_errors=True)
+                    cell.runs[mode].append(result)
+                    write_partial(args, [*(done or []), *cells], meta or {})
+                    log(
+                        f"flows.snapshot {synapses:,} rows rep {rep + 1}: {mode} "
+                        + (
+                            f"{result['seconds']:.2f} s, CPU {result['cpu_seconds']:.1f} s, "
+                            f"{result['rows']:,} rows, work {result['work_rss_mb']:.0f} MB"
+                            if result.get("ok")
+                            else f"ERROR {result['error']}"
+                        )
                     )
-                finally:
-                    shutil.rmtree(dest, ignore_errors=True)
-                cell.runs[mode].append(result)
-                ok = result.get("ok")
-                log(
-                    f"flows.snapshot rep {rep + 1}: {mode} "
-                    + (
-                        f"{result['seconds']:.2f} s, {result['rows']:,} rows, "
-                        f"peak {result['peak_rss_mb']:.0f} MB"
-                        if ok
-                        else f"ERROR {result['error']}"
-                    )
-                )
-                time.sleep(0.5)
-    return [cell]
+    return cells

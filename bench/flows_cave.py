@@ -8,8 +8,9 @@ Starts (or reuses) a CAVE stand-in seeded with ``--synapses`` synapses and a Pre
 * ``loop``: the same work with our clients and no Prefect: one
   ``iter_query_table_partitions`` stream into one ParquetWriter, then sha256 of the file.
 
-Prints rows/s, wall time and peak RSS (``ru_maxrss``) of each, the RSS after imports (baseline),
-and the Prefect overhead (flow time / loop time).
+Prints rows/s, wall time, CPU time and the child's own peak memory above its post-import
+baseline (``VmHWM`` reset after imports; ``ru_maxrss`` would report the peak of the parent
+forked before ``exec``), and the Prefect overhead (flow time / loop time).
 
 Example:
     ```bash
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,13 +37,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _measured(work: Any) -> dict[str, Any]:
+    """Run ``work()`` -> dict, adding wall and CPU seconds and this process's own peak memory."""
+    from bench._driver_common import PeakMemory, cpu_seconds
+
+    memory = PeakMemory()
+    memory.start()
+    cpu = cpu_seconds()
+    t0 = time.perf_counter()
+    result = work()
+    result["seconds"] = time.perf_counter() - t0
+    result["cpu_seconds"] = cpu_seconds() - cpu
+    mem = memory.result()
+    result.update(
+        baseline_mb=mem["base_rss_mb"], peak_mb=mem["peak_rss_mb"], work_mb=mem["work_rss_mb"]
+    )
+    return result
 
 
 def child_flow(env: dict[str, str], dest: str, rows_per_part: int) -> dict[str, Any]:
     """Run the snapshot flow (in this child process) and report."""
-    baseline = _rss_mb()
+    # Imports are excluded from the timing on both sides (as in the client drivers): the
+    # engine modules a first flow call would otherwise import inside the timed region.
+    import prefect.flow_engine  # noqa: F401
+    import prefect.results  # noqa: F401
+    import prefect.task_engine  # noqa: F401
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from prefect_neurodata.blocks import CaveCredentials
@@ -57,23 +75,17 @@ def child_flow(env: dict[str, str], dest: str, rows_per_part: int) -> dict[str, 
         datastack_name=env["NEURODATA_CAVE_DATASTACK"],
         token=env["NEURODATA_CAVE_TOKEN"],
     ).save("bench-cave", overwrite=True)
-    baseline = _rss_mb()
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        t0 = time.perf_counter()
+
+    def work() -> dict[str, Any]:
         summary = snapshot_materialization(
             SnapshotRequest(destination=dest, tables=["synapses"], rows_per_part=rows_per_part),
             cave_block="bench-cave",
         )
-        seconds = time.perf_counter() - t0
-    (table,) = summary.tables
-    return {
-        "rows": table.rows,
-        "files": table.files,
-        "bytes": table.bytes,
-        "seconds": seconds,
-        "baseline_mb": baseline,
-        "peak_mb": _rss_mb(),
-    }
+        (table,) = summary.tables
+        return {"rows": table.rows, "files": table.files, "bytes": table.bytes}
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return _measured(work)
 
 
 def child_loop(env: dict[str, str], dest: str) -> dict[str, Any]:
@@ -90,37 +102,33 @@ def child_loop(env: dict[str, str], dest: str) -> dict[str, Any]:
         auth_token=env["NEURODATA_CAVE_TOKEN"],
         write_server_cache=False,
     )
-    baseline = _rss_mb()
-    t0 = time.perf_counter()
-    version = client.materialize.most_recent_version()
-    path = Path(dest) / "synapses.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    rows = 0
-    for part in client.materialize.iter_query_table_partitions(
-        "synapses", materialization_version=version, merge_reference=False, max_workers=1
-    ):
-        part = part.replace_schema_metadata(None)
-        if writer is None:
-            writer = pq.ParquetWriter(str(path), part.schema, compression="zstd")
-        writer.write_table(part)
-        rows += part.num_rows
-        del part
-    assert writer is not None
-    writer.close()
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while block := src.read(4 << 20):
-            digest.update(block)
-    seconds = time.perf_counter() - t0
-    return {
-        "rows": rows,
-        "files": 1,
-        "bytes": path.stat().st_size,
-        "seconds": seconds,
-        "baseline_mb": baseline,
-        "peak_mb": _rss_mb(),
-    }
+
+    def work() -> dict[str, Any]:
+        version = client.materialize.most_recent_version()
+        path = Path(dest) / "synapses.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = None
+        rows = 0
+        # 4 partitions in flight: the flow's task runner has 4 threads, so both sides overlap
+        # the same number of requests and only Prefect's own cost differs.
+        for part in client.materialize.iter_query_table_partitions(
+            "synapses", materialization_version=version, merge_reference=False, max_workers=4
+        ):
+            part = part.replace_schema_metadata(None)
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), part.schema, compression="zstd")
+            writer.write_table(part)
+            rows += part.num_rows
+            del part
+        assert writer is not None
+        writer.close()
+        digest = hashlib.sha256()
+        with path.open("rb") as src:
+            while block := src.read(4 << 20):
+                digest.update(block)
+        return {"rows": rows, "files": 1, "bytes": path.stat().st_size}
+
+    return _measured(work)
 
 
 def _run_child(mode: str, env: dict[str, str], dest: str, extra: list[str]) -> dict[str, Any]:
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode:6} {r['rows']:>10,} {r['seconds']:>8.1f} {r['rows'] / r['seconds']:>9,.0f} "
             f"{r['peak_mb']:>12.0f} {r['baseline_mb']:>12.0f} {r['files']:>6} "
-            f"{r['bytes'] / 1e6:>10.1f}"
+            f"{r['bytes'] / 1e6:>10.1f}  (CPU {r['cpu_seconds']:.1f} s, work {r['work_mb']:.0f} MB)"
         )
     overhead = results["flow"]["seconds"] / results["loop"]["seconds"]
     print(f"\nflow / plain loop time: {overhead:.2f}x (flow: {args.rows_per_part:,}-row partition "

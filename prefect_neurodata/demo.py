@@ -234,7 +234,7 @@ def _upload_new_asset(env: dict[str, str]) -> str:
 def demo_runs(env: dict[str, str], workdir: Path, blocks: dict[str, str | None]) -> list[Any]:
     """``(deployment spec, parameters)`` of each flow run the demo starts, in order."""
     from prefect_neurodata.blocks import DocDbApiCredentials
-    from prefect_neurodata.demo_cave import annotation_upload_request, ensure_cave_seeded
+    from prefect_neurodata.demo_cave import annotation_upload_request
     from prefect_neurodata.tasks.s3 import list_prefixes
 
     specs = {spec.key: spec for spec in deployment_specs(bucket=env["NEURODATA_S3_BUCKET"])}
@@ -267,7 +267,6 @@ def demo_runs(env: dict[str, str], workdir: Path, blocks: dict[str, str | None])
         ),
     ]
     if blocks.get("cave_block"):
-        ensure_cave_seeded(env)
         runs.append(
             (specs["annotations"], {"request": annotation_upload_request(workdir)}),
         )
@@ -408,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with temporary_settings({PREFECT_API_URL: api_url, PREFECT_HOME: home}):
             blocks = save_blocks(env)
             _say(f"saved blocks {AWS_BLOCK_NAME}, " + ", ".join(b for b in blocks.values() if b))
+            if blocks.get("cave_block"):
+                from prefect_neurodata.demo_cave import ensure_cave_seeded
+
+                ensure_cave_seeded(env)  # the snapshot needs a materialized version
             if blocks["rds_block"] is None:
                 _say("no sandbox Postgres: the sync's summary export is skipped")
             runner_env = _prefect_env(home, api_url, {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"})

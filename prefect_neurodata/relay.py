@@ -229,14 +229,10 @@ def prefect_api_headers(environ: Mapping[str, str] | None = None) -> dict[str, s
 
 
 def _read_env_file(path: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                values[key.strip()] = value.strip().strip("'\"")
-    return values
+    """``KEY=VALUE`` lines parsed by python-dotenv, as the sandbox launcher reads them."""
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def build_relay(args: argparse.Namespace) -> EventRelay:

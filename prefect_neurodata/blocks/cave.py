@@ -23,8 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -157,7 +156,7 @@ class CaveCredentials(NeurodataCredentialsBlock):
         """
         from prefect_neurodata.clients.cave import CAVEclient
 
-        client = CAVEclient(
+        return CAVEclient(
             datastack_name or self.datastack_name,
             server_address=self.server_address,
             auth_token=self.token.get_secret_value() if self.token else None,
@@ -166,34 +165,5 @@ class CaveCredentials(NeurodataCredentialsBlock):
             desired_resolution=self.desired_resolution,
             write_server_cache=False,
             version=version,
+            timeout=self.request_timeout,
         )
-        _apply_timeout(client, self.request_timeout)
-        return client
-
-
-def _apply_timeout(client: Any, timeout: tuple[float, float]) -> None:
-    """Give every subclient of ``client`` (built now or later) the block's timeout.
-
-    The seed surface has no timeout argument (the clients take a module-wide default from
-    ``set_session_defaults``, which would leak into every other client of the process), so the
-    timeout is set on each subclient's HTTP core as the framework client builds it.
-    """
-    for attr in ("_info", "_schema", "_state", "_chunkedgraph", "_annotation", "_materialize"):
-        _set_timeout(getattr(client, attr, None), timeout)
-    build_lazily: Callable[[str, Callable[[], Any]], Any] = client._lazy
-
-    def lazy(attr: str, build: Callable[[], Any]) -> Any:
-        def build_with_timeout() -> Any:
-            value = build()
-            _set_timeout(value, timeout)
-            return value
-
-        return build_lazily(attr, build_with_timeout)
-
-    client._lazy = lazy
-
-
-def _set_timeout(subclient: Any, timeout: tuple[float, float]) -> None:
-    http = getattr(subclient, "_http", None)
-    if http is not None and hasattr(http, "timeout"):
-        http.timeout = timeout

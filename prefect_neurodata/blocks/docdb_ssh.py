@@ -38,6 +38,17 @@ class DocumentDbSshCredentials(NeurodataCredentialsBlock):
         ssh_port: SSH server port.
         ssh_username: SSH user.
         ssh_password: SSH password.
+        ssh_host_key: The SSH server's public key (a ``known_hosts`` line or
+            ``"<type> <base64>"``). When given, or when ``ssh_known_hosts`` is, the tunnel
+            refuses a server that presents any other key.
+        ssh_known_hosts: Path of a ``known_hosts`` file on the worker to look the server's key up
+            in; a missing entry fails before connecting.
+
+    Host keys: with neither ``ssh_host_key`` nor ``ssh_known_hosts`` set, the server's key is
+    NOT checked (the behaviour of aind-data-access-api 1.10 and sshtunnel's default), so a
+    machine that can intercept the connection could impersonate the bastion and read the
+    DocumentDB password. Set one of them in production (``ssh-keyscan -p PORT HOST`` prints
+    the line to paste).
 
     Example:
         ```python
@@ -72,6 +83,23 @@ class DocumentDbSshCredentials(NeurodataCredentialsBlock):
     ssh_port: int = Field(default=22, description="SSH server port.", title="SSH port")
     ssh_username: str = Field(description="SSH user.", title="SSH username")
     ssh_password: SecretStr = Field(description="SSH password.", title="SSH password")
+    ssh_host_key: str | None = Field(
+        default=None,
+        description=(
+            "The SSH server's public key: a known_hosts line or '<type> <base64>' (see "
+            "ssh-keyscan). When set, a server presenting another key is refused. When neither "
+            "this nor 'SSH known_hosts file' is set, the server's key is not checked."
+        ),
+        title="SSH host key",
+    )
+    ssh_known_hosts: str | None = Field(
+        default=None,
+        description=(
+            "Path of a known_hosts file on the worker holding the SSH server's key; the "
+            "connection is refused when the key is missing or different."
+        ),
+        title="SSH known_hosts file",
+    )
 
     def get_client(self) -> DocumentDbSSHClient:
         """Build a ``DocumentDbSSHClient``; call ``start()`` or use it as a context manager."""
@@ -92,5 +120,7 @@ class DocumentDbSshCredentials(NeurodataCredentialsBlock):
             ssh_port=self.ssh_port,
             ssh_username=self.ssh_username,
             ssh_password=self.ssh_password,
+            ssh_host_key=self.ssh_host_key,
+            ssh_known_hosts=self.ssh_known_hosts,
         )
         return DocumentDbSSHClient(credentials=credentials)

@@ -2,6 +2,9 @@
 
 It gives each client the same behaviour on the wire:
 
+* one `TransportConfig` (timeout, retry policy, pool size, TLS verify, optional session
+  factory) built by a public factory and handed to every subclient, which builds its session
+  and `HttpClient` from it;
 * pooled `requests.Session` objects (`new_session`), with urllib3's own retries switched off
   so that there is exactly one retry policy, the one here;
 * a timeout on every request (`DEFAULT_TIMEOUT`, configurable per client and per call), because
@@ -19,6 +22,10 @@ It gives each client the same behaviour on the wire:
   datetimes, numpy and pandas values, and names the field it cannot serialise;
 * bounded concurrency for independent pages or partitions (`imap_bounded`, `map_bounded`).
 
+The pieces live in modules of their own and are re-exported here: `clients.retry` (the retry
+policy), `clients.service_errors` (`ServiceError`, URL redaction), `clients.codec` (JSON) and
+`clients.concurrency` (bounded maps).
+
 Example:
     ```python
     from prefect_neurodata.clients.http import HttpClient, RetryPolicy
@@ -32,26 +39,55 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import decimal
-import email.utils
-import enum
 import logging
-import pathlib
-import random
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from prefect_neurodata import __version__
+from prefect_neurodata.clients.codec import JSON_OPTIONS, dumps, encode_default, loads
+from prefect_neurodata.clients.concurrency import imap_bounded, map_bounded
+from prefect_neurodata.clients.retry import (
+    IDEMPOTENT_METHODS,
+    STATUSES_SAFE_FOR_WRITES,
+    TRANSIENT_STATUSES,
+    RetryPolicy,
+    never_reached_server,
+    parse_retry_after,
+)
+from prefect_neurodata.clients.service_errors import (
+    ServiceError,
+    is_transient,
+    redact_url,
+    server_message,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "IDEMPOTENT_METHODS",
+    "JSON_OPTIONS",
+    "TRANSIENT_STATUSES",
+    "HttpClient",
+    "RetryPolicy",
+    "ServiceError",
+    "Timeout",
+    "TransportConfig",
+    "decode_json",
+    "dumps",
+    "encode_default",
+    "imap_bounded",
+    "is_transient",
+    "loads",
+    "map_bounded",
+    "new_session",
+    "parse_retry_after",
+    "redact_url",
+    "server_message",
+]
 
 logger = logging.getLogger("prefect_neurodata.http")
 
@@ -59,239 +95,6 @@ Timeout = float | tuple[float, float] | None
 
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 300.0)
 """Seconds to wait for a connection and for each read of the response."""
-
-TRANSIENT_STATUSES: frozenset[int] = frozenset({429, 502, 503, 504})
-"""Statuses that say "try again later" rather than "this request is wrong"."""
-
-IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-"""Methods that HTTP defines as idempotent; POST and PATCH are not."""
-
-# 429 means the server refused the request before acting on it, so even a write may be resent.
-# A 502/503/504 may come from a gateway after the backend already applied the write.
-_STATUSES_SAFE_FOR_WRITES: frozenset[int] = frozenset({429})
-
-_SENSITIVE_QUERY_KEYS: frozenset[str] = frozenset(
-    {
-        "token",
-        "middle_auth_token",
-        "access_token",
-        "auth_token",
-        "password",
-        "secret",
-        "api_key",
-        "apikey",
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-    }
-)
-
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """How transient failures are retried.
-
-    Attributes:
-        max_retries: Retries after the first attempt; 0 disables retrying.
-        backoff_factor: Seconds of the first backoff; each further retry doubles it.
-        backoff_max: Upper bound of one backoff in seconds.
-        jitter: Fraction of each backoff that is randomised (0 = none, 1 = full jitter), so that
-            many clients failing together do not retry in lockstep.
-        statuses: Response statuses that are retried.
-        retry_after_max: Upper bound in seconds for a server's ``Retry-After``.
-
-    Example:
-        ```python
-        policy = RetryPolicy(max_retries=8, backoff_factor=1.0)
-        policy.backoff(3)  # a value between 4 and 8 seconds
-        ```
-    """
-
-    max_retries: int = 5
-    backoff_factor: float = 0.5
-    backoff_max: float = 60.0
-    jitter: float = 0.5
-    statuses: frozenset[int] = TRANSIENT_STATUSES
-    retry_after_max: float = 300.0
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries!r}")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
-        if self.backoff_factor < 0 or self.backoff_max < 0:
-            raise ValueError("backoff_factor and backoff_max must be >= 0")
-
-    @classmethod
-    def none(cls) -> RetryPolicy:
-        """A policy that never retries."""
-        return cls(max_retries=0)
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt + 1`` (``attempt`` counts from 0)."""
-        base = min(self.backoff_max, self.backoff_factor * (2**attempt))
-        return base * (1.0 - self.jitter * random.random())
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait, preferring the server's ``Retry-After`` when it sent one."""
-        server_delay = parse_retry_after(retry_after)
-        if server_delay is not None:
-            return min(server_delay, self.retry_after_max)
-        return self.backoff(attempt)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Parse a ``Retry-After`` header given in seconds or as an HTTP date; None if absent."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` without credentials: user info and sensitive query values are masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "***" if k.lower() in _SENSITIVE_QUERY_KEYS else v) for k, v in pairs]
-        )
-    else:
-        query = ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def server_message(response: requests.Response, limit: int = 2000) -> str:
-    """Extract the human-readable message a server put in an error response."""
-    text = response.text or ""
-    try:
-        body = orjson.loads(response.content) if response.content else None
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
-        texts = [body.get(key) for key in ("message", "detail", "msg", "errorMessage", "Message")]
-        main = next((value for value in texts if value), None)
-        if main is not None and not isinstance(main, str):
-            main = orjson.dumps(main).decode()
-        kind = body.get("error")
-        if isinstance(kind, str) and kind and main and kind not in main:
-            # e.g. {"error": "MongoServerError", "detail": "..."}: the kind says what failed.
-            return f"{kind}: {main}"[:limit]
-        if main or kind:
-            return str(main or kind)[:limit]
-    return text.strip()[:limit] or (response.reason or "")
-
-
-class ServiceError(requests.HTTPError):
-    """An HTTP error answered by a remote service.
-
-    Subclasses `requests.HTTPError`, so code written against the seed clients' ``except
-    requests.HTTPError`` keeps working, and adds what a person needs to act on it.
-
-    Attributes:
-        status_code: The HTTP status.
-        method: The request method.
-        url: The request URL with credentials redacted.
-        server_message: The service's own explanation (its ``message``/``detail`` field, or text).
-        attempts: How many attempts were made before giving up.
-    """
-
-    def __init__(
-        self,
-        *,
-        status_code: int,
-        method: str,
-        url: str,
-        server_message: str,
-        reason: str = "",
-        attempts: int = 1,
-        response: requests.Response | None = None,
-    ) -> None:
-        self.status_code = status_code
-        self.method = method
-        self.url = redact_url(url)
-        self.server_message = server_message
-        self.reason = reason
-        self.attempts = attempts
-        kind = "Client Error" if status_code < 500 else "Server Error"
-        retried = f" (after {attempts} attempts)" if attempts > 1 else ""
-        message = (
-            f"{status_code} {kind}: {reason or server_message or 'no reason given'} "
-            f"for {method} {self.url}{retried}"
-        )
-        if server_message and server_message != reason:
-            message += f": {server_message}"
-        super().__init__(message, response=response)
-
-    @property
-    def is_transient(self) -> bool:
-        """Whether a later retry of the same request may succeed."""
-        return self.status_code in TRANSIENT_STATUSES or self.status_code == 500
-
-    @classmethod
-    def from_response(cls, response: requests.Response, attempts: int = 1) -> ServiceError:
-        """Build the error for a failed response."""
-        request = response.request
-        return cls(
-            status_code=response.status_code,
-            method=(request.method if request is not None else None) or "?",
-            url=response.url or (request.url if request is not None else "") or "",
-            server_message=server_message(response),
-            reason=response.reason or "",
-            attempts=attempts,
-            response=response,
-        )
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure that retrying later may fix (used by Prefect retry rules).
-
-    Connection errors, timeouts, 429, 500 and 502-504 are transient; any other HTTP error and
-    every validation error is not.
-    """
-    if isinstance(exc, ServiceError):
-        return exc.is_transient
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return exc.response.status_code in TRANSIENT_STATUSES | {500}
-    return isinstance(
-        exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-    )
-
-
-def _never_reached_server(exc: BaseException) -> bool:
-    """True when the request certainly was not delivered (no connection could be made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(
-            current, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
-        ):
-            return True
-        pending.extend([getattr(current, "reason", None), current.__cause__, current.__context__])
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-    return False
 
 
 def new_session(
@@ -329,6 +132,110 @@ def new_session(
     if headers:
         session.headers.update(headers)
     return session
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportConfig:
+    """Every transport setting of a client in one object: timeout, retries, pool and TLS.
+
+    A public factory (``CAVEclient(...)``, ``MetadataDbClient(...)``) builds one and passes it
+    down to each of its subclients, which build their sessions and `HttpClient` from it
+    (`new_session`, `http_client`), so a setting is decided in one place and never patched
+    onto a client afterwards. Like httpx's ``Timeout``/``Limits`` or botocore's ``Config``,
+    it is immutable: derive a variant with `replace` or `with_overrides`.
+
+    Attributes:
+        timeout: ``(connect, read)`` seconds for every request, or one number for both.
+        retry: The retry policy of transient failures.
+        pool_maxsize: Pooled connections per host.
+        pool_block: Whether a request waits for a free pooled connection.
+        verify: TLS verification: True, False, or a CA bundle path.
+        session_factory: Builds the `requests.Session` instead of `new_session` (for a custom
+            transport adapter, proxies or client certificates); it must be a module-level
+            function for clients to stay picklable.
+
+    Example:
+        ```python
+        from prefect_neurodata.clients.http import RetryPolicy, TransportConfig
+
+        config = TransportConfig(timeout=(5, 60), retry=RetryPolicy(max_retries=2))
+        patient = config.with_overrides(timeout=(5, 600))
+        http = patient.http_client(base_headers={"Accept": "application/json"})
+        ```
+    """
+
+    timeout: Timeout = DEFAULT_TIMEOUT
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    pool_maxsize: int = 10
+    pool_block: bool = False
+    verify: bool | str = True
+    session_factory: Callable[[], requests.Session] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pool_maxsize, bool) or int(self.pool_maxsize) < 1:
+            raise ValueError(f"pool_maxsize must be an int >= 1, got {self.pool_maxsize!r}")
+        parts = self.timeout if isinstance(self.timeout, tuple) else (self.timeout,)
+        if any(part is not None and not part > 0 for part in parts):
+            raise ValueError(f"timeout must be positive seconds or None, got {self.timeout!r}")
+
+    def replace(self, **changes: Any) -> TransportConfig:
+        """A copy with ``changes`` applied (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(
+        self,
+        *,
+        timeout: Timeout = None,
+        max_retries: int | None = None,
+        pool_maxsize: int | None = None,
+        pool_block: bool | None = None,
+        verify: bool | str | None = None,
+    ) -> TransportConfig:
+        """A copy in which every argument that is not None replaces this config's value.
+
+        The seed clients' constructors take ``max_retries``/``pool_maxsize``/``pool_block``
+        with None meaning "the default"; this applies exactly the ones a caller gave.
+        """
+        changes: dict[str, Any] = {}
+        if timeout is not None:
+            changes["timeout"] = timeout
+        if max_retries is not None:
+            changes["retry"] = dataclasses.replace(self.retry, max_retries=int(max_retries))
+        if pool_maxsize is not None:
+            changes["pool_maxsize"] = int(pool_maxsize)
+        if pool_block is not None:
+            changes["pool_block"] = bool(pool_block)
+        if verify is not None:
+            changes["verify"] = verify
+        return self.replace(**changes) if changes else self
+
+    def new_session(self, headers: Mapping[str, str] | None = None) -> requests.Session:
+        """A session with this config's pool and TLS settings (or from `session_factory`)."""
+        if self.session_factory is not None:
+            session = self.session_factory()
+            if headers:
+                session.headers.update(headers)
+            return session
+        return new_session(
+            pool_maxsize=self.pool_maxsize,
+            pool_block=self.pool_block,
+            verify=self.verify,
+            headers=headers,
+        )
+
+    def http_client(
+        self,
+        session: requests.Session | None = None,
+        *,
+        base_headers: Mapping[str, str] | None = None,
+    ) -> HttpClient:
+        """An `HttpClient` over ``session`` (a new one from `new_session` when omitted)."""
+        return HttpClient(
+            session if session is not None else self.new_session(),
+            timeout=self.timeout,
+            retry=self.retry,
+            base_headers=base_headers,
+        )
 
 
 _MISSING: Any = object()
@@ -380,7 +287,7 @@ class HttpClient:
         json: Any = _MISSING,
         data: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
-        cookies: Mapping[str, str] | None = None,
+        cookies: dict[str, str] | None = None,
         auth: requests.auth.AuthBase | None = None,
         idempotent: bool | None = None,
         stream: bool = False,
@@ -442,7 +349,7 @@ class HttpClient:
                 )
             )
             settings = self.session.merge_environment_settings(
-                prepared.url, {}, stream, self.session.verify, None
+                prepared.url or url, {}, stream, self.session.verify, None
             )
             try:
                 response = self.session.send(
@@ -453,7 +360,7 @@ class HttpClient:
                 requests.Timeout,
                 requests.exceptions.ChunkedEncodingError,
             ) as exc:
-                may_resend = idempotent or _never_reached_server(exc)
+                may_resend = idempotent or never_reached_server(exc)
                 if not may_resend or attempt >= self.retry.max_retries:
                     raise
                 delay = self.retry.backoff(attempt)
@@ -461,7 +368,7 @@ class HttpClient:
             else:
                 status = response.status_code
                 retryable = status in self.retry.statuses and (
-                    idempotent or status in _STATUSES_SAFE_FOR_WRITES
+                    idempotent or status in STATUSES_SAFE_FOR_WRITES
                 )
                 if not retryable or attempt >= self.retry.max_retries:
                     if raise_for_status and status >= 400:
@@ -506,98 +413,6 @@ class HttpClient:
         )
 
 
-def _default(value: Any) -> Any:
-    """Encode the types orjson leaves to us."""
-    if isinstance(value, (set, frozenset)):
-        return list(value)
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    model_dump = getattr(value, "model_dump", None)
-    if callable(model_dump):
-        return model_dump(mode="json")
-    type_module = type(value).__module__
-    if type_module.startswith(("numpy", "pandas")):
-        # Non-contiguous or object arrays, pandas Series/Index/arrays, numpy scalars orjson
-        # refuses, and pandas' missing-value markers.
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        if hasattr(value, "isoformat"):
-            return value.isoformat()
-        if type(value).__name__ in {"NAType", "NaTType"}:
-            return None
-        if hasattr(value, "item"):
-            return value.item()
-    raise TypeError(f"type {type(value).__name__} is not JSON serialisable")
-
-
-def dumps(value: Any, *, what: str = "body") -> bytes:
-    """Serialise ``value`` to JSON bytes with orjson.
-
-    Handles str/int/float/bool/None, dicts (non-string keys are stringified), lists, tuples,
-    UUIDs, datetimes and dates (ISO 8601), dataclasses, enums, Decimals, sets, paths, pydantic
-    models, numpy arrays and scalars, and pandas values. NaN and infinity become ``null``.
-
-    Args:
-        value: What to serialise.
-        what: The name used for the root of ``value`` in error messages.
-
-    Returns:
-        UTF-8 JSON.
-
-    Raises:
-        TypeError: A value cannot be serialised; the message gives its path, e.g.
-            ``records[3].subject.weight``, and its type.
-    """
-    try:
-        return orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
-    except TypeError as exc:
-        path, bad = _find_unserialisable(value, what)
-        if path is None:
-            raise TypeError(f"cannot serialise {what} to JSON: {exc}") from exc
-        raise TypeError(
-            f"cannot serialise {path} to JSON: value of type {type(bad).__name__} is not supported"
-        ) from exc
-
-
-def _find_unserialisable(value: Any, path: str) -> tuple[str | None, Any]:
-    """Depth-first search for the first leaf orjson cannot encode."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool)) and key is not None:
-                try:
-                    orjson.dumps({key: None}, default=_default, option=_JSON_OPTIONS)
-                except TypeError:
-                    return f"{path} key {key!r}", key
-            found = _find_unserialisable(item, f"{path}.{key}")
-            if found[0] is not None:
-                return found
-        return None, None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _find_unserialisable(item, f"{path}[{index}]")
-            if found[0] is not None:
-                return found
-        return None, None
-    try:
-        orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
-    except TypeError:
-        return path, value
-    return None, None
-
-
-def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON with orjson."""
-    return orjson.loads(data)
-
-
 def decode_json(response: requests.Response) -> Any:
     """Decode a response body as JSON.
 
@@ -613,43 +428,3 @@ def decode_json(response: requests.Response) -> Any:
         where = f"{request.method} {redact_url(request.url or '')}" if request else "response"
         doc = content.decode("utf-8", "replace")[:200] if content else ""
         raise requests.JSONDecodeError(f"{where} returned invalid JSON: {exc}", doc, 0) from exc
-
-
-def imap_bounded(fn: Callable[[T], R], items: Iterable[T], max_workers: int = 4) -> Iterator[R]:
-    """Apply ``fn`` to ``items`` with at most ``max_workers`` calls in flight, yielding in order.
-
-    Results are yielded as soon as the next one in order is ready, and no more than
-    ``max_workers`` results are held at once, so a consumer that writes each result away keeps
-    memory bounded however many items there are.
-
-    Args:
-        fn: The function; it must be safe to call from several threads.
-        items: The inputs, consumed lazily.
-        max_workers: Calls in flight; 1 runs everything in the calling thread.
-
-    Raises:
-        Exception: The first exception raised by ``fn``, in input order; pending calls are
-            cancelled.
-    """
-    if max_workers <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    iterator = iter(items)
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neurodata") as pool:
-        window: deque[Future[R]] = deque()
-        try:
-            for item in iterator:
-                window.append(pool.submit(fn, item))
-                if len(window) >= max_workers:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-        finally:
-            for future in window:
-                future.cancel()
-
-
-def map_bounded(fn: Callable[[T], R], items: Iterable[T], max_workers: int = 4) -> list[R]:
-    """Like `imap_bounded` but returns a list."""
-    return list(imap_bounded(fn, items, max_workers))

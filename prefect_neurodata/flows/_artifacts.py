@@ -64,3 +64,10 @@ class Progress:
         self.done += amount
         if self._id is not None:
             update_progress_artifact(self._id, progress=min(100.0, 100.0 * self.done / self.total))
+
+
+def location_text(uri: str) -> str:
+    """A location for a report: a link when a browser can open it, else the path as code."""
+    if uri.startswith(("http://", "https://")):
+        return f"[{uri}]({uri})"
+    return f"`{uri}`"

@@ -54,52 +54,88 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import hashlib
-import io
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
-import pyarrow as pa
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_link_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from prefect_neurodata.clients.http import dumps
-from prefect_neurodata.flows._artifacts import in_flow_run, publish_table
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.clients.cave.annotation_rows import (
+    AnnotationValidationError,
+    RowProblem,
+    SchemaFields,
+    check_rows,
+    fast_validator,
+    nest_row,
+    raise_problems,
+)
+from prefect_neurodata.flows._artifacts import (
+    Progress,
+    location_text,
+    markdown_counts,
+    publish_markdown,
+    publish_table,
+)
+from prefect_neurodata.tasks import storage
+from prefect_neurodata.tasks.annotation_ledger import (
+    ChunkEntry,
+    LedgerHeader,
+    read_entry,
+    write_header,
+    write_id_map,
+)
+from prefect_neurodata.tasks.annotation_source import Source, format_of, read_source
 from prefect_neurodata.tasks.cave import (
     MAX_CHUNK,
     CaveInputError,
     CavePermissionError,
+    check_annotation_ids,
     check_cave_access,
     create_annotation_table,
     get_annotation_schema,
     get_annotation_table,
     load_cave,
-    read_ledger_entry,
     table_permission_problem,
     upload_annotation_chunk,
 )
+from prefect_neurodata.tasks.claims import exclusive
+
+__all__ = [
+    "AnnotationUploadRequest",
+    "AnnotationUploadSummary",
+    "AnnotationValidationError",
+    "NewTable",
+    "SchemaFields",
+    "Source",
+    "UploadProblem",
+    "check_rows",
+    "fast_validator",
+    "ledger_dir_for",
+    "load_source",
+    "nest_row",
+    "upload_annotations",
+]
 
 DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-annotation-upload"
 LEDGER_DIRNAME = ".neurodata-ledger"
-MAX_REPORTED = 50
-"""Problems spelled out in the exception message (all of them go to the artifact)."""
+MAX_TABLE_ROWS = 2000
+"""Id-map rows in the table artifact (the UI slows down above); the description says where the
+rest is."""
+FIRST_ROWS_SHOWN = 10
+"""Id-map rows in the markdown summary."""
 
 _TABLE_NAME = re.compile(r"^[a-z_]+[a-z0-9_]*$")
+
+UploadProblem = RowProblem
+"""One thing wrong with the input (row None: about a column or the whole source)."""
 
 
 class NewTable(BaseModel):
@@ -173,18 +209,9 @@ class AnnotationUploadRequest(BaseModel):
     def _one_source(self) -> AnnotationUploadRequest:
         if (self.source is None) == (self.records is None):
             raise ValueError("give exactly one of source (a file or URI) and records")
-        if self.source is not None and not _format_of(self.source):
+        if self.source is not None and not format_of(self.source):
             raise ValueError(f"source {self.source!r}: expected a .csv, .csv.gz or .parquet file")
         return self
-
-
-class UploadProblem(BaseModel):
-    """One thing wrong with the input (row None: about a column or the whole source)."""
-
-    row: int | None
-    field: str
-    value: str
-    problem: str
 
 
 class AnnotationUploadSummary(BaseModel):
@@ -203,408 +230,10 @@ class AnnotationUploadSummary(BaseModel):
     id_map: str | None = Field(description="CSV of source row -> id (or old id -> new id).")
 
 
-class AnnotationValidationError(ValueError):
-    """The input has problems; nothing was written. ``problems`` lists every one."""
-
-    def __init__(self, message: str, problems: list[UploadProblem]) -> None:
-        super().__init__(message)
-        self.problems = problems
-
-
-# ------------------------------------------------------------------------------ the schema
-@dataclass
-class SchemaFields:
-    """The fields of an annotation schema, as a flat-row reader needs them."""
-
-    schema: dict[str, Any]
-    points: dict[str, bool] = field(default_factory=dict)  # name -> bound (has ids)
-    scalars: dict[str, Any] = field(default_factory=dict)  # name -> JSON types
-    required: set[str] = field(default_factory=set)
-
-    @classmethod
-    def from_schema(cls, schema: dict[str, Any]) -> SchemaFields:
-        """Read the fields of the schema service's JSON Schema."""
-        definitions = schema.get("definitions", {})
-        root = definitions.get(str(schema.get("$ref", "")).rsplit("/", 1)[-1], schema)
-        out = cls(schema=schema, required=set(root.get("required", [])))
-        for name, prop in root.get("properties", {}).items():
-            ref = str(prop.get("$ref", "")).rsplit("/", 1)[-1]
-            target = definitions.get(ref) if ref else None
-            if target is not None and "position" in target.get("properties", {}):
-                out.points[name] = "supervoxel_id" in target.get("properties", {})
-            else:
-                out.scalars[name] = prop.get("type")
-        return out
-
-    @property
-    def numeric_columns(self) -> frozenset[str]:
-        """Flat columns that always hold numbers (ids and coordinates)."""
-        cached = getattr(self, "_numeric", None)
-        if cached is None:
-            names = {"id"}
-            for pt in self.points:
-                names |= {f"{pt}_position_{a}" for a in "xyz"}
-                names |= {f"{pt}_supervoxel_id", f"{pt}_root_id"}
-            cached = frozenset(names)
-            self._numeric = cached
-        return cached
-
-    def columns(self) -> set[str]:
-        """Every flat column name a source may use."""
-        names = set(self.scalars)
-        for pt, bound in self.points.items():
-            names |= {f"{pt}_position", *(f"{pt}_position_{a}" for a in "xyz")}
-            if bound:
-                names |= {f"{pt}_supervoxel_id", f"{pt}_root_id"}
-        return names
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
-
-
-def _parse_position(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        parts = [p for p in re.split(r"[,\s;]+", text) if p]
-        try:
-            return [float(p) if "." in p or "e" in p.lower() else int(p) for p in parts]
-        except ValueError:
-            return value  # reported by the schema check
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if hasattr(value, "item") and not isinstance(value, (list, dict)):
-        try:
-            return value.item()
-        except (AttributeError, ValueError):
-            return value
-    return value
-
-
-def nest_row(flat: Mapping[str, Any], fields: SchemaFields) -> dict[str, Any]:
-    """A flat (or already nested) source row as the nested dict the annotation engine takes."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        if key in fields.points and isinstance(value, Mapping):
-            out[key] = {k: _plain(v) for k, v in value.items() if not _missing(v)}
-    for pt, bound in fields.points.items():
-        if pt in out:
-            continue
-        point: dict[str, Any] = {}
-        if f"{pt}_position" in flat and not _missing(flat[f"{pt}_position"]):
-            point["position"] = _parse_position(flat[f"{pt}_position"])
-        elif any(f"{pt}_position_{a}" in flat for a in "xyz"):
-            coords = [flat.get(f"{pt}_position_{a}") for a in "xyz"]
-            if not all(_missing(c) for c in coords):
-                point["position"] = [None if _missing(c) else _plain(c) for c in coords]
-        if bound:
-            for extra in ("supervoxel_id", "root_id"):
-                value = flat.get(f"{pt}_{extra}")
-                if not _missing(value):
-                    point[extra] = _plain(value)
-        if point:
-            out[pt] = point
-    for name in fields.scalars:
-        if name in flat and not _missing(flat[name]):
-            out[name] = _plain(flat[name])
-    if "id" in flat and not _missing(flat["id"]):
-        out["id"] = _plain(flat["id"])
-    return out
-
-
-def _field_of(error: jsonschema.ValidationError, fields: SchemaFields) -> tuple[str, Any]:
-    path = list(error.absolute_path)
-    if error.validator == "required":
-        missing = [p for p in error.validator_value if p not in (error.instance or {})]
-        name = missing[0] if missing else "?"
-        if path:
-            return f"{path[0]}_{name}", None
-        return (f"{name}_position" if name in fields.points else name), None
-    if not path:
-        return "(row)", error.instance
-    head = str(path[0])
-    if head in fields.points and len(path) > 1:
-        return f"{head}_{path[1]}", error.instance
-    return head, error.instance
-
-
-_SIMPLE_TYPES = frozenset({"string", "number", "integer", "boolean", "null"})
-_DOC_KEYS = frozenset({"title", "description", "format"})
-
-
-def _type_ok(value: Any, types: Sequence[str]) -> bool:
-    """JSON Schema (draft 7) type check, as ``jsonschema`` does it."""
-    for kind in types:
-        if kind == "null":
-            if value is None:
-                return True
-        elif kind == "boolean":
-            if isinstance(value, bool):
-                return True
-        elif isinstance(value, bool):
-            continue
-        elif kind == "number":
-            if isinstance(value, (int, float)):
-                return True
-        elif kind == "integer":
-            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-                return True
-        elif kind == "string" and isinstance(value, str):
-            return True
-    return False
-
-
-def _types_of(spec: Mapping[str, Any]) -> list[str] | None:
-    """The allowed types of a property using only ``type`` (and doc keys), else None."""
-    if set(spec) - _DOC_KEYS - {"type"} or "type" not in spec:
-        return None
-    types = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
-    return types if set(types) <= _SIMPLE_TYPES else None
-
-
-def fast_validator(schema: Mapping[str, Any]) -> Any:
-    """An exact, fast validity test for the simple schemas CAVE serves, or None.
-
-    Covers objects whose properties are simply typed scalars or ``$ref``s to point
-    definitions (a 3-number ``position`` plus simply typed ids, no extra keys). It returns
-    True only when ``jsonschema`` would accept the row; rows it rejects (and schemas using
-    anything else) go through ``jsonschema`` for exact messages.
-    """
-    definitions = schema.get("definitions", {})
-    root = definitions.get(str(schema.get("$ref", "")).rsplit("/", 1)[-1], schema)
-    if set(root) - {"type", "properties", "required", "additionalProperties"} - _DOC_KEYS:
-        return None
-    extra_ok = root.get("additionalProperties", True) is not False
-    required = list(root.get("required", []))
-    scalars: dict[str, list[str]] = {}
-    points: dict[str, tuple[int, dict[str, list[str]], list[str]]] = {}
-    for name, prop in root.get("properties", {}).items():
-        if "$ref" in prop:
-            target = definitions.get(str(prop["$ref"]).rsplit("/", 1)[-1])
-            if not target or target.get("additionalProperties") is not False:
-                return None
-            if set(target) - {"type", "properties", "required", "additionalProperties"}:
-                return None
-            position = target.get("properties", {}).get("position", {})
-            size = position.get("minItems")
-            if (
-                set(position) - _DOC_KEYS - {"type", "items", "minItems", "maxItems"}
-                or position.get("type") != "array"
-                or position.get("items") != {"type": "number"}
-                or size is None
-                or position.get("maxItems") != size
-            ):
-                return None
-            others: dict[str, list[str]] = {}
-            for key, spec in target["properties"].items():
-                if key == "position":
-                    continue
-                types = _types_of(spec)
-                if types is None:
-                    return None
-                others[key] = types
-            points[name] = (int(size), others, list(target.get("required", [])))
-        else:
-            types = _types_of(prop)
-            if types is None:
-                return None
-            scalars[name] = types
-
-    def valid(row: Mapping[str, Any], enforce_required: bool = True) -> bool:
-        if enforce_required and any(name not in row for name in required):
-            return False
-        for key, value in row.items():
-            if key in points:
-                size, others, needed = points[key]
-                if not isinstance(value, dict) or any(k not in value for k in needed):
-                    return False
-                for sub, item in value.items():
-                    if sub == "position":
-                        if (
-                            not isinstance(item, list)
-                            or len(item) != size
-                            or not all(_type_ok(x, ("number",)) for x in item)
-                        ):
-                            return False
-                    elif sub not in others or not _type_ok(item, others[sub]):
-                        return False
-            elif key in scalars:
-                if not _type_ok(value, scalars[key]):
-                    return False
-            elif not extra_ok:
-                return False
-        return True
-
-    return valid
-
-
-def check_rows(
-    rows: Sequence[Mapping[str, Any]],
-    nested: Sequence[dict[str, Any]],
-    fields: SchemaFields,
-    mode: str,
-    first_row: int,
-    seen_ids: set[int],
-) -> list[UploadProblem]:
-    """Every problem of a batch of rows (row numbers from ``first_row``)."""
-    validator = jsonschema.Draft7Validator(fields.schema)
-    fast = fast_validator(fields.schema)
-    problems: list[UploadProblem] = []
-    for offset, (flat, record) in enumerate(zip(rows, nested, strict=True)):
-        number = first_row + offset
-        ident = record.get("id")
-        if mode in ("update", "delete"):
-            if not isinstance(ident, int) or isinstance(ident, bool) or ident <= 0:
-                problems.append(
-                    UploadProblem(
-                        row=number,
-                        field="id",
-                        value=repr(flat.get("id")),
-                        problem=f"{mode} needs the positive integer id of an existing row",
-                    )
-                )
-            elif ident in seen_ids:
-                problems.append(
-                    UploadProblem(row=number, field="id", value=str(ident), problem="duplicate id")
-                )
-            else:
-                seen_ids.add(ident)
-        if mode == "delete":
-            continue
-        body = {k: v for k, v in record.items() if k != "id"}
-        if fast is not None and fast(body, mode != "update"):
-            continue
-        for error in validator.iter_errors(body):
-            if mode == "update" and error.validator == "required" and not error.absolute_path:
-                continue  # updates may be partial; the server merges the old row
-            name, value = _field_of(error, fields)
-            problems.append(
-                UploadProblem(row=number, field=name, value=repr(value), problem=error.message)
-            )
-    return problems
-
-
 # ------------------------------------------------------------------------------ the source
-def _format_of(source: str) -> str | None:
-    lower = source.lower()
-    if lower.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if lower.endswith((".parquet", ".pq")):
-        return "parquet"
-    return None
-
-
-@dataclass
-class Source:
-    """The rows to upload, loaded once (Arrow for files), with a content hash."""
-
-    name: str
-    sha256: str
-    table: pa.Table | None = None
-    records: list[dict[str, Any]] | None = None
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows if self.table is not None else len(self.records or [])
-
-    @property
-    def columns(self) -> list[str]:
-        if self.table is not None:
-            return list(self.table.column_names)
-        names: dict[str, None] = {}
-        for row in self.records or []:
-            names.update(dict.fromkeys(row))
-        return list(names)
-
-    def batches(self, size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """``(first index, rows)`` for consecutive slices of at most ``size`` rows."""
-        for start in range(0, self.num_rows, size):
-            if self.table is not None:
-                yield start, self.table.slice(start, size).to_pylist()
-            else:
-                yield start, [dict(r) for r in (self.records or [])[start : start + size]]
-
-
-def load_source(request: AnnotationUploadRequest) -> Source:
-    """Read the source (file or records) and hash its content.
-
-    Raises:
-        CaveInputError: The file does not exist or cannot be parsed.
-    """
-    if request.records is not None:
-        digest = hashlib.sha256(dumps(request.records)).hexdigest()
-        return Source(name="records", sha256=digest, records=list(request.records))
-    assert request.source is not None
-    uri = request.source
-    if not storage.exists(uri):
-        raise CaveInputError(f"source {uri!r} does not exist")
-    data = storage.read_bytes(uri)
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        if _format_of(uri) == "parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(io.BytesIO(data))
-        else:
-            import pyarrow.csv as pacsv
-
-            stream: Any = io.BytesIO(data)
-            if uri.lower().endswith(".gz"):
-                import gzip
-
-                stream = io.BytesIO(gzip.decompress(data))
-            # Every column as text first: types are decided by the schema, not by inference.
-            header = next(csv.reader(io.TextIOWrapper(io.BytesIO(stream.getvalue()))), [])
-            table = pacsv.read_csv(
-                stream,
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in header},
-                    strings_can_be_null=True,
-                ),
-            )
-    except (pa.ArrowInvalid, OSError, ValueError) as exc:
-        raise CaveInputError(f"source {uri!r} cannot be read: {exc}") from None
-    return Source(name=uri, sha256=digest, table=table)
-
-
-_INT = re.compile(r"^[+-]?\d+$")
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _typed(flat: dict[str, Any], fields: SchemaFields) -> dict[str, Any]:
-    """CSV text values as the JSON types the schema declares (others left for the check)."""
-    out: dict[str, Any] = {}
-    numeric_columns = fields.numeric_columns
-    for key, value in flat.items():
-        if isinstance(value, str):
-            text = value.strip()
-            types = fields.scalars.get(key)
-            types = types if isinstance(types, list) else [types]
-            numeric = key in numeric_columns
-            if text == "":
-                value = None
-            elif (numeric or "integer" in types) and _INT.match(text):
-                value = int(text)
-            elif (numeric or "number" in types) and _FLOAT.match(text):
-                value = float(text)
-            elif "boolean" in types and text.lower() in ("true", "false", "1", "0"):
-                value = text.lower() in ("true", "1")
-        out[key] = value
-    return out
-
-
-def _records_of(
-    rows: list[dict[str, Any]], fields: SchemaFields, from_csv: bool
-) -> list[dict[str, Any]]:
-    if from_csv:
-        rows = [_typed(r, fields) for r in rows]
-    return [nest_row(r, fields) for r in rows]
+def load_source(request: AnnotationUploadRequest, aws: AwsCredentials | None = None) -> Source:
+    """The request's source (file, URI or records), read once and hashed (`read_source`)."""
+    return read_source(request.source, request.records, aws)
 
 
 # ------------------------------------------------------------------------------ ledger
@@ -628,59 +257,26 @@ def ledger_dir_for(
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
 
 
-def _write_id_map(ledger: str, mode: str, entries: list[dict[str, Any]]) -> tuple[str, list]:
-    """Write the whole id mapping as CSV next to the ledger; return its URI and the rows."""
-    rows: list[dict[str, Any]] = []
-    for entry in sorted(entries, key=lambda e: e["chunk"]):
-        first = entry["rows"][0]
-        if mode == "update":
-            for old, new in entry["id_map"].items():
-                rows.append({"old_id": int(old), "new_id": int(new)})
-        elif mode == "insert":
-            for offset, new in enumerate(entry["ids"]):
-                rows.append({"row": first + offset + 1, "id": int(new)})
-        else:
-            rows.extend({"deleted_id": int(i)} for i in entry["ids"])
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    uri = storage.join(ledger, "id_map.csv")
-    storage.write_bytes_atomic(uri, out.getvalue().encode())
-    return uri, rows
+# ------------------------------------------------------------------------------ the steps
+@dataclass
+class Target:
+    """The table an upload writes to, as checked before any write."""
+
+    datastack: str
+    table: str
+    schema_type: str
+    fields: SchemaFields
+    exists: bool
 
 
-# ------------------------------------------------------------------------------ the flow
-@flow(name="cave-annotation-upload", validate_parameters=True)
-def upload_annotations(
-    request: AnnotationUploadRequest,
-    cave_block: str = DEFAULT_CAVE_BLOCK,
-) -> AnnotationUploadSummary:
-    """Validate every row, then upload in chunks of at most 10,000, exactly once.
-
-    Args:
-        request: Table, mode, source (file/URI or records), table definition and chunk size.
-        cave_block: Name of the saved `CaveCredentials` block.
-
-    Returns:
-        Counts, the ledger location and the id-mapping file.
+def check_target(request: AnnotationUploadRequest, cave_block: str, datastack: str) -> Target:
+    """Permissions, table and schema, checked before any write.
 
     Raises:
-        AnnotationValidationError: Rows violate the schema (every problem is listed; nothing
-            was written).
-        CaveInputError: Unknown datastack or schema, missing table without ``create``,
-            unreadable source (nothing was written).
-        CavePermissionError: The token lacks ``edit`` or the table's write permission
-            (nothing was written).
-        ChunkReconcileError: A chunk's lost answer could not be reconciled (see module doc).
+        CaveInputError: Missing table without ``create`` (or update/delete of one), a schema
+            that differs from ``create``'s, or an unknown schema.
+        CavePermissionError: No ``edit`` permission, or the table's write permission refuses.
     """
-    logger = get_run_logger()
-    datastack = request.datastack or load_cave(cave_block).datastack_name
-    if not datastack:
-        raise CaveInputError("no datastack given and the CAVE block names none")
-
-    # --- everything is checked before the first write -------------------------------------
     access = check_cave_access(cave_block, datastack, "edit")
     meta = get_annotation_table(cave_block, datastack, request.table)
     if meta is None:
@@ -705,163 +301,308 @@ def upload_annotations(
         if denied:
             raise CavePermissionError(denied)
     fields = SchemaFields.from_schema(get_annotation_schema(cave_block, schema_type))
+    return Target(datastack, request.table, schema_type, fields, exists=meta is not None)
 
-    source = load_source(request)
-    if source.num_rows == 0:
-        raise CaveInputError(f"source {source.name!r} has no rows")
+
+def check_source(request: AnnotationUploadRequest, source: Source, target: Target) -> None:
+    """Every column and row against the schema and what the service can store.
+
+    Raises:
+        AnnotationValidationError: Listing every problem (row, field, value); also published
+            as a table artifact. Nothing was written.
+    """
+    fields = target.fields
     allowed = fields.columns() | ({"id"} if request.mode != "insert" else set())
-    if request.mode == "delete":
-        allowed = {"id"} | fields.columns()
-    problems: list[UploadProblem] = [
-        UploadProblem(
+    problems: list[RowProblem] = [
+        RowProblem(
             row=None,
             field=column,
             value="",
             problem=(
                 "ids are assigned by the server on insert; use mode=update to replace rows"
                 if column == "id"
-                else f"not a field of schema {schema_type!r} (fields: {sorted(fields.columns())})"
+                else f"not a field of schema {target.schema_type!r} "
+                f"(fields: {sorted(fields.columns())})"
             ),
         )
         for column in source.columns
         if column not in allowed and not (column in fields.points and source.records is not None)
     ]
-    from_csv = source.table is not None and _format_of(source.name) == "csv"
     seen: set[int] = set()
     for start, rows in source.batches(request.chunk_size):
-        problems += check_rows(
-            rows, _records_of(rows, fields, from_csv), fields, request.mode, start + 1, seen
-        )
-    if problems:
-        publish_table(
-            f"{ARTIFACT_KEY}-problems",
-            [p.model_dump() for p in problems],
-            f"{len(problems)} problem(s) in {source.name}; nothing was written to {request.table}",
-        )
-        shown = "\n  ".join(
-            f"row {p.row}: {p.field} = {p.value}: {p.problem}"
-            if p.row is not None
-            else f"column {p.field}: {p.problem}"
-            for p in problems[:MAX_REPORTED]
-        )
-        more = (
-            f"\n  ... and {len(problems) - MAX_REPORTED} more"
-            if len(problems) > MAX_REPORTED
-            else ""
-        )
-        raise AnnotationValidationError(
-            f"{len(problems)} problem(s) in {source.name} for table {request.table!r} "
-            f"(schema {schema_type!r}); nothing was written:\n  {shown}{more}",
-            problems,
-        )
+        nested = source.annotations(rows, fields)
+        problems += check_rows(rows, nested, fields, request.mode, start + 1, seen)
+    report_problems(problems, source.name, request.table, target.schema_type)
 
-    key, ledger = ledger_dir_for(request, source, datastack)
+
+def report_problems(problems: Sequence[RowProblem], source: str, table: str, schema: str) -> None:
+    """Publish the problems as a table artifact and raise them (nothing when there are none)."""
+    if not problems:
+        return
+    publish_table(
+        f"{ARTIFACT_KEY}-problems",
+        [p.model_dump() for p in problems],
+        f"{len(problems)} problem(s) in {source}; nothing was written to {table}",
+    )
+    raise_problems(problems, f"{source} for table {table!r} (schema {schema!r})")
+
+
+def check_ids_usable(
+    request: AnnotationUploadRequest,
+    source: Source,
+    target: Target,
+    cave_block: str,
+    ledger: str,
+    aws: AwsCredentials | None = None,
+) -> None:
+    """Update/delete: every id of a chunk not started yet exists and is current.
+
+    Chunks a run already started are left to the ledger (their rows may be superseded or
+    deleted by that run). Runs under the table's claim, so no other run changes them meanwhile.
+
+    Raises:
+        AnnotationValidationError: Naming the row and id of every unusable id.
+    """
+    if request.mode == "insert":
+        return
+    rows_of: dict[int, int] = {}
+    for index, (start, rows) in enumerate(source.batches(request.chunk_size)):
+        if read_entry(ledger, index, aws) is not None:
+            continue
+        for offset, record in enumerate(source.annotations(rows, target.fields)):
+            rows_of[int(record["id"])] = start + offset + 1
+    if not rows_of:
+        return
+    unusable = check_annotation_ids(
+        cave_block, target.datastack, target.table, request.mode, list(rows_of)
+    )
+    problems = [
+        RowProblem(rows_of[ident], "id", str(ident), f"cannot {request.mode}: {why}")
+        for ident, why in sorted(unusable.items(), key=lambda item: rows_of[item[0]])
+    ]
+    report_problems(problems, source.name, target.table, target.schema_type)
+
+
+def ensure_table(request: AnnotationUploadRequest, target: Target, cave_block: str) -> bool:
+    """Create the table from ``request.create`` when it is missing; whether it was created."""
+    if target.exists:
+        return False
+    assert request.create is not None
+    spec = request.create
+    create_annotation_table(
+        cave_block,
+        target.datastack,
+        target.table,
+        spec.schema_type,
+        spec.description,
+        spec.voxel_resolution,
+        reference_table=spec.reference_table,
+        read_permission=spec.read_permission,
+        write_permission=spec.write_permission,
+        notice_text=spec.notice_text,
+    )
+    return True
+
+
+@dataclass
+class ChunkOutcome:
+    """What the chunk loop did."""
+
+    entries: list[ChunkEntry] = field(default_factory=list)
+    sent: int = 0
+    skipped: int = 0
+    resumed: int = 0
+
+
+def upload_chunks(
+    request: AnnotationUploadRequest,
+    source: Source,
+    target: Target,
+    cave_block: str,
+    ledger: str,
+    aws_block: str | None = None,
+) -> ChunkOutcome:
+    """Send every chunk the ledger does not have ``done``, one task per chunk, in order."""
+    logger = get_run_logger()
+    aws = storage.load_aws(aws_block)
     chunks = math.ceil(source.num_rows / request.chunk_size)
-    logger.info(
-        "%d rows valid; %s in %d chunk(s); ledger %s", source.num_rows, request.mode, chunks, ledger
-    )
-
-    # --- write -----------------------------------------------------------------------------
-    table_created = False
-    if meta is None:
-        assert request.create is not None
-        spec = request.create
-        create_annotation_table(
-            cave_block,
-            datastack,
-            request.table,
-            spec.schema_type,
-            spec.description,
-            spec.voxel_resolution,
-            reference_table=spec.reference_table,
-            read_permission=spec.read_permission,
-            write_permission=spec.write_permission,
-            notice_text=spec.notice_text,
-        )
-        table_created = True
-    storage.ensure_dir(ledger)
-    header = storage.join(ledger, "ledger.json")
-    if not storage.exists(header):
-        storage.write_bytes_atomic(
-            header,
-            dumps(
-                {
-                    "key": key,
-                    "source": source.name,
-                    "source_sha256": source.sha256,
-                    "datastack": datastack,
-                    "table": request.table,
-                    "mode": request.mode,
-                    "chunk_size": request.chunk_size,
-                    "rows": source.num_rows,
-                    "chunks": chunks,
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-                }
-            ),
-        )
-
-    progress = (
-        create_progress_artifact(0.0, key=f"{ARTIFACT_KEY}-progress", description="chunks done")
-        if in_flow_run()
-        else None
-    )
-    entries: list[dict[str, Any]] = []
-    skipped = sent = resumed = 0
+    progress = Progress(f"{ARTIFACT_KEY}-progress", chunks, "chunks done")
+    outcome = ChunkOutcome()
     id_hint: int | None = None
     for index, (start, rows) in enumerate(source.batches(request.chunk_size)):
-        previous = read_ledger_entry(ledger, index)
-        if previous is not None and previous.get("status") == "done":
-            entry = previous
-            skipped += 1
+        span = f"rows {start + 1}-{start + len(rows)}"
+        entry = read_entry(ledger, index, aws)
+        if entry is not None and entry.done:
+            logger.info(
+                "chunk %d/%d (%s) already done by flow run %s", index + 1, chunks, span,
+                entry.flow_run,
+            )  # fmt: skip
+            outcome.skipped += 1
         else:
-            records = _records_of(rows, fields, from_csv)
+            records = source.annotations(rows, target.fields)
             payload: list[Any] = [r["id"] for r in records] if request.mode == "delete" else records
-            entry = upload_annotation_chunk(
-                cave_block,
-                datastack,
-                request.table,
-                request.mode,
-                payload,
-                ledger,
-                index,
-                start + 1,
-                id_hint,
-            )
-            sent += 1
-            resumed += bool(entry.get("resumed"))
-        if request.mode == "insert" and entry.get("ids"):
-            id_hint = max(entry["ids"]) + 1
-        entries.append(entry)
-        if progress is not None:
-            update_progress_artifact(progress, 100.0 * (index + 1) / chunks)
+            name = f"{request.mode} chunk {index + 1}/{chunks} ({span})"
+            entry = upload_annotation_chunk.with_options(task_run_name=name)(
+                cave_block, target.datastack, target.table, request.mode, payload, ledger,
+                index, start + 1, id_hint, aws_block,
+            )  # fmt: skip
+            logger.info("chunk %d/%d (%s) sent by this run", index + 1, chunks, span)
+            outcome.sent += 1
+            outcome.resumed += int(entry.resumed)
+        if request.mode == "insert" and entry.ids:
+            id_hint = max(entry.ids) + 1
+        outcome.entries.append(entry)
+        progress.advance()
+    return outcome
 
-    id_map_uri, id_rows = _write_id_map(ledger, request.mode, entries)
+
+def report_upload(
+    request: AnnotationUploadRequest,
+    source: Source,
+    target: Target,
+    ledger: str,
+    outcome: ChunkOutcome,
+    table_created: bool,
+    aws: AwsCredentials | None = None,
+) -> AnnotationUploadSummary:
+    """Write the id map, publish what a person needs to see, and return the summary."""
+    id_map_uri, id_rows = write_id_map(ledger, request.mode, outcome.entries, aws)
     summary = AnnotationUploadSummary(
-        datastack=datastack,
-        table=request.table,
+        datastack=target.datastack,
+        table=target.table,
         mode=request.mode,
         rows=source.num_rows,
-        chunks=chunks,
-        chunks_sent=sent,
-        chunks_skipped=skipped,
-        chunks_resumed=resumed,
+        chunks=len(outcome.entries),
+        chunks_sent=outcome.sent,
+        chunks_skipped=outcome.skipped,
+        chunks_resumed=outcome.resumed,
         table_created=table_created,
         ledger=ledger,
         id_map=id_map_uri,
     )
-    publish_table(
-        ARTIFACT_KEY,
-        id_rows,
-        f"{request.mode} of {source.num_rows} rows into {request.table} ({datastack}): "
-        f"{sent} chunk(s) sent, {skipped} already done, {resumed} reconciled. "
-        f"Full mapping: {id_map_uri}",
+    shown = id_rows[:MAX_TABLE_ROWS]
+    rest = (
+        f" Showing the first {len(shown):,} of {len(id_rows):,} rows; all of them are in "
+        f"`{id_map_uri}` (e.g. `pandas.read_csv(...)`)."
+        if len(id_rows) > len(shown)
+        else f" All {len(id_rows):,} rows are shown (also in `{id_map_uri}`)."
     )
-    if in_flow_run():
-        create_link_artifact(
-            link=id_map_uri if storage.is_s3(id_map_uri) else f"file://{id_map_uri}",
-            link_text=f"id mapping of {request.table} ({len(id_rows)} rows)",
-            key=f"{ARTIFACT_KEY}-id-map",
-            description="Source row -> annotation id (insert), old -> new id (update), or "
-            "deleted ids (delete)",
-        )
+    publish_table(ARTIFACT_KEY, shown, f"{_what(summary)}.{rest}")
+    publish_markdown(f"{ARTIFACT_KEY}-summary", summary_markdown(summary, id_rows), _what(summary))
     return summary
+
+
+def _what(summary: AnnotationUploadSummary) -> str:
+    return (
+        f"{summary.mode} of {summary.rows:,} rows into {summary.table} ({summary.datastack}): "
+        f"{summary.chunks_sent} chunk(s) sent, {summary.chunks_skipped} already done, "
+        f"{summary.chunks_resumed} reconciled"
+    )
+
+
+def summary_markdown(summary: AnnotationUploadSummary, id_rows: Sequence[Mapping[str, Any]]) -> str:
+    """The run's counts and the first rows of the id mapping, readable in the Prefect UI.
+
+    Paths are shown as text (a browser cannot open ``file://`` or ``s3://`` links); only
+    ``http(s)`` locations become links.
+    """
+    counts = {
+        "datastack": summary.datastack,
+        "table": summary.table,
+        "mode": summary.mode,
+        "rows": f"{summary.rows:,}",
+        "chunks": summary.chunks,
+        "chunks sent by this run": summary.chunks_sent,
+        "chunks already done (skipped)": summary.chunks_skipped,
+        "chunks reconciled after a lost answer": summary.chunks_resumed,
+        "table created": "yes" if summary.table_created else "no",
+        "id mapping rows": f"{len(id_rows):,}",
+        "id mapping file": location_text(summary.id_map or ""),
+        "ledger": location_text(summary.ledger),
+    }
+    first = list(id_rows[:FIRST_ROWS_SHOWN])
+    notes = [f"## First {len(first)} of {len(id_rows):,} id mapping rows", ""]
+    if first:
+        columns = list(first[0])
+        notes += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        notes += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in first]
+    return markdown_counts(f"Annotation {summary.mode}: {summary.table}", counts, notes)
+
+
+def _run_name() -> str:
+    """Flow-run name: mode, table and datastack (e.g. ``insert my_synapses @ minnie65``)."""
+    from prefect.runtime import flow_run
+
+    request = flow_run.parameters.get("request") or {}
+    get = request.get if isinstance(request, Mapping) else lambda k: getattr(request, k, None)
+    datastack = get("datastack") or "block datastack"
+    return f"{get('mode') or 'insert'} {get('table')} @ {datastack}"
+
+
+# ------------------------------------------------------------------------------ the flow
+@flow(name="cave-annotation-upload", flow_run_name=_run_name, validate_parameters=True)
+def upload_annotations(
+    request: AnnotationUploadRequest,
+    cave_block: str = DEFAULT_CAVE_BLOCK,
+    aws_block: str | None = None,
+) -> AnnotationUploadSummary:
+    """Validate every row, then upload in chunks of at most 10,000, exactly once.
+
+    Overlapping runs on the same table are safe: the write phase holds the table's claim
+    (`prefect_neurodata.tasks.claims.exclusive`), so a second run waits, then finds the chunks
+    done in the ledger and only reports them.
+
+    Args:
+        request: Table, mode, source (file/URI or records), table definition and chunk size.
+        cave_block: Name of the saved `CaveCredentials` block.
+        aws_block: Name of a saved prefect-aws `AwsCredentials` block for ``s3://`` sources
+            and ledgers; None uses the AWS environment (keys, profile, ``AWS_ENDPOINT_URL``).
+
+    Returns:
+        Counts, the ledger location and the id-mapping file.
+
+    Raises:
+        AnnotationValidationError: Rows violate the schema, hold values the service cannot
+            store, or name ids that cannot be updated or deleted (every problem is listed;
+            nothing was written).
+        CaveInputError: Unknown datastack or schema, missing table without ``create``,
+            unreadable source (nothing was written).
+        CavePermissionError: The token lacks ``edit`` or the table's write permission
+            (nothing was written).
+        ChunkReconcileError: A chunk's lost answer could not be reconciled (see module doc).
+    """
+    logger = get_run_logger()
+    datastack = request.datastack or load_cave(cave_block).datastack_name
+    if not datastack:
+        raise CaveInputError("no datastack given and the CAVE block names none")
+
+    # validate: everything that needs no claim, before the first write
+    aws = storage.load_aws(aws_block)
+    target = check_target(request, cave_block, datastack)
+    source = load_source(request, aws)
+    if source.num_rows == 0:
+        raise CaveInputError(f"source {source.name!r} has no rows")
+    check_source(request, source, target)
+
+    # plan and do: under the table's claim, so overlapping runs never send a chunk twice
+    key, ledger = ledger_dir_for(request, source, datastack)
+    chunks = math.ceil(source.num_rows / request.chunk_size)
+    with exclusive("cave-annotations", datastack, request.table):
+        check_ids_usable(request, source, target, cave_block, ledger, aws)
+        logger.info(
+            "%d rows valid; %s in %d chunk(s); ledger %s",
+            source.num_rows, request.mode, chunks, ledger,
+        )  # fmt: skip
+        table_created = ensure_table(request, target, cave_block)
+        write_header(
+            ledger,
+            LedgerHeader(
+                key=key, source=source.name, source_sha256=source.sha256, datastack=datastack,
+                table=request.table, mode=request.mode, chunk_size=request.chunk_size,
+                rows=source.num_rows, chunks=chunks,
+            ),
+            aws,
+        )  # fmt: skip
+        outcome = upload_chunks(request, source, target, cave_block, ledger, aws_block)
+        # report (the id map is written under the claim: it reads the ledger)
+        return report_upload(request, source, target, ledger, outcome, table_created, aws)

@@ -39,19 +39,18 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections import defaultdict
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
-from prefect_neurodata.clients.http import dumps, loads
-from prefect_neurodata.flows._artifacts import in_flow_run, publish_table
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.errors import NeurodataError
+from prefect_neurodata.flows._artifacts import publish_markdown, publish_table
+from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
     CaveInputError,
@@ -65,11 +64,15 @@ from prefect_neurodata.tasks.cave import (
     snapshot_table_part,
     table_permission_problem,
 )
+from prefect_neurodata.tasks.claims import exclusive
+from prefect_neurodata.tasks.snapshot_manifest import (
+    Manifest,
+    SnapshotFile,
+    TableEntry,
+)
 
 DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-materialization-snapshot"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "neurodata-cave-snapshot/1"
 
 
 class SnapshotRequest(BaseModel):
@@ -143,7 +146,7 @@ class SnapshotSummary(BaseModel):
     tables: list[TableSnapshot]
 
 
-class SnapshotVerificationError(RuntimeError):
+class SnapshotVerificationError(RuntimeError, NeurodataError):
     """A table's written row count differs from the server's count."""
 
 
@@ -152,29 +155,12 @@ def snapshot_root(destination: str, datastack: str, version: int) -> str:
     return storage.join(destination, datastack, f"v{version}")
 
 
-def read_manifest(root: str) -> dict[str, Any] | None:
-    """The manifest under ``root``, or None."""
-    uri = storage.join(root, MANIFEST_NAME)
-    if not storage.exists(uri):
-        return None
-    return loads(storage.read_bytes(uri))
-
-
-def table_is_intact(root: str, entry: dict[str, Any]) -> bool:
-    """Whether every file of a manifest table entry exists with its recorded sha256."""
-    for item in entry.get("files", []):
-        uri = storage.join(root, item["path"])
-        if not storage.exists(uri) or storage.sha256_file(uri) != item["sha256"]:
-            return False
-    return True
-
-
-def _check_destination(destination: str) -> None:
+def _check_destination(destination: str, aws: AwsCredentials | None = None) -> None:
     """Fail before any write when the destination cannot be written."""
     import pyarrow.fs as pafs
 
     if storage.is_s3(destination):
-        fs, path = storage.resolve(destination)
+        fs, path = storage.resolve(destination, aws)
         bucket = path.split("/", 1)[0]
         info = fs.get_file_info(bucket)
         if info.type == pafs.FileType.NotFound:
@@ -186,38 +172,44 @@ def _check_destination(destination: str) -> None:
         raise CaveInputError(f"destination {destination!r} is a file, not a directory")
 
 
-def _schema_of(uri: str) -> list[dict[str, str]]:
+def _schema_of(uri: str, aws: AwsCredentials | None = None) -> list[dict[str, str]]:
     import pyarrow.parquet as pq
 
-    fs, path = storage.resolve(uri)
+    fs, path = storage.resolve(uri, aws)
     schema = pq.read_schema(path, filesystem=fs)
     return [{"name": f.name, "type": str(f.type)} for f in schema]
 
 
-def _write_manifest(root: str, manifest: dict[str, Any]) -> str:
-    uri = storage.join(root, MANIFEST_NAME)
-    storage.write_bytes_atomic(uri, dumps(manifest))
-    return uri
+def _run_name() -> str:
+    """Flow-run name: datastack and version (e.g. ``snapshot minnie65 v1507``)."""
+    from prefect.runtime import flow_run
 
-
-def _link(uri: str) -> str:
-    return uri if storage.is_s3(uri) else f"file://{uri}"
+    request = flow_run.parameters.get("request") or {}
+    get = request.get if isinstance(request, dict) else lambda k: getattr(request, k, None)
+    version = get("version")
+    return f"snapshot {get('datastack') or 'block datastack'} " + (
+        f"v{version}" if version else "latest"
+    )
 
 
 @flow(
     name="cave-materialization-snapshot",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     validate_parameters=True,
 )
 def snapshot_materialization(
     request: SnapshotRequest,
     cave_block: str = DEFAULT_CAVE_BLOCK,
+    aws_block: str | None = None,
 ) -> SnapshotSummary:
     """Write a materialization version's tables to Parquet with a manifest.
 
     Args:
         request: Datastack, version, tables, destination and partition size.
         cave_block: Name of the saved `CaveCredentials` block.
+        aws_block: Name of a saved prefect-aws `AwsCredentials` block for an ``s3://``
+            destination; None uses the AWS environment (keys, profile, ``AWS_ENDPOINT_URL``).
 
     Returns:
         The summary: version, manifest location, and per table its status, rows and files.
@@ -228,12 +220,54 @@ def snapshot_materialization(
         CavePermissionError: The token cannot read the datastack or a table (before any write).
         SnapshotVerificationError: A table's written rows differ from the server's count.
     """
-    logger = get_run_logger()
     datastack = request.datastack or load_cave(cave_block).datastack_name
     if not datastack:
         raise CaveInputError("no datastack given and the CAVE block names none")
+    # validate everything before the first write
+    aws = storage.load_aws(aws_block)
+    vmeta, metas, wanted = check_request(request, cave_block, datastack, aws)
+    version = int(vmeta["version"])
+    stamp = vmeta.get("time_stamp")
 
-    # --- validate everything before the first write ---------------------------------------
+    root = snapshot_root(request.destination, datastack, version)
+    # plan and do under the snapshot's claim: overlapping runs on the same version and
+    # destination write its files and manifest one after the other; the later ones skip the
+    # tables the first one finished (checksums verified).
+    with exclusive("cave-snapshot", datastack, f"v{version}", root):
+        manifest = new_manifest(root, datastack, version, vmeta, request, cave_block, aws)
+        done, todo = plan_tables(root, manifest, wanted, request, aws)
+        futures, expected, started = start_parts(
+            request, cave_block, datastack, version, stamp, root, todo, aws_block
+        )
+        written, problems = finish_tables(
+            root, manifest, metas, request, futures, expected, started, todo, aws
+        )
+        manifest_uri = manifest.write(root, aws)
+    rows_out = sorted(done + written, key=lambda r: r.table)
+    summary = SnapshotSummary(
+        datastack=datastack,
+        version=version,
+        version_timestamp=vmeta.get("time_stamp"),
+        manifest=manifest_uri,
+        rows=sum(r.rows for r in rows_out),
+        tables=rows_out,
+    )
+    report_snapshot(summary, root, manifest)
+    if problems:
+        raise SnapshotVerificationError(
+            "row counts differ from the server's:\n  " + "\n  ".join(problems)
+        )
+    return summary
+
+
+def check_request(
+    request: SnapshotRequest, cave_block: str, datastack: str, aws: AwsCredentials | None = None
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+    """Version, tables, permissions and destination, checked before any write.
+
+    Returns:
+        ``(version metadata, table metadata by name, tables to snapshot)``.
+    """
     access = check_cave_access(cave_block, datastack, "view")
     vmeta = resolve_materialization_version(cave_block, datastack, request.version)
     version = int(vmeta["version"])
@@ -249,48 +283,77 @@ def snapshot_materialization(
     denied = [p for t in wanted if (p := table_permission_problem(metas[t], access, "read"))]
     if denied:
         raise CavePermissionError("cannot read:\n  " + "\n  ".join(denied))
-    _check_destination(request.destination)
+    _check_destination(request.destination, aws)
+    return vmeta, metas, wanted
 
-    root = snapshot_root(request.destination, datastack, version)
-    manifest = read_manifest(root) or {}
-    if manifest.get("version") != version or manifest.get("datastack") != datastack:
-        manifest = {}
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "datastack": datastack,
-        "version": version,
-        "version_timestamp": vmeta.get("time_stamp"),
-        "expires_on": vmeta.get("expires_on"),
-        "server": load_cave(cave_block).server_address,
-        "desired_resolution": request.desired_resolution,
-        "tables": dict(manifest.get("tables", {})),
-    }
 
-    rows_out: list[TableSnapshot] = []
+def new_manifest(
+    root: str,
+    datastack: str,
+    version: int,
+    vmeta: dict[str, Any],
+    request: SnapshotRequest,
+    cave_block: str,
+    aws: AwsCredentials | None = None,
+) -> Manifest:
+    """The manifest to write: the one on disk for this version (its tables kept), refreshed."""
+    found = Manifest.read(root, aws)
+    if found is None or found.version != version or found.datastack != datastack:
+        found = None
+    return Manifest(
+        datastack=datastack,
+        version=version,
+        version_timestamp=vmeta.get("time_stamp"),
+        expires_on=vmeta.get("expires_on"),
+        server=load_cave(cave_block).server_address,
+        desired_resolution=request.desired_resolution,
+        tables=dict(found.tables) if found else {},
+        updated=found.updated if found else None,
+    )
+
+
+def plan_tables(
+    root: str,
+    manifest: Manifest,
+    wanted: list[str],
+    request: SnapshotRequest,
+    aws: AwsCredentials | None = None,
+) -> tuple[list[TableSnapshot], list[str]]:
+    """``(skipped, todo)``: tables already in the manifest with intact files, and the rest."""
+    logger = get_run_logger()
+    skipped: list[TableSnapshot] = []
     todo: list[str] = []
     for table in wanted:
-        entry = manifest["tables"].get(table)
-        if (
-            entry
-            and entry.get("desired_resolution") == request.desired_resolution
-            and table_is_intact(root, entry)
-        ):
-            logger.info("%s: already snapshotted for version %d (checksums match)", table, version)
-            rows_out.append(
+        entry = manifest.tables.get(table)
+        if entry is not None and manifest.is_intact(root, table, request.desired_resolution, aws):
+            logger.info("%s: already snapshotted (checksums match); skipped", table)
+            skipped.append(
                 TableSnapshot(
                     table=table,
                     status="skipped",
-                    rows=entry["rows"],
-                    expected_rows=entry["expected_rows"],
-                    files=len(entry["files"]),
-                    bytes=sum(f["bytes"] for f in entry["files"]),
+                    rows=entry.rows,
+                    expected_rows=entry.expected_rows,
+                    files=len(entry.files),
+                    bytes=entry.bytes,
                     seconds=0.0,
                 )
             )
         else:
             todo.append(table)
+    return skipped, todo
 
-    # --- write -----------------------------------------------------------------------------
+
+def start_parts(
+    request: SnapshotRequest,
+    cave_block: str,
+    datastack: str,
+    version: int,
+    stamp: str | None,
+    root: str,
+    todo: list[str],
+    aws_block: str | None = None,
+) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, float]]:
+    """Submit one task per id range of every table to write; ``(futures, expected, started)``."""
     storage.ensure_dir(root)
     started: dict[str, float] = {}
     expected: dict[str, int] = {}
@@ -303,8 +366,9 @@ def snapshot_materialization(
         )
         for index, id_range in enumerate(ranges):
             target = storage.join(root, table, f"part-{index:05d}.parquet")
+            name = f"snapshot {table} part {index + 1}/{len(ranges)} (ids {_span(id_range)})"
             futures[table].append(
-                snapshot_table_part.submit(
+                snapshot_table_part.with_options(task_run_name=name).submit(
                     cave_block,
                     datastack,
                     version,
@@ -312,9 +376,31 @@ def snapshot_materialization(
                     id_range,
                     target,
                     request.desired_resolution,
+                    aws_block,
                 )
             )
+    return futures, expected, started
 
+
+def _span(id_range: list[int | None]) -> str:
+    lo, hi = id_range
+    return f"{'...' if lo is None else lo}-{'...' if hi is None else hi - 1}"
+
+
+def finish_tables(
+    root: str,
+    manifest: Manifest,
+    metas: dict[str, dict[str, Any]],
+    request: SnapshotRequest,
+    futures: dict[str, list[Any]],
+    expected: dict[str, int],
+    started: dict[str, float],
+    todo: list[str],
+    aws: AwsCredentials | None = None,
+) -> tuple[list[TableSnapshot], list[str]]:
+    """Verify each table's row count, record it in the manifest (rewritten after each table)."""
+    logger = get_run_logger()
+    written: list[TableSnapshot] = []
     problems: list[str] = []
     for table in todo:
         parts = [f.result() for f in futures[table]]
@@ -323,30 +409,30 @@ def snapshot_materialization(
         if rows != expected[table]:
             problems.append(f"{table}: wrote {rows} rows but the server counts {expected[table]}")
             continue
-        entry = {
-            "rows": rows,
-            "expected_rows": expected[table],
-            "schema_type": metas[table].get("schema_type"),
-            "voxel_resolution": metas[table].get("voxel_resolution"),
-            "reference_table": metas[table].get("reference_table") or None,
-            "desired_resolution": request.desired_resolution,
-            "arrow_schema": _schema_of(files[0]["path"]) if files else [],
-            "snapshotted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "files": [
-                {
-                    "path": f"{table}/{p['path'].rsplit('/', 1)[-1]}",
-                    "rows": p["rows"],
-                    "sha256": p["sha256"],
-                    "bytes": p["bytes"],
-                    "id_range": p["id_range"],
-                }
-                for p in files
-            ],
-        }
-        manifest["tables"][table] = entry
-        manifest["updated"] = dt.datetime.now(dt.timezone.utc).isoformat()
-        manifest_uri = _write_manifest(root, manifest)
-        rows_out.append(
+        manifest.record(
+            table,
+            TableEntry(
+                rows=rows,
+                expected_rows=expected[table],
+                schema_type=metas[table].get("schema_type"),
+                voxel_resolution=metas[table].get("voxel_resolution"),
+                reference_table=metas[table].get("reference_table") or None,
+                desired_resolution=request.desired_resolution,
+                arrow_schema=_schema_of(files[0]["path"], aws) if files else [],
+                files=[
+                    SnapshotFile(
+                        path=f"{table}/{p['path'].rsplit('/', 1)[-1]}",
+                        rows=p["rows"],
+                        sha256=p["sha256"],
+                        bytes=p["bytes"],
+                        id_range=p["id_range"],
+                    )
+                    for p in files
+                ],
+            ),
+        )
+        manifest.write(root, aws)
+        written.append(
             TableSnapshot(
                 table=table,
                 status="written",
@@ -358,32 +444,53 @@ def snapshot_materialization(
             )
         )
         logger.info("%s: %d rows in %d file(s)", table, rows, len(files))
-    manifest["updated"] = manifest.get("updated") or dt.datetime.now(dt.timezone.utc).isoformat()
-    manifest_uri = _write_manifest(root, manifest)
-    rows_out.sort(key=lambda r: r.table)
+    return written, problems
 
-    summary = SnapshotSummary(
-        datastack=datastack,
-        version=version,
-        version_timestamp=vmeta.get("time_stamp"),
-        manifest=manifest_uri,
-        rows=sum(r.rows for r in rows_out),
-        tables=rows_out,
-    )
+
+def report_snapshot(summary: SnapshotSummary, root: str, manifest: Manifest) -> None:
+    """Publish the tables and their files inline (counts and checksums), paths as text."""
     publish_table(
         ARTIFACT_KEY,
-        [r.model_dump() for r in rows_out],
-        f"Snapshot of {datastack} v{version} under {root}",
+        [r.model_dump() for r in summary.tables],
+        f"Snapshot of {summary.datastack} v{summary.version} under {root}",
     )
-    if in_flow_run():
-        create_link_artifact(
-            link=_link(manifest_uri),
-            link_text=f"{datastack} v{version} manifest",
-            key=f"{ARTIFACT_KEY}-manifest",
-            description=f"Manifest of the snapshot of {datastack} v{version}",
-        )
-    if problems:
-        raise SnapshotVerificationError(
-            "row counts differ from the server's:\n  " + "\n  ".join(problems)
-        )
-    return summary
+    files = [
+        {
+            "table": table,
+            "file": item.path,
+            "rows": item.rows,
+            "bytes": item.bytes,
+            "ids": _span(item.id_range),
+            "sha256": item.sha256,
+        }
+        for table, entry in sorted(manifest.tables.items())
+        for item in entry.files
+    ]
+    lines = [
+        f"# Snapshot {summary.datastack} v{summary.version}",
+        "",
+        f"Manifest: `{summary.manifest}` (paths below are relative to `{root}`).",
+        "",
+        "| table | status | rows | server rows | files | bytes |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r.table} | {r.status} | {r.rows:,} | {r.expected_rows:,} | {r.files} | "
+            f"{r.bytes:,} |"
+            for r in summary.tables
+        ],
+        "",
+        "## Files",
+        "",
+        "| table | file | rows | ids | bytes | sha256 |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {f['table']} | `{f['file']}` | {f['rows']:,} | {f['ids']} | {f['bytes']:,} | "
+            f"`{f['sha256']}` |"
+            for f in files
+        ],
+    ]
+    publish_markdown(
+        f"{ARTIFACT_KEY}-manifest",
+        "\n".join(lines) + "\n",
+        f"Manifest of the snapshot of {summary.datastack} v{summary.version}",
+    )

@@ -58,7 +58,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
-from prefect_neurodata.tasks._common import (
+from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
     load_docdb,

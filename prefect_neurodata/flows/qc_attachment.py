@@ -29,8 +29,9 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
-from prefect_neurodata.tasks._common import chunks, load_docdb
+from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
 
@@ -103,7 +104,7 @@ class QcSummary(BaseModel):
     rows: list[QcRow]
 
 
-class QcAttachmentFailed(RuntimeError):
+class QcAttachmentFailed(RuntimeError, NeurodataError):
     """The API rejected some attachments."""
 
 

@@ -26,8 +26,9 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
-from prefect_neurodata.tasks._common import (
+from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
     prefix_problem,
@@ -110,7 +111,7 @@ class RegistrationSummary(BaseModel):
     rows: list[RegistrationRow]
 
 
-class RegistrationFailed(RuntimeError):
+class RegistrationFailed(RuntimeError, NeurodataError):
     """Some assets could not be registered (non-transient errors, e.g. rejected metadata)."""
 
 
@@ -268,6 +269,6 @@ def register_assets(
 
 def _nested_aws(docdb_block: str) -> Any:
     """The DocDB block's own AWS credentials (loaded once in the flow, passed as a block)."""
-    from prefect_neurodata.tasks._common import load_docdb
+    from prefect_neurodata.tasks.common import load_docdb
 
     return load_docdb(docdb_block).aws_credentials

@@ -43,6 +43,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -74,6 +75,7 @@ SEED_FILE = "seed.json"
 CAVE_MODULE = "prefect_neurodata.sandbox.cave"
 DOCDB_FACTORY = "prefect_neurodata.sandbox.docdb.app:create_app"
 CAVE_DATASTACK = "minnie_sandbox"
+DATASTACK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 STOP_TIMEOUT = 15.0
 
 
@@ -179,15 +181,10 @@ def _random_key(n: int, alphabet: str) -> str:
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:
-    """Parse a ``KEY=VALUE`` env file (blank lines and ``#`` comments ignored)."""
-    env: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        env[key.strip()] = value.strip()
-    return env
+    """Parse a ``KEY=VALUE`` env file with python-dotenv (comments, quotes, ``export``)."""
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def _postgres_bindir() -> Path | None:
@@ -255,6 +252,8 @@ class Sandbox:
         region: AWS region.
         cave_db_url: SQLAlchemy URL of the CAVE database (default: SQLite in the workdir).
         mongo_cache_size: SecantusDB WiredTiger cache size.
+        cave_datastack: Name of the CAVE datastack (lower-case letters, digits and ``_``); its
+            aligned volume and PCG table are named after it.
         start_timeout: Seconds to wait for every service to become healthy.
         detach: Start services in their own session so they outlive this Python process
             (the CLI does this); otherwise they are stopped if this process dies.
@@ -282,6 +281,7 @@ class Sandbox:
         mongo_cache_size: str = "256M",
         start_timeout: float = 90.0,
         detach: bool = False,
+        cave_datastack: str = CAVE_DATASTACK,
     ) -> None:
         self.workdir = Path(workdir).absolute()
         services = tuple(dict.fromkeys(services))
@@ -290,6 +290,12 @@ class Sandbox:
             raise ValueError(
                 f"services: unknown service(s) {unknown}; choose from {KNOWN_SERVICES}"
             )
+        if not isinstance(cave_datastack, str) or not DATASTACK_NAME.fullmatch(cave_datastack):
+            raise ValueError(
+                f"cave_datastack must be lower-case letters, digits and '_' starting with a "
+                f"letter, got {cave_datastack!r}"
+            )
+        self.cave_datastack = cave_datastack
         self.mongo_uri = mongo_uri
         if mongo_uri is not None:
             services = tuple(s for s in services if s != "mongo")
@@ -736,6 +742,7 @@ class Sandbox:
                 "NEURODATA_SANDBOX_CAVE_VIEWER_TOKEN": creds["cave_viewer"],
                 "NEURODATA_SANDBOX_CAVE_GLOBAL_URL": gurl,
                 "NEURODATA_SANDBOX_CAVE_LOCAL_URL": lurl,
+                "NEURODATA_SANDBOX_CAVE_DATASTACK": self.cave_datastack,
             }
             if self.cave_db_url:
                 env["NEURODATA_SANDBOX_CAVE_DB_URL"] = self.cave_db_url
@@ -988,7 +995,7 @@ class Sandbox:
                 {
                     "NEURODATA_CAVE_GLOBAL_URL": procs["cave"].urls["global"],
                     "NEURODATA_CAVE_LOCAL_URL": procs["cave"].urls["local"],
-                    "NEURODATA_CAVE_DATASTACK": CAVE_DATASTACK,
+                    "NEURODATA_CAVE_DATASTACK": self.cave_datastack,
                     "NEURODATA_CAVE_TOKEN": creds["cave_user"],
                     "NEURODATA_CAVE_VIEWER_TOKEN": creds["cave_viewer"],
                     "NEURODATA_CAVE_ADMIN_TOKEN": creds["cave_admin"],

@@ -23,41 +23,17 @@ Example:
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.clients.http import ServiceError
-from prefect_neurodata.tasks._common import (
-    TASK_RETRIES,
-    TASK_RETRY_DELAYS,
-    TransientBatchError,
-    is_transient_error,
-    load_docdb,
-    transient_only,
-)
-
-ITEM_ATTEMPTS = 5
-"""Tries per item inside one task run before the task gives up and lets Prefect retry it."""
+from prefect_neurodata.tasks.common import load_docdb
+from prefect_neurodata.tasks.retries import TransientBatchError, is_transient_error, task_options
 
 DocDb = str | DocDbApiCredentials
-
-_TASK_OPTIONS: dict[str, Any] = {
-    "retries": TASK_RETRIES,
-    "retry_delay_seconds": TASK_RETRY_DELAYS,
-    "retry_jitter_factor": 0.3,
-    "retry_condition_fn": transient_only,
-    "cache_policy": NONE,
-}
-
-
-def _pause(attempt: int) -> None:
-    time.sleep(min(4.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 def _reconcile(
@@ -66,32 +42,40 @@ def _reconcile(
     *,
     conflict_means_done: bool = False,
 ) -> tuple[str, Any]:
-    """Run a non-idempotent write until it is known to have landed.
+    """Send a non-idempotent write once; after a transient failure, ask once whether it landed.
 
-    ``done()`` answers whether the effect is already in place; it is asked before every
-    attempt after the first failure, so an attempt whose answer was lost is never repeated.
+    Items are not retried here (one retry budget, `prefect_neurodata.tasks.retries`): the HTTP
+    core already resent what was safe to resend, so a transient failure that outlasted it
+    fails the item, and the task retries the batch, whose lookup skips what landed. ``done()``
+    tells a write whose answer was lost (it landed) from one that did not.
 
     Returns:
         ``("written", response)``, ``("present", None)`` when the effect was found in place
         after a lost answer, or ``("failed", exception)`` for a non-transient error.
 
     Raises:
-        Exception: The last transient error after `ITEM_ATTEMPTS` tries.
+        Exception: The transient error, when the write did not land (or the check failed too).
     """
-    for attempt in range(ITEM_ATTEMPTS):
-        if attempt and done():
+    try:
+        return "written", act()
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if conflict_means_done and isinstance(exc, ServiceError) and exc.status_code == 409:
             return "present", None
-        try:
-            return "written", act()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if conflict_means_done and isinstance(exc, ServiceError) and exc.status_code == 409:
-                return "present", None
-            if not is_transient_error(exc):
-                return "failed", exc
-            if attempt == ITEM_ATTEMPTS - 1:
-                raise
-            _pause(attempt)
-    raise AssertionError("unreachable")
+        if not is_transient_error(exc):
+            return "failed", exc
+        if _landed(done):
+            return "present", None
+        raise
+
+
+def _landed(done: Callable[[], bool]) -> bool:
+    """``done()``, or False when the check itself hits a transient failure."""
+    try:
+        return done()
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if is_transient_error(exc):
+            return False
+        raise
 
 
 def _location_map(client: Any, locations: list[str]) -> dict[str, str]:
@@ -122,7 +106,7 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-@task(name="lookup-docdb-locations", tags=["docdb"], **_TASK_OPTIONS)
+@task(name="lookup-docdb-locations", **task_options(tags=["docdb"]))
 def lookup_locations(
     docdb: DocDb, locations: list[str], include_other_version: bool = True
 ) -> dict[str, str]:
@@ -145,7 +129,7 @@ def lookup_locations(
     return found
 
 
-@task(name="register-asset-batch", tags=["docdb", "write"], **_TASK_OPTIONS)
+@task(name="register-asset-batch", **task_options(tags=["docdb", "write"]))
 def register_asset_batch(docdb: DocDb, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Register a batch of assets, skipping those DocDB already has.
 
@@ -160,7 +144,7 @@ def register_asset_batch(docdb: DocDb, items: list[dict[str, Any]]) -> list[dict
         ``registered``, ``already registered`` or ``failed``.
 
     Raises:
-        TransientBatchError: Some items still hit transient errors after item-level retries
+        TransientBatchError: Some items still hit transient errors after the HTTP core's retries
             (the task is retried; what landed is found and skipped).
     """
     logger = get_run_logger()
@@ -235,7 +219,7 @@ def register_asset_batch(docdb: DocDb, items: list[dict[str, Any]]) -> list[dict
     return outcomes
 
 
-@task(name="resolve-docdb-assets", tags=["docdb"], **_TASK_OPTIONS)
+@task(name="resolve-docdb-assets", **task_options(tags=["docdb"]))
 def resolve_assets(docdb: DocDb, refs: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Resolve asset references (``id``, ``name`` or ``location``) to DocDB records.
 
@@ -301,7 +285,7 @@ def is_attached(evaluation: dict[str, Any], attached: list[dict[str, Any]]) -> b
     return any(all(item.get(k) == v for k, v in evaluation.items()) for item in attached)
 
 
-@task(name="attach-qc-batch", tags=["docdb", "write"], **_TASK_OPTIONS)
+@task(name="attach-qc-batch", **task_options(tags=["docdb", "write"]))
 def attach_qc_batch(docdb: DocDb, assignments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Attach QC evaluations to a batch of assets, skipping the ones already attached.
 
@@ -313,7 +297,7 @@ def attach_qc_batch(docdb: DocDb, assignments: list[dict[str, Any]]) -> list[dic
         ``{"asset_id", "attached", "skipped", "outcome", "detail"}`` per asset.
 
     Raises:
-        TransientBatchError: Some assets still hit transient errors after item-level retries.
+        TransientBatchError: Some assets still hit transient errors after the HTTP core's retries.
     """
     logger = get_run_logger()
     block = load_docdb(docdb)
@@ -381,21 +365,25 @@ def attach_qc_batch(docdb: DocDb, assignments: list[dict[str, Any]]) -> list[dic
     return outcomes
 
 
-@task(name="index-docdb-locations", tags=["docdb"], **_TASK_OPTIONS)
+@task(name="index-docdb-locations", **task_options(tags=["docdb"]))
 def index_locations(docdb: DocDb, bucket: str, starts_with: str = "") -> dict[str, str]:
     """``{location: _id}`` of every record located in ``bucket`` (names starting with
-    ``starts_with``), read with a small projection."""
+    ``starts_with``), read with a small projection, streamed: only the index is held, never
+    the pages (`Client.iter_docdb_records`)."""
     prefix = f"s3://{bucket}/{starts_with}"
     upper = prefix + "\U0010ffff"
     with load_docdb(docdb).get_client() as client:
-        records = client.retrieve_docdb_records(
-            filter_query={"location": {"$gte": prefix, "$lt": upper}},
-            projection={"_id": 1, "location": 1},
-        )
-    return {r["location"]: r["_id"] for r in records if r.get("location")}
+        return {
+            r["location"]: r["_id"]
+            for r in client.iter_docdb_records(
+                filter_query={"location": {"$gte": prefix, "$lt": upper}},
+                projection={"_id": 1, "location": 1},
+            )
+            if r.get("location")
+        }
 
 
-@task(name="deregister-asset-batch", tags=["docdb", "write"], **_TASK_OPTIONS)
+@task(name="deregister-asset-batch", **task_options(tags=["docdb", "write"]))
 def deregister_asset_batch(docdb: DocDb, locations: list[str]) -> list[dict[str, Any]]:
     """De-register assets whose data is gone; locations DocDB no longer has are skipped.
 

@@ -6,23 +6,13 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NONE
 
 from prefect_neurodata.blocks.rds import RdsCredentials
-from prefect_neurodata.tasks._common import (
-    TASK_RETRIES,
-    TASK_RETRY_DELAYS,
-    load_rds,
-)
+from prefect_neurodata.tasks.common import load_rds
+from prefect_neurodata.tasks.retries import task_options
 
 
-@task(
-    name="export-rds-table",
-    tags=["rds", "write"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    cache_policy=NONE,
-)
+@task(name="export-rds-table", **task_options(tags=["rds", "write"]))
 def export_rows(rds: str | RdsCredentials, table: str, rows: list[dict[str, Any]]) -> int:
     """Replace ``table`` with ``rows`` (one row per asset); a rerun writes the same table.
 

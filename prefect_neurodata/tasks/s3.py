@@ -6,29 +6,54 @@ name) and build the client themselves, so no live client or secret crosses a tas
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 from prefect import task
-from prefect.cache_policies import NONE
 from prefect_aws import AwsCredentials
 
 from prefect_neurodata.clients.http import map_bounded
-from prefect_neurodata.tasks._common import (
-    TASK_RETRIES,
-    TASK_RETRY_DELAYS,
-    load_aws,
-    parse_s3_location,
-)
+from prefect_neurodata.errors import NeurodataInputError
+from prefect_neurodata.tasks.common import load_aws, parse_s3_location
+from prefect_neurodata.tasks.retries import task_options
 
 S3_THREADS = 4
 """Concurrent S3 requests inside one task."""
 
 CHECKPOINT_ROOT = ".neurodata"
 """Top-level folder of a bucket reserved for this package's checkpoints (never an asset)."""
+
+
+class UnknownBucketError(NeurodataInputError):
+    """An S3 bucket does not exist (or these credentials cannot see it); a retry cannot help."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(
+            f"S3 bucket {bucket!r} does not exist or is not visible with these AWS credentials"
+        )
+        self.bucket = bucket
+
+
+@contextlib.contextmanager
+def naming_bucket(bucket: str) -> Iterator[None]:
+    """Turn S3's ``NoSuchBucket`` (whose message does not say which) into `UnknownBucketError`.
+
+    Example:
+        ```python
+        with naming_bucket("aind-open-dta"):
+            s3.list_objects_v2(Bucket="aind-open-dta")  # UnknownBucketError names it
+        ```
+    """
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise UnknownBucketError(bucket) from exc
+        raise
 
 
 def canonical_json(value: Any) -> bytes:
@@ -63,11 +88,13 @@ def list_prefixes(s3: Any, bucket: str, starts_with: str = "") -> list[str]:
     """
     found: list[str] = []
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=starts_with.lstrip("/"), Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            prefix = common["Prefix"].rstrip("/")
-            if not prefix.rsplit("/", 1)[-1].startswith("."):
-                found.append(prefix)
+    pages = paginator.paginate(Bucket=bucket, Prefix=starts_with.lstrip("/"), Delimiter="/")
+    with naming_bucket(bucket):
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                prefix = common["Prefix"].rstrip("/")
+                if not prefix.rsplit("/", 1)[-1].startswith("."):
+                    found.append(prefix)
     return sorted(found)
 
 
@@ -95,26 +122,22 @@ def list_folder_files(
         common = wanted[0].rsplit("/", 1)[0] + "/"
         if all(p.startswith(common) for p in wanted):
             kwargs["Prefix"] = common
-    while True:
-        page = s3.list_objects_v2(**kwargs)
-        done = False
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            if key > last_block and not key.startswith(last_block):
-                done = True
-                break
-            folder, _, name = key.rpartition("/")
-            if folder in result:
-                result[folder][name] = obj
-        if done or not page.get("IsTruncated"):
-            return result
-        kwargs["ContinuationToken"] = page["NextContinuationToken"]
-        kwargs.pop("StartAfter", None)
+    with naming_bucket(bucket):
+        for page in s3.get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key > last_block and not key.startswith(last_block):
+                    return result
+                folder, _, name = key.rpartition("/")
+                if folder in result:
+                    result[folder][name] = obj
+    return result
 
 
 def read_json(s3: Any, bucket: str, key: str) -> Any:
     """Download and parse one JSON object."""
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    with naming_bucket(bucket):
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return json.loads(body)
 
 
@@ -131,11 +154,15 @@ def read_json_uri(uri: str, aws: str | AwsCredentials | None = None) -> Any:
 
 def put_bytes(s3: Any, bucket: str, key: str, data: bytes) -> None:
     """Upload one object (JSON content type)."""
-    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/json")
+    with naming_bucket(bucket):
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/json")
 
 
 def missing_files(s3: Any, bucket: str, prefix: str, required: Sequence[str]) -> list[str] | None:
     """Which of ``required`` files are missing in a folder; None if the folder does not exist.
+
+    Raises:
+        UnknownBucketError: The bucket does not exist (a typo must not read as "no folder").
 
     Uses one HEAD request per required file (cheap on S3 and its stand-ins); only when some are
     missing does it list the folder to tell "incomplete" from "absent".
@@ -149,23 +176,18 @@ def missing_files(s3: Any, bucket: str, prefix: str, required: Sequence[str]) ->
             if code in ("404", "NoSuchKey", "NotFound"):
                 missing.append(name)
             elif code == "NoSuchBucket":
-                return None
+                raise UnknownBucketError(bucket) from exc
             else:
                 raise
     if missing or not required:
-        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
+        with naming_bucket(bucket):
+            page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
         if not page.get("KeyCount", len(page.get("Contents", []))):
             return None
     return missing
 
 
-@task(
-    name="inspect-asset-folders",
-    tags=["s3"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    cache_policy=NONE,
-)
+@task(name="inspect-asset-folders", **task_options(tags=["s3"]))
 def inspect_asset_folders(
     aws: str | AwsCredentials | None, locations: list[str], required: list[str]
 ) -> dict[str, list[str] | None]:
@@ -195,13 +217,7 @@ def inspect_asset_folders(
     return dict(zip(locations, map_bounded(one, locations, S3_THREADS), strict=True))
 
 
-@task(
-    name="list-asset-prefixes",
-    tags=["s3"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    cache_policy=NONE,
-)
+@task(name="list-asset-prefixes", **task_options(tags=["s3"]))
 def list_asset_prefixes(
     aws: str | AwsCredentials | None, bucket: str, starts_with: Iterable[str] = ("",)
 ) -> list[str]:

@@ -15,25 +15,18 @@ import datetime as dt
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
 from prefect_aws import AwsCredentials
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.clients.http import map_bounded
-from prefect_neurodata.tasks._common import (
-    TASK_RETRIES,
-    TASK_RETRY_DELAYS,
-    TransientBatchError,
-    load_aws,
-    load_docdb,
-    transient_only,
-)
+from prefect_neurodata.tasks.common import load_aws, load_docdb
 from prefect_neurodata.tasks.docdb import (
     _location_map,
     _message,
     _reconcile,
     other_version_locations,
 )
+from prefect_neurodata.tasks.retries import TransientBatchError, task_options
 from prefect_neurodata.tasks.s3 import (
     S3_THREADS,
     canonical_json,
@@ -140,15 +133,7 @@ DOCDB_WORKERS = 2
 """Concurrent DocDB requests per batch task (two batches run at once by default)."""
 
 
-@task(
-    name="sync-metadata-batch",
-    tags=["docdb", "write", "s3"],
-    retries=TASK_RETRIES,
-    retry_delay_seconds=TASK_RETRY_DELAYS,
-    retry_jitter_factor=0.3,
-    retry_condition_fn=transient_only,
-    cache_policy=NONE,
-)
+@task(name="sync-metadata-batch", **task_options(tags=["docdb", "write", "s3"]))
 def sync_metadata_batch(
     docdb: str | DocDbApiCredentials,
     aws: str | AwsCredentials | None,
@@ -277,7 +262,7 @@ def sync_metadata_batch(
                     lambda location=location: bool(_location_map(client, [location])),
                     conflict_means_done=True,
                 )
-            except Exception as exc:  # noqa: BLE001 - transient after item retries
+            except Exception as exc:  # noqa: BLE001 - transient after the core retries
                 logger.warning("registering %s: %s (will retry)", location, _message(exc))
                 transient.append(location)
                 continue

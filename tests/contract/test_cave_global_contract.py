@@ -356,3 +356,16 @@ def test_preview_split_and_merge_then_undo(client, history) -> None:
 def _faults_off(sandbox) -> Iterator[None]:
     yield
     sandbox.faults("cave")
+
+
+def test_past_ids_answer_an_empty_future_map_like_pychunkedgraph(client, history) -> None:
+    """The real service never fills future_id_map (issue 11 item 9); neither does the stand-in,
+    even for a root whose lineage has edits."""
+    cg = client.chunkedgraph
+    candidates = [int(r) for r in history["new_roots"][:10]]
+    edited = [r for r in candidates if cg.get_change_log(r)["operations_ids"]]
+    assert edited, "the sandbox should have an edited root"
+    past = cg.get_past_ids(edited[:3], timestamp_past=history["oldest"])
+    assert past["future_id_map"] == {}
+    for root in edited[:3]:
+        assert len(past["past_id_map"][root]) >= 1

@@ -26,12 +26,8 @@ from prefect_neurodata.flows.annotation_upload import (
     load_source,
     upload_annotations,
 )
-from prefect_neurodata.tasks.cave import (
-    CaveInputError,
-    CavePermissionError,
-    _write_entry,
-    ledger_entry_uri,
-)
+from prefect_neurodata.tasks.annotation_ledger import entry_uri, write_entry
+from prefect_neurodata.tasks.cave import CaveInputError, CavePermissionError
 from tests.flows.cave_helpers import (
     FAULTS_20,
     cave_faults,
@@ -235,7 +231,7 @@ def _pending_then_sent(
         annotation.post_annotation(request.table, records)
     else:
         annotation.update_annotation(request.table, records)
-    _write_entry(ledger, 0, entry)
+    write_entry(ledger, entry)
 
 
 def test_lost_answer_of_an_insert_is_reconciled_not_resent(
@@ -349,7 +345,7 @@ def test_killed_run_resumes_without_duplicates(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    marker = Path(ledger_entry_uri(ledger, 2))
+    marker = Path(entry_uri(ledger, 2))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
         if marker.exists() and json.loads(marker.read_text()).get("status") == "done":

@@ -10,7 +10,7 @@ from prefect import flow
 
 from prefect_neurodata.clients.http import ServiceError
 from prefect_neurodata.tasks import cave as cave_tasks
-from prefect_neurodata.tasks._common import is_transient_error
+from prefect_neurodata.tasks.retries import is_transient_error
 from tests.flows.cave_helpers import client_for
 
 pytestmark = pytest.mark.flows

@@ -185,7 +185,9 @@ def test_update_and_delete(cave: CaveServer) -> None:
     ids = cave.post(url, json={"annotations": _tags(pos)}).json()
     r = cave.put(url, json={"annotations": [{"id": ids[0], "tag": "renamed"}]})
     assert r.status_code == 200
-    mapping = r.json()
+    # The real service answers one {old_id: new_id} per annotation, in a list (issue 11.3).
+    (mapping,) = r.json()
+    assert list(mapping) == [str(ids[0])]
     new_id = mapping[str(ids[0])]
     assert new_id not in ids
     old, new = cave.get(url, params={"annotation_ids": f"{ids[0]},{new_id}"}).json()

@@ -486,7 +486,8 @@ def test_live_live_query(cave: CaveServer) -> None:
     cave.post("/__sandbox__/materialize", "admin", json={})
     before_changes = dt.datetime.now(dt.timezone.utc).isoformat()
     # changes after the version: one update, one delete
-    mapping = cave.put(url, json={"annotations": [{"id": ids[0], "tag": "changed"}]}).json()
+    # One {old_id: new_id} per annotation, in a list, as the real service answers.
+    (mapping,) = cave.put(url, json={"annotations": [{"id": ids[0], "tag": "changed"}]}).json()
     assert cave.delete(url, json={"annotation_ids": [ids[1]]}).json() == [ids[1]]
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     live_params = {

@@ -225,6 +225,8 @@ def test_id_list_span_and_kinds() -> None:
         (0, {"sort": {"_id": -1}}),
         (5, {"sort": {"_id": -1}, "projection": {"name": 1}}),
         (0, {"filter": {"$and": [{}]}, "projection": {"pad": 0}}),
+        (0, {"projection": {"_id": 1}}),  # answered from the id list alone
+        (9, {"sort": {"_id": -1}, "projection": {"_id": 1}}),
     ],
 )
 def test_skip_loops_match_mongo(
@@ -244,7 +246,7 @@ def test_skip_loops_match_mongo(
         assert any(len(p) < (limit or N_RECORDS) for p in got[:-1])
     after = stats(http, fast)
     assert after["indexed"] - before["indexed"] == len(got) + 1
-    if len(got) > 1:  # later pages were (at least partly) read ahead
+    if len(got) > 1 and params.get("projection") != {"_id": 1}:  # pages were read ahead
         assert after["read_ahead"] > before["read_ahead"]
 
 
@@ -389,3 +391,128 @@ def test_mixed_id_types_fall_back_to_mongo(
     assert stats(http, fast)["indexed"] == before
     count = http.get(fast + path + "/count_documents").json()
     assert count == {"total_record_count": 4, "filtered_record_count": 4}
+
+
+# -- whole documents kept in memory ----------------------------------------------------------
+def test_whole_document_cache_gives_the_same_answers(
+    http: requests.Session, fast: str, ref: str, db: pymongo.MongoClient
+) -> None:
+    """Cold (from MongoDB) and warm (from the cache) reads give the reference's bytes."""
+    path = "/v1/analysis/cached"
+    rng = random.Random(11)
+    docs = [
+        {
+            "_id": f"c{i:03d}",
+            "i": i,
+            "nested": {"k": [i, str(i)]},
+            "pad": "q" * rng.randint(100, 8_000),
+        }
+        for i in range(40)
+    ]
+    rng.shuffle(docs)
+    db.analysis.cached.insert_many(docs)
+    queries: list[dict[str, Any]] = [
+        {"limit": 0, "skip": 0},
+        {"limit": 7, "skip": 3, "sort": {"_id": -1}},
+        {"limit": 0, "skip": 0, "filter": {"_id": {"$gt": "c010", "$lte": "c030"}}},
+        {"limit": 5, "skip": 0, "filter": {"$and": [{}, {"_id": {"$gte": "c020"}}]}},
+        {"limit": 0, "skip": 39},
+        {"limit": 0, "skip": 0, "projection": {"pad": 0}},  # projected: not from the cache
+    ]
+    for round_ in ("cold", "warm", "warm again"):
+        before = stats(http, fast)["cached_docs"]
+        for args in queries:
+            ref_args = {"sort": {"_id": 1}, **args}
+            got, want = find(http, fast, path, **args), find(http, ref, path, **ref_args)
+            assert got.status_code == want.status_code == 200
+            assert got.content == want.content, (round_, args)
+            assert len(got.content) <= PAGE_BYTES
+        loops = skip_loop(http, fast, 0, path), skip_loop(http, ref, 0, path, sort={"_id": 1})
+        assert loops[0] == loops[1] and len(loops[0]) >= 3  # cut short by the byte cap
+        served = stats(http, fast)["cached_docs"] - before
+        if round_ != "cold":
+            assert served >= len(docs)  # every whole document came from memory
+    # The bare GET must still fit whole, warm as cold.
+    for base in (fast, ref):
+        assert http.get(base + path).status_code == 413
+
+
+def test_whole_document_cache_sees_every_write(
+    http: requests.Session, fast: str, db: pymongo.MongoClient
+) -> None:
+    path = "/v1/analysis/cachewrites"
+    db.analysis.cachewrites.insert_many([{"_id": f"d{i}", "v": 0} for i in range(5)])
+
+    def values() -> list[Any]:
+        return [d["v"] for d in find(http, fast, path, limit=0, skip=0).json()]
+
+    assert values() == [0] * 5
+    assert values() == [0] * 5  # now from memory
+    body = {"filter": {"_id": "d1"}, "update": {"$set": {"v": 1}}}
+    assert signed(http, "POST", fast + path + "/update_one", body).status_code == 200
+    assert values() == [0, 1, 0, 0, 0]
+    # Straight to MongoDB (as the seeder writes): the write counters move, the cache is dropped.
+    db.analysis.cachewrites.update_one({"_id": "d3"}, {"$set": {"v": 3}})
+    assert values() == [0, 1, 0, 3, 0]
+    db.analysis.cachewrites.delete_one({"_id": "d0"})
+    assert values() == [1, 0, 3, 0]
+
+
+def test_whole_document_cache_budget(mongo: SecantusDBServer, db: pymongo.MongoClient) -> None:
+    """Over its budget the cache stops growing and reads go on from MongoDB, unchanged."""
+    from prefect_neurodata.sandbox.docdb.store import Store
+
+    db.analysis.budget.insert_many([{"_id": i, "pad": "b" * 1_000} for i in range(20)])
+    store = Store(mongo.uri, doc_cache_bytes=5_000)
+    try:
+        coll = store.collection("v1", "analysis", "budget")
+        kwargs: dict[str, Any] = {"filter": {}, "projection": None, "sort": None, "skip": 0}
+        first, n = store.find_page(coll, limit=0, cap=1_000_000, short_pages=True, **kwargs)
+        id_list = store._ids.get(coll)
+        assert n == 20 and 0 < id_list.docs_bytes <= 5_000 and len(id_list.docs) < 20
+        second, _ = store.find_page(coll, limit=0, cap=1_000_000, short_pages=True, **kwargs)
+        assert second == first
+    finally:
+        store.close()
+
+
+def test_answers_of_mongo_queries_are_kept_until_a_write(
+    http: requests.Session, fast: str, ref: str, db: pymongo.MongoClient
+) -> None:
+    """A filter MongoDB evaluates is answered again from memory, the same, until any write."""
+    path = "/v1/analysis/answers"
+    db.analysis.answers.insert_many(
+        [{"_id": f"a{i:02d}", "kind": i % 3, "pad": "r" * (i * 300)} for i in range(30)]
+    )
+    queries: list[dict[str, Any]] = [
+        {"limit": 0, "skip": 0, "filter": {"kind": 1}},
+        {
+            "limit": 0,
+            "skip": 0,
+            "filter": {"kind": 1},
+            "sort": {"_id": 1},
+            "projection": {"kind": 1},
+        },
+        {"limit": 3, "skip": 2, "filter": {"kind": {"$in": [0, 2]}}, "sort": {"pad": -1}},
+    ]
+    count = {"filter": json.dumps({"kind": 2})}
+
+    def answers(base: str) -> list[Any]:
+        got = [find(http, base, path, **q).content for q in queries]
+        return [*got, http.get(base + path + "/count_documents", params=count).json()]
+
+    first = answers(fast)
+    before = stats(http, fast)["answered"]
+    assert answers(fast) == first == answers(ref)
+    assert stats(http, fast)["answered"] - before == len(queries) + 1  # all from memory
+    # Cut pages of a filtered read: the same pages, warm as cold (skip loop of the official).
+    loop = skip_loop(http, fast, 0, path, filter={"kind": {"$gte": 0}})
+    assert loop == skip_loop(http, fast, 0, path, filter={"kind": {"$gte": 0}}) and len(loop) > 1
+    # A write through the API, then one straight to MongoDB: both are seen at once.
+    body = {"filter": {"_id": "a01"}, "update": {"$set": {"kind": 2}}}
+    assert signed(http, "POST", fast + path + "/update_one", body).status_code == 200
+    after_api = answers(fast)
+    assert after_api != first and after_api == answers(ref)
+    db.analysis.answers.update_one({"_id": "a04"}, {"$set": {"kind": 0}})
+    after_direct = answers(fast)
+    assert after_direct != after_api and after_direct == answers(ref)

@@ -124,6 +124,27 @@ def _deployment_ids(ui: str) -> dict[str, str]:
     return {d["name"]: d["id"] for d in response.json()}
 
 
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _flow_run(ui: str, flow_run_id: str) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.get(f"{ui}/api/flow_runs/{flow_run_id}")
+    response.raise_for_status()
+    return response.json()
+
+
+def _artifact_keys(ui: str, flow_run_id: str) -> set[str]:
+    import httpx
+
+    response = httpx.post(
+        f"{ui}/api/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    )
+    response.raise_for_status()
+    return {a["key"] for a in response.json() if a.get("key")}
+
+
 def _flow_runs(ui: str, deployment_id: str) -> list[dict[str, Any]]:
     import httpx
 
@@ -166,16 +187,18 @@ def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screens
     (run,) = runs
     run_url = f"{demo_ui}/runs/flow-run/{run['id']}"
     deadline = time.monotonic() + 300
-    while True:
-        browser.get(run_url)
-        text = _page_text(browser, [snapshot.flow_name])
-        if "Completed" in text:
-            break
-        if "Failed" in text or "Crashed" in text or time.monotonic() > deadline:
-            browser.save_screenshot(str(screenshots / "snapshot-run.png"))
-            pytest.fail(f"the snapshot run did not complete:\n{text[:3000]}")
-        time.sleep(3)
+    while (state := _flow_run(demo_ui, run["id"])["state_type"]) not in FINAL_STATES:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the snapshot run is still {state} after 300 s")
+        time.sleep(2)
+    browser.get(run_url)
+    text = _page_text(browser, [snapshot.flow_name, snapshot.name, run["name"]])
     browser.save_screenshot(str(screenshots / "snapshot-run.png"))
+    assert state == "COMPLETED", f"the run started from the form ended {state}:\n{text[:3000]}"
+
+    # Its artifacts tab lists every artifact the run published.
+    keys = _artifact_keys(demo_ui, run["id"])
+    assert keys, "the snapshot run published no artifacts"
     browser.get(f"{run_url}?tab=Artifacts")
-    _page_text(browser, ["Artifacts", "snapshot"])
+    _page_text(browser, sorted(keys))
     browser.save_screenshot(str(screenshots / "snapshot-artifacts.png"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import re
 import uuid
 from typing import Any
@@ -136,7 +137,7 @@ def _project(doc: dict, projection: dict | None) -> dict:
     if not projection:
         return doc
     include = {k for k, v in projection.items() if v and k != "_id"}
-    if include:
+    if include or set(projection) == {"_id"} and projection["_id"]:
         out = {k: doc[k] for k in include if k in doc}
         if projection.get("_id", 1):
             out = {"_id": doc["_id"], **out}
@@ -362,7 +363,7 @@ def test_retrieve_without_sort_pages_by_keyset_with_short_pages():
     assert empty["filter"] == {"_id": {"$gt": by_id[-1]["_id"]}}
     assert probe == {"filter": {}, "sort": {"_id": 1}, "limit": 0, "skip": 157}
     # Each key-set page starts after the last _id of the previous page's records.
-    calls = list(responses.calls)
+    calls = [c for c in responses.calls if "/find" in c.request.url]  # (a count went along)
     for call, request in zip(calls[:-2], params[1:-1], strict=True):
         assert request["filter"] == {"_id": {"$gt": call.response.json()[-1]["_id"]}}
     assert query_keys(calls[0]) == ["limit", "skip", "filter", "sort"]
@@ -380,7 +381,8 @@ def test_retrieve_without_sort_with_filter_and_projection_strips_id():
     wanted = sorted((d for d in docs if d["name"] < "asset_00040"), key=lambda d: d["_id"])
     assert records == [{"name": d["name"]} for d in wanted]
     # _id kept on the wire for paging, stripped from the result.
-    assert {query(c)["projection"] for c in responses.calls} == {'{"name":1}'}
+    finds = [c for c in responses.calls if "/find" in c.request.url]  # (a count went along)
+    assert {query(c)["projection"] for c in finds} == {'{"name":1}'}
     params = fake.find_params
     assert params[0]["filter"] == flt
     assert len(params) > 3  # short pages at this cap
@@ -405,27 +407,114 @@ def test_retrieve_without_sort_filter_on_id_is_anded():
 
 
 @responses.activate
-def test_retrieve_without_sort_limit_stops_without_extra_call():
+def test_full_read_of_one_page_takes_one_round_trip():
+    docs = make_docs(30)
+    fake = FakeDocDB(docs)  # no cap: one page holds everything
+    fake.install()
+    flt = {"name": {"$lt": "asset_00020"}}
+    records = make_client().retrieve_docdb_records(filter_query=flt, projection={"name": 1})
+    assert [r["name"] for r in records] == sorted(d["name"] for d in docs)[:20]
+    # The page and count_documents of the same filter, at once; the count says nothing is left.
+    assert fake.find_params == [{"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}]
+    counts = [c for c in responses.calls if "/count_documents" in c.request.url]
+    assert len(counts) == 1 and json.loads(query(counts[0])["filter"]) == flt
+
+
+@responses.activate
+def test_full_read_whose_count_fails_confirms_the_end_with_pages():
+    docs = make_docs(12)
+    fake = FakeDocDB(docs)
+    responses.add_callback("GET", f"{BASE}/find", callback=fake.find)
+    responses.get(f"{BASE}/count_documents", status=400, json={"error": "BadRequest"})
+    records = make_client().retrieve_docdb_records()
+    assert records == sorted(docs, key=lambda d: d["_id"])
+    assert [p["skip"] for p in fake.find_params] == [0, 0, 12]  # page, empty page, skip page
+
+
+@responses.activate
+def test_full_read_overlaps_id_ranges_after_a_large_first_page():
+    docs = make_docs(300)
+    by_id = sorted(docs, key=lambda d: d["_id"])
+    fake = FakeDocDB(docs, page_bytes=6_000)
+    fake.install()
+    client = make_client(max_workers=4)
+    client.parallel_page_bytes = 5_000  # the first page (~6 KB) counts as cut by the cap
+    records = client.retrieve_docdb_records()
+    assert records == by_id  # every record once, in _id order
+    finds = [c for c in responses.calls if "/find" in c.request.url]
+    calls = [(query(c), c.response.json()) for c in finds]
+    per_page = len(calls[0][1])
+    assert calls[0][0] == {"limit": "0", "skip": "0", "filter": "{}", "sort": '{"_id":1}'}
+    id_reads = [(json.loads(q["filter"]), page) for q, page in calls if "projection" in q]
+    assert all(q["projection"] == '{"_id":1}' for q, _ in calls if "projection" in q)
+    assert id_reads[0][0] == {"_id": {"$gt": by_id[per_page - 1]["_id"]}}
+    assert len(id_reads) > 1  # the cap cut the id pages too: read on after each
+    filters = [json.loads(q["filter"]) for q, _ in calls[1:] if "projection" not in q]
+    bounds = [f["_id"] for f in filters if "$gte" in f.get("_id", {})]
+    assert len(bounds) > 4  # (requests in flight at once arrive in any order)
+    # Consecutive ranges tile the ids after the first page without gap or overlap.
+    position = {d["_id"]: i for i, d in enumerate(by_id)}
+    spans = sorted((position[b["$gte"]], position[b["$lte"]]) for b in bounds)
+    assert spans[0][0] == per_page and spans[-1][1] == len(by_id) - 1
+    assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    # The last id page was not cut: the ranges covered every id, no page confirms the end.
+    assert all(p["skip"] == 0 for p in fake.find_params)
+
+    # The same read as a stream, with a filter and a projection dropping _id.
+    fake.find_params.clear()
+    flt = {"name": {"$gte": "asset_00050"}}
+    pages = list(client.iter_docdb_pages(flt, {"_id": 0, "name": 1}))
+    wanted = [{"name": d["name"]} for d in by_id if d["name"] >= "asset_00050"]
+    assert [r for page in pages for r in page] == wanted
+    assert all(list(p["filter"]) == ["name", "_id"] for p in fake.find_params[1:-1])
+
+
+@responses.activate
+def test_full_read_range_whose_last_record_vanished_reads_to_an_empty_page():
+    docs = make_docs(60, pad=1_000)  # ~5 records a page, every id in one id page
+    by_id = sorted(docs, key=lambda d: d["_id"])
+    fake = FakeDocDB(list(docs), page_bytes=6_000)
+    gone = by_id[-1]["_id"]
+
+    def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        answer = fake.find(request)
+        if len(fake.find_params) == 2:  # deleted once the ids were read
+            fake.docs[:] = [d for d in fake.docs if d["_id"] != gone]
+        return answer
+
+    responses.add_callback("GET", f"{BASE}/find", callback=find)
+    client = make_client(max_workers=3)
+    client.parallel_page_bytes = 5_000
+    records = client.retrieve_docdb_records()
+    assert records == by_id[:-1]
+    last_range = [p for p in fake.find_params if p["filter"].get("_id", {}).get("$lte") == gone]
+    assert len(last_range) >= 2 and "$gt" in last_range[-1]["filter"]["_id"]
+
+
+@responses.activate
+def test_retrieve_without_sort_limit_reads_like_the_official_client():
+    # Issue 11 item 6: a limit without sort returns what the official client returns, the
+    # server's natural order: unsorted skip/limit pages, no request after the limit arrived.
     docs = make_docs(60)
-    by_id = sorted(d["_id"] for d in docs)
+    random.Random(3).shuffle(docs)  # natural (insertion) order is not the _id order
     fake = FakeDocDB(docs, page_bytes=2_000)
     fake.install()
     client = make_client()
     limited = client.retrieve_docdb_records(limit=25)
-    assert [r["_id"] for r in limited] == by_id[:25]
+    assert limited == docs[:25]
     limits = [p["limit"] for p in fake.find_params]
     assert limits[0] == 25 and len(limits) > 2
     # Each request asks for the records still missing; none after the 25th arrived.
     received = 0
     for request, call in zip(fake.find_params, responses.calls, strict=True):
-        assert request["limit"] == 25 - received and request["skip"] == 0
+        assert request == {"filter": {}, "sort": None, "limit": 25 - received, "skip": received}
         received += len(call.response.json())
     assert received == 25
 
     fake.find_params.clear()
     few = client.retrieve_docdb_records(limit=5)
-    assert [r["_id"] for r in few] == by_id[:5]
-    assert fake.find_params == [{"filter": {}, "sort": {"_id": 1}, "limit": 5, "skip": 0}]
+    assert few == docs[:5]
+    assert fake.find_params == [{"filter": {}, "sort": None, "limit": 5, "skip": 0}]
 
 
 @responses.activate
@@ -445,9 +534,8 @@ def test_retrieve_returns_mixed_id_types():
     fake.find_params.clear()
     limited = client.retrieve_docdb_records(limit=7)
     assert [r["_id"] for r in limited] == [0, 1, 2, 3, 4, "s0", "s1"]
-    assert all(
-        p["limit"] == 7 - p["skip"] for p in fake.find_params if p["skip"]
-    )  # the skip page asks only for the records still missing
+    # Skip/limit (as the official client): each page asks only for the records still missing.
+    assert all(p["limit"] == 7 - p["skip"] for p in fake.find_params)
 
 
 @responses.activate
@@ -525,8 +613,7 @@ def test_record_helpers():
         "skip": "0",
         "filter": '{"location":"s3://bucket/asset_00003"}',
         "projection": '{"_id":1}',
-        "sort": '{"_id":1}',
-    }
+    }  # the official helper's request exactly (limit without sort: no sort sent)
 
 
 @responses.activate

@@ -20,7 +20,7 @@ from prefect_neurodata.flows.annotation_upload import (
     ledger_dir_for,
     nest_row,
 )
-from prefect_neurodata.tasks import _storage as storage
+from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import fingerprint, table_permission_problem
 
 SYNAPSE_SCHEMA = {

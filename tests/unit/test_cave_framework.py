@@ -76,7 +76,10 @@ def test_full_client_looks_up_datastack_once_and_subclients_are_lazy(cave_rsps) 
     assert cg.server_address == LOCAL
     assert cg.fc is client
     assert client.chunkedgraph is cg
-    assert path(cave_rsps.calls[-1]) == f"{LOCAL}/segmentation/api/versions"
+    # The chunkedgraph negotiates its API version, then reads the server version at
+    # construction as caveclient 5.25 does (its version-guarded arguments need it).
+    assert path(cave_rsps.calls[-2]) == f"{LOCAL}/segmentation/api/versions"
+    assert path(cave_rsps.calls[-1]) == f"{LOCAL}/segmentation/api/version"
 
 
 def test_info_cache_skips_the_lookup(cave_rsps) -> None:

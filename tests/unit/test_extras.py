@@ -45,22 +45,22 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
         import_extra("sshtunnel", extra="aind")
 
 
-def test_ssh_client_without_sshtunnel_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect_neurodata.clients.aind.document_db_ssh import (
-        DocumentDbSSHClient,
-        DocumentDbSSHCredentials,
+def test_ssh_client_without_sshtunnel_says_which_extra() -> None:
+    # A fresh interpreter in which sshtunnel cannot be imported, as without the [aind] extra.
+    code = (
+        "import sys\n"
+        "sys.modules['sshtunnel'] = None\n"
+        "from prefect_neurodata.clients.aind.document_db_ssh import (\n"
+        "    DocumentDbSSHClient, DocumentDbSSHCredentials)\n"
+        "from prefect_neurodata.clients._extras import MissingExtraError\n"
+        "client = DocumentDbSSHClient(credentials=DocumentDbSSHCredentials(\n"
+        "    host='127.0.0.1', username='u', password='p', ssh_host='127.0.0.1',\n"
+        "    ssh_username='s', ssh_password='x'))\n"
+        "try:\n"
+        "    client.start()\n"
+        "except MissingExtraError as error:\n"
+        "    print(error)\n"
     )
-
-    monkeypatch.setitem(sys.modules, "sshtunnel", None)
-    client = DocumentDbSSHClient(
-        credentials=DocumentDbSSHCredentials(
-            host="127.0.0.1",
-            username="u",
-            password="p",
-            ssh_host="127.0.0.1",
-            ssh_username="s",
-            ssh_password="x",
-        )  # fmt: skip
-    )
-    with pytest.raises(MissingExtraError, match=r"prefect-neurodata\[aind\]"):
-        client.start()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'prefect-neurodata[aind]'" in result.stdout

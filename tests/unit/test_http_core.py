@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from prefect_neurodata.clients.http import (
     HttpClient,
     RetryPolicy,
     ServiceError,
+    TransportConfig,
     decode_json,
     dumps,
     imap_bounded,
@@ -287,3 +290,74 @@ def test_imap_bounded_propagates_first_error():
 
     with pytest.raises(RuntimeError, match="partition 2"):
         map_bounded(work, range(6), max_workers=2)
+
+
+# ------------------------------------------------------------------ TLS failures and transport
+@pytest.fixture
+def plain_tcp_server() -> Iterator[int]:
+    """A local server that answers every connection with plain HTTP, so a TLS handshake
+    against it fails with a real `requests.exceptions.SSLError`."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    server.close()
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_tls_failure_raises_the_ssl_error_itself(plain_tcp_server: int, method: str) -> None:
+    sleeps: list[float] = []
+    http = HttpClient(retry=RetryPolicy(max_retries=2), sleep=sleeps.append, timeout=(2, 2))
+    with pytest.raises(requests.exceptions.SSLError):
+        http.request(method, f"https://127.0.0.1:{plain_tcp_server}/x", json={"a": 1})
+    # The handshake may have reached the server: a POST is not resent, a GET is.
+    assert len(sleeps) == (0 if method == "POST" else 2)
+
+
+def test_transport_config_builds_sessions_and_clients() -> None:
+    config = TransportConfig(timeout=(1, 2), pool_maxsize=3, pool_block=True, verify=False)
+    http = config.http_client(base_headers={"X-Test": "1"})
+    adapter = http.session.get_adapter("https://x.test")
+    assert adapter._pool_maxsize == 3 and adapter._pool_block is True
+    assert adapter.max_retries.total == 0
+    assert http.session.verify is False
+    assert http.timeout == (1, 2) and http.base_headers == {"X-Test": "1"}
+    derived = config.with_overrides(max_retries=1, timeout=(5, 6))
+    assert derived.retry.max_retries == 1 and derived.timeout == (5, 6)
+    assert derived.pool_maxsize == 3 and config.retry.max_retries == RetryPolicy().max_retries
+    assert config.with_overrides() is config
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("pool_maxsize", 0), ("timeout", (1, -1)), ("timeout", 0)]
+)
+def test_transport_config_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        TransportConfig(**{field: value})
+
+
+def _custom_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["X-Custom"] = "yes"
+    return session
+
+
+def test_transport_config_session_factory_is_used() -> None:
+    session = TransportConfig(session_factory=_custom_session).new_session({"A": "b"})
+    assert session.headers["X-Custom"] == "yes" and session.headers["A"] == "b"

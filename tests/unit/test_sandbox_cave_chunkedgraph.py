@@ -268,7 +268,8 @@ def test_lineage_past_ids_delta_and_change_log(cg: ChunkedGraph) -> None:
     ]
     past, future = cg.past_id_mapping([new], m.ts - 1, m.ts + 1)
     assert sorted(past[new]) == sorted([ra, rb])
-    assert future == {ra: new, rb: new}
+    # PyChunkedGraph never fills future_id_map (issue 11 item 9): neither does the stand-in.
+    assert future == {}
     old, newr = cg.delta_roots(m.ts - 0.0001, m.ts)
     assert new in newr.tolist() and {ra, rb} <= set(old.tolist())
     log = cg.change_log(new)

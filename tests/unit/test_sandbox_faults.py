@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -261,3 +262,17 @@ def test_custom_error_body_for_other_services() -> None:
         r = requests.get(url + "/anything")
     assert r.status_code == 502
     assert r.text == "error 502" and r.headers["content-type"] == "text/plain"
+
+
+def test_delayed_requests_wait_side_by_side(served) -> None:
+    """The latency profile of the real services: a delay does not serialise other requests."""
+    url, app, _ = served
+    requests.put(url + "/__sandbox__/faults", json={"latency_ms": 1500})
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: requests.get(url + "/echo").status_code, range(8)))
+    assert answers == [200] * 8
+    stats = requests.get(url + "/__sandbox__/stats").json()
+    assert stats["requests"] == 8
+    # All eight were under way at once (a serialising server would show 1).
+    assert stats["in_flight_peak"] == 8
+    assert app.stats()["in_flight_peak"] == 8

@@ -6,9 +6,11 @@ Kept apart from `document_db` so that `utils` and the tests can use them without
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 import requests
 from botocore.auth import SigV4Auth as _BotocoreSigV4Auth
@@ -53,7 +55,7 @@ def _default(value: Any) -> Any:
         return format_datetime(value)
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
-    return http._default(value)
+    return http.encode_default(value)
 
 
 def encode(value: Any, *, what: str = "body") -> bytes:
@@ -77,6 +79,61 @@ def encode(value: Any, *, what: str = "body") -> bytes:
         # Re-run through the shared encoder only to find and name the offending field.
         http.dumps(value, what=what)
         raise
+
+
+def first_non_finite(value: Any, path: str = "") -> tuple[str, Any] | None:
+    """The first NaN or infinity inside ``value`` as ``(field path, value)``, or None.
+
+    Example:
+        >>> first_non_finite({"subject": {"weight": float("nan")}, "n": 1})
+        ('subject.weight', nan)
+        >>> first_non_finite({"scores": [1.0, float("inf")]})
+        ('scores[1]', inf)
+    """
+    if isinstance(value, (float, np.floating)):
+        return None if math.isfinite(value) else (path or "<value>", value)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = first_non_finite(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = first_non_finite(item, f"{path}[{index}]")
+            if found:
+                return found
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "fc":
+        bad = np.flatnonzero(~np.isfinite(value.ravel()))
+        if bad.size:
+            return f"{path}[{int(bad[0])}]", value.ravel()[bad[0]]
+    return None
+
+
+def reject_non_finite_records(records: list[Any]) -> None:
+    """Raise before anything is sent when a record holds NaN or infinity.
+
+    JSON cannot carry them: the official client (and `encode`) would write ``null`` in their
+    place, silently changing the stored record.
+
+    Raises:
+        ValueError: Names the record's ``_id`` (or its index), the field path and the value.
+
+    Example:
+        >>> try:
+        ...     reject_non_finite_records([{"_id": "abc", "qc": {"value": float("inf")}}])
+        ... except ValueError as error:
+        ...     print(str(error)[:52])
+        record _id='abc' (records[0]): field qc.value is inf
+    """
+    for index, record in enumerate(records):
+        found = first_non_finite(record)
+        if found:
+            field, bad = found
+            record_id = record.get("_id") if isinstance(record, Mapping) else None
+            raise ValueError(
+                f"record _id={record_id!r} (records[{index}]): field {field} is {bad!r}; JSON "
+                "cannot carry NaN or infinity (it would be stored as null), nothing was sent"
+            )
 
 
 def encode_param(value: Any, *, what: str) -> str:

@@ -143,7 +143,7 @@ class CoreCredentials(BaseSettings):
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
-        init_settings: InitSettingsSource,
+        init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
@@ -161,7 +161,10 @@ class CoreCredentials(BaseSettings):
         Returns:
             The sources in priority order.
         """
-        secret_name = init_settings.init_kwargs.get("aws_secrets_name")
+        init_kwargs = (
+            init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        )
+        secret_name = init_kwargs.get("aws_secrets_name")
         if secret_name:
             return init_settings, AWSConfigSettingsSource(settings_cls, secret_name)
         return init_settings, env_settings

@@ -35,8 +35,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,8 @@ import requests
 from prefect_neurodata.clients import http
 from prefect_neurodata.clients.aind import _wire
 from prefect_neurodata.clients.aind.utils import validate_s3_location
+from prefect_neurodata.clients.concurrency import PicklableLock
+from prefect_neurodata.errors import NeurodataError
 
 if TYPE_CHECKING:
     import boto3
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_neurodata.aind.document_db")
 
 _ID_SORT = {"_id": 1}
+# Ranges of a concurrent read hold this share of the first page's record count, so that most
+# come back whole in one request despite uneven record sizes.
+_RANGE_FILL = 0.9
 # CPython's sys.getsizeof overhead of a compact ASCII str: the official client measures each
 # record as getsizeof(json string) = len + 49, and chunk boundaries follow that measure.
 _STR_OVERHEAD = 49
@@ -64,7 +68,13 @@ requests (reads, upserts and deletes keyed by ``_id``), never for inserts withou
 registrations or QC submissions."""
 
 
-class BulkWriteFailed(requests.HTTPError):
+PARALLEL_PAGE_BYTES = 1_000_000
+"""A first page of a full read at least this large (bytes on the wire) was cut by the server's
+payload cap (5-6 MB), so more pages follow and the rest is read in concurrent ``_id`` ranges;
+a smaller one held the whole result. `Client.parallel_page_bytes` overrides it per client."""
+
+
+class BulkWriteFailed(requests.HTTPError, NeurodataError):
     """Some chunks of `Client.upsert_list_of_docdb_records` did not land.
 
     Raised after every chunk was attempted. Upserts are keyed by ``_id``, so calling the method
@@ -125,19 +135,49 @@ def _strip_ids(records: list[dict]) -> list[dict]:
     return records
 
 
-def _after(filter_query: dict | None, last: Any) -> dict:
-    """``filter_query`` and ``_id > last``.
+def _within(filter_query: dict | None, id_condition: dict[str, Any]) -> dict:
+    """``filter_query`` and ``{"_id": id_condition}``.
 
     Merged into the filter's top level when it has no ``_id`` key (the same query: top-level
     keys are ANDed, and a server continuing its open cursor recognises this shape), wrapped in
     ``$and`` otherwise.
     """
-    condition = {"_id": {"$gt": last}}
+    condition = {"_id": id_condition}
     if not filter_query:
         return condition
     if "_id" not in filter_query:
         return {**filter_query, **condition}
     return {"$and": [filter_query, condition]}
+
+
+def filter_list_pipeline(
+    filter_key: str, filter_values: list[Any], projection: dict | None = None
+) -> list[dict]:
+    """The aggregation of ``fetch_records_by_filter_list``: ``$match`` + ``$in`` (+ ``$project``).
+
+    Example:
+        >>> filter_list_pipeline("name", ["a", "b"], {"_id": 1})
+        [{'$match': {'name': {'$in': ['a', 'b']}}}, {'$project': {'_id': 1}}]
+    """
+    pipeline: list[dict] = [{"$match": {filter_key: {"$in": filter_values}}}]
+    if projection:
+        pipeline.append({"$project": projection})
+    return pipeline
+
+
+def filter_list_chunk_size(projection: dict | None) -> int:
+    """Values per ``$in`` request of ``fetch_records_by_filter_list`` (whole records are bigger).
+
+    Example:
+        >>> filter_list_chunk_size(None), filter_list_chunk_size({"_id": 1})
+        (100, 500)
+    """
+    return 500 if projection else 100
+
+
+def _after(filter_query: dict | None, last: Any) -> dict:
+    """``filter_query`` and ``_id > last`` (see `_within`)."""
+    return _within(filter_query, {"$gt": last})
 
 
 class Client:
@@ -158,6 +198,9 @@ class Client:
         max_workers: Requests in flight for concurrent reads and chunked writes.
         ids_per_request: Deprecated and ignored (retrievals no longer fetch ``_id`` chunks
             with ``$in``); still accepted so that existing callers keep working.
+        transport: Every transport setting at once (`TransportConfig`: timeout, retry policy,
+            pool, TLS verify, session factory); when given it replaces ``timeout`` and
+            ``retry``.
 
     Example:
         ```python
@@ -181,19 +224,30 @@ class Client:
         retry: http.RetryPolicy | None = None,
         max_workers: int = 8,
         ids_per_request: int = 100,
+        transport: http.TransportConfig | None = None,
     ) -> None:
         self.scheme, self.host = _split_host(host)
         self.database = database
         self.collection = collection
         self.version = version
-        self.timeout = timeout
-        self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_workers = max(1, int(max_workers))
+        self.transport = (
+            transport
+            if transport is not None
+            else http.TransportConfig(
+                timeout=timeout,
+                retry=retry if retry is not None else DEFAULT_RETRY,
+                pool_maxsize=max(10, self.max_workers),
+            )
+        )
+        self.timeout = self.transport.timeout
+        self.retry = self.transport.retry
         self.ids_per_request = max(1, int(ids_per_request))  # deprecated, unused
+        self.parallel_page_bytes = PARALLEL_PAGE_BYTES
         self._boto = boto
         self._session = session
         self._http_client: http.HttpClient | None = None
-        self._lock = threading.Lock()
+        self._lock = PicklableLock()
 
     def __repr__(self) -> str:
         return (
@@ -218,7 +272,8 @@ class Client:
         """Requests session (created on first use)."""
         with self._lock:
             if self._session is None:
-                self._session = http.new_session(pool_maxsize=max(10, self.max_workers))
+                pool_maxsize = max(self.transport.pool_maxsize, self.max_workers)
+                self._session = self.transport.replace(pool_maxsize=pool_maxsize).new_session()
             return self._session
 
     @property
@@ -342,22 +397,16 @@ class Client:
     ) -> list[dict]:
         """Retrieve records as a list of dicts, every matching record exactly once.
 
-        Without ``sort``, records come back in ``_id`` order, read by ``_id`` key set: each
-        request is ``find`` with ``{<filter>, "_id": {"$gt": <last _id received>}}`` (the
-        first one with the bare filter; ``$and`` when the filter itself has an ``_id`` key),
-        sorted by ``{"_id": 1}``, with ``limit`` 0 so that the server's payload cap sizes each
-        page (the remaining number of records when ``limit`` is given; no request is sent once
-        ``limit`` records arrived). The server resumes from its ``_id`` index, so a full read
-        costs it O(N), where skip/limit re-scans every skipped record. ``$gt`` only matches
-        ``_id``s of the same BSON type, so when a key-set page comes back empty one skip page
-        follows (``skip`` = records received, sorted by ``_id``): usually empty, which ends the
-        retrieval, otherwise it holds the records of the next ``_id`` type and key-set paging
-        resumes from its last ``_id``. That is one extra small request per retrieval. A
-        projection excluding ``_id`` is sent with ``_id`` kept (paging needs it) and the
-        ``_id``s are removed from the result.
+        With ``limit`` or ``sort``, pages are fetched with skip/limit (``skip`` advancing by the
+        records actually received) exactly as the official client fetches them, so the same
+        records come back in the same order: the requested one, or the server's natural order
+        without ``sort``.
 
-        With ``sort``, pages are fetched with skip/limit in the requested order (``skip``
-        advances by the records actually received), like the official client.
+        Without either (the caller reads everything), records come back in ``_id`` order, read
+        as `iter_docdb_pages` reads them: by ``_id`` key set, and when the first page shows the
+        result spans several pages, the rest in ``_id`` ranges fetched concurrently
+        (``max_workers`` requests in flight). The server resumes from its ``_id`` index, so a
+        full read costs it O(N), where skip/limit re-scans every skipped record.
 
         Args:
             filter_query: Filter to apply; None for all records.
@@ -380,25 +429,113 @@ class Client:
             limit = 0
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit!r}")
-        if sort:
+        if sort or limit:
             return self._skip_limit_records(filter_query, projection, sort, limit)
-        return self._keyset_records(filter_query, projection, limit)
+        records: list[dict] = []
+        for page in self._keyset_pages(filter_query, projection):
+            records.extend(page)
+        return records
+
+    def iter_docdb_pages(
+        self,
+        filter_query: dict | None = None,
+        projection: dict | None = None,
+        sort: dict | None = None,
+    ) -> Iterator[list[dict]]:
+        """Every matching record exactly once, a page at a time, with flat memory.
+
+        The streaming form of `retrieve_docdb_records` for reads of everything that matches:
+        at most ``max_workers`` pages are held at once, whatever the size of the result.
+
+        Without ``sort``, pages come in ``_id`` order. Each request is ``find`` with
+        ``{<filter>, "_id": {"$gt": <last _id received>}}`` (``$and`` when the filter has an
+        ``_id`` key of its own), sorted by ``{"_id": 1}``, ``limit`` 0 so that the server's
+        payload cap sizes each page. When the first page is large (at least
+        ``parallel_page_bytes``: the cap cut it, more follow), one request reads the ``_id``s
+        after it (projection ``{"_id": 1}``), and the records are then read in consecutive
+        ``_id`` ranges of about one page each, ``max_workers`` at a time, yielded in order.
+        Each range ends when its last ``_id`` arrived (or on an empty page, if that record was
+        deleted meanwhile). ``$gt`` only matches ``_id``s of the same BSON type, so after the
+        last key-set page comes back empty one skip page (``skip`` = records received, sorted
+        by ``_id``) confirms the end: usually empty; otherwise it holds records of another
+        ``_id`` type and key-set paging resumes from its last ``_id`` (records it repeats are
+        dropped). A projection excluding ``_id`` is sent with ``_id`` kept (paging needs it)
+        and the ``_id``s are removed from the result.
+
+        With ``sort``, pages are fetched with skip/limit in the requested order, like the
+        official client.
+
+        Args:
+            filter_query: Filter to apply; None for all records.
+            projection: Subset of fields to return; None for all fields.
+            sort: Sort order; None for ``_id`` order.
+
+        Yields:
+            Non-empty lists of records.
+
+        Example:
+            ```python
+            with MetadataDbClient(host="api.allenneuraldynamics.org") as client:
+                names = set()
+                for page in client.iter_docdb_pages(projection={"name": 1}):
+                    names.update(record["name"] for record in page)
+            ```
+        """
+        if sort:
+            yield from self._skip_limit_pages(filter_query, projection, sort, 0)
+        else:
+            yield from self._keyset_pages(filter_query, projection)
+
+    def iter_docdb_records(
+        self,
+        filter_query: dict | None = None,
+        projection: dict | None = None,
+        sort: dict | None = None,
+    ) -> Iterator[dict]:
+        """Every matching record exactly once, one at a time (see `iter_docdb_pages`).
+
+        Example:
+            ```python
+            with MetadataDbClient(host="api.allenneuraldynamics.org") as client:
+                n = sum(1 for _ in client.iter_docdb_records({"subject.subject_id": "731015"}))
+            ```
+        """
+        for page in self.iter_docdb_pages(filter_query, projection, sort):
+            yield from page
 
     def _skip_limit_records(
-        self, filter_query: dict | None, projection: dict | None, sort: dict, limit: int
+        self, filter_query: dict | None, projection: dict | None, sort: dict | None, limit: int
     ) -> list[dict]:
         records: list[dict] = []
-        skip = 0
-        while True:
-            remaining = limit - len(records) if limit else 0
-            page = self._find_records(filter_query, projection, sort, remaining, skip)
-            logger.debug("(skip=%d, limit=%d): Retrieved %d records", skip, remaining, len(page))
-            if not page:
-                return records
+        for page in self._skip_limit_pages(filter_query, projection, sort, limit):
             records.extend(page)
-            skip += len(page)
-            if limit and len(records) >= limit:
-                return records[:limit]
+        return records
+
+    def _skip_limit_pages(
+        self, filter_query: dict | None, projection: dict | None, sort: dict | None, limit: int
+    ) -> Iterator[list[dict]]:
+        received = 0
+        while True:
+            remaining = limit - received if limit else 0
+            page = self._find_records(filter_query, projection, sort, remaining, received)
+            logger.debug(
+                "(skip=%d, limit=%d): Retrieved %d records", received, remaining, len(page)
+            )
+            if not page:
+                return
+            if limit and received + len(page) >= limit:
+                yield page[: limit - received]
+                return
+            received += len(page)
+            yield page
+
+    def _find_sized(
+        self, filter_query: dict, projection: dict | None, limit: int, skip: int
+    ) -> tuple[list[dict], int]:
+        """One ``find`` page sorted by ``_id`` and its size on the wire in bytes."""
+        params = self._read_params(filter_query, projection, _ID_SORT, limit, skip)
+        response = self._http.request("GET", f"{self._base_url}/find", params=params)
+        return http.decode_json(response), len(response.content)
 
     def _keyset_pages(
         self,
@@ -410,24 +547,28 @@ class Client:
     ) -> Iterator[list[dict]]:
         """Pages in ``_id`` order, each request asking for ``_id`` after the last one seen.
 
-        ``$gt`` only matches values of the same BSON type, so a key-set page that comes back
-        empty is followed by one skip page (``skip`` = records served, sorted by ``_id``): it
-        is empty when every record was served, and otherwise holds the records of the next
-        ``_id`` type (or of ids that do not survive the JSON round trip), from whose last
-        ``_id`` key-set paging resumes. Records of such a page already served (an insert
-        meanwhile shifted it) are dropped.
+        See `iter_docdb_pages`. With ``page_size`` or ``limit`` every page is requested in
+        turn (no concurrent ranges).
         """
         projection, strip = _with_id(projection)
         last: Any = None
         served_ids: list[Any] = []
         seen: set[bytes] | None = None  # encoded served ids, built once a skip page has records
+        may_overlap = not page_size and not limit and self.max_workers > 1
         while True:
             remaining = limit - len(served_ids) if limit else 0
             size = min(page_size, remaining) if page_size and remaining else page_size or remaining
-            if not served_ids:
-                page = self._find_records(filter_query or {}, projection, _ID_SORT, size, 0)
+            if not served_ids and may_overlap:
+                page, nbytes, total = self._first_page_and_count(filter_query, projection)
+                if page and total == len(page) and nbytes < self.parallel_page_bytes:
+                    # Not cut by the payload cap, and the server counts no more: the whole
+                    # result came in one round trip (the official client needs two).
+                    yield _strip_ids(page) if strip else page
+                    return
+            elif not served_ids:
+                page, nbytes = self._find_sized(filter_query or {}, projection, size, 0)
             else:
-                page = self._find_records(_after(filter_query, last), projection, _ID_SORT, size, 0)
+                page, nbytes = self._find_sized(_after(filter_query, last), projection, size, 0)
             if page:
                 last = page[-1]["_id"]
             elif served_ids:
@@ -452,14 +593,88 @@ class Client:
                 yield _strip_ids(page) if strip else page
                 return
             yield _strip_ids(page) if strip else page
+            if may_overlap and seen is None and nbytes >= self.parallel_page_bytes:
+                may_overlap = False  # once: what follows the ranges is checked in turn
+                ranges = self._range_pages(filter_query, projection, last, len(page))
+                while True:
+                    try:
+                        ranged = next(ranges)
+                    except StopIteration as stop:
+                        complete = stop.value
+                        break
+                    served_ids.extend(record["_id"] for record in ranged)
+                    last = ranged[-1]["_id"]
+                    yield _strip_ids(ranged) if strip else ranged
+                if complete:
+                    return
 
-    def _keyset_records(
-        self, filter_query: dict | None, projection: dict | None, limit: int
-    ) -> list[dict]:
-        records: list[dict] = []
-        for page in self._keyset_pages(filter_query, projection, limit=limit):
-            records.extend(page)
-        return records
+    def _first_page_and_count(
+        self, filter_query: dict | None, projection: dict | None
+    ) -> tuple[list[dict], int, int | None]:
+        """The first key-set page, with ``count_documents`` of the filter sent alongside.
+
+        Returns ``(page, bytes on the wire, filtered count or None when the count failed)``.
+        """
+        pool = ThreadPoolExecutor(1, thread_name_prefix="neurodata-count")
+        try:
+            counted = pool.submit(self._count_records, filter_query)
+            page, nbytes = self._find_sized(filter_query or {}, projection, 0, 0)
+            try:
+                total: int | None = int(counted.result()["filtered_record_count"])
+            except Exception:  # noqa: BLE001 - only a shortcut: the pages confirm the end anyway
+                total = None
+        finally:
+            pool.shutdown(wait=True)  # nothing left running behind the caller's back
+        return page, nbytes, total
+
+    def _range_pages(
+        self, filter_query: dict | None, projection: dict | None, after: Any, per_page: int
+    ) -> Generator[list[dict], None, bool]:
+        """The records after ``after`` as consecutive ``_id`` ranges read concurrently.
+
+        One request reads the ``_id``s that follow (projection ``{"_id": 1}``); they are cut
+        into ranges of about ``per_page`` records, read ``max_workers`` at a time and yielded
+        in order. When the server's payload cap cut that id page too, the ids after it are
+        read next, and so on. Nothing more is yielded once the ids are not all strings (range
+        bounds must share one BSON type to order them) or too few to overlap anything; the
+        key-set pages that follow then read the rest in turn.
+
+        Returns (as the generator's value) True when the ranges covered every ``_id`` after
+        ``after`` (the last id page was not cut and held only strings): then every record
+        present since that id read was served, and no page is needed to confirm the end.
+        """
+        per_range = max(1, int(per_page * _RANGE_FILL))
+
+        def read(bound: tuple[str, str]) -> list[dict]:
+            first, end = bound
+            condition: dict[str, Any] = {"$gte": first, "$lte": end}
+            records: list[dict] = []
+            while True:
+                page = self._find_records(
+                    _within(filter_query, condition), projection, _ID_SORT, 0, 0
+                )
+                records.extend(page)
+                if not page or page[-1]["_id"] == end:
+                    return records
+                condition = {"$gt": page[-1]["_id"], "$lte": end}
+
+        while True:
+            ids_page, nbytes = self._find_sized(_after(filter_query, after), {"_id": 1}, 0, 0)
+            ids = [record.get("_id") for record in ids_page]
+            if not ids:
+                return nbytes < self.parallel_page_bytes
+            if len(ids) <= per_range or not all(type(i) is str for i in ids):
+                return False
+            bounds = [
+                (ids[start], ids[min(start + per_range, len(ids)) - 1])
+                for start in range(0, len(ids), per_range)
+            ]
+            for records in http.imap_bounded(read, bounds, self.max_workers):
+                if records:
+                    yield records
+            if nbytes < self.parallel_page_bytes:
+                return all(type(i) is str for i in ids)  # the id page held every id
+            after = ids[-1]
 
     def aggregate_docdb_records(self, pipeline: list[dict]) -> list[dict]:
         """Run a read-only aggregation pipeline (``POST .../aggregate``, unsigned).
@@ -513,7 +728,7 @@ class Client:
                 seen.add(key)
                 values.append(value)
         if chunk_size is None:
-            chunk_size = 500 if projection else 100
+            chunk_size = filter_list_chunk_size(projection)
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be > 0, got {chunk_size!r}")
         request_projection, strip = _with_id(projection) if projection else (None, False)
@@ -526,22 +741,20 @@ class Client:
         if len(pages) == 1:
             records = pages[0]
         else:
-            records, ids = [], set()
+            records, ids = [], set[bytes]()
             for page in pages:
                 for record in page:
                     marker = record.get("_id")
-                    key = _wire.encode(marker) if marker is not None else None
-                    if key is not None and key in ids:
+                    marker_key = _wire.encode(marker) if marker is not None else None
+                    if marker_key is not None and marker_key in ids:
                         continue
-                    if key is not None:
-                        ids.add(key)
+                    if marker_key is not None:
+                        ids.add(marker_key)
                     records.append(record)
         return _strip_ids(records) if strip else records
 
     def _match_in(self, key: str, values: list[Any], projection: dict | None) -> list[dict]:
-        pipeline: list[dict] = [{"$match": {key: {"$in": values}}}]
-        if projection:
-            pipeline.append({"$project": projection})
+        pipeline = filter_list_pipeline(key, values, projection)
         try:
             return self.aggregate_docdb_records(pipeline)
         except http.ServiceError as exc:
@@ -589,10 +802,12 @@ class Client:
             The response, e.g. ``{"acknowledged": true, "matchedCount": 1, ...}``.
 
         Raises:
-            ValueError: ``record`` has no ``_id`` (nothing is sent).
+            ValueError: ``record`` has no ``_id``, or holds NaN or infinity (nothing is sent;
+                the official client would store null).
         """
         if not isinstance(record, Mapping) or record.get("_id") is None:
             raise ValueError("Record does not have an _id field.")
+        _wire.reject_non_finite_records([record])
         body = _wire.encode(
             {"filter": {"_id": record["_id"]}, "update": {"$set": record}, "upsert": "True"},
             what="record",
@@ -602,7 +817,7 @@ class Client:
     def upsert_list_of_docdb_records(
         self,
         records: list[dict],
-        max_payload_size: int = 5e6,
+        max_payload_size: float = 5e6,
         *,
         max_workers: int | None = None,
     ) -> list[requests.Response]:
@@ -641,35 +856,28 @@ class Client:
             shown = ", ".join(f"records[{i}]" for i in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise ValueError(f"A record does not have an _id field: {shown}{more}.")
+        _wire.reject_non_finite_records(records)
 
-        ops: list[bytes] = []
+        # Every record is encoded once up front to validate it and size the chunks, and again
+        # when its chunk is sent: only the chunks in flight are held as bytes, not all of them.
+        op_sizes: list[int] = []
         sizes: list[int] = []
         for index, record in enumerate(records):
-            record_json = _wire.encode(record, what=f"records[{index}]")
-            id_json = _wire.encode(record["_id"], what=f"records[{index}]._id")
-            op = b"".join(
-                (
-                    b'{"UpdateOne":{"filter":{"_id":',
-                    id_json,
-                    b'},"update":{"$set":',
-                    record_json,
-                    b'},"upsert":"True"}}',
-                )
-            )
-            if len(op) + 2 > _wire.MAX_BODY_BYTES:
+            op_size, record_size = _upsert_op_size(record, index)
+            if op_size + 2 > _wire.MAX_BODY_BYTES:
                 raise ValueError(
-                    f"records[{index}] (_id={record['_id']!r}) is {len(op):,} bytes as an upsert,"
+                    f"records[{index}] (_id={record['_id']!r}) is {op_size:,} bytes as an upsert,"
                     f" over the gateway's {_wire.GATEWAY_REQUEST_LIMIT:,}-byte request limit; "
                     "nothing was sent"
                 )
-            ops.append(op)
-            sizes.append(len(record_json) + _STR_OVERHEAD)
+            op_sizes.append(op_size)
+            sizes.append(record_size + _STR_OVERHEAD)
 
-        chunks = self._chunk(ops, sizes, max_payload_size)
+        chunks = self._chunk(op_sizes, sizes, max_payload_size)
         url = f"{self._base_url}/bulk_write"
 
         def send(chunk: list[int]) -> tuple[requests.Response | None, BaseException | None, int]:
-            body = b"[" + b",".join(ops[i] for i in chunk) + b"]"
+            body = b"[" + b",".join(_upsert_op(records[i], i) for i in chunk) + b"]"
             try:
                 response = self._signed("POST", url, body, idempotent=True)
             except Exception as exc:  # noqa: BLE001 - reported together after all chunks
@@ -697,13 +905,13 @@ class Client:
         return responses
 
     @staticmethod
-    def _chunk(ops: list[bytes], sizes: list[int], max_payload_size: float) -> list[list[int]]:
+    def _chunk(op_sizes: list[int], sizes: list[int], max_payload_size: float) -> list[list[int]]:
         chunks: list[list[int]] = []
         current: list[int] = []
         total = 0
         body = 2
         for index, size in enumerate(sizes):
-            op_bytes = len(ops[index]) + 1
+            op_bytes = op_sizes[index] + 1
             if current and (
                 total + size > max_payload_size or body + op_bytes > _wire.MAX_BODY_BYTES
             ):
@@ -738,6 +946,23 @@ class Client:
         return self._signed("DELETE", f"{self._base_url}/delete_many", body, idempotent=True)
 
 
+_UPSERT_PARTS = (b'{"UpdateOne":{"filter":{"_id":', b'},"update":{"$set":', b'},"upsert":"True"}}')
+
+
+def _upsert_op(record: Mapping[str, Any], index: int) -> bytes:
+    """The ``bulk_write`` operation upserting ``record`` by ``_id`` (the official client's)."""
+    head, middle, tail = _UPSERT_PARTS
+    id_json = _wire.encode(record["_id"], what=f"records[{index}]._id")
+    return b"".join((head, id_json, middle, _wire.encode(record, what=f"records[{index}]"), tail))
+
+
+def _upsert_op_size(record: Mapping[str, Any], index: int) -> tuple[int, int]:
+    """``(operation bytes, record JSON bytes)`` of `_upsert_op` without keeping the bytes."""
+    record_size = len(_wire.encode(record, what=f"records[{index}]"))
+    id_size = len(_wire.encode(record["_id"], what=f"records[{index}]._id"))
+    return sum(map(len, _UPSERT_PARTS)) + id_size + record_size, record_size
+
+
 def _first_failed(exc: BaseException, chunk_len: int) -> int:
     """How many leading operations of a failed chunk landed (ordered bulk writes stop at the
     first write error and report its index); 0 when unknown."""
@@ -751,8 +976,8 @@ def _first_failed(exc: BaseException, chunk_len: int) -> int:
     errors = body.get("writeErrors") if isinstance(body, dict) else None
     if not errors:
         return 0
-    indexes = [e.get("index") for e in errors if isinstance(e, dict)]
-    indexes = [i for i in indexes if isinstance(i, int) and 0 <= i < chunk_len]
+    found = [e.get("index") for e in errors if isinstance(e, dict)]
+    indexes = [i for i in found if isinstance(i, int) and 0 <= i < chunk_len]
     return min(indexes) if indexes else 0
 
 

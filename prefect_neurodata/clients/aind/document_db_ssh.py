@@ -28,15 +28,22 @@ from typing import Any
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
+from typing_extensions import Self
 
-from prefect_neurodata.clients._extras import import_extra
+from prefect_neurodata.clients._extras import missing_extra
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 from prefect_neurodata.clients.aind.secrets import get_secret
 
 try:
-    from typing import Self
-except ImportError:  # pragma: no cover - Python 3.10
-    from typing_extensions import Self
+    from pymongo import MongoClient
+    from sshtunnel import BaseSSHTunnelForwarderError, SSHTunnelForwarder
+except ModuleNotFoundError as _exc:  # installed without the [aind] extra
+    # Fail when a tunnel is opened, naming the extra, not when the package is imported.
+    _MISSING_EXTRA: ImportError | None = missing_extra(_exc.name or "sshtunnel", "aind")
+    MongoClient = SSHTunnelForwarder = None  # type: ignore[assignment,misc]
+    BaseSSHTunnelForwarderError = OSError  # type: ignore[assignment,misc]
+else:
+    _MISSING_EXTRA = None
 
 logger = logging.getLogger("prefect_neurodata.aind.document_db_ssh")
 
@@ -188,17 +195,19 @@ class DocumentDbSSHClient:
         return self._client[self.database_name][self.collection_name]
 
     def _create_ssh_tunnel(self) -> Any:
-        SSHTunnelForwarder = import_extra("sshtunnel", extra="aind").SSHTunnelForwarder
-
         c = self.credentials
         local_port = c.port if c.ssh_local_bind_port is None else c.ssh_local_bind_port
         kwargs: dict[str, Any] = {
             "ssh_address_or_host": (c.ssh_host, c.ssh_port),
             "ssh_username": c.ssh_username,
-            "remote_bind_address": (c.host, c.port),
-            "local_bind_address": (c.ssh_local_bind_address, local_port),
-            "ssh_host_key": _host_key(c),
         }
+        if c.ssh_password is not None:
+            kwargs["ssh_password"] = c.ssh_password.get_secret_value()
+        kwargs["remote_bind_address"] = (c.host, c.port)
+        kwargs["local_bind_address"] = (c.ssh_local_bind_address, local_port)
+        host_key = _host_key(c)
+        if host_key is not None:
+            kwargs["ssh_host_key"] = host_key
         if c.ssh_pkey:
             # Only the given key: no agent, no ~/.ssh keys, so the login is predictable.
             kwargs.update(
@@ -208,14 +217,11 @@ class DocumentDbSSHClient:
             )
             if c.ssh_pkey_password is not None:
                 kwargs["ssh_private_key_password"] = c.ssh_pkey_password.get_secret_value()
-        if c.ssh_password is not None:
-            kwargs["ssh_password"] = c.ssh_password.get_secret_value()
-        if not c.ssh_pkey:
-            kwargs.update(allow_agent=False, host_pkey_directories=[])
+        # Without ssh_pkey, sshtunnel's defaults apply as in 1.10: the password, then the SSH
+        # agent's keys and the keys in ~/.ssh are tried.
         return SSHTunnelForwarder(**kwargs)
 
     def _create_mongo_client(self, port: int) -> Any:
-        MongoClient = import_extra("pymongo", extra="aind").MongoClient
         c = self.credentials
         return MongoClient(
             host=c.ssh_local_bind_address,
@@ -233,11 +239,19 @@ class DocumentDbSSHClient:
 
         Opening the SSH session is retried (``ssh_connect_attempts`` times) because a busy
         gateway may drop a handshake; authentication and host-key failures are not retried.
-        """
-        BaseSSHTunnelForwarderError = import_extra(  # noqa: N806 - the library's class name
-            "sshtunnel", extra="aind"
-        ).BaseSSHTunnelForwarderError
 
+        Example:
+            ```python
+            client = DocumentDbSSHClient(creds)
+            client.start()
+            try:
+                print(client.collection.count_documents({}))
+            finally:
+                client.close()
+            ```
+        """
+        if _MISSING_EXTRA is not None:
+            raise _MISSING_EXTRA
         attempts = max(1, self.ssh_connect_attempts)
         for attempt in range(attempts):
             tunnel = self._create_ssh_tunnel()
@@ -254,20 +268,19 @@ class DocumentDbSSHClient:
                 raise
             self._ssh_server = tunnel
             break
+        c = self.credentials
+        # The local port is the configured one (1.10: always ``port``), or the one the tunnel
+        # picked when ssh_local_bind_port is 0.
+        port = c.port if c.ssh_local_bind_port is None else self._ssh_server.local_bind_port
         try:
-            self._client = self._create_mongo_client(self._ssh_server.local_bind_port)
-            info = self._client.server_info()
+            self._client = self._create_mongo_client(port)
+            server_info = self._client.server_info()
         except BaseException:
             self.close()
             raise
-        c = self.credentials
-        logger.info(
-            "Connected to %s:%s as %s (server version %s)",
-            c.host,
-            c.port,
-            c.username,
-            info.get("version"),
-        )
+        # Root-logger messages as in 1.10 (callers' log handlers and filters rely on them).
+        logging.info(server_info)
+        logging.info(f"Connected to {c.host}:{c.port} as {c.username}")
 
     def close(self) -> None:
         """Close the client and SSH tunnel."""
@@ -277,6 +290,7 @@ class DocumentDbSSHClient:
         if self._ssh_server is not None:
             self._ssh_server.stop()
             self._ssh_server = None
+        logging.info("DocDB SSH session closed.")
 
     def __enter__(self) -> DocumentDbSSHClient:
         self.start()

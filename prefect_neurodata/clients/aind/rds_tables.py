@@ -8,14 +8,15 @@ Same classes, methods and defaults as ``aind_data_access_api.rds_tables``, with 
 * bulk writes to PostgreSQL stream the frame through ``COPY ... FROM STDIN`` (psycopg2
   ``copy_expert``), an order of magnitude faster than one giant multi-row ``INSERT``; other
   databases get batched inserts;
-* `Client.execute_query` materialises its rows before the connection is released, so the
-  returned result can still be read;
+* `Client.execute_query` buffers its rows before the connection is released, so the returned
+  `CursorResult` can still be read;
+* ``drivername="postgresql"`` (the default) means psycopg2, the driver this package ships and
+  what it meant under the SQLAlchemy 1.4 that 1.10 pins (SQLAlchemy 2.1 would pick psycopg 3);
 * one engine (with its connection pool) per client instead of one per call.
 
 Example:
     ```python
-    import numpy as np
-import pandas as pd
+    import pandas as pd
     from prefect_neurodata.clients.aind.rds_tables import Client, RDSCredentials
 
     client = Client(RDSCredentials(username="u", password="p", host="db", database="dev"))
@@ -37,15 +38,12 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
-from sqlalchemy.engine import URL, Engine, Result
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
+from typing_extensions import Self
 
 from prefect_neurodata.clients._extras import missing_extra
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
-
-try:  # Self is in typing from 3.11
-    from typing import Self
-except ImportError:  # pragma: no cover - Python 3.10
-    from typing_extensions import Self
 
 
 class RDSCredentials(CoreCredentials):
@@ -84,72 +82,6 @@ class RDSCredentials(CoreCredentials):
         if self.database is None:
             self.database = self.dbname
         return self
-
-
-class _MaterialisedResult:
-    """Rows of a finished query, readable after its connection was released.
-
-    Offers the common reading API of SQLAlchemy's `CursorResult` (``fetchall``, ``fetchone``,
-    ``fetchmany``, ``all``, ``first``, ``one``, ``scalar``, ``scalars``, ``mappings``,
-    ``keys``, iteration) plus ``rowcount`` and ``returns_rows``.
-    """
-
-    def __init__(self, result: sa.CursorResult) -> None:
-        self.returns_rows = result.returns_rows
-        self.rowcount = result.rowcount
-        self._keys = list(result.keys()) if result.returns_rows else []
-        self._frozen = result.freeze() if result.returns_rows else None
-        self._result: Result | None = self._frozen() if self._frozen is not None else None
-
-    def _rows(self) -> Result:
-        if self._result is None:
-            raise sa.exc.ResourceClosedError(
-                "This result object does not return rows (the statement was not a query)."
-            )
-        return self._result
-
-    def keys(self) -> list[str]:
-        """Column names."""
-        return list(self._keys)
-
-    def fetchall(self) -> list[sa.Row]:
-        """All remaining rows."""
-        return self._rows().fetchall()
-
-    def fetchone(self) -> sa.Row | None:
-        """The next row, or None."""
-        return self._rows().fetchone()
-
-    def fetchmany(self, size: int | None = None) -> list[sa.Row]:
-        """Up to ``size`` rows."""
-        return self._rows().fetchmany(size)
-
-    def all(self) -> list[sa.Row]:
-        """All remaining rows."""
-        return self._rows().all()
-
-    def first(self) -> sa.Row | None:
-        """The first row, or None."""
-        return self._rows().first()
-
-    def one(self) -> sa.Row:
-        """Exactly one row."""
-        return self._rows().one()
-
-    def scalar(self) -> Any:
-        """The first column of the first row."""
-        return self._rows().scalar()
-
-    def scalars(self, index: int | str = 0) -> Any:
-        """One column of every row."""
-        return self._rows().scalars(index)
-
-    def mappings(self) -> Any:
-        """Rows as dict-like mappings."""
-        return self._rows().mappings()
-
-    def __iter__(self) -> Any:
-        return iter(self._rows())
 
 
 def _csv_field(value: Any) -> str:
@@ -196,6 +128,26 @@ def _copy_rows(table: Any, conn: Any, keys: list[str], data_iter: Iterable[tuple
     return count
 
 
+# Bare dialect names and the driver this package ships for each (psycopg2 is in the lock; the
+# SQLAlchemy 2.1 default for a bare ``postgresql`` would be psycopg 3, which is not).
+SHIPPED_DRIVERS = {"postgresql": "postgresql+psycopg2", "postgres": "postgresql+psycopg2"}
+
+
+def resolve_drivername(drivername: str) -> str:
+    """The SQLAlchemy ``dialect+driver`` used for ``drivername``.
+
+    A bare ``postgresql`` means psycopg2, as it did under the SQLAlchemy 1.4 pinned by
+    aind-data-access-api 1.10; an explicit ``dialect+driver`` is kept as given.
+
+    Example:
+        >>> resolve_drivername("postgresql")
+        'postgresql+psycopg2'
+        >>> resolve_drivername("postgresql+psycopg")
+        'postgresql+psycopg'
+    """
+    return SHIPPED_DRIVERS.get(drivername, drivername)
+
+
 class Client:
     """Relational database client that reads and writes pandas DataFrames.
 
@@ -236,9 +188,12 @@ class Client:
     @property
     def _engine(self) -> Engine:
         if self._engine_instance is None:
+            url = self._url
             try:
                 self._engine_instance = sa.create_engine(
-                    self._url, pool_pre_ping=True, **self._engine_options
+                    url.set(drivername=resolve_drivername(url.drivername)),
+                    pool_pre_ping=True,
+                    **self._engine_options,
                 )
             except ModuleNotFoundError as exc:  # the driver, e.g. psycopg2
                 raise missing_extra(exc.name or "the database driver", "aind") from exc
@@ -279,8 +234,10 @@ class Client:
         sql = f"SELECT * FROM {self._table_ref(table_name, schema)}"
         if where_clause:
             sql += f" WHERE {where_clause}"
-        with self._engine.connect() as conn:
-            return pd.read_sql_query(sa.text(sql), conn, params=dict(params or {}))
+        with self._engine.begin() as conn:
+            return pd.read_sql_query(
+                sql=sa.text(sql), con=conn, params=dict(params) if params else None
+            )
 
     def _write(
         self,
@@ -341,12 +298,11 @@ class Client:
         """
         self._write(df, table_name, dtype, "append", schema)
 
-    def execute_query(
-        self, query: str, *, params: Mapping[str, Any] | None = None
-    ) -> _MaterialisedResult:
+    def execute_query(self, query: str, *, params: Mapping[str, Any] | None = None) -> CursorResult:
         """Run SQL in its own transaction (committed on success) and return its result.
 
-        Rows are fetched before the connection is released, so the result stays readable.
+        Returns the `CursorResult` itself, as aind-data-access-api 1.10 does; its rows are
+        buffered before the connection is released, so unlike 1.10's they stay readable.
 
         Args:
             query: The SQL; use ``:name`` placeholders with ``params`` for values.
@@ -354,7 +310,16 @@ class Client:
 
         Returns:
             The result: ``fetchall()``, ``scalar()``, ``mappings()``, ``rowcount``...
+
+        Example:
+            ```python
+            count = client.execute_query("SELECT count(*) FROM my_table").scalar()
+            ```
         """
         with self._engine.begin() as conn:
             result = conn.execute(sa.text(query), dict(params or {}))
-            return _MaterialisedResult(result)
+            if isinstance(result, CursorResult) and result.returns_rows:
+                # SQLAlchemy's own strategy for results read after the database conversation
+                # ended: fetch every row now, while the connection is still ours.
+                result.cursor_strategy = FullyBufferedCursorFetchStrategy(result.cursor)
+        return result

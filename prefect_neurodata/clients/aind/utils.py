@@ -185,15 +185,33 @@ def fetch_records_by_filter_list(
     filter_values: list[str],
     projection: dict | None = None,
 ) -> list[dict]:
-    """Records whose ``filter_key`` is one of ``filter_values`` (see
-    `Client.fetch_records_by_filter_list`, which this calls).
+    """Records whose ``filter_key`` is one of ``filter_values``.
+
+    Up to one request's worth of values (`filter_list_chunk_size`) this is 1.10's call,
+    ``docdb_api_client.aggregate_docdb_records(pipeline=[{"$match": ...}, {"$project": ...}])``;
+    longer lists go through `Client.fetch_records_by_filter_list`, which splits them into
+    concurrent requests the gateway accepts.
 
     Args:
         docdb_api_client: The client to query.
         filter_key: The field to filter on.
         filter_values: The values to match.
         projection: Fields to return; None returns all fields.
+
+    Example:
+        ```python
+        records = fetch_records_by_filter_list(client, "name", ["asset_a", "asset_b"])
+        ```
     """
+    # Imported here: document_db imports this module.
+    from prefect_neurodata.clients.aind.document_db import (
+        filter_list_chunk_size,
+        filter_list_pipeline,
+    )
+
+    if len(filter_values) <= filter_list_chunk_size(projection):
+        pipeline = filter_list_pipeline(filter_key, filter_values, projection)
+        return docdb_api_client.aggregate_docdb_records(pipeline=pipeline)
     return docdb_api_client.fetch_records_by_filter_list(
         filter_key=filter_key, filter_values=filter_values, projection=projection
     )
@@ -214,9 +232,17 @@ def build_docdb_location_to_id_map(
 
     Returns:
         For example ``{"s3://bucket/prefix": "abc-1234"}``.
+
+    Example:
+        ```python
+        build_docdb_location_to_id_map(client, "my-bucket", ["ecephys_1_2024-01-01_01-01-01"])
+        ```
     """
     locations = [get_s3_location(bucket, prefix) for prefix in prefixes]
-    records = docdb_api_client.fetch_records_by_filter_list(
-        filter_key="location", filter_values=locations, projection={"_id": 1, "location": 1}
+    records = fetch_records_by_filter_list(
+        docdb_api_client=docdb_api_client,
+        filter_key="location",
+        filter_values=locations,
+        projection={"_id": 1, "location": 1},
     )
     return {record["location"]: record["_id"] for record in records}

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from prefect_neurodata.clients.http import imap_bounded
+from prefect_neurodata.errors import NeurodataError
 
 logger = logging.getLogger("prefect_neurodata.cave.materialize")
 
@@ -41,7 +42,7 @@ IdRange = tuple[int | None, int | None]
 """A half-open ``[lo, hi)`` id range; None means unbounded on that side."""
 
 
-class QueryLimitError(RuntimeError):
+class QueryLimitError(RuntimeError, NeurodataError):
     """A query reached the server's row limit and was not (or could not be) partitioned.
 
     Attributes:

@@ -40,25 +40,39 @@ import orjson
 import pandas as pd
 import requests
 
-from prefect_neurodata.clients.http import ServiceError, decode_json, dumps, loads
+from prefect_neurodata.clients.http import ServiceError, TransportConfig, decode_json, dumps, loads
+from prefect_neurodata.errors import NeurodataError
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _negotiated_client
+from .annotation_rows import (
+    MAX_ANNOTATIONS_PER_REQUEST,
+    AnnotationValidationError,
+    check_annotation_id,
+    check_array,
+    check_sendable,
+    chunk_ranges,
+    id_list,
+    shorten,
+)
+from .base import (
+    ClientBase,
+    negotiated_client,
+    resolve_transport,
+)
 from .tools.stage import StagedAnnotations
 
 __all__ = [
     "AnnotationClient",
     "AnnotationClientV2",
     "AnnotationUploadError",
+    "AnnotationValidationError",
     "MAX_ANNOTATIONS_PER_REQUEST",
+    "update_id_map",
 ]
 
 logger = logging.getLogger("prefect_neurodata.cave.annotation")
 
 SERVER_KEY = "ae_server_address"
-
-MAX_ANNOTATIONS_PER_REQUEST = 10_000
-"""The annotation engine refuses larger inserts with 413."""
 
 PERMISSIONS = ("PRIVATE", "GROUP", "PUBLIC")
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_]+[a-z0-9_]*$")
@@ -68,7 +82,7 @@ _UNSURE_STATUSES = frozenset({502, 504})
 _URL_IDS_CHARS = 6000  # keeps ``?annotation_ids=...`` (commas sent as %2C) under line limits
 
 
-class AnnotationUploadError(requests.HTTPError):
+class AnnotationUploadError(requests.HTTPError, NeurodataError):
     """A batched write failed after some batches had already been written.
 
     It is a `requests.HTTPError`, so seed-style ``except requests.HTTPError`` still catches it;
@@ -116,6 +130,7 @@ def AnnotationClient(  # noqa: N802 - seed name
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> AnnotationClientV2:
     """Build the annotation engine client.
 
@@ -132,11 +147,13 @@ def AnnotationClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections per host.
         pool_block: Block when the pool is exhausted.
         over_client: The `CAVEclient` this client belongs to.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
 
     Returns:
         An `AnnotationClientV2`.
     """
-    return _negotiated_client(
+    return negotiated_client(
         AnnotationClientV2,
         server_address,
         auth_client,
@@ -145,10 +162,7 @@ def AnnotationClient(  # noqa: N802 - seed name
         _endpoints.annotation_common,
         {2: _endpoints.annotation_endpoints_v2},
         aligned_volume_name or dataset_name,
-        verify=verify,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
     )
 
@@ -198,8 +212,31 @@ def _encode_batch(key: str, records: Sequence[Any], start: int, table_name: str)
         raise ValueError(f"{table_name}: cannot serialise {key} to JSON: {exc}") from exc
 
 
-def _batches(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+def update_id_map(answer: Any, old_ids: Sequence[int] = ()) -> dict[str, int]:
+    """``{"old_id": new_id}`` from the annotation engine's answer to a PUT of updates.
+
+    The real service answers a list with one ``{old_id: new_id}`` mapping per annotation (its
+    ``update_annotation`` result for each); a single merged mapping, and a bare list of new ids
+    in request order (``old_ids``), are read too.
+
+    Example:
+        ```python
+        assert update_id_map([{"7": 70}, {"8": 80}]) == {"7": 70, "8": 80}
+        ```
+    """
+    if not answer:
+        return {}
+    if isinstance(answer, Mapping):
+        return {str(k): int(v) for k, v in answer.items()}
+    merged: dict[str, int] = {}
+    items = list(answer)
+    if all(isinstance(item, Mapping) for item in items):
+        for item in items:
+            merged.update({str(k): int(v) for k, v in item.items()})
+        return merged
+    if len(items) == len(old_ids) and all(isinstance(i, int) for i in items):
+        return {str(old): int(new) for old, new in zip(old_ids, items, strict=True)}
+    raise ValueError(f"unexpected answer to an annotation update: {shorten(answer)}")
 
 
 class AnnotationClientV2(ClientBase):
@@ -222,19 +259,11 @@ class AnnotationClientV2(ClientBase):
         pool_block: bool | None = None,
         over_client: Any = None,
         schema_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._aligned_volume_name = aligned_volume_name
         self._schema_client = schema_client
 
@@ -513,17 +542,14 @@ class AnnotationClientV2(ClientBase):
         A list is checked in full (every batch is serialised and dropped) before the first
         request; a `_FrameRows` was checked when it was built.
         """
-        if not 0 < batch_size <= MAX_ANNOTATIONS_PER_REQUEST:
-            raise ValueError(
-                f"batch_size must be between 1 and {MAX_ANNOTATIONS_PER_REQUEST}, got {batch_size}"
-            )
+        total = len(records)
+        batches = chunk_ranges(total, batch_size)
         url = self._url(
             "annotations", aligned_volume_name=self._av(aligned_volume_name), table_name=table_name
         )
-        total = len(records)
-        batches = _batches(total, batch_size)
 
         def body(rows: range) -> bytes:
+            part: Sequence[Any]
             if isinstance(records, _FrameRows):
                 part = records.records(rows)
             else:
@@ -531,6 +557,9 @@ class AnnotationClientV2(ClientBase):
             return _encode_batch(key, part, rows.start, table_name)
 
         if not isinstance(records, _FrameRows):
+            # Values JSON or the service cannot carry (inf/NaN would go out as null, ids past
+            # int64 fail in the database) stop the call before its first request.
+            check_sendable(records, f"{method} to {table_name!r}")
             for rows in batches:
                 body(rows)
         results: list[Any] = []
@@ -622,26 +651,24 @@ class AnnotationClientV2(ClientBase):
     ) -> dict[str, int]:
         """Replace annotations (each dict needs its ``id``); returns ``{"old_id": new_id}``.
 
-        Each update invalidates the old row and inserts a new one with a new id.
+        Each update invalidates the old row and inserts a new one with a new id. The service
+        answers one ``{old_id: new_id}`` per annotation; they are merged into one mapping.
         """
         records = self._as_records(data, "update_annotation")
-        for i, row in enumerate(records):
-            if not isinstance(row.get("id"), (int, np.integer)) or isinstance(
-                row.get("id"), (bool, np.bool_)
-            ):
-                raise ValueError(
-                    f"update_annotation: annotation {i} needs an integer 'id', "
-                    f"got {row.get('id')!r}"
-                )
-        return _merge(
-            self._write(
-                "PUT",
-                table_name,
-                records,
-                key="annotations",
-                aligned_volume_name=aligned_volume_name,
-            )
+        old_ids = [
+            check_annotation_id(r.get("id"), i, "update_annotation") for i, r in enumerate(records)
+        ]
+        answers = self._write(
+            "PUT",
+            table_name,
+            records,
+            key="annotations",
+            aligned_volume_name=aligned_volume_name,
         )
+        mapping: dict[str, int] = {}
+        for rows, answer in zip(chunk_ranges(len(records)), answers, strict=False):
+            mapping.update(update_id_map(answer, old_ids[rows.start : rows.stop]))
+        return mapping
 
     def delete_annotation(
         self,
@@ -650,10 +677,8 @@ class AnnotationClientV2(ClientBase):
         aligned_volume_name: str | None = None,
     ) -> list[int]:
         """Mark annotations as deleted (soft delete); returns the ids marked."""
-        if np.isscalar(annotation_ids):
-            ids = [int(annotation_ids)]  # type: ignore[arg-type]
-        else:
-            ids = [int(x) for x in annotation_ids]  # type: ignore[union-attr]
+        values = [annotation_ids] if np.isscalar(annotation_ids) else list(annotation_ids)  # type: ignore[arg-type]
+        ids = id_list(values, "delete_annotation")
         return _merge(
             self._write(
                 "DELETE",
@@ -803,7 +828,7 @@ class AnnotationClientV2(ClientBase):
             raise ValueError(
                 "the staged annotations have no table_name; set staged_annos.table_name first"
             )
-        pending = staged_annos._pending()
+        pending = staged_annos.pending()
         if not pending:
             return {} if staged_annos.is_update else []
         positions = [p for p, _ in pending]
@@ -812,15 +837,16 @@ class AnnotationClientV2(ClientBase):
         def mark(rows: range, answer: Any) -> None:
             indices = positions[rows.start : rows.stop]
             if staged_annos.is_update:
-                answer = answer or {}
-                ids = [answer.get(str(records[i]["id"])) for i in rows]
+                old_ids = [records[i]["id"] for i in rows]
+                mapping = update_id_map(answer, old_ids)
+                ids = [mapping.get(str(old)) for old in old_ids]
             else:
                 ids = list(answer or [])
                 if len(ids) != len(indices):
                     raise RuntimeError(
                         f"the server returned {len(ids)} ids for {len(indices)} annotations"
                     )
-            staged_annos._mark_uploaded(indices, ids)
+            staged_annos.mark_uploaded(indices, ids)
 
         results = self._write(
             "PUT" if staged_annos.is_update else "POST",
@@ -831,6 +857,12 @@ class AnnotationClientV2(ClientBase):
             batch_size=batch_size,
             on_batch=mark,
         )
+        if staged_annos.is_update:
+            old_ids = [r["id"] for r in records]
+            mapping: dict[str, int] = {}
+            for rows, answer in zip(chunk_ranges(len(records), batch_size), results, strict=False):
+                mapping.update(update_id_map(answer, old_ids[rows.start : rows.stop]))
+            return mapping
         return _merge(results)
 
 
@@ -899,6 +931,8 @@ class _FrameRows:
                 used.update(triple)
             else:
                 raise ValueError(f"position column {col!r} is not in the DataFrame")
+            if points.dtype.kind in "fu":
+                check_array(points, col, df.index, where)
             self._points.append((field, points))
         # Columns by position, so duplicate labels cannot turn a column into a frame.
         self._plain: list[tuple[str, pd.Series, np.ndarray | None, bool]] = []
@@ -907,6 +941,9 @@ class _FrameRows:
                 continue
             series = df.iloc[:, j]
             missing = _missing_mask(series)
+            if series.dtype.kind in "fu":
+                present = series[~missing] if missing.any() else series
+                check_array(_numbers(present), str(label), present.index, where)
             box = series.dtype == object and _check_cells(series, missing, str(label), where)
             self._plain.append((str(label), series, missing if missing.any() else None, box))
 
@@ -966,6 +1003,14 @@ def _missing_mask(series: pd.Series) -> np.ndarray:
     return missing
 
 
+def _numbers(series: pd.Series) -> np.ndarray:
+    """A float or unsigned column as a plain numpy array (nullable dtypes included)."""
+    values = series.to_numpy()
+    if values.dtype == object:
+        values = values.astype(float if series.dtype.kind == "f" else np.uint64)
+    return values
+
+
 def _boxed(value: Any) -> Any:
     """numpy datetimes of a cell as pandas gives them in rows (sent as ISO text, not ints)."""
     if isinstance(value, np.datetime64):
@@ -983,7 +1028,11 @@ def _check_cells(series: pd.Series, missing: np.ndarray, column: str, where: str
     """
     box = False
     for i, value in enumerate(series.to_numpy()):
-        if type(value) in _SIMPLE_TYPES or missing[i]:
+        if missing[i]:
+            continue
+        if type(value) in _SIMPLE_TYPES:
+            if type(value) in (int, float):
+                check_sendable([{column: value}], f"{where}column {column!r}", i)
             continue
         if isinstance(value, (np.datetime64, np.timedelta64)):
             box = True

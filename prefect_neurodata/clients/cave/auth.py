@@ -37,10 +37,10 @@ from urllib.parse import urlparse
 
 import orjson
 
-from prefect_neurodata.clients.http import ServiceError, decode_json, loads
+from prefect_neurodata.clients.http import ServiceError, TransportConfig, decode_json, loads
 
 from . import endpoints as _endpoints
-from .base import _auth_error, _check_authorization_redirect, _log_warnings, _new_http
+from .base import new_http, resolve_transport, send_checked
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -141,6 +141,8 @@ class AuthClient:
         token_key: Key of the token in the file; None means ``"token"``.
         token: The token itself; overrides every file.
         server_address: The global (auth) server.
+        transport: Timeout, retries, pool and TLS settings of its requests (`TransportConfig`);
+            None uses the session defaults.
 
     Attributes:
         local_server: The datastack's local server (set by `CAVEclient`); `save_token` also
@@ -153,7 +155,9 @@ class AuthClient:
         token_key: str | None = None,
         token: str | None = None,
         server_address: str = _endpoints.default_global_server_address,
+        transport: TransportConfig | None = None,
     ) -> None:
+        self._transport = resolve_transport(transport)
         self._server_address = (server_address or _endpoints.default_global_server_address).rstrip(
             "/"
         )
@@ -349,17 +353,9 @@ class AuthClient:
         url = _endpoints.auth_endpoints_v1[key].format_map(
             {**self._default_endpoint_mapping, **values}
         )
-        http = _new_http(self.request_header)
+        http = new_http(self.request_header, self._transport)
         try:
-            try:
-                response = http.request("GET", url, params=params, allow_redirects=False)
-            except ServiceError as exc:
-                if exc.status_code in (401, 403):
-                    raise _auth_error(exc) from None
-                raise
-            _check_authorization_redirect(response)
-            _log_warnings(response)
-            return decode_json(response)
+            return decode_json(send_checked(http, "GET", url, params=params))
         finally:
             http.close()
 
@@ -376,15 +372,41 @@ class AuthClient:
         Raises:
             ValueError: An id is not an integer.
         """
-        if isinstance(user_ids, (int, str)):
-            user_ids = [user_ids]  # type: ignore[list-item]
+        values: Iterable[Any] = [user_ids] if isinstance(user_ids, (int, str)) else user_ids
         ids = []
-        for value in user_ids:
+        for value in values:
             try:
                 ids.append(str(int(value)))
             except (TypeError, ValueError):
                 raise ValueError(f"user_ids must be integers, got {value!r}") from None
         return self._get("get_users", params={"id": ",".join(ids)})
+
+    def get_user_cache(self) -> dict[str, Any]:
+        """The auth server's record of the token's user: id, name, ``admin``,
+        ``permissions_v2`` (``{dataset: [permission, ...]}``) and ``missing_tos``.
+
+        Example:
+            ```python
+            me = client.auth.get_user_cache()
+            can_edit = "edit" in me["permissions_v2"].get("minnie65_phase3", [])
+            ```
+        """
+        return self._get("user_cache")
+
+    def get_table_dataset(self, table_id: str, service_namespace: str = "datastack") -> str:
+        """The auth dataset that governs ``table_id`` of a service (for a datastack: the
+        dataset whose permissions apply to it).
+
+        Args:
+            table_id: The table, e.g. the datastack name.
+            service_namespace: The service namespace the table belongs to.
+
+        Raises:
+            ServiceError: 404 when the auth server does not know the table.
+        """
+        return self._get(
+            "service_table_dataset", service_namespace=service_namespace, table_id=table_id
+        )
 
     def get_group_users(self, group_id: int) -> list[dict[str, Any]]:
         """Get the users of a group (an empty list if the group does not exist).

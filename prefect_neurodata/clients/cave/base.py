@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -61,11 +62,12 @@ from prefect_neurodata.clients.http import (
     HttpClient,
     ServiceError,
     Timeout,
+    TransportConfig,
     decode_json,
     loads,
-    new_session,
     redact_url,
 )
+from prefect_neurodata.errors import NeurodataError
 
 from . import session_config
 
@@ -77,11 +79,11 @@ ClientT = TypeVar("ClientT", bound="ClientBase")
 _MISSING: Any = object()
 
 
-class AuthException(Exception):
+class AuthException(NeurodataError):
     """The CAVE servers refused our credentials, or asked for a login (a redirect)."""
 
 
-class ServerIncompatibilityError(Exception):
+class ServerIncompatibilityError(NeurodataError):
     """The server's software or API version does not support the requested feature.
 
     Raised before any request of the guarded method is sent.
@@ -121,7 +123,7 @@ _AUTH_HINTS: dict[str, str] = {
 }
 
 
-def _auth_error(exc: ServiceError) -> AuthorizationError:
+def authorization_error(exc: ServiceError) -> AuthorizationError:
     """Turn a 401/403 `ServiceError` into an `AuthorizationError` with a hint."""
     response = exc.response
     code = ""
@@ -159,7 +161,7 @@ def _auth_error(exc: ServiceError) -> AuthorizationError:
     )
 
 
-def _check_authorization_redirect(response: requests.Response) -> None:
+def check_authorization_redirect(response: requests.Response) -> None:
     """Raise `AuthException` if ``response`` is (or followed) a redirect.
 
     The CAVE services answer a request without a usable token by redirecting to the login
@@ -179,7 +181,7 @@ def _check_authorization_redirect(response: requests.Response) -> None:
         )
 
 
-def _log_warnings(response: requests.Response) -> None:
+def log_warnings(response: requests.Response) -> None:
     warning = response.headers.get("Warning")
     if warning:
         logger.warning(warning)
@@ -195,10 +197,43 @@ def _raise_for_status(response: requests.Response, log_warning: bool = True) -> 
     if response.status_code >= 400:
         error = ServiceError.from_response(response)
         if response.status_code in (401, 403):
-            raise _auth_error(error)
+            raise authorization_error(error)
         raise error
     if log_warning:
-        _log_warnings(response)
+        log_warnings(response)
+
+
+def send_checked(
+    http: HttpClient, method: str, url: str, *, log_warning: bool = True, **kwargs: Any
+) -> requests.Response:
+    """Send a request without following redirects and check it the CAVE way.
+
+    The one home of the CAVE answer rules, used by every subclient and by `AuthClient`: 401/403
+    become `AuthorizationError`, a redirect (to the login page) `AuthException`, and the
+    server's ``Warning`` header is logged.
+
+    Args:
+        http: The client's `HttpClient`.
+        method: HTTP method.
+        url: Absolute URL.
+        log_warning: Log the server's ``Warning`` header.
+        **kwargs: Passed to `HttpClient.request` (``params``, ``json``, ``idempotent``, ...).
+
+    Example:
+        ```python
+        response = send_checked(new_http(auth_header, transport), "GET", url)
+        ```
+    """
+    try:
+        response = http.request(method, url, allow_redirects=False, **kwargs)
+    except ServiceError as exc:
+        if exc.status_code in (401, 403):
+            raise authorization_error(exc) from None
+        raise
+    check_authorization_redirect(response)
+    if log_warning:
+        log_warnings(response)
+    return response
 
 
 def handle_response(
@@ -217,7 +252,7 @@ def handle_response(
         AuthException: The request was redirected (to a login page).
     """
     _raise_for_status(response, log_warning=log_warning)
-    _check_authorization_redirect(response)
+    check_authorization_redirect(response)
     if as_json:
         return decode_json(response)
     return response
@@ -253,30 +288,43 @@ class BaseEncoder(json.JSONEncoder):
 # ---------------------------------------------------------------------------------------------
 
 
-def _new_http(
-    auth_header: Mapping[str, str] | None,
+def resolve_transport(
+    transport: TransportConfig | None,
     verify: bool | str = True,
     max_retries: int | None = None,
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
-) -> HttpClient:
-    """Build the `HttpClient` of one subclient: pooled session, auth header and cookie, retries.
+) -> TransportConfig:
+    """The transport of a CAVE client: ``transport`` (else the session defaults) with the
+    seed's per-client arguments applied.
+
+    The seed arguments win when given: ``max_retries``/``pool_maxsize``/``pool_block`` when
+    not None, ``verify`` when not its default True.
+
+    Example:
+        ```python
+        config = resolve_transport(None, max_retries=0)
+        assert config.retry.max_retries == 0
+        ```
+    """
+    base = transport if transport is not None else session_config.default_transport()
+    return base.with_overrides(
+        max_retries=max_retries,
+        pool_maxsize=pool_maxsize,
+        pool_block=pool_block,
+        verify=None if verify is True else verify,
+    )
+
+
+def new_http(auth_header: Mapping[str, str] | None, transport: TransportConfig) -> HttpClient:
+    """Build the `HttpClient` of one subclient: a session from ``transport`` carrying the
+    auth header and cookie.
 
     The token is put into the session's headers and cookie jar, never into a URL.
     """
-    defaults = session_config.get_session_defaults()
-    pool_maxsize = defaults["pool_maxsize"] if pool_maxsize is None else pool_maxsize
-    pool_block = defaults["pool_block"] if pool_block is None else pool_block
-    session = new_session(pool_maxsize=pool_maxsize, pool_block=pool_block, verify=verify)
-    session_config.patch_session(
-        session, max_retries=max_retries, pool_block=pool_block, pool_maxsize=pool_maxsize
-    )
+    session = transport.new_session()
     _apply_auth(session, auth_header)
-    return HttpClient(
-        session,
-        timeout=defaults["timeout"],
-        retry=session_config.retry_policy(session_config.session_max_retries(session)),
-    )
+    return transport.http_client(session)
 
 
 def _apply_auth(session: requests.Session, auth_header: Mapping[str, str] | None) -> None:
@@ -296,7 +344,7 @@ def _api_versions(
     server_address: str,
     endpoints_common: Mapping[str, str],
     auth_header: Mapping[str, str] | None,
-    verify: bool | str = True,
+    transport: TransportConfig,
 ) -> list[int] | None:
     """Ask a service which API versions it serves (``get_api_versions``); None if it has no
     such endpoint."""
@@ -304,7 +352,7 @@ def _api_versions(
     if url_template is None:
         return None
     url = url_template.format_map({server_name: server_address})
-    http = _new_http(auth_header, verify=verify)
+    http = new_http(auth_header, transport)
     try:
         response = http.request("GET", url, allow_redirects=False)
         return [int(v) for v in handle_response(response, as_json=True, log_warning=False)]
@@ -320,7 +368,7 @@ def _api_endpoints(
     endpoint_versions: Mapping[int, Mapping[str, str]],
     auth_header: Mapping[str, str] | None,
     fallback_version: int | None = None,
-    verify: bool | str = True,
+    transport: TransportConfig | None = None,
 ) -> tuple[dict[str, str], int]:
     """Choose the API version and return ``(endpoints, api_version)``.
 
@@ -336,7 +384,7 @@ def _api_endpoints(
         endpoint_versions: ``{version: templates}``.
         auth_header: Headers carrying the token, or None.
         fallback_version: Version used when negotiation fails.
-        verify: TLS verification.
+        transport: Transport settings of the version lookup (default: the session defaults).
 
     Raises:
         ValueError: No API version is supported by both sides, or an unknown version was asked.
@@ -345,7 +393,11 @@ def _api_endpoints(
     if api_version == "latest":
         try:
             server_versions = _api_versions(
-                server_name, server_address, endpoints_common, auth_header, verify=verify
+                server_name,
+                server_address,
+                endpoints_common,
+                auth_header,
+                transport if transport is not None else session_config.default_transport(),
             )
         except (requests.RequestException, AuthException, ValueError, TypeError) as exc:
             logger.debug("API version lookup at %s failed: %s", redact_url(server_address), exc)
@@ -407,9 +459,13 @@ def _check_version_compatibility(
         return all(_version_fails_constraint(version, c) for c in constraint.split("||"))
 
     def decorator(method: F) -> F:
+        signature = inspect.signature(method)
+
         @functools.wraps(method)
         def wrapper(self: ClientBase, *args: Any, **kwargs: Any) -> Any:
             name = method.__name__
+            # Guarded arguments count however they are passed, positionally too (as in 5.25).
+            passed = signature.bind_partial(self, *args, **kwargs).arguments
             if method_constraint is not None:
                 version = self.server_version
                 if fails(version, method_constraint):
@@ -425,7 +481,7 @@ def _check_version_compatibility(
                         f"but this client uses API version {self.api_version}"
                     )
             for kwarg, constraint in (kwarg_use_constraints or {}).items():
-                if kwargs.get(kwarg) is None:
+                if passed.get(kwarg) is None:
                     continue
                 version = self.server_version
                 if fails(version, constraint):
@@ -434,7 +490,7 @@ def _check_version_compatibility(
                         f"{constraint}, but the server is {version or 'of unknown version'}"
                     )
             for kwarg, constraint in (kwarg_use_api_constraints or {}).items():
-                if kwargs.get(kwarg) is None:
+                if passed.get(kwarg) is None:
                     continue
                 if fails(Version(str(self.api_version)), constraint):
                     raise ServerIncompatibilityError(
@@ -470,6 +526,9 @@ class ClientBase:
         pool_block: Block when the pool is exhausted; None uses the session defaults.
         over_client: The `CAVEclient` this subclient belongs to (for its timestamp, version,
             desired resolution and sibling clients), or None.
+        transport: Timeout, retry policy, pool and TLS settings (`TransportConfig`); None uses
+            the session defaults. The seed arguments above, when given, override it (see
+            `resolve_transport`).
 
     Attributes:
         session: The `requests.Session` (seed compatibility; it carries the auth header and
@@ -488,19 +547,17 @@ class ClientBase:
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
         self._server_address = server_address.rstrip("/") if server_address else server_address
         self._default_url_mapping: dict[str, Any] = {server_name: self._server_address}
         self._server_name = server_name
-        self._http = _new_http(
-            auth_header,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
+        self._transport = resolve_transport(
+            transport, verify, max_retries, pool_maxsize, pool_block
         )
+        self._http = new_http(auth_header, self._transport)
         self.session = self._http.session
-        self.verify = verify
+        self.verify = self._transport.verify
         self._api_version = api_version
         self._endpoints = dict(endpoints)
         self._fc = over_client
@@ -513,6 +570,11 @@ class ClientBase:
         )
 
     # -- seed properties --------------------------------------------------------------------
+    @property
+    def transport(self) -> TransportConfig:
+        """The transport settings (timeout, retries, pool, TLS) this client was built with."""
+        return self._transport
+
     @property
     def default_url_mapping(self) -> dict[str, Any]:
         """Placeholder values for the URL templates (a copy)."""
@@ -602,26 +664,18 @@ class ClientBase:
             kwargs["json"] = json
         if timeout is not _MISSING:
             kwargs["timeout"] = timeout
-        try:
-            response = self._http.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                headers=headers,
-                idempotent=idempotent,
-                stream=stream,
-                allow_redirects=False,
-                **kwargs,
-            )
-        except ServiceError as exc:
-            if exc.status_code in (401, 403):
-                raise _auth_error(exc) from None
-            raise
-        _check_authorization_redirect(response)
-        if log_warning:
-            _log_warnings(response)
-        return response
+        return send_checked(
+            self._http,
+            method,
+            url,
+            log_warning=log_warning,
+            params=params,
+            data=data,
+            headers=headers,
+            idempotent=idempotent,
+            stream=stream,
+            **kwargs,
+        )
 
     def _json(self, method: str, url: str, **kwargs: Any) -> Any:
         """`_request` and decode the JSON body (orjson: big ints stay exact)."""
@@ -662,19 +716,11 @@ class ClientBaseWithDataset(ClientBase):
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._dataset_name = dataset_name
 
     @property
@@ -699,19 +745,11 @@ class ClientBaseWithDatastack(ClientBase):
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._datastack_name = datastack_name
 
     @property
@@ -727,7 +765,7 @@ def _auth_header_of(auth_client: Any) -> dict[str, str]:
     return dict(auth_client.request_header)
 
 
-def _resolve_server_address(server_address: str | None) -> str:
+def resolve_server_address(server_address: str | None) -> str:
     """Normalise a server address: default global server, ``https://`` when no scheme."""
     from . import endpoints as _endpoints
 
@@ -738,7 +776,7 @@ def _resolve_server_address(server_address: str | None) -> str:
     return server_address.rstrip("/")
 
 
-def _negotiated_client(
+def negotiated_client(
     client_class: Callable[..., ClientT] | Mapping[int, Callable[..., ClientT]],
     server_address: str,
     auth_client: Any,
@@ -747,14 +785,15 @@ def _negotiated_client(
     endpoints_common: Mapping[str, str],
     endpoint_versions: Mapping[int, Mapping[str, str]],
     *client_args: Any,
+    transport: TransportConfig,
     fallback_version: int | None = None,
     **client_kwargs: Any,
 ) -> ClientT:
     """Negotiate the API version and build the subclient: the shared body of the factories.
 
     The client is built as ``client_class(server_address, auth_header, api_version, endpoints,
-    server_key, *client_args, **client_kwargs)``. A ``verify`` among ``client_kwargs`` is also
-    the TLS setting of the version lookup (otherwise the lookup verifies TLS).
+    server_key, *client_args, transport=transport, **client_kwargs)``; the version lookup
+    uses the same ``transport``.
 
     Args:
         client_class: The client class, or ``{api_version: class}`` to pick by the version.
@@ -765,6 +804,7 @@ def _negotiated_client(
         endpoints_common: Templates common to every version.
         endpoint_versions: ``{version: templates}``.
         *client_args: Positional arguments of the class after ``server_key``.
+        transport: The transport settings of the lookup and of the client (`resolve_transport`).
         fallback_version: Version used when negotiation fails.
         **client_kwargs: Keyword arguments of the class.
 
@@ -773,14 +813,14 @@ def _negotiated_client(
 
     Example:
         ```python
-        client = _negotiated_client(
+        client = negotiated_client(
             JSONServiceV1, address, None, "latest", "json_server_address",
             endpoints.jsonservice_common, endpoints.jsonservice_api_versions, None,
+            transport=resolve_transport(None),
         )
         ```
     """
     auth_header = _auth_header_of(auth_client)
-    lookup = {"verify": client_kwargs["verify"]} if "verify" in client_kwargs else {}
     endpoints, chosen = _api_endpoints(
         api_version,
         server_key,
@@ -789,9 +829,8 @@ def _negotiated_client(
         endpoint_versions,
         auth_header,
         fallback_version=fallback_version,
-        **lookup,
+        transport=transport,
     )
     cls = client_class[chosen] if isinstance(client_class, Mapping) else client_class
-    return cls(
-        server_address, auth_header, chosen, endpoints, server_key, *client_args, **client_kwargs
-    )
+    base_args = (server_address, auth_header, chosen, endpoints, server_key)
+    return cls(*base_args, *client_args, transport=transport, **client_kwargs)

@@ -34,14 +34,15 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from prefect_neurodata.clients.http import loads, map_bounded
+from prefect_neurodata.clients.http import TransportConfig, decode_json, loads, map_bounded
 
 from . import endpoints as _endpoints
 from .base import (
     ClientBase,
     _check_version_compatibility,
-    _negotiated_client,
-    _resolve_server_address,
+    negotiated_client,
+    resolve_server_address,
+    resolve_transport,
 )
 
 logger = logging.getLogger("prefect_neurodata.cave")
@@ -268,6 +269,7 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> ChunkedGraphClientV1:
     """Create a chunkedgraph client, negotiating the API version with the server.
 
@@ -283,6 +285,8 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections; None uses the session defaults.
         pool_block: Block on an exhausted pool; None uses the session defaults.
         over_client: The owning `CAVEclient`.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
 
     Example:
         ```python
@@ -290,9 +294,9 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         cg.get_root_id(97557743795364048)
         ```
     """
-    return _negotiated_client(
+    return negotiated_client(
         ChunkedGraphClientV1,
-        _resolve_server_address(server_address),
+        resolve_server_address(server_address),
         auth_client,
         api_version,
         SERVER_KEY,
@@ -300,10 +304,7 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         _endpoints.chunkedgraph_api_versions,
         timestamp=timestamp,
         table_name=table_name,
-        verify=verify,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
     )
 
@@ -340,24 +341,19 @@ class ChunkedGraphClientV1(ClientBase):
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_key,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_key)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._table_name = table_name
         self._default_timestamp = timestamp
         self._segmentation_info: dict[str, Any] | None = None
         self._default_url_mapping["table_id"] = table_name
-        self._roots_workers = max(1, min(ROOTS_MAX_WORKERS, pool_maxsize or ROOTS_MAX_WORKERS))
+        self._roots_workers = max(1, min(ROOTS_MAX_WORKERS, self.transport.pool_maxsize))
+        # Fetched now, as caveclient 5.25 does, so version-guarded arguments (bounds=) are
+        # checked against the server the client was built for.
+        self._server_version = self._get_version()
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -415,7 +411,9 @@ class ChunkedGraphClientV1(ClientBase):
     ) -> np.ndarray:
         """Get the root id of each supervoxel.
 
-        Distinct non-zero ids are looked up once (0 maps to 0 locally); lookups of more than
+        Ids that are all distinct and non-zero are sent in the caller's order (caveclient's
+        bytes); otherwise each distinct non-zero id is looked up once (0 maps to 0 locally),
+        in ascending order. Lookups of more than
         `ROOTS_CHUNK_SIZE` ids are split into chunks fetched concurrently, all at the same
         timestamp.
 
@@ -441,6 +439,9 @@ class ChunkedGraphClientV1(ClientBase):
             params["stop_layer"] = int(stop_layer)
         params.update(self._process_timestamp(timestamp))
         unique, inverse = np.unique(ids, return_inverse=True)
+        if unique.size == ids.size and unique[0] != 0:
+            # Distinct non-zero ids go out as the caller gave them: the bytes caveclient sends.
+            unique, inverse = ids, np.arange(ids.size)
         nonzero = unique != 0
         query = unique[nonzero]
         if query.size == 0:
@@ -554,11 +555,39 @@ class ChunkedGraphClientV1(ClientBase):
             np.array(r["areas"], dtype=np.int32),
         )
 
-    def level2_chunk_graph(self, root_id: int) -> list:
-        """Get the L2 graph of a root: a list of ``[l2_a, l2_b]`` edges (exact ints)."""
+    @_check_version_compatibility(kwarg_use_constraints={"bounds": ">=2.15.0"})
+    def level2_chunk_graph(self, root_id: int, bounds: Any = None) -> list:
+        """Get the L2 graph of a root: a list of ``[l2_a, l2_b]`` edges (exact ints).
+
+        Args:
+            root_id: Root id of the object.
+            bounds: 3x2 box ``[[xmin, xmax], [ymin, ymax], [zmin, zmax]]`` in the chunkedgraph's
+                base resolution; only L2 nodes whose chunks touch it are returned. None: the
+                whole graph. Needs chunkedgraph server >= 2.15.0.
+
+        Raises:
+            ServerIncompatibilityError: ``bounds`` given to a server older than 2.15.0.
+            ValueError: ``bounds`` given but the server's ``Used-Bounds`` header says it did
+                not apply them (so the answer would silently be the whole graph).
+
+        Example:
+            ```python
+            edges = client.chunkedgraph.level2_chunk_graph(
+                864691135217871271, bounds=[[83875, 85125], [82429, 83679], [20634, 20884]]
+            )
+            ```
+        """
         root = _to_uint64_scalar(root_id, "root_id")
-        r = self._json("GET", self._url("lvl2_graph", root_id=root))
-        return r["edge_graph"]
+        params = {} if bounds is None else {"bounds": package_bounds(bounds)}
+        response = self._request("GET", self._url("lvl2_graph", root_id=root), params=params)
+        used_bounds = response.headers.get("Used-Bounds") in ("true", "True")
+        if bounds is not None and not used_bounds:
+            raise ValueError(
+                "Bounds were not used for this query, even though it was requested: the "
+                "chunkedgraph server does not support bounds (Used-Bounds header is "
+                f"{response.headers.get('Used-Bounds')!r}); ask its administrator to update it."
+            )
+        return decode_json(response)["edge_graph"]
 
     def remesh_level2_chunks(self, chunk_ids: Sequence[int]) -> None:
         """Ask the meshing service to remesh these L2 chunks."""
@@ -804,7 +833,7 @@ class ChunkedGraphClientV1(ClientBase):
             timestamp = timestamp.replace(tzinfo=_UTC)
         root_ts = self._root_timestamp_bound(ids, use_max=False)
         if root_ts <= timestamp:
-            graph = self.get_lineage_graph(
+            graph: nx.DiGraph = self.get_lineage_graph(
                 ids,
                 timestamp_past=root_ts,
                 timestamp_future=timestamp,
@@ -831,7 +860,7 @@ class ChunkedGraphClientV1(ClientBase):
         """Get the earliest ancestors of a root (in-degree-0 nodes of its lineage graph)."""
         ids = root_id_int_list_check(root_id, make_unique=True)
         root_ts = self._root_timestamp_bound(ids, use_max=True)
-        graph = self.get_lineage_graph(
+        graph: nx.DiGraph = self.get_lineage_graph(
             ids, timestamp_past=timestamp_past, timestamp_future=root_ts, as_nx_graph=True
         )
         nodes = [n for n, d in graph.in_degree() if d == 0]

@@ -15,10 +15,15 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prefect_neurodata.clients.http import ServiceError
+from prefect_neurodata.clients.http import ServiceError, TransportConfig
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _negotiated_client, _resolve_server_address
+from .base import (
+    ClientBase,
+    negotiated_client,
+    resolve_server_address,
+    resolve_transport,
+)
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -33,6 +38,7 @@ def SchemaClient(  # noqa: N802 - seed name
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> SchemaClientLegacy:
     """Create a schema client (``SchemaClientLegacy`` for API versions 1 and 2).
 
@@ -44,18 +50,18 @@ def SchemaClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections.
         pool_block: Block on an exhausted pool.
         over_client: The owning `CAVEclient`.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
     """
-    return _negotiated_client(
+    return negotiated_client(
         SchemaClientLegacy,
-        _resolve_server_address(server_address),
+        resolve_server_address(server_address),
         auth_client,
         api_version,
         SERVER_KEY,
         _endpoints.schema_common,
         _endpoints.schema_api_versions,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, True, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
     )
 
@@ -74,18 +80,11 @@ class SchemaClientLegacy(ClientBase):
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, True, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
 
     def get_schemas(self) -> list[str]:
         """Names of the schema types the service knows."""

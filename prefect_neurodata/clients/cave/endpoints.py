@@ -167,6 +167,7 @@ auth_endpoints_v1: dict[str, str] = {
     "get_group_users": v1_auth + "/group/{group_id}/user",
     "user_tokens_page": "{auth_server_address}/sticky_auth/settings/tokens",
     "user_cache": v1_auth + "/user/cache",
+    "service_table_dataset": v1_auth + "/service/{service_namespace}/table/{table_id}/dataset",
 }
 
 auth_api_versions: dict[int, dict[str, str]] = {1: auth_endpoints_v1}

@@ -27,20 +27,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect_neurodata.clients.http import loads
+from prefect_neurodata.clients.concurrency import PicklableLock
+from prefect_neurodata.clients.http import Timeout, TransportConfig, loads
+from prefect_neurodata.errors import NeurodataError
 
+from .annotationengine import AnnotationClient, AnnotationClientV2
 from .auth import AuthClient, default_token_file, default_token_location, write_json_private
-from .base import _resolve_server_address
-from .chunkedgraph import ChunkedGraphClient
-from .emannotationschemas import SchemaClient
-from .infoservice import InfoServiceClient
-from .jsonservice import JSONService
-from .l2cache import L2CacheClient
+from .base import resolve_server_address, resolve_transport
+from .chunkedgraph import ChunkedGraphClient, ChunkedGraphClientV1
+from .emannotationschemas import SchemaClient, SchemaClientLegacy
+from .infoservice import InfoServiceClient, InfoServiceClientV2
+from .jsonservice import JSONService, JSONServiceV1
+from .l2cache import L2CacheClient, L2CacheClientLegacy
+from .materializationengine import MaterializationClient, MaterializationClientV2
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -48,7 +51,10 @@ datastack_map_file = f"{default_token_location}/cave_datastack_to_server_map.jso
 """``{datastack: global server}`` written when a client names both (see `CAVEclient`)."""
 
 
-class GlobalClientError(Exception):
+SubclientT = TypeVar("SubclientT")
+
+
+class GlobalClientError(NeurodataError):
     """A datastack-specific service was asked of a client that has no datastack."""
 
 
@@ -105,6 +111,15 @@ class CAVEclient:
         info_cache: Pre-computed ``{datastack: info record}`` (no info lookup).
         write_server_cache: Record the datastack's server when both are given.
         version: Materialization version to pin (also pins the chunkedgraph timestamp).
+        timeout: ``(connect, read)`` seconds for every request of every subclient, or one
+            number for both; None keeps the session default (`set_session_defaults`).
+        transport: Every transport setting at once (`TransportConfig`: timeout, retry policy,
+            pool, TLS verify, session factory); the arguments above override it when given.
+
+    Example:
+        ```python
+        client = CAVEclient("minnie65_public", timeout=(5, 120), max_retries=5)
+        ```
     """
 
     def __new__(  # type: ignore[misc]
@@ -122,11 +137,13 @@ class CAVEclient:
         info_cache: dict[str, dict] | None = None,
         write_server_cache: bool = True,
         version: int | None = None,
+        timeout: Timeout = None,
+        transport: TransportConfig | None = None,
     ) -> CAVEclientGlobal:
         if server_address is None and datastack_name is not None:
             server_address = get_datastack_server(datastack_name)
         elif server_address is not None and datastack_name is not None and write_server_cache:
-            write_datastack_server(datastack_name, _resolve_server_address(server_address))
+            write_datastack_server(datastack_name, resolve_server_address(server_address))
         if global_only or datastack_name is None:
             return CAVEclientGlobal(
                 server_address=server_address,
@@ -137,6 +154,8 @@ class CAVEclient:
                 pool_maxsize=pool_maxsize,
                 pool_block=pool_block,
                 info_cache=info_cache,
+                timeout=timeout,
+                transport=transport,
             )
         return CAVEclientFull(
             datastack_name=datastack_name,
@@ -150,6 +169,8 @@ class CAVEclient:
             desired_resolution=desired_resolution,
             info_cache=info_cache,
             version=version,
+            timeout=timeout,
+            transport=transport,
         )
 
 
@@ -170,13 +191,15 @@ class CAVEclientGlobal:
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         info_cache: dict[str, dict] | None = None,
+        timeout: Timeout = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        self._server_address = _resolve_server_address(server_address)
-        self._max_retries = max_retries
-        self._pool_maxsize = pool_maxsize
-        self._pool_block = pool_block
+        self._server_address = resolve_server_address(server_address)
+        self._transport = resolve_transport(
+            transport, True, max_retries, pool_maxsize, pool_block
+        ).with_overrides(timeout=timeout)
         self._info_cache = info_cache
-        self._lock = threading.RLock()
+        self._lock = PicklableLock()
         if auth_token_file == default_token_file:
             # The seed's default path: use the full lookup order (server file first).
             auth_token_file = None
@@ -185,6 +208,7 @@ class CAVEclientGlobal:
             token_key=auth_token_key,
             token=auth_token,
             server_address=self._server_address,
+            transport=self._transport,
         )
         self._reset_services()
 
@@ -195,11 +219,11 @@ class CAVEclientGlobal:
         )
 
     def _reset_services(self) -> None:
-        self._info: Any = None
-        self._schema: Any = None
-        self._state: Any = None
+        self._info: InfoServiceClientV2 | None = None
+        self._schema: SchemaClientLegacy | None = None
+        self._state: JSONServiceV1 | None = None
 
-    def _lazy(self, attr: str, build: Callable[[], Any]) -> Any:
+    def _lazy(self, attr: str, build: Callable[[], SubclientT]) -> SubclientT:
         value = getattr(self, attr)
         if value is None:
             with self._lock:
@@ -209,16 +233,14 @@ class CAVEclientGlobal:
                     setattr(self, attr, value)
         return value
 
-    def _subclient(self, factory: Callable[..., Any], **kwargs: Any) -> Any:
-        """Build a subclient with this client's token and pool settings, owned by this client."""
-        return factory(
-            auth_client=self.auth,
-            over_client=self,
-            max_retries=self._max_retries,
-            pool_maxsize=self._pool_maxsize,
-            pool_block=self._pool_block,
-            **kwargs,
-        )
+    def _subclient(self, factory: Callable[..., SubclientT], **kwargs: Any) -> SubclientT:
+        """Build a subclient with this client's token and transport, owned by this client."""
+        return factory(auth_client=self.auth, over_client=self, transport=self._transport, **kwargs)
+
+    @property
+    def transport(self) -> TransportConfig:
+        """The transport settings (timeout, retries, pool, TLS) every subclient is built with."""
+        return self._transport
 
     # -- seed surface ---------------------------------------------------------------------------
     @property
@@ -237,7 +259,7 @@ class CAVEclientGlobal:
         return self._auth
 
     @property
-    def info(self) -> Any:
+    def info(self) -> InfoServiceClientV2:
         """The info service client (`InfoServiceClientV2`)."""
         return self._lazy(
             "_info",
@@ -250,7 +272,7 @@ class CAVEclientGlobal:
         )
 
     @property
-    def schema(self) -> Any:
+    def schema(self) -> SchemaClientLegacy:
         """The schema service client (`SchemaClientLegacy`)."""
         return self._lazy(
             "_schema",
@@ -258,7 +280,7 @@ class CAVEclientGlobal:
         )
 
     @property
-    def state(self) -> Any:
+    def state(self) -> JSONServiceV1:
         """The JSON state service client (`JSONServiceV1`)."""
         return self._lazy(
             "_state",
@@ -318,6 +340,7 @@ class CAVEclientGlobal:
             token_key=auth_token_key,
             token=auth_token,
             server_address=self._server_address,
+            transport=self._transport,
         )
         self._auth.local_server = local_server
         with self._lock:
@@ -347,6 +370,8 @@ class CAVEclientFull(CAVEclientGlobal):
         desired_resolution: Iterable[float] | None = None,
         info_cache: dict[str, dict] | None = None,
         version: int | None = None,
+        timeout: Timeout = None,
+        transport: TransportConfig | None = None,
     ) -> None:
         if not datastack_name:
             raise ValueError("CAVEclientFull needs a datastack_name")
@@ -363,8 +388,10 @@ class CAVEclientFull(CAVEclientGlobal):
             pool_maxsize=pool_maxsize,
             pool_block=pool_block,
             info_cache=info_cache,
+            timeout=timeout,
+            transport=transport,
         )
-        self.info._check_datastack(datastack_name)
+        self.info.check_datastack(datastack_name)
         self.local_server: str = self.info.local_server().rstrip("/")
         self._auth.local_server = self.local_server
         self._aligned_volume_name = self.info.aligned_volume_name
@@ -375,10 +402,10 @@ class CAVEclientFull(CAVEclientGlobal):
 
     def _reset_services(self) -> None:
         super()._reset_services()
-        self._chunkedgraph: Any = None
-        self._annotation: Any = None
-        self._materialize: Any = None
-        self._l2cache: Any = None
+        self._chunkedgraph: ChunkedGraphClientV1 | None = None
+        self._annotation: AnnotationClientV2 | None = None
+        self._materialize: MaterializationClientV2 | None = None
+        self._l2cache: L2CacheClientLegacy | None = None
 
     def _ngl_url(self) -> str | None:
         return self.info.viewer_site()
@@ -390,8 +417,21 @@ class CAVEclientFull(CAVEclientGlobal):
 
     @property
     def desired_resolution(self) -> list[float] | None:
-        """Default resolution of positions in materialization queries."""
+        """Default resolution of positions in materialization queries.
+
+        Assignable, as in caveclient 5.25, where it is a plain attribute: the value is used
+        when the materialization client is built (a client built before keeps its own).
+
+        Example:
+            ```python
+            client.desired_resolution = [4, 4, 40]
+            ```
+        """
         return self._desired_resolution
+
+    @desired_resolution.setter
+    def desired_resolution(self, value: Iterable[float] | None) -> None:
+        self._desired_resolution = list(value) if value is not None else None
 
     @property
     def version(self) -> int | None:
@@ -428,7 +468,7 @@ class CAVEclientFull(CAVEclientGlobal):
         return source.rstrip("/").split("/")[-1]
 
     @property
-    def chunkedgraph(self) -> Any:
+    def chunkedgraph(self) -> ChunkedGraphClientV1:
         """The chunkedgraph client (`ChunkedGraphClientV1`) of the datastack's segmentation."""
         return self._lazy(
             "_chunkedgraph",
@@ -440,7 +480,7 @@ class CAVEclientFull(CAVEclientGlobal):
         )
 
     @property
-    def l2cache(self) -> Any:
+    def l2cache(self) -> L2CacheClientLegacy:
         """The L2 cache client (`L2CacheClientLegacy`)."""
         return self._lazy(
             "_l2cache",
@@ -452,12 +492,10 @@ class CAVEclientFull(CAVEclientGlobal):
         )
 
     @property
-    def materialize(self) -> Any:
+    def materialize(self) -> MaterializationClientV2:
         """The materialization client (`MaterializationClientV3` or ``V2``)."""
 
-        def build() -> Any:
-            from .materializationengine import MaterializationClient
-
+        def build() -> MaterializationClientV2:
             record = self.info.get_datastack_info() or {}
             return self._subclient(
                 MaterializationClient,
@@ -471,12 +509,10 @@ class CAVEclientFull(CAVEclientGlobal):
         return self._lazy("_materialize", build)
 
     @property
-    def annotation(self) -> Any:
+    def annotation(self) -> AnnotationClientV2:
         """The annotation engine client (`AnnotationClientV2`), keyed by aligned volume."""
 
-        def build() -> Any:
-            from .annotationengine import AnnotationClient
-
+        def build() -> AnnotationClientV2:
             return self._subclient(
                 AnnotationClient,
                 server_address=self.local_server,

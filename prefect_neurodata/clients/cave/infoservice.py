@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from prefect_neurodata.clients.http import ServiceError
+from prefect_neurodata.clients.http import ServiceError, TransportConfig
 
 from . import endpoints as _endpoints
 from .base import (
     ClientBaseWithDatastack,
-    _negotiated_client,
-    _resolve_server_address,
+    negotiated_client,
+    resolve_server_address,
+    resolve_transport,
 )
 from .format_utils import formatter
 
@@ -46,6 +47,7 @@ def InfoServiceClient(  # noqa: N802 - seed name
     pool_block: bool | None = None,
     over_client: Any = None,
     info_cache: dict[str, dict] | None = None,
+    transport: TransportConfig | None = None,
 ) -> InfoServiceClientV2:
     """Create an info service client (API v2).
 
@@ -59,21 +61,20 @@ def InfoServiceClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections.
         pool_block: Block on an exhausted pool.
         over_client: The owning `CAVEclient`.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
         info_cache: Pre-computed ``{datastack: record}``, skipping lookups.
     """
-    return _negotiated_client(
+    return negotiated_client(
         InfoServiceClientV2,
-        _resolve_server_address(server_address),
+        resolve_server_address(server_address),
         auth_client,
         api_version,
         SERVER_KEY,
         _endpoints.infoservice_common,
         _endpoints.infoservice_api_versions,
         datastack_name,
-        verify=verify,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
         info_cache=info_cache,
     )
@@ -96,20 +97,11 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
         pool_block: bool | None = None,
         over_client: Any = None,
         info_cache: dict[str, dict] | None = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            datastack_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, datastack_name, over_client=over_client, transport=transport)
         self.info_cache: dict[str, dict] = dict(info_cache) if info_cache else {}
         self._aligned_volume_cache: dict[int, dict] = {}
 
@@ -281,7 +273,7 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
         return self._cloudvolume(path, secrets, kwargs)
 
     # -- helpers used by CAVEclient --------------------------------------------------------------
-    def _check_datastack(self, datastack_name: str) -> None:
+    def check_datastack(self, datastack_name: str) -> None:
         """Fetch a datastack record, turning a 404 into a clear ValueError."""
         try:
             self.get_datastack_info(datastack_name)

@@ -22,10 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from prefect_neurodata.clients.http import HttpClient, ServiceError, decode_json
+from prefect_neurodata.clients.http import HttpClient, ServiceError, TransportConfig, decode_json
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _negotiated_client, _resolve_server_address
+from .base import (
+    ClientBase,
+    negotiated_client,
+    resolve_server_address,
+    resolve_transport,
+)
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -82,6 +87,7 @@ def JSONService(  # noqa: N802 - seed name
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> JSONServiceV1:
     """Create a JSON state service client.
 
@@ -94,19 +100,19 @@ def JSONService(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections.
         pool_block: Block on an exhausted pool.
         over_client: The owning `CAVEclient`.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
     """
-    return _negotiated_client(
+    return negotiated_client(
         JSONServiceV1,
-        _resolve_server_address(server_address),
+        resolve_server_address(server_address),
         auth_client,
         api_version,
         SERVER_KEY,
         _endpoints.jsonservice_common,
         _endpoints.jsonservice_api_versions,
         ngl_url,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, True, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
     )
 
@@ -126,18 +132,11 @@ class JSONServiceV1(ClientBase):
         pool_maxsize: int | None = None,
         pool_block: bool | None = None,
         over_client: Any = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, True, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._ngl_url = ngl_url
 
     @property

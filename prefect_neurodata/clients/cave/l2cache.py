@@ -16,10 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prefect_neurodata.clients.http import ServiceError
+from prefect_neurodata.clients.http import ServiceError, TransportConfig
 
 from . import endpoints as _endpoints
-from .base import ClientBase, _negotiated_client, _resolve_server_address
+from .base import (
+    ClientBase,
+    negotiated_client,
+    resolve_server_address,
+    resolve_transport,
+)
 from .chunkedgraph import _to_uint64_array
 
 logger = logging.getLogger("prefect_neurodata.cave")
@@ -37,6 +42,7 @@ def L2CacheClient(  # noqa: N802 - seed name
     pool_block: bool | None = None,
     over_client: Any = None,
     verify: bool | str = True,
+    transport: TransportConfig | None = None,
 ) -> L2CacheClientLegacy:
     """Create an L2 cache client.
 
@@ -49,22 +55,21 @@ def L2CacheClient(  # noqa: N802 - seed name
         pool_maxsize: Pooled connections.
         pool_block: Block on an exhausted pool.
         over_client: The owning `CAVEclient`.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
         verify: TLS verification.
     """
-    return _negotiated_client(
+    return negotiated_client(
         L2CacheClientLegacy,
-        _resolve_server_address(server_address),
+        resolve_server_address(server_address),
         auth_client,
         api_version,
         SERVER_KEY,
         _endpoints.l2cache_common,
         _endpoints.l2cache_api_versions,
         table_name=table_name,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
-        verify=verify,
     )
 
 
@@ -84,19 +89,11 @@ class L2CacheClientLegacy(ClientBase):
         pool_block: bool | None = None,
         over_client: Any = None,
         verify: bool | str = True,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._table_name = table_name
         self._default_url_mapping["table_id"] = table_name
         self._attributes: list[str] | None = None

@@ -37,8 +37,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -48,7 +46,8 @@ import pyarrow as pa
 import requests
 from packaging.version import Version
 
-from prefect_neurodata.clients.http import decode_json, dumps, loads
+from prefect_neurodata.clients.concurrency import TTLMemo
+from prefect_neurodata.clients.http import TransportConfig, decode_json, dumps, loads
 
 from . import endpoints as _endpoints
 from ._arrow import (
@@ -80,7 +79,8 @@ from .base import (
     ClientBase,
     ServerIncompatibilityError,
     _check_version_compatibility,
-    _negotiated_client,
+    negotiated_client,
+    resolve_transport,
 )
 
 __all__ = [
@@ -316,30 +316,6 @@ def _add_id_range(body: dict[str, Any], table: str, rng: IdRange) -> dict[str, A
     return out
 
 
-class _TTLCache:
-    """A small thread-safe TTL memo for metadata lookups."""
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._data: dict[Any, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None and now - hit[0] < self.ttl:
-                return copy.deepcopy(hit[1])
-        value = compute()
-        with self._lock:
-            self._data[key] = (now, value)
-        return copy.deepcopy(value)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
 # ---------------------------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +335,7 @@ def MaterializationClient(  # noqa: N802 - seed name
     pool_block: bool | None = None,
     desired_resolution: Iterable[float] | None = None,
     over_client: Any = None,
+    transport: TransportConfig | None = None,
 ) -> MaterializationClientV2:
     """Build the materialization client for the API version the server offers.
 
@@ -376,11 +353,13 @@ def MaterializationClient(  # noqa: N802 - seed name
         pool_block: Block when the pool is exhausted.
         desired_resolution: Default resolution of returned positions (e.g. ``[4, 4, 40]``).
         over_client: The `CAVEclient` this client belongs to.
+        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
+            arguments above override it when given.
 
     Returns:
         A `MaterializationClientV3` (API 3) or `MaterializationClientV2` (API 2).
     """
-    return _negotiated_client(
+    return negotiated_client(
         client_mapping,
         server_address,
         auth_client,
@@ -393,10 +372,7 @@ def MaterializationClient(  # noqa: N802 - seed name
         cg_client=cg_client,
         synapse_table=synapse_table,
         version=version,
-        verify=verify,
-        max_retries=max_retries,
-        pool_maxsize=pool_maxsize,
-        pool_block=pool_block,
+        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
         over_client=over_client,
         desired_resolution=desired_resolution,
     )
@@ -443,19 +419,11 @@ class MaterializationClientV2(ClientBase):
         pool_block: bool | None = None,
         over_client: Any = None,
         desired_resolution: Iterable[float] | None = None,
+        transport: TransportConfig | None = None,
     ) -> None:
-        super().__init__(
-            server_address,
-            auth_header,
-            api_version,
-            endpoints,
-            server_name,
-            verify=verify,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            over_client=over_client,
-        )
+        base_args = (server_address, auth_header, api_version, endpoints, server_name)
+        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+        super().__init__(*base_args, over_client=over_client, transport=transport)
         self._datastack_name = datastack_name
         self._cg_client = cg_client
         self._synapse_table = synapse_table
@@ -465,8 +433,8 @@ class MaterializationClientV2(ClientBase):
         )
         self.max_workers = DEFAULT_MAX_WORKERS
         self._server_limit: int | None = None
-        self._versions_cache = _TTLCache(VERSIONS_TTL)
-        self._meta_cache = _TTLCache(METADATA_TTL)
+        self._versions_cache = TTLMemo(VERSIONS_TTL)
+        self._meta_cache = TTLMemo(METADATA_TTL)
         self._tables_manager: Any = None
         self._views_manager: Any = None
 

@@ -9,6 +9,9 @@ set_session_defaults(max_retries=5, pool_maxsize=16)
 client = CAVEclient("my_datastack")
 ```
 
+Per client, the same settings travel as one `TransportConfig` (``CAVEclient(..., timeout=...)``
+or ``transport=``); `default_transport` is the config built from these defaults.
+
 Unlike caveclient, retries are not done by urllib3 inside the session: they are done by the shared
 HTTP core (`prefect_neurodata.clients.http.HttpClient`), which also retries 429 (honouring
 ``Retry-After``) and timeouts, never blindly resends a non-idempotent write, and puts a timeout
@@ -24,7 +27,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from prefect_neurodata.clients.http import DEFAULT_TIMEOUT, RetryPolicy, Timeout
+from prefect_neurodata.clients.http import DEFAULT_TIMEOUT, RetryPolicy, Timeout, TransportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +134,24 @@ def retry_policy(max_retries: int | None = None) -> RetryPolicy:
         backoff_factor=SESSION_DEFAULTS["backoff_factor"],
         backoff_max=SESSION_DEFAULTS["backoff_max"],
         statuses=statuses,
+    )
+
+
+def default_transport() -> TransportConfig:
+    """The `TransportConfig` of the current session defaults (what a CAVE client uses when it
+    is given no transport of its own).
+
+    Example:
+        ```python
+        set_session_defaults(max_retries=5, timeout=(5, 60))
+        assert default_transport().retry.max_retries == 5
+        ```
+    """
+    return TransportConfig(
+        timeout=SESSION_DEFAULTS["timeout"],
+        retry=retry_policy(),
+        pool_maxsize=SESSION_DEFAULTS["pool_maxsize"],
+        pool_block=SESSION_DEFAULTS["pool_block"],
     )
 
 

@@ -15,7 +15,7 @@ validation, as the reference (sections 1.4, 5.2, 5.3) describes AnnotationEngine
   ``created=now``, ``valid=True``; returns the new ids in input order.
 * update: one annotation at a time, ``id`` required, partial updates merged into the old values,
   a superseded row answers 409; the old row gets ``deleted``/``superceded_id``/``valid=False``
-  and a new row (new id) is written; returns ``{"old": new}``.
+  and a new row (new id) is written; answers ``[{"old": new}, ...]``, one per annotation.
 * delete: soft (``deleted=now``, ``valid=False``); 404 plain string when no id matched.
 * table-level permissions (PUBLIC / GROUP / PRIVATE) on top of the service-level view/edit check.
 """
@@ -752,13 +752,18 @@ async def post_annotations(request: Request, aligned_volume: str, table_name: st
 
 @router.put(PREFIX + "/table/{table_name}/annotations")
 async def put_annotations(request: Request, aligned_volume: str, table_name: str) -> Response:
-    """``PUT /table/{t}/annotations``: update; answers ``{old: new}``."""
+    """``PUT /table/{t}/annotations``: update; answers ``[{old: new}, ...]``.
+
+    One single-entry mapping per annotation, in request order: the real service collects each
+    ``update_annotation`` result (a ``{old_id: new_id}`` dict) in a list, and JSON turns the
+    integer keys into strings.
+    """
     world = world_of(request)
     user = _edit(request)
     check_aligned_volume(world, aligned_volume)
     body = await read_json(request)
     mapping = update_annotations(world, user, table_name, body)
-    return json_response({str(k): v for k, v in mapping.items()})
+    return json_response([{str(k): v} for k, v in mapping.items()])
 
 
 @router.delete(PREFIX + "/table/{table_name}/annotations")

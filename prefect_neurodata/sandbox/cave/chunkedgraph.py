@@ -996,27 +996,21 @@ class ChunkedGraph:
     def past_id_mapping(
         self, root_ids: Any, timestamp_past: float | None, timestamp_future: float | None
     ) -> tuple[dict[int, list[int]], dict[int, int]]:
-        """Past ids of each root at ``timestamp_past`` (in-degree-0 ancestors) and the map back.
+        """Past ids of each root at ``timestamp_past`` (in-degree-0 ancestors of its lineage).
 
         Returns:
-            ``(past_id_map {root: [past ids]}, future_id_map {past_id: root})``; the future map
-            holds a past id only when it leads to exactly one of the queried roots.
+            ``(past_id_map {root: [past ids]}, future_id_map)``. The future map is always empty,
+            as PyChunkedGraph's ``handle_past_id_mapping`` answers (it never fills it); a
+            stand-in that filled it would make the official client's ``live_query`` take its
+            future-map shortcut and return rows the real service would not.
         """
         past_map: dict[int, list[int]] = {}
-        future_map: dict[int, int] = {}
-        fut_count: dict[int, set[int]] = {}
         for rid in _as_uint64(root_ids):
             rid = int(rid)
             g = self.lineage_graph([rid], timestamp_past, timestamp_future)
             anc = nx.ancestors(g, rid)
-            ids = sorted(n for n in anc if g.in_degree(n) == 0) or [rid]
-            past_map[rid] = ids
-            for p in ids:
-                fut_count.setdefault(p, set()).add(rid)
-        for p, roots in fut_count.items():
-            if len(roots) == 1:
-                future_map[p] = next(iter(roots))
-        return past_map, future_map
+            past_map[rid] = sorted(n for n in anc if g.in_degree(n) == 0) or [rid]
+        return past_map, {}
 
     def delta_roots(
         self, timestamp_past: float, timestamp_future: float | None = None

@@ -111,9 +111,7 @@ def info_api_versions() -> list[int]:
 @router.get(_I + "/datastacks")
 def datastacks(request: Request, user: User = Depends(current_user)) -> list[str]:
     """Datastacks the caller may view."""
-    world = request.app.state.world
-    ds = world.config.datastack
-    return [ds] if user.has(world.auth.dataset_for(ds), "view") else []
+    return _viewable(request, user, request.app.state.world.config.datastack)
 
 
 @router.get(_I + "/datastack/full/{datastack_name}")
@@ -143,9 +141,13 @@ def datastack_image_sources(
 @router.get(_I + "/aligned_volume")
 def aligned_volumes(request: Request, user: User = Depends(current_user)) -> list[str]:
     """Aligned volumes the caller may view."""
+    return _viewable(request, user, request.app.state.world.config.aligned_volume)
+
+
+def _viewable(request: Request, user: User, name: str) -> list[str]:
+    """``[name]`` when the caller may view the dataset behind it, else ``[]``."""
     world = request.app.state.world
-    av = world.config.aligned_volume
-    return [av] if user.has(world.auth.dataset_for(av), "view") else []
+    return [name] if user.has(world.auth.dataset_for(name), "view") else []
 
 
 @router.get(_I + "/aligned_volume/id/{aligned_volume_id}")

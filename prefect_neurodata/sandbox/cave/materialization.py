@@ -118,22 +118,29 @@ def _api(api_str: str) -> int:
     return int(api_str[1])
 
 
-@router.get(ME + "/api/{api}" + DS + "/versions")
-def list_versions(
-    request: Request, api: str, datastack: str, expired: str | None = None
-) -> Response:
-    """Valid version numbers (every version with ``expired=True``)."""
+def _listed_versions(
+    request: Request, api: str, datastack: str, expired: str | None
+) -> list[sa.Row[Any]]:
+    """Version rows after expiring what is due: valid ones, or all with ``expired=True``."""
     _api(api)
     world = _world(request, datastack)
     _view(request)
     versions.expire_versions(world)
     v = store.mat_versions
-    stmt = sa.select(v.c.version).where(v.c.datastack == datastack)
+    stmt = sa.select(v).where(v.c.datastack == datastack)
     if not queries.flag(expired, False):
         stmt = stmt.where(v.c.valid.is_(True))
     with world.engine.connect() as conn:
-        out = conn.execute(stmt.order_by(v.c.version)).scalars().all()
-    return _json([int(x) for x in out])
+        return list(conn.execute(stmt.order_by(v.c.version)).all())
+
+
+@router.get(ME + "/api/{api}" + DS + "/versions")
+def list_versions(
+    request: Request, api: str, datastack: str, expired: str | None = None
+) -> Response:
+    """Valid version numbers (every version with ``expired=True``)."""
+    rows = _listed_versions(request, api, datastack, expired)
+    return _json([int(r.version) for r in rows])
 
 
 @router.get(ME + "/api/{api}" + DS + "/version/{version}")
@@ -151,16 +158,7 @@ def get_versions_metadata(
     request: Request, api: str, datastack: str, expired: str | None = None
 ) -> Response:
     """AnalysisVersion dicts (valid ones unless ``expired=True``)."""
-    _api(api)
-    world = _world(request, datastack)
-    _view(request)
-    versions.expire_versions(world)
-    v = store.mat_versions
-    stmt = sa.select(v).where(v.c.datastack == datastack)
-    if not queries.flag(expired, False):
-        stmt = stmt.where(v.c.valid.is_(True))
-    with world.engine.connect() as conn:
-        rows = conn.execute(stmt.order_by(v.c.version)).all()
+    rows = _listed_versions(request, api, datastack, expired)
     if not rows:
         raise CaveHTTPError(404, f"no versions found for {datastack}")
     return _json([versions.version_dict(r) for r in rows])

@@ -95,6 +95,14 @@ def _store(request: Request) -> StateStore:
     return request.app.state.world.states
 
 
+async def _save(request: Request, state_id: int | None = None, kind: str = "state") -> JSONResponse:
+    """Store the request body (a JSON document) and answer with its URL."""
+    body = await request.body()
+    _parse_json(body)
+    sid = _store(request).put(body, state_id, kind=kind)
+    return _url(request, sid, prop=kind == "property")
+
+
 def _url(request: Request, sid: int, prop: bool = False) -> JSONResponse:
     base = request.app.state.world.global_url(request) + _BASE
     return JSONResponse(f"{base}/property/{sid}" if prop else f"{base}/{sid}")
@@ -114,9 +122,7 @@ def state_version() -> str:
 @router.post(_BASE + "/post")
 async def upload_state(request: Request, user: User = Depends(current_user)) -> JSONResponse:
     """Store a state; answers with its URL as a JSON string."""
-    body = await request.body()
-    _parse_json(body)
-    return _url(request, _store(request).put(body))
+    return await _save(request)
 
 
 @router.post(_BASE + "/post/{state_id}")
@@ -125,17 +131,13 @@ async def upload_state_with_id(
 ) -> JSONResponse:
     """Store a state under a chosen id (superadmin only)."""
     _require_admin(user)
-    body = await request.body()
-    _parse_json(body)
-    return _url(request, _store(request).put(body, state_id))
+    return await _save(request, state_id)
 
 
 @router.post(_BASE + "/property/post")
 async def upload_properties(request: Request, user: User = Depends(current_user)) -> JSONResponse:
     """Store a segment-properties document."""
-    body = await request.body()
-    _parse_json(body)
-    return _url(request, _store(request).put(body, kind="property"), prop=True)
+    return await _save(request, kind="property")
 
 
 @router.post(_BASE + "/property/post/{state_id}")
@@ -144,9 +146,7 @@ async def upload_properties_with_id(
 ) -> JSONResponse:
     """Store a segment-properties document under a chosen id (superadmin only)."""
     _require_admin(user)
-    body = await request.body()
-    _parse_json(body)
-    return _url(request, _store(request).put(body, state_id, kind="property"), prop=True)
+    return await _save(request, state_id, kind="property")
 
 
 def _fetch(request: Request, state_id: int, kind: str) -> bytes:

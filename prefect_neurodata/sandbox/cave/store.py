@@ -147,6 +147,19 @@ class Field:
         return cls(str(value[0]), str(value[1]), bool(value[2]))
 
 
+#: Table metadata copied as stored into the annotation and materialization engines' answers.
+DESCRIPTIVE_META_KEYS: tuple[str, ...] = (
+    "user_id",
+    "description",
+    "notice_text",
+    "reference_table",
+    "flat_segmentation_source",
+    "voxel_resolution_x",
+    "voxel_resolution_y",
+    "voxel_resolution_z",
+)
+
+
 def _resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/definitions/"):
@@ -315,14 +328,7 @@ def public_table_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "valid": bool(meta["valid"]),
         "created": iso(meta["created"]),
         "deleted": iso(meta["deleted"]),
-        "user_id": meta["user_id"],
-        "description": meta["description"],
-        "notice_text": meta["notice_text"],
-        "reference_table": meta["reference_table"],
-        "flat_segmentation_source": meta["flat_segmentation_source"],
-        "voxel_resolution_x": meta["voxel_resolution_x"],
-        "voxel_resolution_y": meta["voxel_resolution_y"],
-        "voxel_resolution_z": meta["voxel_resolution_z"],
+        **{key: meta[key] for key in DESCRIPTIVE_META_KEYS},
         "read_permission": meta["read_permission"],
         "write_permission": meta["write_permission"],
         "last_modified": iso(meta["last_modified"]),

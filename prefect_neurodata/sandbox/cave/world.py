@@ -94,8 +94,10 @@ class CaveConfig:
 
         Reads ``CAVE_DB_URL``, ``CAVE_WORKDIR``, ``CAVE_ADMIN_TOKEN``, ``CAVE_USER_TOKEN``,
         ``CAVE_VIEWER_TOKEN``, ``CAVE_NOPERM_TOKEN``, ``CAVE_TOS_TOKEN``, ``CAVE_GLOBAL_URL``,
-        ``CAVE_LOCAL_URL``, ``CAVE_AUTH_DISABLED``, ``FAULTS_CAVE``. Without ``CAVE_DB_URL`` the
-        DB is the SQLite file ``<workdir>/cave.sqlite``.
+        ``CAVE_LOCAL_URL``, ``CAVE_AUTH_DISABLED``, ``CAVE_DATASTACK``, ``FAULTS_CAVE``. Without
+        ``CAVE_DB_URL`` the DB is the SQLite file ``<workdir>/cave.sqlite``. ``CAVE_DATASTACK``
+        names the datastack; its aligned volume, PCG table and auth dataset are named after it
+        (``<name>_av``, ``<name>_pcg``, ``<name>``).
 
         Args:
             env: Mapping to read (default ``os.environ``).
@@ -123,6 +125,14 @@ class CaveConfig:
             values["faults"] = get("FAULTS_CAVE")
         if (get("CAVE_AUTH_DISABLED") or "").lower() in ("1", "true", "yes"):
             values["auth_disabled"] = True
+        datastack = get("CAVE_DATASTACK")
+        if datastack:
+            values.update(
+                datastack=datastack,
+                aligned_volume=f"{datastack}_av",
+                pcg_table=f"{datastack}_pcg",
+                auth_dataset=datastack,
+            )
         values.update(overrides)
         return cls(**values)
 

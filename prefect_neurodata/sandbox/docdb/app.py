@@ -73,7 +73,14 @@ client continues with ``skip``. Like a server with an ``_id`` index, ``find`` wi
 ``_id``-range-only filter (``$gt``/``$gte``/``$lt``/``$lte``, also inside ``$and``), sorted by
 ``_id`` or unsorted, and ``count_documents`` of such filters are answered from a cached sorted
 ``_id`` list (see ``store._IdIndex``): O(page), not O(collection) as SecantusDB's own scans.
-Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Writes
+Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Whole
+documents (no projection) served on that path stay in memory, encoded, within
+``NEURODATA_SANDBOX_DOC_CACHE_BYTES`` (1.5 GB) per collection: repeated full reads are served
+from memory, as DocumentDB serves its working set, and reach MongoDB only for the id list and
+the write counters. Reads MongoDB must evaluate (other filters, filtered counts) are kept too, by
+their exact request, while the id list lives: the same request is answered again from memory
+(SecantusDB takes seconds per filtered query over 15,000 records, where an indexed DocumentDB
+takes milliseconds). Writes
 through the API refresh that list at once; writes made straight to MongoDB (the seeder) are
 noticed through the server's write counters (``serverStatus`` ``opcounters``) on the next read.
 
@@ -138,7 +145,7 @@ class DocDBApp:
 
     def __init__(self, config: DocDBConfig) -> None:
         self.config = config
-        self.store = st.Store(config.mongo_uri)
+        self.store = st.Store(config.mongo_uri, doc_cache_bytes=config.doc_cache_bytes)
         self.assets = Assets(config)
         self.verifier = SigV4Verifier(
             config.access_key_id,

@@ -14,6 +14,9 @@ ENV_PREFIX = "NEURODATA_SANDBOX_"
 DEFAULT_PAGE_BYTES = 5_000_000
 # API Gateway's payload limit: 10 MB including headers.
 DEFAULT_REQUEST_BYTES = 10 * 1024 * 1024
+# Encoded whole documents the stand-in keeps in memory per collection, as a real DocumentDB keeps
+# its working set (see ``store._IdList.docs``).
+DEFAULT_DOC_CACHE_BYTES = 1_500_000_000
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class DocDBConfig:
         session_token: optional token signed requests must carry.
         page_bytes: byte budget of one ``find`` page.
         request_bytes: request size cap (body plus headers).
+        doc_cache_bytes: memory budget of encoded whole documents kept per collection
+            (``NEURODATA_SANDBOX_DOC_CACHE_BYTES``; 1 effectively turns the cache off).
     """
 
     mongo_uri: str = "mongodb://127.0.0.1:27017/"
@@ -39,6 +44,7 @@ class DocDBConfig:
     session_token: str | None = None
     page_bytes: int = DEFAULT_PAGE_BYTES
     request_bytes: int = DEFAULT_REQUEST_BYTES
+    doc_cache_bytes: int = DEFAULT_DOC_CACHE_BYTES
 
     def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
         return (
@@ -82,4 +88,5 @@ class DocDBConfig:
             session_token=get("SESSION_TOKEN"),
             page_bytes=positive_int("PAGE_BYTES", DEFAULT_PAGE_BYTES),
             request_bytes=positive_int("REQUEST_BYTES", DEFAULT_REQUEST_BYTES),
+            doc_cache_bytes=positive_int("DOC_CACHE_BYTES", DEFAULT_DOC_CACHE_BYTES),
         )

@@ -33,6 +33,7 @@ from pymongo import (
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
+from prefect_neurodata.sandbox.docdb.config import DEFAULT_DOC_CACHE_BYTES
 from prefect_neurodata.sandbox.docdb.errors import ApiError, bad_request, gateway, mongo_error
 
 logger = logging.getLogger("prefect_neurodata.sandbox.docdb")
@@ -150,6 +151,16 @@ def encode_capped(docs: Iterable[dict], cap: int, *, short_pages: bool) -> tuple
 def _key(value: Any) -> bytes:
     # Key order is kept: an embedded-document equality match depends on it.
     return orjson.dumps(value, default=_default) if value else b""
+
+
+def _ids_only(projection: dict | None) -> bool:
+    """Whether ``projection`` keeps ``_id`` alone (``{"_id": 1}``): served from the id list."""
+    return (
+        projection is not None
+        and list(projection) == ["_id"]
+        and projection["_id"] in (1, True)
+        and not isinstance(projection["_id"], float)
+    )
 
 
 def _keeps_id(projection: dict | None) -> bool:
@@ -333,6 +344,14 @@ _MAX_IN_BATCH = 2_000
 _AHEAD_BYTES = 32_000_000
 # Read-aheads running or queued at once per id list (e.g. one per concurrent reader).
 _AHEAD_RUNNING = 4
+# Encoded whole documents (no projection) kept per id list: the working set a real DocumentDB
+# serves from memory. 15,000 records of ~12 KB take ~180 MB; beyond the budget, documents are
+# fetched from MongoDB on every read as before.
+DOC_CACHE_BYTES = DEFAULT_DOC_CACHE_BYTES
+# Projection key of a read without projection: whole documents, the ones the cache holds.
+_WHOLE = b""
+# Encoded answers of other queries (filters MongoDB must evaluate, counts) kept per id list.
+_ANSWER_BYTES = 256_000_000
 
 
 def _id_kind(value: Any) -> str | None:
@@ -402,15 +421,28 @@ class _IdList:
         kind: that kind.
         built: ``time.monotonic()`` of the read.
         stamp: the server's write counters just before the read (None: unknown).
-        ahead: encoded documents read ahead of the next page, by ``(projection key, _id)``;
-            they live and die with this list, so any write drops them too.
+        ahead: encoded projected documents read ahead of the next page, by ``(projection
+            key, _id)``; served once, then dropped.
+        docs: encoded whole documents (no projection) by ``_id``, kept while ``docs_bytes``
+            stays within ``docs_budget``: later reads of them never reach MongoDB.
+        answers: answers MongoDB computed for other reads (a ``find`` page of a filter it must
+            evaluate, a filtered count), by the exact request, within ``_ANSWER_BYTES``: the
+            same request is answered again without re-running the query.
+
+        Both live and die with this list, so any write (through the API, or straight to MongoDB
+        as seen by the write counters) drops them too, and the next read re-fetches.
     """
 
     __slots__ = (
         "ahead",
         "ahead_bytes",
+        "answers",
+        "answers_bytes",
         "built",
         "count",
+        "docs",
+        "docs_budget",
+        "docs_bytes",
         "ids",
         "kind",
         "lock",
@@ -418,12 +450,19 @@ class _IdList:
         "stamp",
     )
 
-    def __init__(self, values: list[Any], stamp: Any = None) -> None:
+    def __init__(
+        self, values: list[Any], stamp: Any = None, docs_budget: int = DOC_CACHE_BYTES
+    ) -> None:
         self.count = len(values)
         self.built = time.monotonic()
         self.stamp = stamp
         self.ahead: dict[tuple[bytes, Any], bytes] = {}
         self.ahead_bytes = 0
+        self.docs: dict[Any, bytes] = {}
+        self.docs_bytes = 0
+        self.docs_budget = docs_budget
+        self.answers: dict[tuple, Any] = {}
+        self.answers_bytes = 0
         # Running read-aheads by (projection key, first _id they fetch).
         self.pending: dict[tuple[bytes, Any], Future] = {}
         self.lock = threading.Lock()
@@ -457,6 +496,44 @@ class _IdList:
                 hi = min(hi, bisect.bisect_right(ids, value))
         return lo, max(lo, hi)
 
+    def cached(self, pk: bytes, ids: Iterable[Any]) -> dict[Any, bytes]:
+        """Encoded documents of ``ids`` already in memory (call with ``lock`` held)."""
+        if pk == _WHOLE:
+            docs = self.docs
+            return {i: docs[i] for i in ids if i in docs}
+        ahead = self.ahead
+        return {i: ahead[(pk, i)] for i in ids if (pk, i) in ahead}
+
+    def remember(self, key: tuple, answer: Any, size: int) -> None:
+        """Keep the answer to the request ``key`` (call with ``lock`` held)."""
+        if key not in self.answers and self.answers_bytes + size <= _ANSWER_BYTES:
+            self.answers[key] = answer
+            self.answers_bytes += size
+
+    def keep(self, pk: bytes, parts: dict[Any, bytes], *, ahead: bool) -> None:
+        """Remember encoded documents (call with ``lock`` held).
+
+        Whole documents go to ``docs`` while the budget allows; projected ones go to the
+        read-ahead buffer only when they were ``ahead`` of the reader (bounded, oldest out).
+        """
+        if pk == _WHOLE:
+            for doc_id, part in parts.items():
+                if doc_id in self.docs:
+                    continue
+                if self.docs_bytes + len(part) > self.docs_budget:
+                    return
+                self.docs[doc_id] = part
+                self.docs_bytes += len(part)
+            return
+        if not ahead:
+            return
+        for doc_id, part in parts.items():
+            if (pk, doc_id) not in self.ahead:
+                self.ahead[(pk, doc_id)] = part
+                self.ahead_bytes += len(part)
+        while self.ahead_bytes > _AHEAD_BYTES and self.ahead:
+            self.ahead_bytes -= len(self.ahead.pop(next(iter(self.ahead))))
+
 
 class _StaleIds(Exception):
     """An ``_id`` of the cached list is no longer in the collection (a direct write)."""
@@ -480,9 +557,15 @@ class _IdIndex:
     ``ttl`` plus that read. An id that vanished (a fetch misses it) drops the list at once.
     """
 
-    def __init__(self, ttl: float, probe: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        probe: Callable[[], Any] | None = None,
+        docs_budget: int = DOC_CACHE_BYTES,
+    ) -> None:
         self.ttl = ttl
         self.probe = probe
+        self.docs_budget = docs_budget
         self.generation = 0
         self.builds = 0
         self._lists: dict[str, _IdList] = {}
@@ -525,7 +608,7 @@ class _IdIndex:
         generation = self.generation
         stamp = self._stamp()  # before the read: a write during it changes the counters
         with coll.find({}, {"_id": 1}, batch_size=100_000) as cursor:
-            found = _IdList([doc["_id"] for doc in cursor], stamp)
+            found = _IdList([doc["_id"] for doc in cursor], stamp, self.docs_budget)
         with self._lock:
             self.builds += 1
             # A write that landed while reading may be missing from the list: don't keep it.
@@ -581,7 +664,13 @@ class Store:
 
     ID_LIST_TTL = 30.0
 
-    def __init__(self, uri: str, *, id_list_ttl: float = ID_LIST_TTL) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        id_list_ttl: float = ID_LIST_TTL,
+        doc_cache_bytes: int = DOC_CACHE_BYTES,
+    ) -> None:
         kwargs: dict[str, Any] = {"uuidRepresentation": "standard"}
         if "serverselectiontimeoutms" not in uri.lower():
             # Fail fast (502) rather than hang for pymongo's default 30 s when the DB is down.
@@ -597,12 +686,22 @@ class Store:
         self._lock = threading.Lock()
         self._cursors = _CursorCache()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docdb-read-ahead")
-        self._ids = _IdIndex(id_list_ttl, self._write_counters)
+        self._ids = _IdIndex(id_list_ttl, self._write_counters, doc_cache_bytes)
         self.use_id_lists = True
         # find requests answered by a new query, by continuing an open cursor, or from the
         # cached _id list (``id_lists``: how often such a list was read; ``read_ahead``:
-        # documents served from the id path's read-ahead).
-        self.stats = {"queries": 0, "continued": 0, "indexed": 0, "id_lists": 0, "read_ahead": 0}
+        # documents served from the id path's read-ahead or whole-document cache;
+        # ``cached_docs``: those of them served from the whole-document cache; ``answered``:
+        # finds and counts answered again from an earlier identical request).
+        self.stats = {
+            "queries": 0,
+            "continued": 0,
+            "indexed": 0,
+            "id_lists": 0,
+            "read_ahead": 0,
+            "cached_docs": 0,
+            "answered": 0,
+        }
 
     def _write_counters(self) -> tuple[int, int, int]:
         """Server-wide insert/update/delete command counts (cheap; any client's writes)."""
@@ -668,6 +767,33 @@ class Store:
         served = self._find_by_ids(coll, filter, projection, sort, limit, skip, cap, short_pages)
         if served is not None:
             return served
+        if not self.use_id_lists:
+            return self._find_mongo(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        # The answer lives with the collection's id list, so any write drops it (see _IdList).
+        id_list = self._ids_of(coll)
+        key = ("find", _key(filter), _key(projection), _key(sort), limit, skip, cap, short_pages)
+        with id_list.lock:
+            found = id_list.answers.get(key)
+        if found is not None:
+            self.stats["answered"] += 1
+            return found
+        answer = self._find_mongo(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        with id_list.lock:
+            id_list.remember(key, answer, len(answer[0]))
+        return answer
+
+    def _find_mongo(
+        self,
+        coll: Collection,
+        filter: dict,
+        projection: dict | None,
+        sort: list[tuple[str, Any]] | None,
+        limit: int,
+        skip: int,
+        cap: int,
+        short_pages: bool,
+    ) -> tuple[bytes, int]:
+        """A ``find`` answer computed by MongoDB (continuing an open cursor when it can)."""
         if not short_pages:
             return self._find_once(coll, filter, projection, sort, limit, skip, cap)
         query_key = (coll.full_name, _key(filter), _key(projection), _key(sort))
@@ -756,7 +882,7 @@ class Store:
                 avg = (len(body) - 2) / count
                 with self._lock:
                     self._avg_size[(coll.full_name, _key(projection))] = avg
-                if short_pages:
+                if short_pages and not _ids_only(projection):
                     # The ids of the next page (skip += count, or _id beyond the last one).
                     k = min(int(cap / max(avg, 1.0) * 1.1) + 1, limit or _MAX_IN_BATCH)
                     if direction == 1:
@@ -775,6 +901,8 @@ class Store:
         with id_list.lock:
             for key in [k for k, f in id_list.pending.items() if f.done()]:
                 del id_list.pending[key]
+            if pk == _WHOLE:
+                ids = [i for i in ids if i not in id_list.docs]
             if not ids or len(id_list.pending) >= _AHEAD_RUNNING or (pk, ids[0]) in id_list.ahead:
                 return
             id_list.pending[(pk, ids[0])] = self._pool.submit(
@@ -793,14 +921,7 @@ class Store:
         except Exception:  # only an optimisation: the request fetches them itself
             return
         with id_list.lock:
-            for doc_id in ids:
-                part = parts.get(doc_id)
-                if part is not None and (pk, doc_id) not in id_list.ahead:
-                    id_list.ahead[(pk, doc_id)] = part
-                    id_list.ahead_bytes += len(part)
-            # Bounded: oldest first out (e.g. pages a reader never asked for).
-            while id_list.ahead_bytes > _AHEAD_BYTES and id_list.ahead:
-                id_list.ahead_bytes -= len(id_list.ahead.pop(next(iter(id_list.ahead))))
+            id_list.keep(pk, parts, ahead=True)
 
     def _ids_of(self, coll: Collection) -> _IdList:
         found = self._ids.get(coll)
@@ -834,14 +955,20 @@ class Store:
         size = 2
         avg = self._avg_size.get((coll.full_name, pk))
         pos = 0
+        from_memory = 0
+        ids_only = _ids_only(projection)
 
         def done() -> tuple[bytes, int]:
             with id_list.lock:
-                for doc_id in wanted[: len(parts)]:
-                    part = id_list.ahead.pop((pk, doc_id), None)
-                    if part is not None:
-                        id_list.ahead_bytes -= len(part)
-                        self.stats["read_ahead"] += 1
+                if pk == _WHOLE:
+                    self.stats["read_ahead"] += from_memory
+                    self.stats["cached_docs"] += from_memory
+                else:
+                    for doc_id in wanted[: len(parts)]:
+                        part = id_list.ahead.pop((pk, doc_id), None)
+                        if part is not None:
+                            id_list.ahead_bytes -= len(part)
+                            self.stats["read_ahead"] += 1
             return b"[" + b",".join(parts) + b"]", len(parts)
 
         while pos < len(wanted):
@@ -851,26 +978,29 @@ class Store:
             n = 100 if avg is None else int((cap - size) / max(avg, 1.0) * 1.1) + 1
             chunk = wanted[pos : pos + max(1, min(n, _MAX_IN_BATCH))]
             pos += len(chunk)
-            with id_list.lock:
-                ready = {i: id_list.ahead[(pk, i)] for i in chunk if (pk, i) in id_list.ahead}
+            if ids_only:
+                # What MongoDB answers for {"_id": 1}: the ids, which the list already holds.
+                ready = {i: dumps({"_id": i}) for i in chunk}
+            else:
+                with id_list.lock:
+                    ready = id_list.cached(pk, chunk)
+                from_memory += len(ready)
             missing = [i for i in chunk if i not in ready]
-            found = (
-                {
-                    doc["_id"]: doc
+            if missing:
+                # Encoded as fetched (also the ones past this page's cap: kept for the next).
+                ready.update(
+                    (doc["_id"], dumps(doc))
                     for doc in coll.find(
                         {"_id": {"$in": missing}}, projection or None, batch_size=len(missing)
                     )
-                }
-                if missing
-                else {}
-            )
+                )
+                if pk == _WHOLE:
+                    with id_list.lock:
+                        id_list.keep(pk, {i: ready[i] for i in missing if i in ready}, ahead=False)
             for doc_id in chunk:
                 part = ready.get(doc_id)
                 if part is None:
-                    doc = found.get(doc_id)
-                    if doc is None:
-                        raise _StaleIds(doc_id)
-                    part = dumps(doc)
+                    raise _StaleIds(doc_id)
                 extra = len(part) + (1 if parts else 0)
                 if size + extra > cap:
                     if parts and short_pages:
@@ -949,7 +1079,16 @@ class Store:
         elif bounds == []:
             filtered = total
         else:
-            filtered = coll.count_documents(filter)
+            key = ("count", _key(filter))
+            with id_list.lock:
+                found = id_list.answers.get(key)
+            if found is None:
+                found = coll.count_documents(filter)
+                with id_list.lock:
+                    id_list.remember(key, found, 64)
+            else:
+                self.stats["answered"] += 1
+            filtered = found
         return {"total_record_count": total, "filtered_record_count": filtered}
 
     def aggregate(self, coll: Collection, pipeline: list, cap: int) -> bytes:

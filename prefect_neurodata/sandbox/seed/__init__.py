@@ -238,9 +238,24 @@ def _clear_bucket(s3: Any, bucket: str) -> None:
 
 
 def seed_cave(
-    url: str, *, synapses: int, seed: int, admin_token: str | None, timeout: float = 1800.0
+    url: str,
+    *,
+    synapses: int,
+    seed: int,
+    admin_token: str | None,
+    timeout: float = 1800.0,
+    **world: int,
 ) -> dict[str, Any]:
     """Ask the CAVE stand-in to build its datastack (``POST /__sandbox__/seed``).
+
+    Args:
+        url: Base URL of the CAVE stand-in.
+        synapses: Rows of the synapse table.
+        seed: Seed of every random draw.
+        admin_token: The stand-in's admin token.
+        timeout: Read timeout in seconds.
+        **world: Size of the chunkedgraph world (``neurons``, ``neuron_length``, ``merges``,
+            ``splits``), checked by the stand-in.
 
     Raises:
         RuntimeError: the service answered with an error (its body is included).
@@ -250,7 +265,7 @@ def seed_cave(
     headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
     resp = requests.post(
         f"{url.rstrip('/')}/__sandbox__/seed",
-        json={"synapses": int(synapses), "seed": int(seed)},
+        json={"synapses": int(synapses), "seed": int(seed), **world},
         headers=headers,
         timeout=(5, timeout),
     )

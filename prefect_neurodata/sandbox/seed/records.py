@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -192,6 +192,22 @@ def _uuid4(rng: random.Random) -> str:
 def json_size(obj: Any) -> int:
     """Byte length of ``obj`` as compact JSON (what a DocDB page or a bulk_write chunk carries)."""
     return len(orjson.dumps(obj))
+
+
+class _Identity(NamedTuple):
+    """Who and when of one generated asset (shared by the v1 and v2 record builders)."""
+
+    abbr: str
+    pname: str
+    modalities: Any
+    sid: str
+    raw_name: str
+    derived: bool
+    proc_type: str
+    pipeline: Any
+    name: str
+    created_dt: datetime
+    modified_dt: datetime
 
 
 @dataclass(frozen=True)
@@ -421,6 +437,46 @@ class RecordGenerator:
             size += add_item("item", None)
             guard += 1
 
+    # ------------------------------------------------------------------ identity
+    def _identity(
+        self,
+        plan: AssetPlan,
+        rng: random.Random,
+        parent: tuple[str, AssetPlan, str] | None,
+        short_name_share: float | None,
+    ) -> _Identity:
+        """Platform, subject id, names and times of one asset (raw, or derived from
+        ``parent``); v2 names a ``short_name_share`` of raw assets ``<subject>_<time>``."""
+        abbr, pname, modalities = PLATFORMS[plan.platform]
+        if parent is not None:
+            raw_name, raw_plan, sid = parent
+            abbr, pname, modalities = PLATFORMS[raw_plan.platform]
+        else:
+            sid = str(rng.randint(600_000, 799_999))
+            if short_name_share is not None and rng.random() < short_name_share:
+                raw_name = f"{sid}_{plan.acquired:%Y-%m-%dT%H%M%S}"
+            else:
+                raw_name = f"{abbr}_{sid}_{plan.acquired:%Y-%m-%d_%H-%M-%S}"
+        derived = parent is not None
+        proc_word, proc_type, pipeline = PROCESSES[abbr]
+        done = plan.acquired + timedelta(hours=rng.randint(2, 200), seconds=rng.randint(0, 3599))
+        name = f"{raw_name}_{proc_word}_{done:%Y-%m-%d_%H-%M-%S}" if derived else raw_name
+        created_dt = done if derived else plan.acquired + timedelta(hours=rng.randint(1, 12))
+        modified_dt = max(plan.modified, created_dt)
+        return _Identity(
+            abbr,
+            pname,
+            modalities,
+            sid,
+            raw_name,
+            derived,
+            proc_type,
+            pipeline,
+            name,
+            created_dt,
+            modified_dt,
+        )
+
     # ------------------------------------------------------------------ v1
     def _v1(
         self,
@@ -429,19 +485,9 @@ class RecordGenerator:
         parent: tuple[str, AssetPlan, str] | None,
         force_bucket: bool,
     ) -> dict[str, Any]:
-        abbr, pname, modalities = PLATFORMS[plan.platform]
-        if parent is not None:
-            raw_name, raw_plan, sid = parent
-            abbr, pname, modalities = PLATFORMS[raw_plan.platform]
-        else:
-            sid = str(rng.randint(600_000, 799_999))
-            raw_name = f"{abbr}_{sid}_{plan.acquired:%Y-%m-%d_%H-%M-%S}"
-        derived = parent is not None
-        proc_word, proc_type, pipeline = PROCESSES[abbr]
-        done = plan.acquired + timedelta(hours=rng.randint(2, 200), seconds=rng.randint(0, 3599))
-        name = f"{raw_name}_{proc_word}_{done:%Y-%m-%d_%H-%M-%S}" if derived else raw_name
-        created_dt = done if derived else plan.acquired + timedelta(hours=rng.randint(1, 12))
-        modified_dt = max(plan.modified, created_dt)
+        ident = self._identity(plan, rng, parent, short_name_share=None)
+        abbr, pname, modalities, sid, raw_name, derived = ident[:6]
+        proc_type, pipeline, name, created_dt, modified_dt = ident[6:]
         old_style = created_dt.year < 2024 and rng.random() < 0.7
         fmt = _iso_naive if old_style else _iso_z
         has_subject = rng.random() < 0.95
@@ -852,22 +898,9 @@ class RecordGenerator:
         parent: tuple[str, AssetPlan, str] | None,
         force_bucket: bool,
     ) -> dict[str, Any]:
-        abbr, pname, modalities = PLATFORMS[plan.platform]
-        if parent is not None:
-            raw_name, raw_plan, sid = parent
-            abbr, pname, modalities = PLATFORMS[raw_plan.platform]
-        else:
-            sid = str(rng.randint(600_000, 799_999))
-            if rng.random() < 0.3:
-                raw_name = f"{sid}_{plan.acquired:%Y-%m-%dT%H%M%S}"
-            else:
-                raw_name = f"{abbr}_{sid}_{plan.acquired:%Y-%m-%d_%H-%M-%S}"
-        derived = parent is not None
-        proc_word, proc_type, pipeline = PROCESSES[abbr]
-        done = plan.acquired + timedelta(hours=rng.randint(2, 200), seconds=rng.randint(0, 3599))
-        name = f"{raw_name}_{proc_word}_{done:%Y-%m-%d_%H-%M-%S}" if derived else raw_name
-        created_dt = done if derived else plan.acquired + timedelta(hours=rng.randint(1, 12))
-        modified_dt = max(plan.modified, created_dt)
+        ident = self._identity(plan, rng, parent, short_name_share=0.3)
+        abbr, pname, modalities, sid, raw_name, derived = ident[:6]
+        proc_type, pipeline, name, created_dt, modified_dt = ident[6:]
         experimenters = [rng.choice(PEOPLE) for _ in range(rng.randint(1, 2))]
         dob = datetime(2021, 6, 1) + timedelta(days=rng.randint(0, 1500))
         subject = {

@@ -31,23 +31,15 @@ import jsonschema
 import numpy as np
 import pandas as pd
 
-SPATIAL_POINT_CLASSES = ("SpatialPoint", "BoundSpatialPoint")
+from prefect_neurodata.clients.cave.annotation_rows import (
+    AnnotationValidationError,
+    SchemaFields,
+    check_annotation_id,
+    nest_row,
+    schema_problems,
+)
 
-
-class AnnotationValidationError(jsonschema.ValidationError, ValueError):
-    """A staged annotation does not match the schema.
-
-    It is both a `jsonschema.ValidationError` (what the seed raises) and a `ValueError`.
-
-    Attributes:
-        row: The row (position in the stage, or DataFrame index label) of the annotation.
-        field: The flat field name at fault (e.g. ``pt_position``), or None.
-    """
-
-    def __init__(self, message: str, *, row: Any = None, field: str | None = None) -> None:
-        super().__init__(message)
-        self.row = row
-        self.field = field
+__all__ = ["AnnotationValidationError", "StagedAnnotations"]
 
 
 def _py(value: Any) -> Any:
@@ -115,13 +107,12 @@ class StagedAnnotations:
         self._table_resolution = table_resolution
         self._annotation_resolution = annotation_resolution
 
-        properties: dict[str, Any] = definition.get("properties", {})
-        self._required_props: list[str] = list(definition.get("required", []))
-        self._props: list[str] = list(properties)
-        self._spatial: dict[str, str] = {}  # flat field -> schema property
-        for prop, spec in properties.items():
-            if self._is_point(spec):
-                self._spatial[f"{prop}_position"] = prop
+        self._fields = SchemaFields.from_schema(schema)
+        self._props: list[str] = list(self._fields.order)
+        required = set(self._fields.required)
+        self._required_props: list[str] = [p for p in self._props if p in required]
+        self._required_props += sorted(required - set(self._props))
+        self._spatial: dict[str, str] = {f"{p}_position": p for p in self._fields.points}
         self._flat_of = {v: k for k, v in self._spatial.items()}
 
         self._rows: list[dict[str, Any]] = []
@@ -129,19 +120,6 @@ class StagedAnnotations:
         self._new_ids: list[int | None] = []
 
         self.add = self._make_add()
-
-    def _is_point(self, spec: dict[str, Any]) -> bool:
-        ref = spec.get("$ref")
-        if ref is None:
-            items = [s for s in spec.get("allOf", []) + spec.get("anyOf", []) if "$ref" in s]
-            ref = items[0]["$ref"] if items else None
-        if ref is None:
-            return False
-        target = str(ref).rsplit("/", 1)[-1]
-        if target in SPATIAL_POINT_CLASSES:
-            return True
-        definition = self._schema["definitions"].get(target, {})
-        return "position" in definition.get("properties", {})
 
     # -- fields ------------------------------------------------------------------------------
     def _flat(self, prop: str) -> str:
@@ -248,32 +226,29 @@ class StagedAnnotations:
                     row=row_label,
                     field=key,
                 )
-        if (
-            self._id_field
-            and "id" in clean
-            and (not isinstance(clean["id"], int) or isinstance(clean["id"], bool))
-        ):
-            raise AnnotationValidationError(
-                f"annotation {row_label}: field 'id' must be an integer, got {clean['id']!r}",
-                row=row_label,
-                field="id",
-            )
+        if self._id_field and "id" in clean:
+            try:
+                check_annotation_id(clean["id"], row_label, f"annotation {row_label}")
+            except AnnotationValidationError as exc:
+                raise AnnotationValidationError(
+                    f"annotation {row_label}: field 'id' must be an integer between 1 and "
+                    f"2**63 - 1, got {clean['id']!r}",
+                    row=row_label,
+                    field="id",
+                    problems=exc.problems,
+                ) from None
         for flat in self._spatial:
             if flat in clean:
                 clean[flat] = self._scaled(clean[flat], row_label, flat)
         nested = self._nest(clean)
-        error = next(iter(sorted(self._validator.iter_errors(nested), key=lambda e: e.path)), None)
-        if error is not None:
-            path = list(error.absolute_path)
-            field = self._flat(str(path[0])) if path else None
-            if error.validator == "required" and not path:
-                missing = [p for p in error.validator_value if p not in nested]
-                field = self._flat(missing[0]) if missing else None
-            where = f"field {field!r}" if field else "the annotation"
+        problems = schema_problems(nested, self._fields, row_label, validator=self._validator)
+        if problems:
+            first = problems[0]
+            where = f"field {first.field!r}" if first.field != "(row)" else "the annotation"
+            shown = "" if first.value == "None" else f" (value {first.value})"
             raise AnnotationValidationError(
-                f"annotation {row_label}: {where} is invalid: {error.message}",
-                row=row_label,
-                field=field,
+                f"annotation {row_label}: {where} is invalid: {first.problem}{shown}",
+                problems=problems,
             )
         return clean
 
@@ -296,14 +271,7 @@ class StagedAnnotations:
             ) from None
 
     def _nest(self, flat: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in flat.items():
-            prop = self._spatial.get(key)
-            if prop is None:
-                out[key] = value
-            else:
-                out[prop] = {"position": value}
-        return out
+        return nest_row(flat, self._fields, convert=False)
 
     def add_dataframe(self, df: pd.DataFrame) -> None:
         """Add one annotation per row; columns must be fields, required ones all present.
@@ -367,10 +335,12 @@ class StagedAnnotations:
         self._new_ids = [None] * len(keep)
 
     # -- upload bookkeeping (used by AnnotationClientV2.upload_staged_annotations) -----------
-    def _pending(self) -> list[tuple[int, dict[str, Any]]]:
+    def pending(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(position, nested annotation)`` of every row not uploaded yet."""
         return [(i, self._nest(r)) for i, r in enumerate(self._rows) if not self._uploaded[i]]
 
-    def _mark_uploaded(self, indices: Sequence[int], new_ids: Sequence[Any]) -> None:
+    def mark_uploaded(self, indices: Sequence[int], new_ids: Sequence[Any]) -> None:
+        """Record rows (positions in the stage) as uploaded, with their new ids."""
         for index, new_id in zip(indices, new_ids, strict=True):
             self._uploaded[index] = True
             self._new_ids[index] = int(new_id) if new_id is not None else None

@@ -1,14 +1,16 @@
 """Local paths and ``s3://`` URIs behind one small interface (pyarrow filesystems).
 
 The CAVE flows read sources and write snapshots, manifests and ledgers to either a local
-directory or S3. S3 goes through `pyarrow.fs.S3FileSystem`, configured from the standard AWS
-environment (credentials chain, ``AWS_REGION``/``AWS_DEFAULT_REGION``) and honouring
-``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3`` first), so the same code runs against AWS, MinIO
-or the sandbox's moto server.
+directory or S3. S3 goes through `pyarrow.fs.S3FileSystem`. Its credentials come from a
+prefect-aws `AwsCredentials` block when one is given (``aws=``; its boto3 session resolves keys,
+profiles and region, and its ``aws_client_parameters.endpoint_url`` points at MinIO or a
+stand-in), as in the AIND flows; without a block, from the standard AWS environment
+(credentials chain, ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL``).
 
 Example:
     ```python
-    from prefect_neurodata.tasks._storage import join, write_bytes_atomic, read_bytes
+    from prefect_neurodata.tasks.storage import join, write_bytes_atomic, read_bytes
 
     uri = join("s3://bucket/snapshots", "manifest.json")
     write_bytes_atomic(uri, b"{}")
@@ -26,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+from prefect_aws import AwsCredentials
 
 CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -42,14 +45,41 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem from the AWS environment, honouring ``AWS_ENDPOINT_URL``."""
+def load_aws(block: str | AwsCredentials | None) -> AwsCredentials | None:
+    """The `AwsCredentials` block itself, the saved block of that name, or None (environment)."""
+    if block is None or isinstance(block, AwsCredentials):
+        return block
+    return AwsCredentials.load(block)
+
+
+def _endpoint_kwargs(endpoint: str | None) -> dict[str, object]:
+    if not endpoint:
+        return {}
+    parsed = urlparse(endpoint)
+    return {"endpoint_override": parsed.netloc or parsed.path, "scheme": parsed.scheme or "https"}
+
+
+def s3_filesystem(aws: AwsCredentials | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem from an `AwsCredentials` block, else from the AWS environment."""
     kwargs: dict[str, object] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
+    if aws is not None:
+        session = aws.get_boto3_session()
+        frozen = session.get_credentials()
+        if frozen is not None:
+            keys = frozen.get_frozen_credentials()
+            kwargs.update(access_key=keys.access_key, secret_key=keys.secret_key)
+            if keys.token:
+                kwargs["session_token"] = keys.token
+        if session.region_name:
+            kwargs["region"] = session.region_name
+        endpoint = aws.aws_client_parameters.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs.update(_endpoint_kwargs(endpoint))
+        return pafs.S3FileSystem(**kwargs)
+    kwargs.update(
+        _endpoint_kwargs(
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+    )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
@@ -63,25 +93,25 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+def resolve(uri: str, aws: AwsCredentials | None = None) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it for a local path or ``s3://bucket/key``."""
     if is_s3(uri):
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise ValueError(f"{uri!r} has no bucket (expected s3://bucket/key)")
-        return s3_filesystem(), f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
+        return s3_filesystem(aws), f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
-def exists(uri: str) -> bool:
+def exists(uri: str, aws: AwsCredentials | None = None) -> bool:
     """Whether a file exists at ``uri``."""
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, aws)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, aws: AwsCredentials | None = None) -> bytes:
     """The whole content of a (small) file."""
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, aws)
     with fs.open_input_stream(path) as stream:
         return stream.read()
 
@@ -92,12 +122,12 @@ def ensure_dir(uri: str) -> None:
         Path(uri).mkdir(parents=True, exist_ok=True)
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
+def write_bytes_atomic(uri: str, data: bytes, aws: AwsCredentials | None = None) -> None:
     """Write ``data`` so that readers see the old or the new content, never a partial file.
 
     Locally the file is written next to its target and renamed; an S3 PUT is atomic already.
     """
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, aws)
     if is_s3(uri):
         with fs.open_output_stream(path) as out:
             out.write(data)
@@ -112,9 +142,9 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     os.replace(tmp, target)
 
 
-def publish_file(local_path: str | Path, uri: str) -> None:
+def publish_file(local_path: str | Path, uri: str, aws: AwsCredentials | None = None) -> None:
     """Move a finished local file to ``uri`` (rename locally, stream upload to S3)."""
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, aws)
     if not is_s3(uri):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         os.replace(local_path, path)
@@ -125,9 +155,9 @@ def publish_file(local_path: str | Path, uri: str) -> None:
     os.unlink(local_path)
 
 
-def sha256_file(uri: str) -> str:
+def sha256_file(uri: str, aws: AwsCredentials | None = None) -> str:
     """Hex sha256 of a file, read in blocks (constant memory)."""
-    fs, path = resolve(uri)
+    fs, path = resolve(uri, aws)
     digest = hashlib.sha256()
     with fs.open_input_stream(path) as stream:
         while block := stream.read(CHUNK_BYTES):

@@ -1,60 +1,21 @@
-"""Shared pieces of the AIND tasks: retry rule, block loading, S3 locations, batching."""
+"""Shared pieces of the tasks and flows: block loading, S3 locations, batching.
+
+Retry rules live in `prefect_neurodata.tasks.retries`.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from prefect.client.schemas.objects import State, TaskRun
 from prefect_aws import AwsCredentials
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.blocks.rds import RdsCredentials
-from prefect_neurodata.clients.http import is_transient
 
 T = TypeVar("T")
-
-TASK_RETRIES = 4
-"""Task-level retries on top of the HTTP core's own request retries."""
-
-TASK_RETRY_DELAYS = [1.0, 2.0, 5.0, 10.0]
-"""Seconds before each task retry (items already done are skipped on the retry)."""
-
-
-class TransientBatchError(RuntimeError):
-    """Some items of a batch hit transient failures that item-level retries did not outlast.
-
-    The items that did land are reported in the message; a task retry re-checks every item
-    first, so nothing lands twice.
-    """
-
-
-def transient_only(task: Any, task_run: TaskRun, state: State) -> bool:
-    """Prefect ``retry_condition_fn``: retry a failed task only for transient errors.
-
-    Transient means what `prefect_neurodata.clients.http.is_transient` says (connection errors,
-    timeouts, 429, 500, 502-504) or a `TransientBatchError`; validation errors, 4xx answers and
-    bugs fail at once.
-    """
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - classifying, not handling
-        return is_transient_error(exc)
-    return False
-
-
-def is_transient_error(exc: BaseException) -> bool:
-    """Whether retrying later may fix ``exc`` (also looks into batch and chained errors)."""
-    if isinstance(exc, TransientBatchError):
-        return True
-    errors = getattr(exc, "errors", None)
-    if isinstance(errors, list) and errors and all(isinstance(e, BaseException) for e in errors):
-        return all(is_transient(e) for e in errors)
-    if is_transient(exc):
-        return True
-    return exc.__cause__ is not None and is_transient(exc.__cause__)
 
 
 def load_docdb(block: str | DocDbApiCredentials) -> DocDbApiCredentials:
