@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.flows._names import first_and_count, request_value
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
@@ -150,8 +151,19 @@ def _collect(
     return list(items.values()), plain
 
 
+def _run_name() -> str:
+    """Flow-run name: what is registered (e.g. ``register s3://aind-open-data/ecephys_1``)."""
+    locations = list(request_value("locations") or [])
+    if locations:
+        return f"register {first_and_count(locations, 'locations')}"
+    prefixes = list(request_value("prefixes") or [])
+    bucket = request_value("bucket") or "?"
+    return f"register {len(prefixes) or 'all'} folder(s) of s3://{bucket}"
+
+
 @flow(
     name="aind-asset-registration",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     validate_parameters=True,
 )
