@@ -187,18 +187,23 @@ def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screens
     (run,) = runs
     run_url = f"{demo_ui}/runs/flow-run/{run['id']}"
     deadline = time.monotonic() + 300
-    while (state := _flow_run(demo_ui, run["id"])["state_type"]) not in FINAL_STATES:
+    while (state := (run := _flow_run(demo_ui, run["id"]))["state_type"]) not in FINAL_STATES:
         if time.monotonic() > deadline:
             pytest.fail(f"the snapshot run is still {state} after 300 s")
         time.sleep(2)
     browser.get(run_url)
-    text = _page_text(browser, [snapshot.flow_name, snapshot.name, run["name"]])
+    # The flow names its run when it starts (the form's suggested name is replaced).
+    text = _page_text(browser, [snapshot.flow_name, snapshot.name, run["name"], run["state_name"]])
     browser.save_screenshot(str(screenshots / "snapshot-run.png"))
     assert state == "COMPLETED", f"the run started from the form ended {state}:\n{text[:3000]}"
 
     # Its artifacts tab lists every artifact the run published.
     keys = _artifact_keys(demo_ui, run["id"])
     assert keys, "the snapshot run published no artifacts"
-    browser.get(f"{run_url}?tab=Artifacts")
+    browser.get(run_url)
+    _page_text(browser, ["Artifacts"])
+    tabs = browser.find_elements(By.XPATH, "//*[normalize-space(text())='Artifacts']")
+    assert tabs, "the flow-run page has no Artifacts tab"
+    tabs[-1].click()
     _page_text(browser, sorted(keys))
     browser.save_screenshot(str(screenshots / "snapshot-artifacts.png"))
