@@ -202,7 +202,11 @@ def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screens
     assert keys, "the snapshot run published no artifacts"
     browser.get(run_url)
     _page_text(browser, ["Artifacts"])
-    tabs = browser.find_elements(By.XPATH, "//*[normalize-space(text())='Artifacts']")
+    tabs = [
+        element
+        for element in browser.find_elements(By.XPATH, "//*[normalize-space(.)='Artifacts']")
+        if element.is_displayed()
+    ]
     assert tabs, "the flow-run page has no Artifacts tab"
     tabs[-1].click()
     _page_text(browser, sorted(keys))
