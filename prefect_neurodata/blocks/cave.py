@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
+
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.cave.frameworkclient import CAVEclientFull, CAVEclientGlobal
@@ -38,7 +39,7 @@ CONNECT_TIMEOUT_S = 10.0
 """Upper bound of the connect part of the timeout (the block's timeout bounds the read)."""
 
 
-class CaveCredentials(CredentialsBlock):
+class CaveCredentials(NeurodataCredentialsBlock):
     """Where the CAVE services are and how to authenticate to them.
 
     Attributes:

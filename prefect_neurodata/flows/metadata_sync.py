@@ -58,6 +58,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
+from prefect_neurodata.flows._names import request_value
 from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.common import (
     bucket_problem,
@@ -348,8 +349,16 @@ def finish_sync(
     return summary, changes
 
 
+def _run_name() -> str:
+    """Flow-run name: bucket and window (``sync s3://aind-open-data, last 14 days``)."""
+    days = request_value("lookback_days")
+    window = f"last {days:g} days" if isinstance(days, (int, float)) else "everything"
+    return f"sync s3://{request_value('bucket') or '?'}, {window}"
+
+
 @flow(
     name="aind-metadata-sync",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=2),
     validate_parameters=True,
 )

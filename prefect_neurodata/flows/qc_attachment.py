@@ -37,6 +37,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
+from prefect_neurodata.flows._names import first_and_count, request_value
 from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
@@ -379,8 +380,20 @@ def report_qc(summary: QcSummary, evaluations: list[dict[str, Any]]) -> None:
     )
 
 
+def _run_name() -> str:
+    """Flow-run name: how many evaluations go to which assets (``qc 2 evaluation(s) -> x``)."""
+    assets = []
+    for asset in request_value("assets") or []:
+        get = asset.get if isinstance(asset, dict) else lambda k, a=asset: getattr(a, k, None)
+        assets.append(str(get("name") or get("location") or get("id") or "?"))
+    evaluations = len(request_value("evaluations") or [])
+    source = f"{evaluations} evaluation(s)" if evaluations else "evaluations file"
+    return f"qc {source} -> {first_and_count(assets, 'assets')}"
+
+
 @flow(
     name="aind-qc-attachment",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     validate_parameters=True,
 )

@@ -33,6 +33,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
+from prefect_neurodata.flows._names import first_and_count, request_value
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
@@ -270,8 +271,19 @@ def report_registration(summary: RegistrationSummary) -> None:
     )
 
 
+def _run_name() -> str:
+    """Flow-run name: what is registered (e.g. ``register s3://aind-open-data/ecephys_1``)."""
+    locations = list(request_value("locations") or [])
+    if locations:
+        return f"register {first_and_count(locations, 'locations')}"
+    prefixes = list(request_value("prefixes") or [])
+    bucket = request_value("bucket") or "?"
+    return f"register {len(prefixes) or 'all'} folder(s) of s3://{bucket}"
+
+
 @flow(
     name="aind-asset-registration",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     validate_parameters=True,
 )
