@@ -64,7 +64,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet -e '.[sandbox,dask,dev,helpers]'
+	.lock-venv/bin/pip install --quiet -e '.[cave,aind,sandbox,dask,dev,helpers]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^prefect-neurodata' > requirements.lock
 	rm -rf .lock-venv
 

@@ -131,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.tests < 3:
         parser.error(f"--tests must be >= 3, got {args.tests}")
     rows = []
-    baseline = [
-        run_suite(SUITES["no fixtures"], args.tests, ["-p", "no:neurodata"])["wall"]
-        for _ in range(args.reps)
-    ]
+    # Alternate plugin off / on so both see the same machine state (caches, load).
+    off, on = [], []
+    for _ in range(args.reps):
+        off.append(run_suite(SUITES["no fixtures"], args.tests, ["-p", "no:neurodata"])["wall"])
+        on.append(run_suite(SUITES["no fixtures"], args.tests, [])["wall"])
     for name, body in SUITES.items():
         runs = [summarize(run_suite(body, args.tests, [])) for _ in range(args.reps)]
         keys = sorted({k for r in runs for k in r})
         med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
         rows.append((name, med))
     print(f"tests per suite: {args.tests}; repetitions: {args.reps}; medians, seconds\n")
-    plain = statistics.median(baseline)
-    print(f"suite of {args.tests} plain tests with -p no:neurodata: wall {plain:.2f}")
+    print(
+        f"{args.tests} plain tests, wall: plugin off (-p no:neurodata) "
+        f"{statistics.median(off):.2f}, plugin on {statistics.median(on):.2f}"
+    )
     print()
     print(
         "| suite | wall | part start (start+seed) | first test set-up | per-test set-up+teardown |"

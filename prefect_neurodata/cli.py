@@ -29,6 +29,10 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
         "start, inspect, seed and stop the local stand-in services",
     ),
     "events": ("prefect_neurodata.relay", "relay S3 upload notifications to Prefect events"),
+    "deployments": (
+        "prefect_neurodata.deployments",
+        "show the deployments or write deployments/prefect.yaml",
+    ),
 }
 
 

@@ -1,16 +1,17 @@
-"""The CAVE half of ``python -m prefect_neurodata.demo``: annotation upload and snapshot.
+"""The CAVE half of ``python -m prefect_neurodata.demo``: its block, data and upload request.
 
-`run_cave_flows` seeds the sandbox's CAVE stand-in when it is empty, saves the
-``neurodata-cave`` block, uploads a small CSV of synapse annotations into a new table and
-snapshots the latest materialization version to Parquet, then prints where the snapshot is.
-Both flows are idempotent, so running the demo again skips the work already done.
+The demo seeds the sandbox's CAVE stand-in when it is empty (`ensure_cave_seeded`), saves the
+``neurodata-cave`` block (`save_cave_block`) and runs the annotation upload of a small CSV of
+synapses into a new table (`annotation_upload_request`) and the materialization snapshot
+through their deployments. Both flows are idempotent, so running the demo again skips the work
+already done.
 
 Example:
     ```python
-    from prefect_neurodata.demo_cave import run_cave_flows
+    from prefect_neurodata.demo_cave import annotation_upload_request
 
-    summaries = run_cave_flows(sandbox.env, Path(".sandbox"))
-    print(summaries["snapshot"].manifest)
+    request = annotation_upload_request(Path(".sandbox"))
+    print(request["table"], request["source"])
     ```
 """
 
@@ -80,52 +81,15 @@ def write_demo_annotations(path: Path, rows: int = DEMO_ANNOTATIONS) -> Path:
     return path
 
 
-def run_cave_flows(env: dict[str, str], workdir: Path) -> dict[str, Any]:
-    """Run annotation upload and materialization snapshot through the Prefect API.
-
-    Returns:
-        ``{"upload": AnnotationUploadSummary, "snapshot": SnapshotSummary}``.
-    """
-    from prefect_neurodata.flows.annotation_upload import (
-        AnnotationUploadRequest,
-        NewTable,
-        upload_annotations,
-    )
-    from prefect_neurodata.flows.materialization_snapshot import (
-        SnapshotRequest,
-        snapshot_materialization,
-    )
-
-    ensure_cave_seeded(env)
-    block = save_cave_block(env)
+def annotation_upload_request(workdir: Path) -> dict[str, Any]:
+    """The demo's annotation-upload request: the demo CSV into a new synapse table."""
     source = write_demo_annotations(workdir / "demo-annotations" / "synapses.csv")
-    t0 = time.monotonic()
-    upload = upload_annotations(
-        AnnotationUploadRequest(
-            table=DEMO_TABLE,
-            source=str(source),
-            create=NewTable(
-                schema_type="synapse",
-                description="Demo synapses uploaded by python -m prefect_neurodata.demo",
-                voxel_resolution=[4, 4, 40],
-            ),
-        ),
-        cave_block=block,
-    )
-    _say(
-        f"4/5 annotation upload finished in {time.monotonic() - t0:.1f} s: {upload.rows} rows "
-        f"into {upload.table} ({upload.chunks_sent} chunk(s) sent, "
-        f"{upload.chunks_skipped} already done); id map {upload.id_map}"
-    )
-    t0 = time.monotonic()
-    snapshot = snapshot_materialization(
-        SnapshotRequest(destination=str(workdir / "cave-snapshots")), cave_block=block
-    )
-    written = sum(t.status == "written" for t in snapshot.tables)
-    _say(
-        f"5/5 materialization snapshot finished in {time.monotonic() - t0:.1f} s: "
-        f"{snapshot.datastack} v{snapshot.version}, {len(snapshot.tables)} table(s), "
-        f"{snapshot.rows:,} rows ({written} written, {len(snapshot.tables) - written} skipped)"
-    )
-    _say(f"snapshot manifest: {snapshot.manifest}")
-    return {"upload": upload, "snapshot": snapshot}
+    return {
+        "table": DEMO_TABLE,
+        "source": str(source),
+        "create": {
+            "schema_type": "synapse",
+            "description": "Demo synapses uploaded by python -m prefect_neurodata.demo",
+            "voxel_resolution": [4, 4, 40],
+        },
+    }

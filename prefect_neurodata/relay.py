@@ -279,10 +279,18 @@ def _relay_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``events`` command group (``neurodata events relay``) to the CLI."""
-    group = subparsers.add_parser("events", help="relay S3 upload notifications to Prefect")
+    group = subparsers.add_parser(
+        "events",
+        help="relay S3 upload notifications to Prefect",
+        description="Prefect events from outside Prefect (a self-hosted server has no webhooks).",
+    )
     commands = group.add_subparsers(dest="events_command", metavar="COMMAND")
     relay = commands.add_parser(
-        "relay", help="turn S3 ObjectCreated notifications from SQS into Prefect events"
+        "relay",
+        help="turn S3 ObjectCreated notifications from SQS into Prefect events",
+        description=f"Turn S3 ObjectCreated notifications from SQS into {EVENT_NAME} events "
+        "(resource id: the asset's s3:// folder) on the Prefect API; SIGTERM or Ctrl-C stops.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     relay.add_argument("--queue-url", help="SQS queue URL (default $NEURODATA_SQS_QUEUE_URL)")
     relay.add_argument("--api-url", help="Prefect API URL (default $PREFECT_API_URL)")

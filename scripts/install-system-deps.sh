@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages whose servers the integration tests start: PostgreSQL and OpenSSH.
+# Installs the Debian packages the tests start for real: PostgreSQL and OpenSSH servers, and
+# Chromium with its WebDriver for the browser test of the Prefect UI (tests/ui/).
 # The tests never skip when these are missing; they fail. This script makes them present.
 set -euo pipefail
 
@@ -7,6 +8,8 @@ missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -25,20 +25,21 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
+
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.cave.frameworkclient import CAVEclientFull, CAVEclientGlobal
 
-CAVE_LOGO_URL = HttpUrl("https://caveconnectome.github.io/CAVEclient/images/logo-cleanwhite.png")
-CAVE_DOCS_URL = HttpUrl("https://caveconnectome.github.io/CAVEclient/")
+CAVE_LOGO_URL = "https://caveconnectome.github.io/CAVEclient/images/logo-cleanwhite.png"
+CAVE_DOCS_URL = "https://caveconnectome.github.io/CAVEclient/"
 
 CONNECT_TIMEOUT_S = 10.0
 """Upper bound of the connect part of the timeout (the block's timeout bounds the read)."""
 
 
-class CaveCredentials(CredentialsBlock):
+class CaveCredentials(NeurodataCredentialsBlock):
     """Where the CAVE services are and how to authenticate to them.
 
     Attributes:

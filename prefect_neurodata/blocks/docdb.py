@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prefect.blocks.abstract import CredentialsBlock
 from prefect_aws import AwsCredentials
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, field_validator
+
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db import (
@@ -34,14 +35,12 @@ if TYPE_CHECKING:
         SchemaDbClient,
     )
 
-AIND_LOGO_URL = HttpUrl(
-    "https://cdn.sanity.io/images/3ugk85nk/production/"
-    "d74b16fe84ce626345adf235a47008fea2869a60-225x225.png"
-)
-DOCS_URL = HttpUrl("https://aind-data-access-api.readthedocs.io/en/latest/")
+# The Allen Institute for Neural Dynamics' own GitHub avatar (not the AWS logo prefect-aws uses).
+AIND_LOGO_URL = "https://github.com/AllenNeuralDynamics.png"
+DOCS_URL = "https://aind-data-access-api.readthedocs.io/en/latest/"
 
 
-class DocDbApiCredentials(CredentialsBlock):
+class DocDbApiCredentials(NeurodataCredentialsBlock):
     """Where the AIND DocDB REST API is and how to sign requests to it.
 
     Attributes:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
 from prefect_neurodata.blocks.docdb import AIND_LOGO_URL, DOCS_URL
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db_ssh import DocumentDbSSHClient
 
 
-class DocumentDbSshCredentials(CredentialsBlock):
+class DocumentDbSshCredentials(NeurodataCredentialsBlock):
     """DocumentDB (MongoDB wire) credentials and the SSH bastion that reaches it.
 
     Attributes:

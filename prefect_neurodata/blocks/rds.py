@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
 from prefect_neurodata.blocks.docdb import AIND_LOGO_URL, DOCS_URL
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.rds_tables import Client as RdsClient
 
 
-class RdsCredentials(CredentialsBlock):
+class RdsCredentials(NeurodataCredentialsBlock):
     """Connection settings for the AIND RDS tables (``rds_tables.Client``).
 
     Attributes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import reprlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -64,6 +66,69 @@ class Progress:
         self.done += amount
         if self._id is not None:
             update_progress_artifact(self._id, progress=min(100.0, 100.0 * self.done / self.total))
+
+
+_SHORT = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxdict = 5
+
+
+def shorten(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters, for messages that quote user input.
+
+    Example:
+        ```python
+        shorten("x" * 20_000)  # "'xxxxxxxx...xxxxxxxx'", about 80 characters in all
+        ```
+    """
+    return _SHORT.repr(value)
+
+
+@contextmanager
+def failure_report(key: str, title: str, inputs: Mapping[str, Any]) -> Iterator[None]:
+    """Publish a failure artifact (`publish_failure`) when the body raises, then re-raise.
+
+    Example:
+        ```python
+        with failure_report("asset-registration", "Asset registration", {"docdb_block": "x"}):
+            ...  # validate, plan, do, report
+        ```
+    """
+    try:
+        yield
+    except Exception as exc:
+        publish_failure(key, title, exc, inputs)
+        raise
+
+
+def publish_failure(key: str, title: str, error: BaseException, inputs: Mapping[str, Any]) -> None:
+    """Publish what failed, for which inputs, and what to do, as a markdown artifact.
+
+    Bad input (`ValueError`) is reported as "nothing was written, fix and rerun"; anything else
+    as "rerun: the flow finishes the work and repeats nothing".
+    """
+    if not in_flow_run():
+        return
+    if isinstance(error, ValueError):
+        action = (
+            "The input named above is invalid, or a backend could not be reached with the "
+            "given blocks; this run stopped before its first write. Fix it and run again."
+        )
+    else:
+        action = (
+            "Run the flow again with the same parameters: it skips what already landed and "
+            "finishes the rest. If it fails the same way, the message above names the cause."
+        )
+    message = str(error)
+    if len(message) > 4000:
+        message = message[:4000] + f"\n... ({len(message):,} characters; the rest is in the logs)"
+    lines = [f"# {title} failed", "", f"**{type(error).__name__}**", "", "```", message, "```"]
+    lines += ["", "## Inputs", ""]
+    lines += [f"- {name}: `{shorten(value)}`" for name, value in inputs.items()]
+    lines += ["", "## What to do", "", action]
+    create_markdown_artifact(
+        markdown="\n".join(lines) + "\n", key=f"{key}-failure", description=f"{title} failed"
+    )
 
 
 def location_text(uri: str) -> str:

@@ -40,12 +40,11 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -54,26 +53,30 @@ from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.flows._artifacts import (
     Progress,
+    failure_report,
     markdown_counts,
     publish_markdown,
     publish_table,
 )
+from prefect_neurodata.flows._names import request_value
+from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
     load_docdb,
     load_rds,
 )
-from prefect_neurodata.tasks.docdb import deregister_asset_batch, index_locations
-from prefect_neurodata.tasks.rds import export_rows
-from prefect_neurodata.tasks.s3 import (
-    CHECKPOINT_ROOT,
-    canonical_json,
-    list_asset_prefixes,
-    put_bytes,
-    read_json,
+from prefect_neurodata.tasks.docdb import check_docdb, deregister_asset_batch, index_locations
+from prefect_neurodata.tasks.rds import check_rds, check_table_name, export_rows
+from prefect_neurodata.tasks.s3 import check_bucket, list_asset_prefixes
+from prefect_neurodata.tasks.sync import (
+    BatchResult,
+    SyncCheckpoint,
+    SyncCounts,
+    SyncOptions,
+    SyncState,
+    sync_metadata_batch,
 )
-from prefect_neurodata.tasks.sync import sync_metadata_batch
 
 DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
 ARTIFACT_KEY = "metadata-sync"
@@ -138,9 +141,10 @@ class MetadataSyncRequest(BaseModel):
     @field_validator("export_table")
     @classmethod
     def _table_ok(cls, value: str | None) -> str | None:
-        if value is not None and not value.replace("_", "a").isalnum():
-            raise ValueError(f"export_table must be letters, digits and _, got {value!r}")
-        return value
+        return None if value is None else check_table_name(value)
+
+
+"""What each key of `MetadataSyncSummary.counts` means, as the report shows it."""
 
 
 class MetadataSyncSummary(BaseModel):
@@ -179,41 +183,182 @@ def sync_id(block: Any, request: MetadataSyncRequest) -> str:
     return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
-class Checkpoint:
-    """Durable progress of one sync configuration in its bucket (see the module docs)."""
+@dataclass
+class SyncPlan:
+    """What a sync run will do: its generation, the folders and the batches still to run."""
 
-    def __init__(self, s3: Any, bucket: str, ident: str) -> None:
-        self.s3 = s3
-        self.bucket = bucket
-        self.root = f"{CHECKPOINT_ROOT}/metadata-sync/{ident}"
+    ident: str
+    checkpoint: SyncCheckpoint
+    state: SyncState
+    resumed: bool
+    prefixes: list[str]
+    done: list[BatchResult]
+    batches: list[list[str]]
+    complete: bool
 
-    def state(self) -> dict[str, Any] | None:
-        try:
-            return read_json(self.s3, self.bucket, f"{self.root}/state.json")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        put_bytes(self.s3, self.bucket, f"{self.root}/state.json", canonical_json(state))
+def check_backends(
+    request: MetadataSyncRequest,
+    docdb_block: str,
+    aws_block: str | None,
+    rds_block: str | None,
+) -> tuple[Any, AwsCredentials, Any]:
+    """Load the blocks and probe every backend the run writes to, before any write.
 
-    def marker_key(self, generation: int, prefixes: list[str]) -> str:
-        digest = hashlib.sha1(
-            f"{prefixes[0]}\n{prefixes[-1]}\n{len(prefixes)}".encode(), usedforsecurity=False
-        ).hexdigest()[:20]
-        return f"{self.root}/gen-{generation}/batch-{digest}.json"
+    Returns:
+        The DocDB block, the AWS credentials for S3 and the RDS block (None: no export).
 
-    def markers(self, generation: int) -> list[dict[str, Any]]:
-        keys: list[str] = []
-        paginator = self.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.root}/gen-{generation}/"):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return [read_json(self.s3, self.bucket, key) for key in keys]
+    Raises:
+        ValueError: Naming the backend that cannot be reached or used.
+    """
+    block = load_docdb(docdb_block)
+    s3 = AwsCredentials.load(aws_block) if aws_block else block.aws_credentials
+    rds = load_rds(rds_block) if (rds_block and request.export_table) else None
+    check_bucket(s3, request.bucket)
+    check_docdb(block)
+    if rds is not None:
+        check_rds(rds)
+    return block, s3, rds
+
+
+def plan_sync(request: MetadataSyncRequest, s3: AwsCredentials, ident: str) -> SyncPlan:
+    """Open the checkpoint (resume or start a generation) and cut the folders into batches."""
+    checkpoint = SyncCheckpoint(s3.get_s3_client(), request.bucket, ident)
+    state, resumed = checkpoint.begin(
+        lookback_days=request.lookback_days,
+        restart=request.restart,
+        request=request.model_dump(mode="json"),
+    )
+    prefixes = list_asset_prefixes(s3, request.bucket, request.starts_with)
+    done = checkpoint.markers(state.generation) if resumed else []
+    done_prefixes = {p for marker in done for p in marker.prefixes}
+    remaining = list(chunks([p for p in prefixes if p not in done_prefixes], request.batch_size))
+    batches = remaining[: request.max_batches] if request.max_batches else remaining
+    get_run_logger().info(
+        "sync %s gen %d: %d folders, %d already done, %d batch(es) to run",
+        ident,
+        state.generation,
+        len(prefixes),
+        len(done_prefixes),
+        len(batches),
+    )
+    return SyncPlan(
+        ident=ident,
+        checkpoint=checkpoint,
+        state=state,
+        resumed=resumed,
+        prefixes=prefixes,
+        done=done,
+        batches=batches,
+        complete=len(batches) == len(remaining),
+    )
+
+
+def run_batches(
+    plan: SyncPlan, request: MetadataSyncRequest, docdb_block: str, s3: AwsCredentials
+) -> list[BatchResult]:
+    """Run the plan's batches (two at a time), with a progress bar; every batch's result."""
+    options = SyncOptions(
+        cutoff=plan.state.cutoff,
+        s3_to_docdb=request.s3_to_docdb,
+        docdb_to_s3=request.docdb_to_s3,
+        register_missing=request.register_missing,
+        max_payload_size=request.max_payload_size,
+    )
+    generation = plan.state.generation
+    futures = [
+        sync_metadata_batch.submit(
+            docdb_block,
+            s3,
+            request.bucket,
+            batch,
+            options,
+            plan.checkpoint.marker_key(generation, batch),
+        )
+        for batch in plan.batches
+    ]
+    progress = Progress(
+        f"{ARTIFACT_KEY}-progress",
+        len(plan.prefixes),
+        f"Asset folders of s3://{request.bucket} synchronised (generation {generation})",
+    )
+    progress.advance(sum(len(marker.prefixes) for marker in plan.done))
+    results = list(plan.done)
+    for future in as_completed(futures):
+        result = future.result()
+        results.append(result)
+        progress.advance(len(result.prefixes))
+    return results
+
+
+def find_vanished(plan: SyncPlan, request: MetadataSyncRequest, docdb_block: str) -> list[str]:
+    """Top-level locations DocDB has in the bucket (and scope) whose folder is gone."""
+    s3_locations = {f"s3://{request.bucket}/{p}" for p in plan.prefixes}
+    known: dict[str, str] = {}
+    for start in request.starts_with:
+        known.update(index_locations(docdb_block, request.bucket, start))
+    root = f"s3://{request.bucket}/"
+    return sorted(loc for loc in known if loc not in s3_locations and "/" not in loc[len(root) :])
+
+
+def finish_sync(
+    plan: SyncPlan,
+    results: list[BatchResult],
+    request: MetadataSyncRequest,
+    docdb_block: str,
+    rds: Any,
+) -> tuple[MetadataSyncSummary, list[dict[str, Any]]]:
+    """After a complete pass: vanished prefixes, de-registration, export, checkpoint done."""
+    counts: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    for result in results:
+        for key, value in result.counts.items():
+            counts[key] = counts.get(key, 0) + value
+        rows.extend(result.rows)
+        changes.extend(result.changes)
+    vanished: list[str] = []
+    deregistered: list[str] = []
+    exported = 0
+    if plan.complete:
+        vanished = find_vanished(plan, request, docdb_block)
+        if vanished and request.deregister_vanished:
+            for batch in chunks(vanished, 200):
+                for outcome in deregister_asset_batch(docdb_block, batch):
+                    if outcome["outcome"] == "deregistered":
+                        deregistered.append(outcome["location"])
+        if rds is not None and request.export_table and rows:
+            rows.sort(key=lambda row: row["location"] or "")
+            exported = export_rows(rds, request.export_table, rows)
+        plan.checkpoint.finish(plan.state)
+    summary = MetadataSyncSummary(
+        bucket=request.bucket,
+        sync_id=plan.ident,
+        generation=plan.state.generation,
+        resumed=plan.resumed,
+        complete=plan.complete,
+        cutoff=plan.state.cutoff,
+        assets=len(plan.prefixes),
+        batches_run=len(plan.batches),
+        batches_skipped=len(plan.done),
+        counts=counts,
+        vanished=vanished,
+        deregistered=deregistered,
+        exported_rows=exported,
+    )
+    return summary, changes
+
+
+def _run_name() -> str:
+    """Flow-run name: bucket and window (``sync s3://aind-open-data, last 14 days``)."""
+    days = request_value("lookback_days")
+    window = f"last {days:g} days" if isinstance(days, (int, float)) else "everything"
+    return f"sync s3://{request_value('bucket') or '?'}, {window}"
 
 
 @flow(
     name="aind-metadata-sync",
+    flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=2),
     validate_parameters=True,
 )
@@ -225,6 +370,10 @@ def sync_metadata(
 ) -> MetadataSyncSummary:
     """Synchronise a bucket's asset folders with DocDB (both ways) and export a summary table.
 
+    Overlapping runs of one sync configuration take turns (a claim on the configuration, see
+    `prefect_neurodata.tasks.claims`): a later run waits, then finds the work done. Runs of
+    different configurations register each unknown folder once (a claim per location).
+
     Args:
         request: Bucket, scope, directions, lookback and batching.
         docdb_block: Name of the saved `DocDbApiCredentials` block.
@@ -235,156 +384,31 @@ def sync_metadata(
         Counts, vanished prefixes and checkpoint information.
 
     Raises:
-        ValueError: Invalid input (unknown bucket, unloadable blocks), before any write.
+        ValueError: Invalid input, or a bucket, DocDB or RDS database that cannot be reached
+            or used with the blocks' credentials, before any write.
     """
-    logger = get_run_logger()
-    block = load_docdb(docdb_block)
-    s3 = AwsCredentials.load(aws_block) if aws_block else block.aws_credentials
-    rds = load_rds(rds_block) if (rds_block and request.export_table) else None
-    s3_client = s3.get_s3_client()
-    try:
-        s3_client.head_bucket(Bucket=request.bucket)
-    except ClientError as exc:
-        raise ValueError(
-            f"bucket {request.bucket!r} cannot be read: "
-            f"{exc.response.get('Error', {}).get('Code', exc)}"
-        ) from exc
-
-    ident = sync_id(block, request)
-    checkpoint = Checkpoint(s3_client, request.bucket, ident)
-    state = checkpoint.state()
-    resumed = bool(state and state.get("status") == "running" and not request.restart)
-    if resumed:
-        generation, cutoff = int(state["generation"]), state.get("cutoff")
-    else:
-        generation = int(state["generation"]) + 1 if state else 1
-        cutoff = None
-        if request.lookback_days is not None:
-            since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=request.lookback_days)
-            cutoff = since.isoformat()
-    checkpoint.save_state(
-        {
-            "generation": generation,
-            "status": "running",
-            "cutoff": cutoff,
-            "started": (state or {}).get("started") if resumed else _now(),
-            "request": request.model_dump(mode="json"),
-        }
-    )
-
-    prefixes = list_asset_prefixes(s3, request.bucket, request.starts_with)
-    done = checkpoint.markers(generation) if resumed else []
-    done_prefixes = {p for marker in done for p in marker["prefixes"]}
-    remaining = [p for p in prefixes if p not in done_prefixes]
-    batches = list(chunks(remaining, request.batch_size))
-    if request.max_batches is not None:
-        batches = batches[: request.max_batches]
-    logger.info(
-        "sync %s gen %d: %d folders, %d already done, %d batch(es) to run",
-        ident,
-        generation,
-        len(prefixes),
-        len(done_prefixes),
-        len(batches),
-    )
-    options = {
-        "cutoff": cutoff,
-        "s3_to_docdb": request.s3_to_docdb,
-        "docdb_to_s3": request.docdb_to_s3,
-        "register_missing": request.register_missing,
-        "max_payload_size": request.max_payload_size,
+    inputs = {
+        "request": request.model_dump(exclude_defaults=True),
+        "docdb_block": docdb_block,
+        "rds_block": rds_block,
     }
-    futures = [
-        sync_metadata_batch.submit(
-            docdb_block,
-            s3,
-            request.bucket,
-            batch,
-            {**options, "checkpoint_key": checkpoint.marker_key(generation, batch)},
-        )
-        for batch in batches
-    ]
-    progress = Progress(
-        f"{ARTIFACT_KEY}-progress",
-        len(prefixes),
-        f"Asset folders of s3://{request.bucket} synchronised (generation {generation})",
-    )
-    progress.advance(len(done_prefixes))
-    results = list(done)
-    for future in as_completed(futures):
-        result = future.result()
-        results.append(result)
-        progress.advance(len(result["prefixes"]))
-
-    complete = request.max_batches is None or len(batches) == len(
-        list(chunks(remaining, request.batch_size))
-    )
-    counts: dict[str, int] = {}
-    rows: list[dict[str, Any]] = []
-    changes: list[dict[str, Any]] = []
-    for result in results:
-        for key, value in result["counts"].items():
-            counts[key] = counts.get(key, 0) + value
-        rows.extend(result["rows"])
-        changes.extend(result["changes"])
-
-    vanished: list[str] = []
-    deregistered: list[str] = []
-    exported = 0
-    if complete:
-        s3_locations = {f"s3://{request.bucket}/{p}" for p in prefixes}
-        known: dict[str, str] = {}
-        for start in request.starts_with:
-            known.update(index_locations(docdb_block, request.bucket, start))
-        vanished = sorted(
-            loc
-            for loc in known
-            if loc not in s3_locations and "/" not in loc[len(f"s3://{request.bucket}/") :]
-        )
-        if vanished and request.deregister_vanished:
-            for batch in chunks(vanished, 200):
-                for outcome in deregister_asset_batch(docdb_block, batch):
-                    if outcome["outcome"] == "deregistered":
-                        deregistered.append(outcome["location"])
-        if rds is not None and request.export_table and rows:
-            rows.sort(key=lambda row: row["location"] or "")
-            exported = export_rows(rds, request.export_table, rows)
-        checkpoint.save_state(
-            {
-                "generation": generation,
-                "status": "complete",
-                "cutoff": cutoff,
-                "finished": _now(),
-                "request": request.model_dump(mode="json"),
-            }
-        )
-
-    summary = MetadataSyncSummary(
-        bucket=request.bucket,
-        sync_id=ident,
-        generation=generation,
-        resumed=resumed,
-        complete=complete,
-        cutoff=cutoff,
-        assets=len(prefixes),
-        batches_run=len(batches),
-        batches_skipped=len(done),
-        counts=counts,
-        vanished=vanished,
-        deregistered=deregistered,
-        exported_rows=exported,
-    )
-    _publish(summary, changes, request)
+    with failure_report(ARTIFACT_KEY, "Metadata sync", inputs):
+        block, s3, rds = check_backends(request, docdb_block, aws_block, rds_block)
+        ident = sync_id(block, request)
+        # One run per sync configuration at a time: the others wait, then find the work done.
+        with exclusive(SYNC_CONFIG, request.bucket, ident):
+            plan = plan_sync(request, s3, ident)
+            results = run_batches(plan, request, docdb_block, s3)
+            summary, changes = finish_sync(plan, results, request, docdb_block, rds)
+    report_sync(summary, changes, request)
     return summary
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
-
-def _publish(
+def report_sync(
     summary: MetadataSyncSummary, changes: list[dict[str, Any]], request: MetadataSyncRequest
 ) -> None:
+    """Publish the counts (with human labels), vanished prefixes and the table of changes."""
+    labels = SyncCounts.labels()
     notes = [
         f"- sync id `{summary.sync_id}`, generation {summary.generation}"
         + (" (resumed)" if summary.resumed else ""),
@@ -404,7 +428,7 @@ def _publish(
                 "asset folders": summary.assets,
                 "batches run / skipped (checkpoint)": f"{summary.batches_run} / "
                 f"{summary.batches_skipped}",
-                **summary.counts,
+                **{labels.get(key, key): value for key, value in summary.counts.items()},
                 "vanished": len(summary.vanished),
                 "de-registered": len(summary.deregistered),
                 "rows exported": summary.exported_rows,

@@ -23,16 +23,23 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefect_neurodata.errors import NeurodataError
-from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.flows._artifacts import (
+    failure_report,
+    markdown_counts,
+    publish_markdown,
+    publish_table,
+)
+from prefect_neurodata.flows._names import first_and_count, request_value
 from prefect_neurodata.tasks.common import chunks, load_docdb
-from prefect_neurodata.tasks.docdb import attach_qc_batch, resolve_assets
+from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
 
 DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
@@ -63,11 +70,67 @@ class AssetRef(BaseModel):
         return self
 
 
+EXAMPLE_EVALUATION: dict[str, Any] = {
+    "modality": {"name": "Extracellular electrophysiology", "abbreviation": "ecephys"},
+    "stage": "Raw data",
+    "name": "Drift map",
+    "description": "Probe drift over the session",
+    "metrics": [
+        {
+            "name": "Probe A drift",
+            "value": {"value": 0.93, "unit": "ratio"},
+            "status_history": [
+                {"evaluator": "Automated", "status": "Pass", "timestamp": "2025-03-02T10:00:00Z"}
+            ],
+        }
+    ],
+    "created": "2025-03-02T10:00:00Z",
+}
+
+
+class QcEvaluationInput(BaseModel):
+    """One QC evaluation (aind-data-schema 1.x ``QCEvaluation``) or metric (2.x ``QCMetric``).
+
+    The fields are typed loosely on purpose: `validate_evaluations` checks every evaluation
+    against the collection's generation and names each problem with its index, before any write.
+    Further keys of the schema (``description``, ``tags``, ``notes``, ...) are kept as given.
+
+    Example:
+        ```python
+        QcEvaluationInput(**EXAMPLE_EVALUATION)
+        ```
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_EVALUATION]})
+
+    name: str | None = Field(default=None, description="Name of the evaluation or metric.")
+    modality: dict[str, Any] | None = Field(
+        default=None, description='The modality, e.g. {"name": ..., "abbreviation": "ecephys"}.'
+    )
+    stage: str | None = Field(default=None, description=f"One of {', '.join(STAGES)}.")
+    metrics: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="1.x: the metrics, each {name, value, status_history}.",
+    )
+    value: Any = Field(default=None, description="2.x: the metric's value (finite numbers).")
+    status_history: list[dict[str, Any]] | None = Field(
+        default=None,
+        description=(
+            f"2.x: [{{evaluator, status ({'/'.join(STATUSES)}), timestamp (ISO 8601)}}, ...]."
+        ),
+    )
+    created: str | None = Field(default=None, description="ISO 8601 creation time.")
+
+    def as_json(self) -> dict[str, Any]:
+        """The evaluation as sent to DocDB: the keys that were given, in their order."""
+        return self.model_dump(exclude_unset=True)  # python mode: NaN stays NaN, to be refused
+
+
 class QcAttachmentRequest(BaseModel):
     """Which assets get which QC evaluations (every evaluation goes to every asset)."""
 
     assets: list[AssetRef] = Field(description="Assets to attach the evaluations to.")
-    evaluations: list[dict[str, Any]] = Field(
+    evaluations: list[QcEvaluationInput] = Field(
         default_factory=list,
         description="QC evaluations (aind-data-schema 1.x) or metrics (2.x) as JSON objects.",
     )
@@ -147,6 +210,21 @@ def _history_problems(where: str, history: Any) -> list[str]:
     return problems
 
 
+def non_finite_values(value: Any, where: str) -> list[str]:
+    """Every NaN or infinity inside ``value``, each named by its path.
+
+    JSON has no NaN or infinity: the API would store null, and the evaluation would never be
+    recognised as attached again (null != NaN), so every rerun would attach it once more.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where} is {value!r}; JSON cannot carry NaN or infinity"]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in non_finite_values(item, f"{where}.{key}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in non_finite_values(item, f"{where}[{i}]")]
+    return []
+
+
 def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
     """Every problem with the evaluations, each naming where it is; empty when all are valid.
 
@@ -162,6 +240,7 @@ def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
             problems.append(f"{where} must be a JSON object")
             continue
         label = f"{where} ({evaluation.get('name')!r})" if evaluation.get("name") else where
+        problems.extend(non_finite_values(evaluation, label))
         missing = [k for k in required if k not in evaluation]
         if missing:
             problems.append(f"{label} is missing required key(s) {', '.join(missing)}")
@@ -201,7 +280,7 @@ def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
 
 def load_evaluations(request: QcAttachmentRequest, aws: Any) -> list[Any]:
     """The evaluations of the request: inline ones plus those of ``evaluations_file``."""
-    evaluations: list[Any] = list(request.evaluations)
+    evaluations: list[Any] = [item.as_json() for item in request.evaluations]
     if request.evaluations_file:
         try:
             document = read_json_uri(request.evaluations_file, aws)
@@ -224,33 +303,19 @@ def load_evaluations(request: QcAttachmentRequest, aws: Any) -> list[Any]:
     return evaluations
 
 
-@flow(
-    name="aind-qc-attachment",
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
-    validate_parameters=True,
-)
-def attach_qc(
-    request: QcAttachmentRequest,
-    docdb_block: str = DEFAULT_DOCDB_BLOCK,
-    aws_block: str | None = None,
-) -> QcSummary:
-    """Validate QC evaluations, resolve the assets, attach what is not attached yet.
+class QcPlan(BaseModel):
+    """What a QC attachment run will do, decided by reads only."""
 
-    Args:
-        request: Assets and evaluations (inline or from a JSON file).
-        docdb_block: Name of the saved `DocDbApiCredentials` block (its version picks 1.x
-            evaluations or 2.x metrics).
-        aws_block: Name of an `AwsCredentials` block for an ``s3://`` evaluations file;
-            defaults to the DocDB block's.
+    evaluations: list[dict[str, Any]] = Field(description="Validated evaluations.")
+    assets: dict[str, dict[str, Any]] = Field(description="Resolved assets by DocDB _id.")
 
-    Returns:
-        Counts and one row per asset.
+
+def plan_qc(request: QcAttachmentRequest, docdb_block: str, aws_block: str | None) -> QcPlan:
+    """Load and validate every evaluation and resolve every asset; raises before any write.
 
     Raises:
-        ValueError: Invalid evaluations or unknown/ambiguous assets, before any write.
-        QcAttachmentFailed: The API rejected some attachments (after the artifact is out).
+        ValueError: Naming every invalid evaluation (field, index, value) or unknown asset.
     """
-    logger = get_run_logger()
     block = load_docdb(docdb_block)
     evaluations = load_evaluations(request, aws_block or block.aws_credentials)
     if not evaluations:
@@ -263,37 +328,41 @@ def attach_qc(
             f"invalid QC evaluation(s) for a {block.version} collection; nothing was written:\n  "
             + "\n  ".join(problems)
         )
+    check_docdb(docdb_block)
     refs = [ref.model_dump(exclude_none=True) for ref in request.assets]
-    resolved = resolve_assets(docdb_block, refs)
     by_id: dict[str, dict[str, Any]] = {}
-    for item in resolved:
+    for item in resolve_assets(docdb_block, refs):
         by_id.setdefault(item["id"], item)
-    logger.info("attaching %d evaluation(s) to %d asset(s)", len(evaluations), len(by_id))
+    return QcPlan(evaluations=evaluations, assets=by_id)
 
-    assignments = [{"asset_id": asset_id, "evaluations": evaluations} for asset_id in by_id]
+
+def attach_planned(plan: QcPlan, docdb_block: str, batch_size: int) -> list[QcRow]:
+    """Attach the evaluations to every asset in batches (each under a claim on its assets)."""
+    assignments = [
+        {"asset_id": asset_id, "evaluations": plan.evaluations} for asset_id in plan.assets
+    ]
     futures = [
-        attach_qc_batch.submit(docdb_block, batch)
-        for batch in chunks(assignments, request.batch_size)
+        attach_qc_batch.submit(docdb_block, batch) for batch in chunks(assignments, batch_size)
     ]
     rows: list[QcRow] = []
     for future in futures:
         for outcome in future.result():
-            asset = by_id[outcome["asset_id"]]
-            rows.append(QcRow(asset=asset["ref"], name=asset["name"], **outcome))
-    summary = QcSummary(
-        assets=len(rows),
-        evaluations=len(evaluations),
-        attached=sum(r.attached for r in rows),
-        skipped=sum(r.skipped for r in rows),
-        failed_assets=sum(r.outcome == "failed" for r in rows),
-        rows=rows,
-    )
+            asset = plan.assets[outcome.asset_id]
+            rows.append(QcRow(asset=asset["ref"], name=asset["name"], **outcome.model_dump()))
+    return rows
+
+
+def report_qc(summary: QcSummary, evaluations: list[dict[str, Any]]) -> None:
+    """Publish the per-asset table and the counts."""
     publish_table(
         ARTIFACT_KEY,
-        [row.model_dump() for row in rows],
+        [row.model_dump() for row in summary.rows],
         f"QC attachment: {summary.attached} attached, {summary.skipped} already attached.",
     )
     names = sorted({str(e.get("name")) for e in evaluations if isinstance(e, dict)})
+    shown = ", ".join(f"`{n}`" for n in names[:50])
+    if len(names) > 50:
+        shown += f" and {len(names) - 50} more (all are in the table's rows)"
     publish_markdown(
         f"{ARTIFACT_KEY}-summary",
         markdown_counts(
@@ -301,15 +370,75 @@ def attach_qc(
             {
                 "assets": summary.assets,
                 "evaluations per asset": summary.evaluations,
-                "attached": summary.attached,
+                "attached by this run": summary.attached,
                 "already attached (skipped)": summary.skipped,
                 "failed assets": summary.failed_assets,
             },
-            ["Evaluations: " + ", ".join(f"`{n}`" for n in names[:50])],
+            ["Evaluations: " + shown],
         ),
         "QC attachment counts",
     )
-    if summary.failed_assets:
-        details = "; ".join(f"{r.asset}: {r.detail}" for r in rows if r.outcome == "failed")
-        raise QcAttachmentFailed(f"{summary.failed_assets} asset(s) failed: {details}")
+
+
+def _run_name() -> str:
+    """Flow-run name: how many evaluations go to which assets (``qc 2 evaluation(s) -> x``)."""
+    assets = []
+    for asset in request_value("assets") or []:
+        get = asset.get if isinstance(asset, dict) else lambda k, a=asset: getattr(a, k, None)
+        assets.append(str(get("name") or get("location") or get("id") or "?"))
+    evaluations = len(request_value("evaluations") or [])
+    source = f"{evaluations} evaluation(s)" if evaluations else "evaluations file"
+    return f"qc {source} -> {first_and_count(assets, 'assets')}"
+
+
+@flow(
+    name="aind-qc-attachment",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    validate_parameters=True,
+)
+def attach_qc(
+    request: QcAttachmentRequest,
+    docdb_block: str = DEFAULT_DOCDB_BLOCK,
+    aws_block: str | None = None,
+) -> QcSummary:
+    """Validate QC evaluations, resolve the assets, attach what is not attached yet.
+
+    Overlapping runs attach each evaluation once: each batch reads and extends its assets'
+    QC under a claim on them (`prefect_neurodata.tasks.claims`).
+
+    Args:
+        request: Assets and evaluations (inline or from a JSON file).
+        docdb_block: Name of the saved `DocDbApiCredentials` block (its version picks 1.x
+            evaluations or 2.x metrics).
+        aws_block: Name of an `AwsCredentials` block for an ``s3://`` evaluations file;
+            defaults to the DocDB block's.
+
+    Returns:
+        Counts and one row per asset.
+
+    Raises:
+        ValueError: Invalid evaluations (including NaN/infinite values), unknown or ambiguous
+            assets, or an unreachable DocDB, before any write.
+        QcAttachmentFailed: The API rejected some attachments (after the artifact is out).
+    """
+    inputs = {"request": request.model_dump(exclude_defaults=True), "docdb_block": docdb_block}
+    with failure_report(ARTIFACT_KEY, "QC attachment", inputs):
+        plan = plan_qc(request, docdb_block, aws_block)
+        get_run_logger().info(
+            "attaching %d evaluation(s) to %d asset(s)", len(plan.evaluations), len(plan.assets)
+        )
+        rows = attach_planned(plan, docdb_block, request.batch_size)
+        summary = QcSummary(
+            assets=len(rows),
+            evaluations=len(plan.evaluations),
+            attached=sum(r.attached for r in rows),
+            skipped=sum(r.skipped for r in rows),
+            failed_assets=sum(r.outcome == "failed" for r in rows),
+            rows=rows,
+        )
+        report_qc(summary, plan.evaluations)
+        if summary.failed_assets:
+            details = "; ".join(f"{r.asset}: {r.detail}" for r in rows if r.outcome == "failed")
+            raise QcAttachmentFailed(f"{summary.failed_assets} asset(s) failed: {details}")
     return summary

@@ -27,14 +27,25 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.errors import NeurodataError
-from prefect_neurodata.flows._artifacts import markdown_counts, publish_markdown, publish_table
+from prefect_neurodata.flows._artifacts import (
+    failure_report,
+    markdown_counts,
+    publish_markdown,
+    publish_table,
+)
+from prefect_neurodata.flows._names import first_and_count, request_value
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
     prefix_problem,
     validate_locations,
 )
-from prefect_neurodata.tasks.docdb import lookup_locations, register_asset_batch
+from prefect_neurodata.tasks.docdb import (
+    RegistrationOutcome,
+    check_docdb,
+    lookup_locations,
+    register_asset_batch,
+)
 from prefect_neurodata.tasks.s3 import inspect_asset_folders, list_asset_prefixes
 
 DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
@@ -91,13 +102,8 @@ class RegistrationRequest(BaseModel):
         return bool(self.bucket) and not self.prefixes
 
 
-class RegistrationRow(BaseModel):
-    """Outcome for one location."""
-
-    location: str
-    outcome: str
-    record_id: str | None = None
-    detail: str = ""
+RegistrationRow = RegistrationOutcome
+"""Outcome for one location (the task's typed outcome row)."""
 
 
 class RegistrationSummary(BaseModel):
@@ -150,42 +156,29 @@ def _collect(
     return list(items.values()), plain
 
 
-@flow(
-    name="aind-asset-registration",
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
-    validate_parameters=True,
-)
-def register_assets(
-    request: RegistrationRequest,
-    docdb_block: str = DEFAULT_DOCDB_BLOCK,
-    aws_block: str | None = None,
-) -> RegistrationSummary:
-    """Register AIND assets that are in S3 but not yet in DocDB.
+class RegistrationPlan(BaseModel):
+    """What a registration run will do, decided by reads only."""
 
-    Args:
-        request: Locations (or bucket + prefixes) and Code Ocean results to register.
-        docdb_block: Name of the saved `DocDbApiCredentials` block.
-        aws_block: Name of an `AwsCredentials` block for S3; defaults to the DocDB block's.
+    items: list[dict[str, Any]] = Field(description="Every validated item, unique locations.")
+    todo: list[dict[str, Any]] = Field(description="Items DocDB lacks, to register.")
+    rows: list[RegistrationRow] = Field(description="Rows settled without writing.")
 
-    Returns:
-        Counts and one row per location.
+
+def plan_registration(request: RegistrationRequest, docdb_block: str, aws: Any) -> RegistrationPlan:
+    """Validate every input and decide what to register; reads only, raises before any write.
 
     Raises:
-        ValueError: Invalid input (bad location, missing folder or core files), before any
-            write; the message names every problem.
-        RegistrationFailed: The API rejected some registrations (after the artifact is out).
+        ValueError: Naming every bad location, missing folder and missing core file.
     """
     logger = get_run_logger()
     if request.bucket and bucket_problem(request.bucket):
         raise ValueError(f"invalid registration request: bucket: {bucket_problem(request.bucket)}")
-    aws = aws_block or _nested_aws(docdb_block)
     scanned: list[str] = []
     if request.scans_bucket:
         scanned = list_asset_prefixes(aws, request.bucket, request.starts_with or [""])
         logger.info("scanned s3://%s: %d asset folders", request.bucket, len(scanned))
     items, plain = _collect(request, scanned)
-
-    # Reads only until every input is checked: what DocDB has, then the folders it lacks.
+    check_docdb(docdb_block)
     known: dict[str, str] = {}
     lookups = [
         lookup_locations.submit(docdb_block, batch)
@@ -197,7 +190,7 @@ def register_assets(
     missing: dict[str, list[str] | None] = {}
     for batch in chunks(unknown, 500):
         missing.update(inspect_asset_folders(aws, batch, list(request.required_files)))
-    problems = []
+    problems: list[str] = []
     rows: list[RegistrationRow] = []
     for location in unknown:
         absent = missing.get(location)
@@ -211,38 +204,53 @@ def register_assets(
                 problems.append(f"{location}: {problem}")
     if problems:
         raise ValueError("cannot register; nothing was written:\n  " + "\n  ".join(problems))
-
     skipped = {row.location for row in rows}
     rows += [
         RegistrationRow(location=loc, outcome="already registered", record_id=record_id)
         for loc, record_id in known.items()
     ]
-    todo = [
-        item for item in items if item["location"] not in known and item["location"] not in skipped
-    ]
+    todo = [item for item in items if item["location"] not in known.keys() | skipped]
     logger.info("%d to register, %d already in DocDB", len(todo), len(known))
-    futures = [
-        register_asset_batch.submit(docdb_block, batch)
-        for batch in chunks(todo, request.batch_size)
-    ]
-    for future in futures:
-        rows.extend(RegistrationRow(**row) for row in future.result())
-    rows.sort(key=lambda row: row.location)
+    return RegistrationPlan(items=items, todo=todo, rows=rows)
 
-    summary = RegistrationSummary(
-        requested=len(items),
+
+def register_planned(
+    plan: RegistrationPlan, docdb_block: str, batch_size: int
+) -> list[RegistrationRow]:
+    """Register the plan's items in batches (each under a claim); every row, sorted."""
+    futures = [
+        register_asset_batch.submit(docdb_block, batch) for batch in chunks(plan.todo, batch_size)
+    ]
+    rows = list(plan.rows)
+    for future in futures:
+        rows.extend(future.result())
+    return sorted(rows, key=lambda row: row.location)
+
+
+def summarize_registration(requested: int, rows: list[RegistrationRow]) -> RegistrationSummary:
+    """Counts of the rows (a location another run registered counts as already registered)."""
+    return RegistrationSummary(
+        requested=requested,
         registered=sum(r.outcome == "registered" for r in rows),
-        already_registered=sum(r.outcome == "already registered" for r in rows),
+        already_registered=sum(
+            r.outcome in ("already registered", "registered by another run") for r in rows
+        ),
         skipped=sum(r.outcome == "skipped" for r in rows),
         failed=sum(r.outcome == "failed" for r in rows),
         rows=rows,
     )
-    # Thousands of "already registered" rows would bury the news: list those last, if at all.
-    interesting = [r for r in rows if r.outcome != "already registered"]
+
+
+def report_registration(summary: RegistrationSummary) -> None:
+    """Publish the outcome table and the counts."""
+    rows = summary.rows
+    # Thousands of "already registered" rows would bury the news: list those last.
+    ordered = [r for r in rows if r.outcome != "already registered"] + [
+        r for r in rows if r.outcome == "already registered"
+    ]
     publish_table(
         ARTIFACT_KEY,
-        [row.model_dump() for row in interesting]
-        + [row.model_dump() for row in rows if row.outcome == "already registered"],
+        [row.model_dump() for row in ordered],
         f"Asset registration: {summary.registered} registered, "
         f"{summary.already_registered} already registered, {summary.failed} failed.",
     )
@@ -252,7 +260,7 @@ def register_assets(
             "Asset registration",
             {
                 "requested": summary.requested,
-                "registered": summary.registered,
+                "registered by this run": summary.registered,
                 "already registered": summary.already_registered,
                 "skipped (incomplete folder)": summary.skipped,
                 "failed": summary.failed,
@@ -261,9 +269,57 @@ def register_assets(
         ),
         "Registration counts",
     )
-    if summary.failed:
-        failed = ", ".join(r.location for r in rows if r.outcome == "failed")
-        raise RegistrationFailed(f"{summary.failed} registration(s) failed: {failed}")
+
+
+def _run_name() -> str:
+    """Flow-run name: what is registered (e.g. ``register s3://aind-open-data/ecephys_1``)."""
+    locations = list(request_value("locations") or [])
+    if locations:
+        return f"register {first_and_count(locations, 'locations')}"
+    prefixes = list(request_value("prefixes") or [])
+    bucket = request_value("bucket") or "?"
+    return f"register {len(prefixes) or 'all'} folder(s) of s3://{bucket}"
+
+
+@flow(
+    name="aind-asset-registration",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    validate_parameters=True,
+)
+def register_assets(
+    request: RegistrationRequest,
+    docdb_block: str = DEFAULT_DOCDB_BLOCK,
+    aws_block: str | None = None,
+) -> RegistrationSummary:
+    """Register AIND assets that are in S3 but not yet in DocDB.
+
+    Overlapping runs (events, schedules and UI runs at once) register each location once: every
+    batch checks and registers under a claim on its locations (`prefect_neurodata.tasks.claims`).
+
+    Args:
+        request: Locations (or bucket + prefixes) and Code Ocean results to register.
+        docdb_block: Name of the saved `DocDbApiCredentials` block.
+        aws_block: Name of an `AwsCredentials` block for S3; defaults to the DocDB block's.
+
+    Returns:
+        Counts and one row per location.
+
+    Raises:
+        ValueError: Invalid input (bad location, missing folder or core files) or an
+            unreachable DocDB, before any write; the message names every problem.
+        RegistrationFailed: The API rejected some registrations (after the artifact is out).
+    """
+    inputs = {"request": request.model_dump(exclude_defaults=True), "docdb_block": docdb_block}
+    with failure_report(ARTIFACT_KEY, "Asset registration", inputs):
+        aws = aws_block or _nested_aws(docdb_block)
+        plan = plan_registration(request, docdb_block, aws)
+        rows = register_planned(plan, docdb_block, request.batch_size)
+        summary = summarize_registration(len(plan.items), rows)
+        report_registration(summary)
+        if summary.failed:
+            failed = ", ".join(r.location for r in rows if r.outcome == "failed")
+            raise RegistrationFailed(f"{summary.failed} registration(s) failed: {failed}")
     return summary
 
 

@@ -9,7 +9,13 @@ import sys
 import time
 from typing import Any
 
-from prefect_neurodata.sandbox.launcher import FAULT_SERVICES, SERVICES, Sandbox, SandboxError
+from prefect_neurodata.sandbox.launcher import (
+    FAULT_SERVICES,
+    KNOWN_SERVICES,
+    SERVICES,
+    Sandbox,
+    SandboxError,
+)
 
 DEFAULT_WORKDIR = ".sandbox"
 
@@ -18,7 +24,7 @@ def _add_workdir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workdir",
         default=DEFAULT_WORKDIR,
-        help="sandbox directory with state, env file, logs and data (default: %(default)s)",
+        help="sandbox directory with state, env file, logs and data",
     )
 
 
@@ -34,10 +40,40 @@ def _json_arg(text: str) -> dict[str, Any]:
 
 def _services_arg(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in names if s not in SERVICES]
+    bad = [s for s in names if s not in KNOWN_SERVICES]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown service(s) {bad}; choose from {SERVICES}")
+        raise argparse.ArgumentTypeError(f"unknown service(s) {bad}; choose from {KNOWN_SERVICES}")
     return names
+
+
+FAULT_KEYS_HELP = """\
+fault config keys (JSON object; '{}' turns faults off):
+  rate         probability (0-1) that a request is answered with one of `statuses`
+               instead of reaching the service (a faulted write did not happen)
+  statuses     HTTP statuses to answer with (default [429, 500, 502, 503, 504])
+  drop_rate    probability (0-1) that the connection is closed without any answer
+  latency_ms   milliseconds added to every request (faulted ones too)
+  seed         seeds the random draws: the same requests get the same faults each run
+  retry_after  seconds in the Retry-After header of 429 and 503 answers (default 1)
+example: neurodata sandbox faults docdb '{"rate": 0.2, "latency_ms": 30, "seed": 7}'
+"""
+
+
+def _subcommand(
+    sub: argparse._SubParsersAction, name: str, help_text: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows its description and every default."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[:1].upper() + help_text[1:] + ".",
+        epilog=epilog,
+        formatter_class=_HelpFormatter,
+    )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the epilog's layout."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,14 +85,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = group.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
-    up = sub.add_parser("up", help="start the services on free loopback ports")
+    up = _subcommand(
+        sub,
+        "up",
+        "start the services on free loopback ports and write the env file",
+        epilog=FAULT_KEYS_HELP,
+    )
     _add_workdir(up)
-    up.add_argument("--env-file", help="env file to write (default: <workdir>/sandbox.env)")
+    up.add_argument("--env-file", help="env file to write (None: <workdir>/sandbox.env)")
     up.add_argument(
         "--services",
         type=_services_arg,
         default=SERVICES,
-        help=f"comma-separated subset of {','.join(SERVICES)} (default: all)",
+        help=f"comma-separated subset of {','.join(KNOWN_SERVICES)} (postgres only when named)",
     )
     up.add_argument("--mongo-uri", help="use this MongoDB instead of starting SecantusDB")
     for svc in FAULT_SERVICES:
@@ -69,22 +110,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--latency-ms", type=float, help="added latency of every HTTP stand-in")
     up.add_argument("--page-bytes", type=int, help="DocDB find page cap in bytes")
     up.add_argument("--request-bytes", type=int, help="DocDB request cap in bytes")
-    up.add_argument("--bucket", default="aind-open-data", help="asset bucket (%(default)s)")
+    up.add_argument("--bucket", default="aind-open-data", help="asset bucket")
     up.add_argument("--cave-db-url", help="SQLAlchemy URL of the CAVE database")
     up.add_argument("--timeout", type=float, default=90.0, help="start-up timeout in seconds")
     up.add_argument("--json", action="store_true", help="print the result as JSON")
     up.set_defaults(func=cmd_up)
 
-    down = sub.add_parser("down", help="stop the services this sandbox started")
+    down = _subcommand(
+        sub, "down", "stop the services this sandbox started and the processes it adopted"
+    )
     _add_workdir(down)
     down.set_defaults(func=cmd_down)
 
-    status = sub.add_parser("status", help="show each service, URL, pid and health")
+    status = _subcommand(
+        sub,
+        "status",
+        "show each service and adopted process (e.g. the demo's Prefect server, deployment "
+        "runner and event relay) with its URL, pid and health",
+    )
     _add_workdir(status)
     status.add_argument("--json", action="store_true", help="print the result as JSON")
     status.set_defaults(func=cmd_status)
 
-    seed = sub.add_parser("seed", help="fill the running sandbox with realistic data")
+    seed = _subcommand(sub, "seed", "fill the running sandbox with realistic data")
     _add_workdir(seed)
     seed.add_argument("--records", type=int, default=15_000, help="DocDB records (v1+v2)")
     seed.add_argument("--synapses", type=int, default=1_000_000, help="CAVE synapse rows")
@@ -96,11 +144,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seed.add_argument("--json", action="store_true", help="print the report as JSON")
     seed.set_defaults(func=cmd_seed)
 
-    env = sub.add_parser("env", help="print the env file as shell exports")
+    env = _subcommand(sub, "env", "print the env file as shell exports")
     _add_workdir(env)
     env.set_defaults(func=cmd_env)
 
-    faults = sub.add_parser("faults", help="show or change a running service's faults")
+    faults = _subcommand(
+        sub, "faults", "change a running service's injected faults", epilog=FAULT_KEYS_HELP
+    )
     _add_workdir(faults)
     faults.add_argument("service", choices=FAULT_SERVICES)
     faults.add_argument("config", type=_json_arg, help="JSON fault config; '{}' turns off")

@@ -12,7 +12,14 @@ service     process
 ``docdb``   ``python -m uvicorn --factory prefect_neurodata.sandbox.docdb.app:create_app``
 ``cave``    ``python -m prefect_neurodata.sandbox.cave --host 127.0.0.1 --global-port A
             --local-port B`` (global and local CAVE services in one process)
+``postgres`` (only when asked for) Debian's PostgreSQL server, ``postgres -D <workdir>/postgres``
+            on 127.0.0.1 after ``initdb`` (run as the ``postgres`` user when root): the metadata
+            sync's summary export target
 ==========  ====================================================================================
+
+Processes that others start for the sandbox (the demo's Prefect server, deployment runner and
+event relay) can be recorded with :meth:`Sandbox.adopt`: ``status`` lists them and ``down``
+stops them first.
 
 It waits until every service answers its health check, writes the env file (default
 ``<workdir>/sandbox.env``, ``KEY=VALUE`` lines, mode 0600, with the URLs and test credentials)
@@ -35,6 +42,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -45,13 +53,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 SERVICES: tuple[str, ...] = ("mongo", "aws", "docdb", "cave")
+"""The services ``up`` starts by default."""
+OPTIONAL_SERVICES: tuple[str, ...] = ("postgres",)
+"""Services started only when named (``services=(..., "postgres")``)."""
+KNOWN_SERVICES: tuple[str, ...] = SERVICES + OPTIONAL_SERVICES
+STOP_SIGNALS: dict[str, int] = {"postgres": int(signal.SIGINT)}
+"""Services stopped by another signal than SIGTERM (SIGINT is PostgreSQL's fast shutdown; its
+SIGTERM waits for every client to disconnect)."""
 FAULT_SERVICES: tuple[str, ...] = ("docdb", "cave")
 HOST = "127.0.0.1"
 STATE_FILE = "state.json"
@@ -79,7 +94,11 @@ class ServiceProcess:
             ``cmd`` it tells the started process apart from a later one reusing the pid.
         cmd: The command line.
         log: Path of its log file.
-        urls: Its base URLs by role (``url``, or ``global``/``local`` for CAVE).
+        urls: Its base URLs by role (``url``, or ``global``/``local`` for CAVE); an adopted
+            process may have a ``health`` URL that answers 200 while it is healthy.
+        adopted: Started by someone else and recorded with :meth:`Sandbox.adopt`.
+        group: Stop the whole process group (the process leads its own session).
+        stop_first: An adopted client of other processes: stopped before all of them.
     """
 
     name: str
@@ -88,6 +107,9 @@ class ServiceProcess:
     cmd: list[str]
     log: str
     urls: dict[str, str] = field(default_factory=dict)
+    adopted: bool = False
+    group: bool = False
+    stop_first: bool = False
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -165,6 +187,20 @@ def read_env_file(path: str | Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def _postgres_bindir() -> Path | None:
+    """Directory of the newest installed PostgreSQL server's binaries (Debian layout)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the unprivileged ``postgres`` user reach ``path`` through private parents."""
+    for parent in path.parents:
+        if parent == Path("/"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+
+
 def cave_available() -> bool:
     """True when the CAVE stand-in can be run as ``python -m prefect_neurodata.sandbox.cave``."""
     try:
@@ -200,7 +236,8 @@ class Sandbox:
 
     Args:
         workdir: Directory for state, env file, logs and data (created if missing).
-        services: Services to start, a subset of ``("mongo", "aws", "docdb", "cave")``.
+        services: Services to start, a subset of ``("mongo", "aws", "docdb", "cave",
+            "postgres")``; ``postgres`` is not started unless named.
             ``docdb`` needs a database: ``mongo`` or ``mongo_uri``.
         mongo_uri: Use this MongoDB instead of starting SecantusDB (then ``mongo`` is not
             started even if listed).
@@ -248,9 +285,11 @@ class Sandbox:
     ) -> None:
         self.workdir = Path(workdir).absolute()
         services = tuple(dict.fromkeys(services))
-        unknown = [s for s in services if s not in SERVICES]
+        unknown = [s for s in services if s not in KNOWN_SERVICES]
         if unknown:
-            raise ValueError(f"services: unknown service(s) {unknown}; choose from {SERVICES}")
+            raise ValueError(
+                f"services: unknown service(s) {unknown}; choose from {KNOWN_SERVICES}"
+            )
         if not isinstance(cave_datastack, str) or not DATASTACK_NAME.fullmatch(cave_datastack):
             raise ValueError(
                 f"cave_datastack must be lower-case letters, digits and '_' starting with a "
@@ -317,6 +356,11 @@ class Sandbox:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
+
+    def _state_extra(self) -> dict[str, Any]:
+        """The state file's entries other than the workdir, env file and processes."""
+        state = self._load_state() or {}
+        return {k: v for k, v in state.items() if k not in ("workdir", "env_file", "processes")}
 
     def _processes(self) -> dict[str, ServiceProcess]:
         state = self._load_state() or {}
@@ -394,18 +438,75 @@ class Sandbox:
             raise
         return self
 
-    def down(self) -> list[str]:
-        """Stop the processes this sandbox started (and only those).
+    def down(
+        self,
+        only: Iterable[str] | None = None,
+        announce: Callable[[str, int], None] | None = None,
+    ) -> list[str]:
+        """Stop the processes this sandbox started or adopted (and only those).
+
+        Adopted processes stop first, then the HTTP services, then their backends.
+
+        Args:
+            only: Stop just these (by name) and keep the rest running and recorded.
+            announce: Called with ``(name, pid)`` before each process is signalled.
 
         Returns:
-            Names of the services that were stopped.
+            Names of the processes that were stopped.
         """
         procs = self._processes()
-        stopped = self._stop(procs)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
-        self._env = None
+        chosen = procs if only is None else {n: p for n, p in procs.items() if n in set(only)}
+        stopped = self._stop(chosen, announce)
+        rest = {n: p for n, p in procs.items() if n not in chosen}
+        if rest:
+            self._save_state(rest, self._state_extra())
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
+            self._env = None
         return stopped
+
+    def adopt(
+        self,
+        name: str,
+        pid: int,
+        cmd: Sequence[str],
+        log: str | Path,
+        urls: Mapping[str, str] | None = None,
+        group: bool = False,
+        stop_first: bool = False,
+    ) -> None:
+        """Record a process someone else started so ``status`` lists it and ``down`` stops it.
+
+        Args:
+            name: Its name in ``status`` (must not be a service name).
+            pid: Its process id.
+            cmd: Its command line (with the kernel start time, it identifies the process).
+            log: Where it logs.
+            urls: Its URLs; ``health``, if given, must answer 200 while it is healthy.
+            group: Stop its whole process group (it leads its own session).
+            stop_first: It is a client of the other processes (a deployment runner, an event
+                relay): ``down`` stops it before them, so it can shut down cleanly.
+        """
+        if name in KNOWN_SERVICES:
+            raise ValueError(f"name: {name!r} is a sandbox service; adopt other processes")
+        state = self._load_state()
+        if state is None:
+            raise SandboxError(f"no sandbox running in {self.workdir}; run `neurodata sandbox up`")
+        procs = self._processes()
+        stat = _proc_stat(pid)
+        procs[name] = ServiceProcess(
+            name=name,
+            pid=pid,
+            start_ticks=stat[1] if stat else None,
+            cmd=list(cmd),
+            log=str(log),
+            urls=dict(urls or {}),
+            adopted=True,
+            group=group,
+            stop_first=stop_first,
+        )
+        self._save_state(procs, self._state_extra())
 
     def status(self) -> list[dict[str, Any]]:
         """Each service with its URL, pid, whether its process runs and whether it is healthy."""
@@ -418,7 +519,12 @@ class Sandbox:
         out = []
         for name, proc in self._processes().items():
             running = is_same_process(proc)
-            healthy, detail = self._check(name, proc.urls, env) if running else (False, "stopped")
+            if not running:
+                healthy, detail = False, "stopped"
+            elif proc.adopted:
+                healthy, detail = self._check_adopted(proc)
+            else:
+                healthy, detail = self._check(name, proc.urls, env)
             out.append(
                 {
                     "service": name,
@@ -513,6 +619,11 @@ class Sandbox:
     def _preflight(self) -> None:
         if "docdb" in self.services and "mongo" not in self.services and not self.mongo_uri:
             raise ValueError("services: 'docdb' needs 'mongo' or a mongo_uri")
+        if "postgres" in self.services and not _postgres_bindir():
+            raise SandboxError(
+                "the PostgreSQL server is not installed (no /usr/lib/postgresql/*/bin/initdb); "
+                "run `make system-deps` (Debian package postgresql)"
+            )
         if "cave" in self.services and not cave_available():
             raise SandboxError(
                 f"the CAVE stand-in is not available: module {CAVE_MODULE}.__main__ not found. "
@@ -543,7 +654,7 @@ class Sandbox:
 
     def _plan(self) -> dict[str, tuple[list[str], dict[str, str], dict[str, str]]]:
         """Command, extra environment and URLs of every service to start."""
-        names = [s for s in SERVICES if s in self.services]
+        names = [s for s in KNOWN_SERVICES if s in self.services]
         n_ports = sum(2 if s == "cave" else 1 for s in names)
         ports = iter(free_ports(n_ports))
         creds = self._credentials()
@@ -639,8 +750,40 @@ class Sandbox:
                 env["NEURODATA_SANDBOX_FAULTS_CAVE"] = json.dumps(self.fault_config["cave"])
             (self.workdir / "cave").mkdir(parents=True, exist_ok=True)
             plan["cave"] = (cmd, env, {"global": gurl, "local": lurl})
+        if "postgres" in names:
+            port = next(ports)
+            plan["postgres"] = (
+                self._postgres_command(port),
+                {},
+                {"url": f"postgresql+psycopg2://postgres@{HOST}:{port}/postgres"},
+            )
         self._planned_urls = {name: urls for name, (_, _, urls) in plan.items()}
         return plan
+
+    def _postgres_command(self, port: int) -> list[str]:
+        """``initdb`` the cluster in ``<workdir>/postgres`` once; the server's command line."""
+        bindir = _postgres_bindir()
+        assert bindir is not None  # checked in _preflight
+        root = self.workdir / "postgres"
+        data = root / "data"
+        as_postgres = os.geteuid() == 0  # initdb and postgres refuse to run as root
+        root.mkdir(parents=True, exist_ok=True)
+        if as_postgres:
+            shutil.chown(root, "postgres", "postgres")
+            _make_traversable(root)
+        if not (data / "PG_VERSION").exists():
+            result = subprocess.run(
+                [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                 "-E", "UTF8", "--locale=C.UTF-8"],
+                capture_output=True, text=True, user="postgres" if as_postgres else None,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise SandboxError(f"initdb of {data} failed: {result.stderr[-2000:]}")
+        return [
+            str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
+            "-c", f"listen_addresses={HOST}", "-c", "fsync=off",
+            "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+        ]  # fmt: skip
 
     def _spawn(
         self, name: str, cmd: list[str], env_extra: Mapping[str, str], urls: Mapping[str, str]
@@ -657,8 +800,11 @@ class Sandbox:
         with open(log_path, "ab") as log:
             log.write(f"--- {datetime.now(timezone.utc).isoformat()} {' '.join(cmd)}\n".encode())
             log.flush()
+            if name == "postgres" and os.geteuid() == 0:
+                os.chown(log_path, pwd.getpwnam("postgres").pw_uid, -1)
             popen = subprocess.Popen(
                 cmd,
+                user="postgres" if name == "postgres" and os.geteuid() == 0 else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -702,6 +848,16 @@ class Sandbox:
                     and not port_open(host, int(port))
                 ):
                     return False, f"nothing listening on {hostport}"
+            if name == "postgres":
+                import psycopg2
+
+                host, port = hostport.split("@")[-1].rsplit(":", 1)
+                if not port_open(host, int(port)):
+                    return False, f"nothing listening on {host}:{port}"
+                psycopg2.connect(
+                    host=host, port=int(port), user="postgres", dbname="postgres", connect_timeout=2
+                ).close()
+                return True, "ok"
             if name == "mongo":
                 import pymongo
 
@@ -832,6 +988,8 @@ class Sandbox:
             env["NEURODATA_SQS_QUEUE_URL"] = provisioned["queue_url"]
             env["NEURODATA_AWS_SECRET_NAME"] = provisioned["secret_name"]
             env["NEURODATA_SSM_SETTINGS_PARAMETER"] = provisioned["ssm_parameter"]
+        if "postgres" in procs:
+            env["NEURODATA_POSTGRES_URL"] = procs["postgres"].urls["url"]
         if "cave" in procs:
             env.update(
                 {
@@ -854,17 +1012,41 @@ class Sandbox:
             fh.write("\n".join(lines) + "\n")
         self._env = dict(env)
 
-    def _stop(self, procs: Mapping[str, ServiceProcess]) -> list[str]:
-        """Stop every process that is still our own: HTTP services first, then their backends.
+    def _check_adopted(self, proc: ServiceProcess) -> tuple[bool, str]:
+        import requests
+
+        health = proc.urls.get("health")
+        if not health:
+            return True, "running"
+        try:
+            resp = requests.get(health, timeout=3)
+        except requests.RequestException as exc:
+            return False, f"{health}: {type(exc).__name__}"
+        return resp.status_code == 200, f"{health}: HTTP {resp.status_code}"
+
+    def _stop(
+        self,
+        procs: Mapping[str, ServiceProcess],
+        announce: Callable[[str, int], None] | None = None,
+    ) -> list[str]:
+        """Stop every process that is still our own, in waves: adopted processes (clients of
+        the services), the HTTP services and adopted servers, then their backends.
 
         The HTTP services shut down cleanly only while their database is still up, so they get
         SIGTERM first; whatever does not exit within :data:`STOP_TIMEOUT` gets SIGKILL.
         """
-        front = [n for n in ("cave", "docdb") if n in procs]
-        back = [n for n in procs if n not in front]
+        # Adopted clients (a deployment runner) stop while the servers they talk to still
+        # answer; adopted servers (a Prefect server) stop with the HTTP services.
+        clients = [n for n, p in procs.items() if p.adopted and p.stop_first]
+        front = [n for n, p in procs.items() if p.adopted and not p.stop_first]
+        front += [n for n in ("cave", "docdb") if n in procs]
+        back = [n for n in procs if n not in front and n not in clients]
         stopped: list[str] = []
-        for wave in (front, back):
+        for wave in (clients, front, back):
             live = {n: procs[n] for n in wave if is_same_process(procs[n])}
+            if announce is not None:
+                for name, proc in live.items():
+                    announce(name, proc.pid)
             self._terminate(live)
             stopped += list(live)
         for proc in procs.values():
@@ -872,9 +1054,13 @@ class Sandbox:
         return stopped
 
     def _terminate(self, live: Mapping[str, ServiceProcess]) -> None:
-        for proc in live.values():
+        for name, proc in live.items():
+            stop_signal = STOP_SIGNALS.get(name, signal.SIGTERM)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
+                if proc.group:
+                    os.killpg(proc.pid, stop_signal)
+                else:
+                    os.kill(proc.pid, stop_signal)
         deadline = time.monotonic() + STOP_TIMEOUT
         remaining = dict(live)
         while remaining and time.monotonic() < deadline:
@@ -890,7 +1076,10 @@ class Sandbox:
         for proc in remaining.values():
             if is_same_process(proc):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+                    if proc.group:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    else:
+                        os.kill(proc.pid, signal.SIGKILL)
             popen = self._popen.get(proc.pid)
             if popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -1,13 +1,13 @@
 """Shared pieces of the tasks and flows: block loading, S3 locations, batching.
 
+The S3 location rules live in `prefect_neurodata.clients.aind.utils` (re-exported here).
+
 Retry rules live in `prefect_neurodata.tasks.retries`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from prefect.blocks.core import Block
@@ -15,6 +15,24 @@ from prefect_aws import AwsCredentials
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.blocks.rds import RdsCredentials
+from prefect_neurodata.clients.aind.utils import (
+    S3Location,
+    bucket_problem,
+    parse_s3_location,
+    prefix_problem,
+)
+
+__all__ = [
+    "S3Location",
+    "bucket_problem",
+    "chunks",
+    "load_aws",
+    "load_docdb",
+    "load_rds",
+    "parse_s3_location",
+    "prefix_problem",
+    "validate_locations",
+]
 
 T = TypeVar("T")
 B = TypeVar("B", bound=Block)
@@ -67,67 +85,6 @@ def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
-
-
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_BAD_PREFIX_CHARS = re.compile(r"[\x00-\x1f\x7f\\{}^%`\[\]\"<>~#|]")
-
-
-@dataclass(frozen=True, order=True)
-class S3Location:
-    """A validated ``s3://bucket/prefix`` asset location (prefix without surrounding slashes)."""
-
-    bucket: str
-    prefix: str
-
-    @property
-    def uri(self) -> str:
-        """The canonical ``s3://bucket/prefix`` form used as DocDB ``location``."""
-        return f"s3://{self.bucket}/{self.prefix}"
-
-    def __str__(self) -> str:
-        return self.uri
-
-
-def bucket_problem(bucket: str) -> str | None:
-    """Why ``bucket`` is not a valid S3 bucket name, or None."""
-    if not _BUCKET_RE.match(bucket or "") or ".." in bucket:
-        return (
-            f"bucket {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, "
-            "digits, dots or dashes)"
-        )
-    return None
-
-
-def prefix_problem(prefix: str) -> str | None:
-    """Why ``prefix`` cannot name an asset folder, or None."""
-    stripped = prefix.strip("/")
-    if not stripped:
-        return "the prefix is empty (an asset is a folder below the bucket)"
-    if "//" in stripped:
-        return f"prefix {prefix!r} has an empty path segment ('//')"
-    if any(part in (".", "..") for part in stripped.split("/")):
-        return f"prefix {prefix!r} has a '.' or '..' segment"
-    if _BAD_PREFIX_CHARS.search(stripped):
-        return f"prefix {prefix!r} has characters that are not safe in S3 keys"
-    if len(stripped.encode()) > 900:
-        return f"prefix {prefix[:40]!r}... is longer than 900 bytes"
-    return None
-
-
-def parse_s3_location(value: str) -> S3Location:
-    """Validate and normalise one asset location.
-
-    Raises:
-        ValueError: Naming the value and what is wrong with it.
-    """
-    if not isinstance(value, str) or not value.startswith("s3://"):
-        raise ValueError(f"{value!r} is not an S3 location (expected s3://bucket/prefix)")
-    bucket, _, prefix = value[len("s3://") :].partition("/")
-    problem = bucket_problem(bucket) or prefix_problem(prefix)
-    if problem:
-        raise ValueError(f"{value!r}: {problem}")
-    return S3Location(bucket, prefix.strip("/"))
 
 
 def validate_locations(values: Sequence[str]) -> list[S3Location]:

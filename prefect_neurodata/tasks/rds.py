@@ -11,6 +11,58 @@ from prefect_neurodata.blocks.rds import RdsCredentials
 from prefect_neurodata.tasks.common import load_rds
 from prefect_neurodata.tasks.retries import task_options
 
+MAX_IDENTIFIER_BYTES = 63
+"""Postgres keeps identifiers to NAMEDATALEN - 1 = 63 bytes (longer ones are cut or refused)."""
+
+
+def table_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot name the export table, or None.
+
+    Example:
+        ```python
+        table_name_problem("asset_summary")  # None
+        table_name_problem("x" * 64)  # 'is 64 bytes long; Postgres identifiers ...'
+        ```
+    """
+    if not value or not value.replace("_", "a").isalnum() or not value.isascii():
+        return "must be letters, digits and _"
+    size = len(value.encode())
+    if size > MAX_IDENTIFIER_BYTES:
+        return f"is {size} bytes long; Postgres identifiers hold at most {MAX_IDENTIFIER_BYTES}"
+    return None
+
+
+def check_table_name(value: str) -> str:
+    """``value`` when it can name the export table; else ValueError naming it (shortened)."""
+    problem = table_name_problem(value)
+    if problem:
+        shown = value if len(value) <= 80 else f"{value[:40]}...{value[-20:]}"
+        raise ValueError(f"export_table {problem}, got {shown!r}")
+    return value
+
+
+@task(name="check-rds", **task_options(tags=["rds"]))
+def check_rds(rds: str | RdsCredentials) -> None:
+    """Fail before any write when the database cannot be reached with the block's credentials.
+
+    Runs ``SELECT 1``. The message names the host and database, never the password.
+
+    Raises:
+        ValueError: The database refused the connection or the login.
+    """
+    block = load_rds(rds)
+    client = block.get_client()
+    try:
+        client.execute_query("SELECT 1")
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise ValueError(
+            f"RDS database {block.database!r} at {block.host}:{block.port} cannot be used "
+            f"with the block's credentials: {reason}"
+        ) from None
+    finally:
+        client.dispose()
+
 
 @task(name="export-rds-table", **task_options(tags=["rds", "write"]))
 def export_rows(rds: str | RdsCredentials, table: str, rows: list[dict[str, Any]]) -> int:

@@ -134,6 +134,19 @@ def list_folder_files(
     return result
 
 
+def check_bucket(aws: str | AwsCredentials | None, bucket: str) -> None:
+    """Fail before any write when ``bucket`` cannot be reached with these credentials.
+
+    Raises:
+        ValueError: ``bucket '<name>' cannot be read: <S3 error code>``.
+    """
+    try:
+        s3_client(aws).head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", exc)
+        raise ValueError(f"bucket {bucket!r} cannot be read: {code}") from exc
+
+
 def read_json(s3: Any, bucket: str, key: str) -> Any:
     """Download and parse one JSON object."""
     with naming_bucket(bucket):

@@ -12,22 +12,24 @@ on the same state.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from botocore.exceptions import ClientError
 from prefect import get_run_logger, task
+from prefect.runtime import task_run
 from prefect_aws import AwsCredentials
+from pydantic import BaseModel, Field
 
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.clients.http import map_bounded
+from prefect_neurodata.tasks.claims import ASSET_LOCATION, claim
 from prefect_neurodata.tasks.common import load_aws, load_docdb
-from prefect_neurodata.tasks.docdb import (
-    _location_map,
-    _message,
-    _reconcile,
-    other_version_locations,
-)
+from prefect_neurodata.tasks.docdb import other_version_locations, register_locations
 from prefect_neurodata.tasks.retries import TransientBatchError, task_options
 from prefect_neurodata.tasks.s3 import (
+    CHECKPOINT_ROOT,
     S3_THREADS,
     canonical_json,
     etag,
@@ -133,14 +135,245 @@ DOCDB_WORKERS = 2
 """Concurrent DocDB requests per batch task (two batches run at once by default)."""
 
 
-@task(name="sync-metadata-batch", **task_options(tags=["docdb", "write", "s3"]))
+class SyncOptions(BaseModel):
+    """How a batch synchronises (the same for every batch of a run)."""
+
+    cutoff: str | None = Field(
+        default=None,
+        description="ISO time: only S3 files and records changed since are compared (None: all).",
+    )
+    s3_to_docdb: bool = Field(default=True, description="Upsert changed core files to DocDB.")
+    docdb_to_s3: bool = Field(default=True, description="Write metadata.nd.json back to S3.")
+    register_missing: bool = Field(default=True, description="Register folders DocDB lacks.")
+    max_payload_size: int = Field(default=5_000_000, description="bulk_write chunk budget.")
+
+
+class SyncCounts(BaseModel):
+    """What a batch (or a run, summed) did; each field's title is its label in reports."""
+
+    assets: int = Field(default=0, title="asset folders compared")
+    fields_upserted: int = Field(default=0, title="core fields updated from S3")
+    records_upserted: int = Field(default=0, title="records updated from S3")
+    registered: int = Field(default=0, title="folders registered by this run")
+    unregistered: int = Field(
+        default=0,
+        title="folders left unregistered (no data_description.json, option off, refused)",
+    )
+    nd_written: int = Field(default=0, title="metadata.nd.json files written")
+    file_errors: int = Field(default=0, title="unreadable core files (DocDB left as it is)")
+    other_version: int = Field(
+        default=0, title="folders registered in the other DocDB version (left alone)"
+    )
+
+    @classmethod
+    def labels(cls) -> dict[str, str]:
+        """``{field: human label}`` for reports."""
+        return {name: str(field.title) for name, field in cls.model_fields.items()}
+
+
+class BatchResult(BaseModel):
+    """One batch's outcome; also the content of its checkpoint marker."""
+
+    prefixes: list[str] = Field(description="The batch's asset folders.")
+    counts: dict[str, int] = Field(description="`SyncCounts` of the batch.")
+    rows: list[dict[str, Any]] = Field(description="One exported summary row per asset.")
+    changes: list[dict[str, Any]] = Field(description="What this batch changed, per asset.")
+
+
+@dataclass
+class _Batch:
+    """The state one batch task run works on (see `sync_metadata_batch`)."""
+
+    block: DocDbApiCredentials
+    s3: Any
+    bucket: str
+    prefixes: list[str]
+    options: SyncOptions
+    listing: dict[str, dict[str, dict[str, Any]]]
+    logger: Any
+    records: dict[str, dict] = field(default_factory=dict)
+    counts: SyncCounts = field(default_factory=SyncCounts)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return self.block.version
+
+    @property
+    def cutoff(self) -> dt.datetime | None:
+        return parse_time(self.options.cutoff)
+
+    def location(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def change(self, location: str, change: str, detail: str = "") -> None:
+        self.changes.append({"location": location, "change": change, "detail": detail})
+
+
+def _is_recent(obj: dict[str, Any], cutoff: dt.datetime | None) -> bool:
+    modified = parse_time(obj.get("LastModified"))
+    return cutoff is None or modified is None or modified >= cutoff
+
+
+def _stale_core_files(batch: _Batch) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Core files whose content differs from their record's field (without downloading
+    them: ETag against the MD5 of the canonical form), and the folders DocDB lacks.
+
+    Returns:
+        ``[(location, field, key)]`` to read, and the prefixes of unknown folders.
+    """
+    to_read: list[tuple[str, str, str]] = []
+    missing: list[str] = []
+    for prefix in batch.prefixes:
+        files = batch.listing.get(prefix, {})
+        record = batch.records.get(batch.location(prefix))
+        if record is None:
+            if files:
+                missing.append(prefix)
+            continue
+        if not batch.options.s3_to_docdb:
+            continue
+        record_stamp = parse_time(record.get(STAMP_FIELD[batch.version]))
+        for name in CORE_FILES[batch.version]:
+            obj = files.get(f"{name}.json")
+            if obj is None or not _is_recent(obj, batch.cutoff):
+                continue
+            current = record.get(name)
+            if current is not None and not _file_is_newer(obj, record_stamp):
+                # The record was written after this file (e.g. a QC evaluation was
+                # attached): DocDB holds the newer truth, so the file must not overwrite it.
+                continue
+            if current is not None and md5_hex(canonical_json(current)) == etag(obj):
+                continue
+            to_read.append((batch.location(prefix), name, f"{prefix}/{name}.json"))
+    return to_read, missing
+
+
+def _upsert_from_s3(batch: _Batch, client: Any, to_read: list[tuple[str, str, str]]) -> list[str]:
+    """Read the stale files and upsert the fields that really changed; their locations."""
+
+    def read(item: tuple[str, str, str]) -> tuple[Any, str | None]:
+        try:
+            return read_json(batch.s3, batch.bucket, item[2]), None
+        except ValueError as exc:  # corrupt JSON: report, leave DocDB as it is
+            return None, f"{item[2]}: {exc}"
+
+    updates: dict[str, dict[str, Any]] = {}
+    for (location, name, _key), (value, error) in zip(
+        to_read, map_bounded(read, to_read, S3_THREADS), strict=True
+    ):
+        if error:
+            batch.counts.file_errors += 1
+            batch.logger.warning("skipping unreadable file %s", error)
+            continue
+        record = batch.records[location]
+        if value != record.get(name):
+            updates.setdefault(location, {"_id": record["_id"]})[name] = value
+    if updates:
+        client.upsert_list_of_docdb_records(
+            list(updates.values()), max_payload_size=batch.options.max_payload_size
+        )
+    batch.counts.records_upserted = len(updates)
+    batch.counts.fields_upserted = sum(len(u) - 1 for u in updates.values())
+    for location, update in updates.items():
+        fields = ", ".join(sorted(k for k in update if k != "_id"))
+        batch.change(location, "fields updated from S3", fields)
+    return list(updates)
+
+
+def _register_missing(batch: _Batch, client: Any, missing: list[str]) -> list[str]:
+    """Register the unknown folders (under a claim on their locations, so overlapping runs
+    and flows register each once); the locations that now have a record."""
+    elsewhere = other_version_locations(batch.block, [batch.location(p) for p in missing])
+    batch.counts.other_version = len(elsewhere)
+    missing = [p for p in missing if batch.location(p) not in elsewhere]
+    wanted = [
+        batch.location(p)
+        for p in missing
+        if batch.options.register_missing and "data_description.json" in batch.listing[p]
+    ]
+    batch.counts.unregistered = len(missing) - len(wanted)
+    with claim(ASSET_LOCATION, wanted):
+        outcomes, transient = register_locations(
+            client, [{"location": loc} for loc in wanted], batch.logger
+        )
+    if transient:
+        raise TransientBatchError(
+            f"{len(transient)} registrations hit transient errors (first: {transient[0]})"
+        )
+    for outcome in outcomes:
+        if outcome.outcome == "failed":
+            batch.counts.unregistered += 1
+            batch.change(outcome.location, "registration failed", outcome.detail)
+        elif outcome.outcome == "registered":
+            batch.counts.registered += 1
+            batch.change(outcome.location, "registered")
+    # Locations another run registered meanwhile have records now too.
+    return [o.location for o in outcomes if o.outcome != "failed"]
+
+
+def _write_nd_files(batch: _Batch) -> set[str]:
+    """Write ``metadata.nd.json`` where it differs from the record; the prefixes written."""
+    if not batch.options.docdb_to_s3:
+        return set()
+    cutoff = batch.cutoff
+    writes: list[tuple[str, bytes]] = []  # (prefix, body)
+    for location, record in batch.records.items():
+        prefix = location[len(batch.location("")) :]
+        files = batch.listing.get(prefix, {})
+        if not files:
+            continue  # the folder is gone: reported as vanished by the flow
+        nd = files.get(ND_FILE)
+        stamp = parse_time(record.get(STAMP_FIELD[batch.version]))
+        if nd is not None and cutoff is not None and stamp is not None and stamp < cutoff:
+            continue
+        body = canonical_json(record)
+        if nd is not None and etag(nd) == md5_hex(body):
+            continue
+        writes.append((prefix, body))
+    map_bounded(
+        lambda item: put_bytes(batch.s3, batch.bucket, f"{item[0]}/{ND_FILE}", item[1]),
+        writes,
+        S3_THREADS,
+    )
+    batch.counts.nd_written = len(writes)
+    return {prefix for prefix, _body in writes}
+
+
+def _summary_rows(batch: _Batch, nd_written: set[str]) -> list[dict[str, Any]]:
+    """One export row per known asset of the batch, as the folder is after this run."""
+    changed = {c["location"]: c["change"] for c in batch.changes}
+    rows = []
+    for prefix in batch.prefixes:
+        record = batch.records.get(batch.location(prefix))
+        if record is None:
+            continue
+        # Count the metadata.nd.json this run may have just written, so a rerun exports the
+        # same number.
+        files = set(batch.listing.get(prefix, {})) | ({ND_FILE} if prefix in nd_written else set())
+        outcome = changed.get(batch.location(prefix), "unchanged")
+        rows.append(summary_row(record, batch.version, outcome, len(files)))
+    return rows
+
+
+def _batch_run_name() -> str:
+    prefixes = task_run.parameters.get("prefixes") or [""]
+    return f"sync-metadata-batch: {prefixes[0]}..{prefixes[-1]} ({len(prefixes)} folders)"
+
+
+@task(
+    name="sync-metadata-batch",
+    task_run_name=_batch_run_name,
+    **task_options(tags=["docdb", "write", "s3"]),
+)
 def sync_metadata_batch(
     docdb: str | DocDbApiCredentials,
     aws: str | AwsCredentials | None,
     bucket: str,
     prefixes: list[str],
-    options: dict[str, Any],
-) -> dict[str, Any]:
+    options: SyncOptions,
+    checkpoint_key: str | None = None,
+) -> BatchResult:
     """Synchronise one batch of asset folders with DocDB, both ways, then checkpoint it.
 
     Args:
@@ -148,176 +381,140 @@ def sync_metadata_batch(
         aws: `AwsCredentials` block (or name) for S3; None uses the DocDB block's.
         bucket: The bucket.
         prefixes: Sorted asset folders of this batch.
-        options: ``cutoff`` (ISO time or None: consider only S3 files and records changed
-            since), ``s3_to_docdb``, ``docdb_to_s3``, ``register_missing`` (bools),
-            ``max_payload_size`` (bulk_write chunk budget), ``checkpoint_key`` (S3 key of
-            this batch's marker, or None).
+        options: Directions, lookback cutoff and bulk_write budget.
+        checkpoint_key: S3 key of this batch's marker (written last), or None.
 
     Returns:
-        ``{"prefixes", "counts", "rows", "changes"}``: counts per outcome, one summary row per
-        asset, and the assets this run changed (for the report).
+        Counts, one summary row per asset and the assets this batch changed (for the report).
     """
-    logger = get_run_logger()
     block = load_docdb(docdb)
-    version = block.version
-    core_names = CORE_FILES[version]
     s3 = load_aws(aws, block).get_s3_client()
-    cutoff = parse_time(options.get("cutoff"))
-    counts = {
-        "assets": len(prefixes),
-        "fields_upserted": 0,
-        "records_upserted": 0,
-        "registered": 0,
-        "unregistered": 0,
-        "nd_written": 0,
-        "file_errors": 0,
-        "other_version": 0,
-    }
-    changes: list[dict[str, Any]] = []
-    listing = list_folder_files(s3, bucket, prefixes)
-
-    def is_recent(obj: dict[str, Any]) -> bool:
-        if cutoff is None:
-            return True
-        modified = obj.get("LastModified")
-        return modified is None or parse_time(modified) >= cutoff
-
+    batch = _Batch(
+        block=block,
+        s3=s3,
+        bucket=bucket,
+        prefixes=prefixes,
+        options=options,
+        listing=list_folder_files(s3, bucket, prefixes),
+        logger=get_run_logger(),
+        counts=SyncCounts(assets=len(prefixes)),
+    )
     with block.get_client(max_workers=DOCDB_WORKERS) as client:
-        records = _fetch_batch_records(client, bucket, prefixes)
-
-        # S3 -> DocDB: which core files differ from their record's field?
-        to_read: list[tuple[str, str, str]] = []  # (location, field, key)
-        missing: list[str] = []
-        for prefix in prefixes:
-            location = f"s3://{bucket}/{prefix}"
-            files = listing.get(prefix, {})
-            record = records.get(location)
-            if record is None:
-                if files:
-                    missing.append(prefix)
-                continue
-            if not options.get("s3_to_docdb", True):
-                continue
-            record_stamp = parse_time(record.get(STAMP_FIELD[version]))
-            for name in core_names:
-                obj = files.get(f"{name}.json")
-                if obj is None or not is_recent(obj):
-                    continue
-                current = record.get(name)
-                if current is not None and not _file_is_newer(obj, record_stamp):
-                    # The record was written after this file (e.g. a QC evaluation was
-                    # attached): DocDB holds the newer truth, so the file must not overwrite it.
-                    continue
-                if current is not None and md5_hex(canonical_json(current)) == etag(obj):
-                    continue
-                to_read.append((location, name, f"{prefix}/{name}.json"))
-
-        def read(item: tuple[str, str, str]) -> tuple[Any, str | None]:
-            try:
-                return read_json(s3, bucket, item[2]), None
-            except ValueError as exc:  # corrupt JSON: report, leave DocDB as it is
-                return None, f"{item[2]}: {exc}"
-
-        updates: dict[str, dict[str, Any]] = {}
-        for (location, name, _key), (value, error) in zip(
-            to_read, map_bounded(read, to_read, S3_THREADS), strict=True
-        ):
-            if error:
-                counts["file_errors"] += 1
-                logger.warning("skipping unreadable file %s", error)
-                continue
-            if value != records[location].get(name):
-                updates.setdefault(location, {"_id": records[location]["_id"]})[name] = value
-        if updates:
-            client.upsert_list_of_docdb_records(
-                list(updates.values()), max_payload_size=options.get("max_payload_size", 5e6)
-            )
-            counts["records_upserted"] = len(updates)
-            counts["fields_upserted"] = sum(len(u) - 1 for u in updates.values())
-            for location, update in updates.items():
-                changes.append(
-                    {
-                        "location": location,
-                        "change": "fields updated from S3",
-                        "detail": ", ".join(sorted(k for k in update if k != "_id")),
-                    }
-                )
-
-        # Folders DocDB does not know: register them (the API builds the record).
-        registered: list[str] = []
-        transient: list[str] = []
-        elsewhere = other_version_locations(block, [f"s3://{bucket}/{p}" for p in missing])
-        counts["other_version"] = len(elsewhere)
-        missing = [p for p in missing if f"s3://{bucket}/{p}" not in elsewhere]
-        for prefix in missing:
-            location = f"s3://{bucket}/{prefix}"
-            if not options.get("register_missing", True) or (
-                "data_description.json" not in listing[prefix]
-            ):
-                counts["unregistered"] += 1
-                continue
-            try:
-                status, result = _reconcile(
-                    lambda location=location: client.register_asset(location),
-                    lambda location=location: bool(_location_map(client, [location])),
-                    conflict_means_done=True,
-                )
-            except Exception as exc:  # noqa: BLE001 - transient after the core retries
-                logger.warning("registering %s: %s (will retry)", location, _message(exc))
-                transient.append(location)
-                continue
-            if status == "failed":
-                counts["unregistered"] += 1
-                changes.append(
-                    {
-                        "location": location,
-                        "change": "registration failed",
-                        "detail": _message(result),
-                    }
-                )
-            else:
-                registered.append(location)
-                changes.append({"location": location, "change": "registered", "detail": ""})
-        if transient:
-            raise TransientBatchError(
-                f"{len(transient)} registrations hit transient errors (first: {transient[0]})"
-            )
-        counts["registered"] = len(registered)
-        if updates or registered:
+        batch.records = _fetch_batch_records(client, bucket, prefixes)
+        to_read, missing = _stale_core_files(batch)
+        updated = _upsert_from_s3(batch, client, to_read)
+        landed = _register_missing(batch, client, missing)
+        if updated or landed:
             # Re-read what changed: the server stamped new modification times.
-            fresh = client.fetch_records_by_filter_list("location", [*updates, *registered])
-            for record in fresh:
-                records[record["location"]] = record
-
-    # DocDB -> S3: metadata.nd.json where it differs from the record.
-    writes: list[tuple[str, bytes]] = []
-    if options.get("docdb_to_s3", True):
-        for location, record in records.items():
-            prefix = location[len(f"s3://{bucket}/") :]
-            files = listing.get(prefix, {})
-            if not files:
-                continue  # the folder is gone: reported as vanished by the flow
-            nd = files.get(ND_FILE)
-            stamp = parse_time(record.get(STAMP_FIELD[version]))
-            if nd is not None and cutoff is not None and stamp is not None and stamp < cutoff:
-                continue
-            body = canonical_json(record)
-            if nd is not None and etag(nd) == md5_hex(body):
-                continue
-            writes.append((f"{prefix}/{ND_FILE}", body))
-        map_bounded(lambda item: put_bytes(s3, bucket, item[0], item[1]), writes, S3_THREADS)
-        counts["nd_written"] = len(writes)
-
-    changed = {c["location"]: c["change"] for c in changes}
-    rows = []
-    for prefix in prefixes:
-        location = f"s3://{bucket}/{prefix}"
-        record = records.get(location)
-        if record is None:
-            continue
-        outcome = changed.get(location, "unchanged")
-        rows.append(summary_row(record, version, outcome, len(listing.get(prefix, {}))))
-    result = {"prefixes": prefixes, "counts": counts, "rows": rows, "changes": changes}
-    if options.get("checkpoint_key"):
-        put_bytes(s3, bucket, options["checkpoint_key"], canonical_json(result))
+            for record in client.fetch_records_by_filter_list("location", [*updated, *landed]):
+                batch.records[record["location"]] = record
+    nd_written = _write_nd_files(batch)
+    result = BatchResult(
+        prefixes=prefixes,
+        counts=batch.counts.model_dump(),
+        rows=_summary_rows(batch, nd_written),
+        changes=batch.changes,
+    )
+    if checkpoint_key:
+        put_bytes(s3, bucket, checkpoint_key, canonical_json(result.model_dump(mode="json")))
     return result
+
+
+class SyncState(BaseModel):
+    """``state.json`` of a sync configuration: which generation, running or complete."""
+
+    generation: int = Field(description="Counts the runs of this configuration that started.")
+    status: Literal["running", "complete"]
+    cutoff: str | None = Field(default=None, description="The generation's lookback cutoff.")
+    started: str | None = None
+    finished: str | None = None
+    request: dict[str, Any] = Field(default_factory=dict, description="The request, as JSON.")
+
+
+class SyncCheckpoint:
+    """Durable progress of one sync configuration in its bucket.
+
+    ``s3://<bucket>/.neurodata/metadata-sync/<sync id>/state.json`` says whether generation
+    ``n`` finished; ``gen-<n>/batch-<digest>.json`` markers hold each finished batch's
+    `BatchResult`, written by the batch after its last write (so a marker exists only if the
+    batch's work landed). Each batch writes its own object: no read-modify-write race.
+
+    Example:
+        ```python
+        checkpoint = SyncCheckpoint(s3_client, "aind-open-data", "0123abcd")
+        state, resumed = checkpoint.begin(lookback_days=14, restart=False, request={})
+        ```
+    """
+
+    def __init__(self, s3: Any, bucket: str, ident: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.root = f"{CHECKPOINT_ROOT}/metadata-sync/{ident}"
+
+    def state(self) -> SyncState | None:
+        """The saved state, or None before the first run."""
+        try:
+            return SyncState.model_validate(
+                read_json(self.s3, self.bucket, f"{self.root}/state.json")
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def save(self, state: SyncState) -> None:
+        """Replace ``state.json``."""
+        body = canonical_json(state.model_dump(mode="json", exclude_none=True))
+        put_bytes(self.s3, self.bucket, f"{self.root}/state.json", body)
+
+    def begin(
+        self, *, lookback_days: float | None, restart: bool, request: dict[str, Any]
+    ) -> tuple[SyncState, bool]:
+        """Continue an unfinished generation (same cutoff) or start the next one.
+
+        Returns:
+            The running state (saved) and whether it resumes an unfinished generation.
+        """
+        state = self.state()
+        resumed = bool(state and state.status == "running" and not restart)
+        if state is not None and resumed:
+            running = state.model_copy(update={"request": request})
+        else:
+            cutoff = None
+            if lookback_days is not None:
+                since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=lookback_days)
+                cutoff = since.isoformat()
+            running = SyncState(
+                generation=state.generation + 1 if state else 1,
+                status="running",
+                cutoff=cutoff,
+                started=_now(),
+                request=request,
+            )
+        self.save(running)
+        return running, resumed
+
+    def finish(self, state: SyncState) -> None:
+        """Mark the generation complete."""
+        self.save(
+            state.model_copy(update={"status": "complete", "started": None, "finished": _now()})
+        )
+
+    def marker_key(self, generation: int, prefixes: list[str]) -> str:
+        """S3 key of the marker of the batch ``prefixes`` in ``generation``."""
+        digest = hashlib.sha1(
+            f"{prefixes[0]}\n{prefixes[-1]}\n{len(prefixes)}".encode(), usedforsecurity=False
+        ).hexdigest()[:20]
+        return f"{self.root}/gen-{generation}/batch-{digest}.json"
+
+    def markers(self, generation: int) -> list[BatchResult]:
+        """The results of the batches of ``generation`` that finished."""
+        keys: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.root}/gen-{generation}/"):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return [BatchResult.model_validate(read_json(self.s3, self.bucket, k)) for k in keys]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()

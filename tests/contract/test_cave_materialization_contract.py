@@ -226,3 +226,18 @@ def test_client_and_server_live_queries_agree_between_versions(client: CAVEclien
         assert (local["post_pt_root_id"] == root).all()
         checked += 1
     assert checked == 3
+
+
+def test_empty_results_keep_the_column_dtypes_of_non_empty_ones(client: CAVEclient) -> None:
+    """Issue 11 item 8: a filter that matches nothing gives the same columns and dtypes."""
+    mat = client.materialize
+    some = mat.query_table("synapses", limit=5)
+    none = mat.query_table("synapses", filter_equal_dict={"id": -1})
+    assert len(some) == 5 and len(none) == 0
+    assert list(none.columns) == list(some.columns)
+    assert none.dtypes.astype(str).to_dict() == some.dtypes.astype(str).to_dict()
+    now = dt.datetime.now(dt.timezone.utc)
+    live_some = mat.query_table("synapses", timestamp=now, limit=5)
+    live_none = mat.query_table("synapses", timestamp=now, filter_equal_dict={"id": -1})
+    assert len(live_none) == 0
+    assert live_none.dtypes.astype(str).to_dict() == live_some.dtypes.astype(str).to_dict()

@@ -181,8 +181,8 @@ def test_served_deployments_include_the_cave_flows() -> None:
     )
     by_flow = {d.flow_name: d for d in deployments}
     nightly = by_flow["cave-materialization-snapshot"]
-    assert nightly.name == "nightly" and nightly.schedules[0].schedule.cron == "30 2 * * *"
+    assert nightly.name == "snapshot-nightly" and nightly.schedules[0].schedule.cron == "30 2 * * *"
     assert nightly.parameters["request"] == {"destination": "s3://bucket/snaps"}
     ui = by_flow["cave-annotation-upload"]
-    assert ui.name == "ui" and not ui.schedules
+    assert ui.name == "upload-annotations-from-ui" and not ui.schedules
     assert ui.parameters == {"cave_block": "neurodata-cave"}

@@ -28,7 +28,7 @@ from tests.flows.aind_helpers import (
 pytestmark = pytest.mark.flows
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "aind-asset-registration/on-upload"
+DEPLOYMENT = "aind-asset-registration/register-on-upload"
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:

@@ -51,14 +51,14 @@ def test_served_deployments_match_the_yaml() -> None:
     deployments = {
         d.name: d for d in serve.build_deployments(docdb_block="x", bucket="b", only=aind)
     }
-    assert set(deployments) == {"on-upload", "scheduled", "ui"}
-    (trigger,) = deployments["on-upload"].triggers
+    assert set(deployments) == {"register-on-upload", "sync-nightly", "attach-qc-from-ui"}
+    (trigger,) = deployments["register-on-upload"].triggers
     assert trigger.expect == {"neurodata.asset.uploaded"}
     assert trigger.parameters["request"]["locations"] == ["{{ event.resource.id }}"]
     assert trigger.parameters["docdb_block"] == "x"
-    (schedule,) = deployments["scheduled"].schedules
+    (schedule,) = deployments["sync-nightly"].schedules
     assert schedule.schedule.cron == "0 3 * * *"
-    assert deployments["scheduled"].parameters["request"]["bucket"] == "b"
-    assert deployments["ui"].schedules in (None, [])
+    assert deployments["sync-nightly"].parameters["request"]["bucket"] == "b"
+    assert deployments["attach-qc-from-ui"].schedules in (None, [])
     only = serve.build_deployments(only=["registration"])
-    assert [d.name for d in only] == ["on-upload"]
+    assert [d.name for d in only] == ["register-on-upload"]

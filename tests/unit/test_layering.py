@@ -30,9 +30,6 @@ ALLOWED: dict[str, str] = {
     "clients.cave.l2cache -> clients.cave.chunkedgraph:_to_uint64_array": "14.6, compat",
     "clients.aind.utils -> .._keyset_pages": "14.6, perf (document_db retrieval)",
     "sandbox.cave.chunkedgraph_api -> .._in_bounds": "14.6, sandbox owner",
-    "tasks.sync -> tasks.docdb:_location_map": "14.6, aindflows",
-    "tasks.sync -> tasks.docdb:_message": "14.6, aindflows",
-    "tasks.sync -> tasks.docdb:_reconcile": "14.6, aindflows",
 }
 
 

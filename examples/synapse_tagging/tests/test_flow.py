@@ -56,13 +56,11 @@ def test_same_result_under_injected_faults(
     version = neurodata_cave_client.materialize.most_recent_version()
     wanted = expected_tags(neurodata_cave_client, version, 3)
 
-    # One request in five answers 502/503 (seeded); switched off again after this test.
+    # One request in five answers 502/503 (seeded); the plugin switches it off after the test.
     faults = neurodata_sandbox.faults("cave", rate=0.2, statuses=[502, 503], seed=11)
     summary = tag_top_presynaptic(neurodata_cave_block, table, top_n=3)
-    injected = sum(faults.stats().get("faults", {}).values())
-    faults.__exit__(None, None, None)
 
-    assert injected > 0, "no fault was injected: the test would prove nothing"
+    assert sum(faults.stats()["faults"].values()) > 0, "no fault injected: proves nothing"
     assert summary.tags == wanted
     assert table_tags(neurodata_cave_client, table) == sorted(wanted)  # nothing lost, no dupes
 

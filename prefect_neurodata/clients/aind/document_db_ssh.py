@@ -28,12 +28,22 @@ from typing import Any
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
-from pymongo import MongoClient
-from sshtunnel import BaseSSHTunnelForwarderError, SSHTunnelForwarder
 from typing_extensions import Self
 
+from prefect_neurodata.clients._extras import missing_extra
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 from prefect_neurodata.clients.aind.secrets import get_secret
+
+try:
+    from pymongo import MongoClient
+    from sshtunnel import BaseSSHTunnelForwarderError, SSHTunnelForwarder
+except ModuleNotFoundError as _exc:  # installed without the [aind] extra
+    # Fail when a tunnel is opened, naming the extra, not when the package is imported.
+    _MISSING_EXTRA: ImportError | None = missing_extra(_exc.name or "sshtunnel", "aind")
+    MongoClient = SSHTunnelForwarder = None  # type: ignore[assignment,misc]
+    BaseSSHTunnelForwarderError = OSError  # type: ignore[assignment,misc]
+else:
+    _MISSING_EXTRA = None
 
 logger = logging.getLogger("prefect_neurodata.aind.document_db_ssh")
 
@@ -240,6 +250,8 @@ class DocumentDbSSHClient:
                 client.close()
             ```
         """
+        if _MISSING_EXTRA is not None:
+            raise _MISSING_EXTRA
         attempts = max(1, self.ssh_connect_attempts)
         for attempt in range(attempts):
             tunnel = self._create_ssh_tunnel()

@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
 from typing_extensions import Self
 
+from prefect_neurodata.clients._extras import missing_extra
 from prefect_neurodata.clients.aind.credentials import CoreCredentials
 
 
@@ -188,11 +189,14 @@ class Client:
     def _engine(self) -> Engine:
         if self._engine_instance is None:
             url = self._url
-            self._engine_instance = sa.create_engine(
-                url.set(drivername=resolve_drivername(url.drivername)),
-                pool_pre_ping=True,
-                **self._engine_options,
-            )
+            try:
+                self._engine_instance = sa.create_engine(
+                    url.set(drivername=resolve_drivername(url.drivername)),
+                    pool_pre_ping=True,
+                    **self._engine_options,
+                )
+            except ModuleNotFoundError as exc:  # the driver, e.g. psycopg2
+                raise missing_extra(exc.name or "the database driver", "aind") from exc
         return self._engine_instance
 
     def dispose(self) -> None:

@@ -20,13 +20,104 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db import Client, MetadataDbClient
 
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,61}[A-Za-z0-9]$")
+# S3 location rules, the one home for every layer (clients, tasks, flows).
+# Bucket names as AWS allows them today: 3-63 lowercase letters, digits, '.' and '-', starting and
+# ending with a letter or digit, no '..'. Buckets made before March 2018 in us-east-1 may also
+# hold upper case and '_' ("legacy" names): the drop-in client accepts those (the official one
+# checks nothing), while the flows, which create locations, hold new input to today's rule.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_LEGACY_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,61}[A-Za-z0-9]$")
+# Characters AWS advises against in keys (control characters, \ { } ^ % ` [ ] " < > ~ # |).
+_BAD_PREFIX_CHARS = re.compile(r"[\x00-\x1f\x7f\\{}^%`\[\]\"<>~#|]")
+MAX_PREFIX_BYTES = 900
+"""Asset prefixes stay well below S3's 1,024-byte key limit, leaving room for the files."""
+
+
+def bucket_problem(bucket: str, *, allow_legacy: bool = False) -> str | None:
+    """Why ``bucket`` is not a valid S3 bucket name, or None.
+
+    Args:
+        bucket: The name.
+        allow_legacy: Also accept pre-2018 us-east-1 names (upper case and ``_``).
+
+    Example:
+        >>> bucket_problem("aind-open-data") is None
+        True
+        >>> bucket_problem("Legacy_Bucket", allow_legacy=True) is None
+        True
+    """
+    pattern = _LEGACY_BUCKET_RE if allow_legacy else _BUCKET_RE
+    if not isinstance(bucket, str) or not pattern.match(bucket) or ".." in bucket:
+        return (
+            f"bucket {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, "
+            "digits, dots or dashes, starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name an asset folder below a bucket, or None.
+
+    Example:
+        >>> prefix_problem("ecephys_1_2024-01-01_10-00-00") is None
+        True
+        >>> prefix_problem("a/../b")
+        "prefix 'a/../b' has a '.' or '..' segment"
+    """
+    stripped = prefix.strip("/")
+    if not stripped:
+        return "the prefix is empty (an asset is a folder below the bucket)"
+    if "//" in stripped:
+        return f"prefix {prefix!r} has an empty path segment ('//')"
+    if any(part in (".", "..") for part in stripped.split("/")):
+        return f"prefix {prefix!r} has a '.' or '..' segment"
+    if _BAD_PREFIX_CHARS.search(stripped):
+        return f"prefix {prefix!r} has characters that are not safe in S3 keys"
+    if len(stripped.encode()) > MAX_PREFIX_BYTES:
+        return f"prefix {prefix[:40]!r}... is longer than {MAX_PREFIX_BYTES} bytes"
+    return None
+
+
+@dataclass(frozen=True, order=True)
+class S3Location:
+    """A validated ``s3://bucket/prefix`` asset location (prefix without surrounding slashes)."""
+
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        """The canonical ``s3://bucket/prefix`` form used as DocDB ``location``."""
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def parse_s3_location(value: str) -> S3Location:
+    """Validate and normalise one asset location (today's bucket rule, safe prefix).
+
+    Raises:
+        ValueError: Naming the value and what is wrong with it.
+
+    Example:
+        >>> parse_s3_location("s3://aind-open-data/ecephys_1/").uri
+        's3://aind-open-data/ecephys_1'
+    """
+    if not isinstance(value, str) or not value.startswith("s3://"):
+        raise ValueError(f"{value!r} is not an S3 location (expected s3://bucket/prefix)")
+    bucket, _, prefix = value[len("s3://") :].partition("/")
+    problem = bucket_problem(bucket) or prefix_problem(prefix)
+    if problem:
+        raise ValueError(f"{value!r}: {problem}")
+    return S3Location(bucket, prefix.strip("/"))
 
 
 def get_s3_bucket_and_prefix(s3_location: str) -> dict[str, str]:
@@ -100,10 +191,10 @@ def validate_s3_location(s3_location: Any, *, field: str = "s3_location") -> str
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise bad("the bucket name is empty")
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+    if bucket_problem(bucket, allow_legacy=True):
         raise bad(
-            f"bucket {bucket!r} is not a valid bucket name (3-63 characters: lowercase letters, "
-            "digits, '.' and '-', starting and ending with a letter or digit)"
+            f"bucket {bucket!r} is not a valid bucket name (3-63 characters: letters, digits, "
+            "'.', '-' and, in legacy names, '_', starting and ending with a letter or digit)"
         )
     prefix = prefix.rstrip("/")
     if not prefix:
