@@ -35,7 +35,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect_neurodata.deployments import AWS_BLOCK_NAME, BLOCK_NAMES, deployment_specs
 
@@ -155,6 +155,7 @@ def save_blocks(env: dict[str, str]) -> dict[str, str | None]:
     """
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
+    from pydantic import SecretStr
 
     from prefect_neurodata.blocks import DocDbApiCredentials, RdsCredentials
     from prefect_neurodata.demo_cave import save_cave_block
@@ -177,7 +178,9 @@ def save_blocks(env: dict[str, str]) -> dict[str, str | None]:
             host=url.host or "127.0.0.1",
             port=url.port or 5432,
             username=url.username or "postgres",
-            password=url.password or "unused",  # the sandbox cluster trusts local connections
+            password=SecretStr(
+                url.password or "unused"
+            ),  # the sandbox cluster trusts local connections
             database=url.database or "postgres",
             drivername=url.drivername,
         ).save(BLOCK_NAMES["rds_block"], overwrite=True)
@@ -239,7 +242,8 @@ def demo_runs(env: dict[str, str], workdir: Path, blocks: dict[str, str | None])
 
     specs = {spec.key: spec for spec in deployment_specs(bucket=env["NEURODATA_S3_BUCKET"])}
     bucket = env["NEURODATA_S3_BUCKET"]
-    docdb = DocDbApiCredentials.load(BLOCK_NAMES["docdb_block"])
+    # Synchronous caller: Prefect's sync_compatible load returns the block itself.
+    docdb = cast(DocDbApiCredentials, DocDbApiCredentials.load(BLOCK_NAMES["docdb_block"]))
     prefixes = list_prefixes(docdb.get_s3_client(), bucket)
     with docdb.get_client() as client:
         sample = client.retrieve_docdb_records(
@@ -276,19 +280,24 @@ def demo_runs(env: dict[str, str], workdir: Path, blocks: dict[str, str | None])
 
 def run_through_deployments(runs: list[Any], ui_url: str) -> list[Any]:
     """Start each run from its deployment (tag ``demo``) and wait for it; returns the runs."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     finished = []
     for number, (spec, parameters) in enumerate(runs, start=1):
         t0 = time.monotonic()
         _say(f"{number}/{len(runs)} {spec.full_name}: started")
-        flow_run = run_deployment(
-            spec.full_name,
-            parameters=parameters,
-            tags=[DEMO_TAG],
-            timeout=1800,
-            poll_interval=1,
-            as_subflow=False,
+        # Synchronous caller: Prefect's sync_compatible run_deployment returns the flow run.
+        flow_run = cast(
+            FlowRun,
+            run_deployment(
+                spec.full_name,
+                parameters=parameters,
+                tags=[DEMO_TAG],
+                timeout=1800,
+                poll_interval=1,
+                as_subflow=False,
+            ),
         )
         state = flow_run.state.name if flow_run.state else "unknown"
         _say(

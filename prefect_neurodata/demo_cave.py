@@ -51,12 +51,14 @@ def ensure_cave_seeded(env: dict[str, str], synapses: int = DEMO_SYNAPSES) -> No
 
 def save_cave_block(env: dict[str, str], name: str = CAVE_BLOCK) -> str:
     """Save a CAVE block pointing at the sandbox (the user token: view + edit)."""
+    from pydantic import SecretStr
+
     from prefect_neurodata.blocks import CaveCredentials
 
     CaveCredentials(
         server_address=env["NEURODATA_CAVE_GLOBAL_URL"],
         datastack_name=env["NEURODATA_CAVE_DATASTACK"],
-        token=env["NEURODATA_CAVE_TOKEN"],
+        token=SecretStr(env["NEURODATA_CAVE_TOKEN"]),
     ).save(name, overwrite=True)
     return name
 

@@ -75,7 +75,7 @@ def events_from_message(body: str) -> list[dict[str, Any]]:
         return []
     if "Records" not in document:
         raise ValueError("message body has no 'Records' (not an S3 notification)")
-    events = []
+    events: list[dict[str, Any]] = []
     for record in document["Records"]:
         name = str(record.get("eventName", ""))
         if not name.startswith("ObjectCreated"):

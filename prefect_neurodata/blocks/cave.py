@@ -66,8 +66,8 @@ class CaveCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "CAVE Credentials"
     _block_type_slug = "cave-credentials"
-    _logo_url = CAVE_LOGO_URL
-    _documentation_url = CAVE_DOCS_URL
+    _logo_url = CAVE_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
+    _documentation_url = CAVE_DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = (
         "Global server, datastack and API token of the CAVE connectomics services, with the "
         "session settings of the clients built from it."

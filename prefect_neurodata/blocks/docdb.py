@@ -65,8 +65,8 @@ class DocDbApiCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "AIND DocDB API Credentials"
     _block_type_slug = "aind-docdb-api-credentials"
-    _logo_url = AIND_LOGO_URL
-    _documentation_url = DOCS_URL
+    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
+    _documentation_url = DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = (
         "Location of the AIND DocDB REST API and the AWS credentials that sign its writes."
     )

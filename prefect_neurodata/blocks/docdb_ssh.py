@@ -62,8 +62,8 @@ class DocumentDbSshCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "AIND DocumentDB SSH Credentials"
     _block_type_slug = "aind-documentdb-ssh-credentials"
-    _logo_url = AIND_LOGO_URL
-    _documentation_url = DOCS_URL
+    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
+    _documentation_url = DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = "DocumentDB credentials plus the SSH tunnel used to reach the database."
 
     host: str = Field(description="DocumentDB host as seen from the SSH server.", title="Host")

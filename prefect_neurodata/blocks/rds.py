@@ -46,8 +46,8 @@ class RdsCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "AIND RDS Credentials"
     _block_type_slug = "aind-rds-credentials"
-    _logo_url = AIND_LOGO_URL
-    _documentation_url = DOCS_URL
+    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
+    _documentation_url = DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = "Connection settings for the AIND relational database (RDS tables)."
 
     host: str = Field(description="Database host name.", title="Host")

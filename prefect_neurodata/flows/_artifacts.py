@@ -5,7 +5,7 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -59,7 +59,10 @@ class Progress:
         self.done = 0
         self._id: UUID | None = None
         if in_flow_run():
-            self._id = create_progress_artifact(progress=0.0, key=key, description=description)
+            # Called from synchronous code, where Prefect's sync_compatible returns the UUID.
+            self._id = cast(
+                UUID, create_progress_artifact(progress=0.0, key=key, description=description)
+            )
 
     def advance(self, amount: int = 1) -> None:
         """Count ``amount`` more units as done."""

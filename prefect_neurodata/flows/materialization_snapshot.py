@@ -195,7 +195,7 @@ def _run_name() -> str:
 @flow(
     name="cave-materialization-snapshot",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect: generic infers Never
     validate_parameters=True,
 )
 def snapshot_materialization(

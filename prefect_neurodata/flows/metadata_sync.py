@@ -359,7 +359,7 @@ def _run_name() -> str:
 @flow(
     name="aind-metadata-sync",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]  # Prefect: generic infers Never
     validate_parameters=True,
 )
 def sync_metadata(

@@ -394,7 +394,7 @@ def _run_name() -> str:
 @flow(
     name="aind-qc-attachment",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect: generic infers Never
     validate_parameters=True,
 )
 def attach_qc(

@@ -174,7 +174,7 @@ def plan_registration(request: RegistrationRequest, docdb_block: str, aws: Any) 
     if request.bucket and bucket_problem(request.bucket):
         raise ValueError(f"invalid registration request: bucket: {bucket_problem(request.bucket)}")
     scanned: list[str] = []
-    if request.scans_bucket:
+    if request.scans_bucket and request.bucket:  # scans_bucket implies a bucket
         scanned = list_asset_prefixes(aws, request.bucket, request.starts_with or [""])
         logger.info("scanned s3://%s: %d asset folders", request.bucket, len(scanned))
     items, plain = _collect(request, scanned)
@@ -284,7 +284,7 @@ def _run_name() -> str:
 @flow(
     name="aind-asset-registration",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect: generic infers Never
     validate_parameters=True,
 )
 def register_assets(

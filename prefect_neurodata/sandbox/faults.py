@@ -365,7 +365,7 @@ def _drop_connection(send: Callable) -> None:
     uvicorn hands the app the bound ``send`` of its per-request cycle, which owns the transport;
     this is why the middleware must wrap the app from the outside.
     """
-    cycle = getattr(send, "__self__", None)
+    cycle: Any = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle
     transport = getattr(cycle, "transport", None)
     if transport is None:
         raise RuntimeError(

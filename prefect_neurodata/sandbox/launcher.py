@@ -861,7 +861,7 @@ class Sandbox:
             if name == "mongo":
                 import pymongo
 
-                client = pymongo.MongoClient(
+                client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
                     urls["url"], serverSelectionTimeoutMS=1000, connectTimeoutMS=1000
                 )
                 try:

@@ -56,7 +56,7 @@ class _FixedHeadersSigV4(SigV4Auth):
         super().__init__(credentials, service, region)
         self._names = names
 
-    def headers_to_sign(self, request: AWSRequest):  # type: ignore[override]
+    def headers_to_sign(self, request: AWSRequest):
         header_map = super().headers_to_sign(request)
         for name in list(header_map.keys()):
             if name not in self._names:
@@ -138,6 +138,7 @@ class SigV4Verifier:
             if not missing:
                 missing = ["Authorization header requires 'Credential' parameter."]
             raise SignatureError(" ".join(missing) + f" Authorization={auth}")
+        assert amz_date  # a missing date is one of the ``missing`` reasons raised above
 
         scope = params["Credential"].split("/")
         if len(scope) != 5 or scope[4] != "aws4_request":

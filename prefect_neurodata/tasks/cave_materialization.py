@@ -230,7 +230,7 @@ def snapshot_table_part(
             if writer is None:
                 schema = part.schema
                 writer = pq.ParquetWriter(str(scratch), schema, compression="zstd")
-            elif part.schema != schema:
+            elif schema is not None and part.schema != schema:  # schema is set with writer
                 part = part.select(schema.names).cast(schema)
             if part.num_rows:
                 writer.write_table(part)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -81,6 +82,14 @@ def _landed(done: Callable[[], bool]) -> bool:
         if is_transient_error(exc):
             return False
         raise
+
+
+def _is_registered(client: Any, location: str) -> bool:
+    return bool(location_map(client, [location]))
+
+
+def _is_deregistered(client: Any, location: str) -> bool:
+    return not location_map(client, [location])
 
 
 def location_map(client: Any, locations: list[str]) -> dict[str, str]:
@@ -214,8 +223,8 @@ def register_locations(
             continue
         try:
             status, result = reconcile_write(
-                lambda item=item: _register(client, item),
-                lambda location=location: bool(location_map(client, [location])),
+                functools.partial(_register, client, item),
+                functools.partial(_is_registered, client, location),
                 conflict_means_done=True,
             )
         except Exception as exc:  # noqa: BLE001 - transient after item retries
@@ -501,8 +510,8 @@ def deregister_asset_batch(docdb: DocDb, locations: list[str]) -> list[dict[str,
                 outcomes.append({"location": location, "outcome": "not in DocDB", "detail": ""})
                 continue
             status, result = reconcile_write(
-                lambda location=location: client.deregister_asset(location),
-                lambda location=location: not location_map(client, [location]),
+                functools.partial(client.deregister_asset, location),
+                functools.partial(_is_deregistered, client, location),
             )
             outcomes.append(
                 {

@@ -157,7 +157,7 @@ class FaultInjection:
         config: The configuration the service reports (``rate``, ``statuses``, ...).
     """
 
-    service: str
+    service: FaultService
     config: dict[str, Any]
     _sandbox: NeurodataSandbox = field(repr=False)
 
@@ -192,7 +192,7 @@ class NeurodataSandbox:
         self._parts: dict[str, Sandbox] = {}
         self._envs: dict[str, dict[str, str]] = {}
         self._faulted: set[str] = set()
-        self._locks = {part: threading.Lock() for part in PARTS}
+        self._locks: dict[str, threading.Lock] = {part: threading.Lock() for part in PARTS}
         self._http: requests.Session | None = None
 
     def __repr__(self) -> str:
@@ -419,13 +419,15 @@ class NeurodataSandbox:
             role: Whose token (see :meth:`cave_client`).
             **fields: More block fields (``max_retries``, ``timeout``, ...).
         """
+        from pydantic import SecretStr
+
         from prefect_neurodata.blocks import CaveCredentials
 
         env = self.cave_env
         return CaveCredentials(
             server_address=env["NEURODATA_CAVE_GLOBAL_URL"],
             datastack_name=env["NEURODATA_CAVE_DATASTACK"],
-            token=env[_TOKEN_KEYS[role]],
+            token=SecretStr(env[_TOKEN_KEYS[role]]),
             **fields,
         )
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
 from typing_extensions import Self
@@ -666,8 +666,9 @@ class Client:
                 return nbytes < self.parallel_page_bytes
             if len(ids) <= per_range or not all(type(i) is str for i in ids):
                 return False
+            str_ids = cast(list[str], ids)  # every id was checked to be a str just above
             bounds = [
-                (ids[start], ids[min(start + per_range, len(ids)) - 1])
+                (str_ids[start], str_ids[min(start + per_range, len(ids)) - 1])
                 for start in range(0, len(ids), per_range)
             ]
             for records in http.imap_bounded(read, bounds, self.max_workers):

@@ -41,7 +41,7 @@ except ModuleNotFoundError as _exc:  # installed without the [aind] extra
     # Fail when a tunnel is opened, naming the extra, not when the package is imported.
     _MISSING_EXTRA: ImportError | None = missing_extra(_exc.name or "sshtunnel", "aind")
     MongoClient = SSHTunnelForwarder = None  # type: ignore[assignment,misc]
-    BaseSSHTunnelForwarderError = OSError  # type: ignore[assignment,misc]
+    BaseSSHTunnelForwarderError = OSError
 else:
     _MISSING_EXTRA = None
 

@@ -20,6 +20,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Generator, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -45,7 +46,7 @@ async def serve(host: str, global_port: int, local_port: int, workdir: str | Non
         workdir: Directory of the default SQLite file (wins over
             ``NEURODATA_SANDBOX_CAVE_WORKDIR``).
     """
-    overrides: dict[str, object] = {
+    overrides: dict[str, Any] = {
         "global_url": f"http://{host}:{global_port}",
         "local_url": f"http://{host}:{local_port}",
     }

@@ -106,8 +106,8 @@ def frozen_arrow(
         elif f.kind == "float":
             out[f.name] = pa.array(columns[f.name], type=pa.float64()).cast(pa.float32())
         elif f.kind == "bool":
-            vals = [None if v is None else bool(v) for v in columns[f.name]]
-            out[f.name] = pa.array(vals, type=pa.bool_())
+            flags = [None if v is None else bool(v) for v in columns[f.name]]
+            out[f.name] = pa.array(flags, type=pa.bool_())
         else:
             out[f.name] = pa.array(columns[f.name], type=pa.string())
     out.update(positions)

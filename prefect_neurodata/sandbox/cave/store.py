@@ -34,6 +34,7 @@ import datetime as dt
 import re
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,7 +245,7 @@ def live_table(table_name: str, fields: list[Field]) -> sa.Table:
         if cached is not None:
             return cached
         md = sa.MetaData()
-        cols = [
+        cols: list[sa.Column[Any]] = [
             sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
             sa.Column("created", sa.DateTime, nullable=False),
             sa.Column("deleted", sa.DateTime, nullable=True),
@@ -382,7 +383,7 @@ def read_live_rows(
     return out
 
 
-def _columns(rows: list[Any], names: list[str], group: str) -> dict[str, Any]:
+def _columns(rows: Sequence[Any], names: list[str], group: str) -> dict[str, Any]:
     if group in ("int", "float"):
         dtype = np.int64 if group == "int" else np.float64
         try:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -1083,7 +1083,7 @@ class Store:
             with id_list.lock:
                 found = id_list.answers.get(key)
             if found is None:
-                found = coll.count_documents(filter)
+                found = coll.count_documents(filter or {})
                 with id_list.lock:
                     id_list.remember(key, found, 64)
             else:
@@ -1307,7 +1307,7 @@ def _bulk_op(index: int, item: Any, field: str | None, stamp: str) -> Any:
     return DeleteOne(filt) if kind == "deleteOne" else DeleteMany(filt)
 
 
-def _bulk_shape(raw: dict, inserted: list[dict]) -> dict:
+def _bulk_shape(raw: Mapping[str, Any], inserted: list[dict]) -> dict:
     return {
         "ok": 1,
         "writeErrors": [

@@ -118,7 +118,9 @@ def insert_records(
 
     from prefect_neurodata.sandbox.docdb.store import database_name
 
-    client = pymongo.MongoClient(mongo_uri, directConnection=True)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongo_uri, directConnection=True
+    )
     try:
         counts = {}
         for version, recs in records.items():
@@ -388,8 +390,11 @@ def seed_sandbox(
 
         cave_pool = ThreadPoolExecutor(max_workers=1)
         cave_job = cave_pool.submit(run_cave)
-    client = pymongo.MongoClient(env["NEURODATA_MONGO_URI"], directConnection=True)
-    s3 = target = saved = None
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        env["NEURODATA_MONGO_URI"], directConnection=True
+    )
+    s3: Any = None  # a boto3 S3 client when AWS_ENDPOINT_URL is set
+    target = saved = None
     if env.get("AWS_ENDPOINT_URL"):
         from prefect_neurodata.sandbox.aws import AwsTarget, suspend_notifications
 

@@ -903,7 +903,7 @@ class RecordGenerator:
         proc_type, pipeline, name, created_dt, modified_dt = ident[6:]
         experimenters = [rng.choice(PEOPLE) for _ in range(rng.randint(1, 2))]
         dob = datetime(2021, 6, 1) + timedelta(days=rng.randint(0, 1500))
-        subject = {
+        subject: dict[str, Any] = {
             "object_type": "Subject",
             "describedBy": SCHEMA_URL.format("subject"),
             "schema_version": "2.0.6",
