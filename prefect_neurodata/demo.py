@@ -178,9 +178,8 @@ def save_blocks(env: dict[str, str]) -> dict[str, str | None]:
             host=url.host or "127.0.0.1",
             port=url.port or 5432,
             username=url.username or "postgres",
-            password=SecretStr(
-                url.password or "unused"
-            ),  # the sandbox cluster trusts local connections
+            # the sandbox cluster trusts local connections
+            password=SecretStr(url.password or "unused"),
             database=url.database or "postgres",
             drivername=url.drivername,
         ).save(BLOCK_NAMES["rds_block"], overwrite=True)
