@@ -777,7 +777,7 @@ def resolve_server_address(server_address: str | None) -> str:
 
 
 def negotiated_client(
-    client_class: Callable[..., ClientT] | Mapping[int, Callable[..., ClientT]],
+    client_class: Callable[..., ClientT] | Mapping[Any, Callable[..., ClientT]],
     server_address: str,
     auth_client: Any,
     api_version: int | str,

@@ -38,7 +38,7 @@ import copy
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -878,7 +878,7 @@ class MaterializationClientV2(ClientBase):
             df.attrs["table_voxel_resolution"]
             ```
         """
-        user = dict(
+        user: dict[str, Any] = dict(
             filter_in_dict=filter_in_dict,
             filter_out_dict=filter_out_dict,
             filter_equal_dict=filter_equal_dict,
@@ -1096,8 +1096,8 @@ class MaterializationClientV2(ClientBase):
         metas: dict[str, dict[str, Any]] = {}
         for name in tables:
             try:
-                if views:
-                    meta = self.get_view_metadata(
+                if views:  # only MaterializationClientV3 asks for views
+                    meta = cast("MaterializationClientV3", self).get_view_metadata(
                         name, materialization_version=v, datastack_name=ds
                     )
                 else:
@@ -1816,29 +1816,33 @@ class MaterializationClientV2(ClientBase):
             if ids is None:
                 continue
             if np.isscalar(ids):
-                filter_equal[col] = int(ids)
+                filter_equal[col] = int(cast("int | np.integer", ids))
             else:
                 filter_in[col] = [int(x) for x in np.asarray(ids).ravel().tolist()]
         if not include_zeros:
             filter_out = {"pre_pt_root_id": [0], "post_pt_root_id": [0]}
         spatial = {bounding_box_column: bounding_box} if bounding_box is not None else None
-        df = self.query_table(
-            table,
-            filter_in_dict=filter_in or None,
-            filter_out_dict=filter_out or None,
-            filter_equal_dict=filter_equal or None,
-            filter_spatial_dict=spatial,
-            offset=offset,
-            limit=limit,
-            datastack_name=datastack_name,
-            split_positions=split_positions,
-            materialization_version=materialization_version,
-            timestamp=timestamp,
-            metadata=metadata,
-            merge_reference=False,
-            desired_resolution=desired_resolution,
-            on_limit=on_limit,
-            max_workers=max_workers,
+        # return_df is left at True, so this is a DataFrame.
+        df = cast(
+            pd.DataFrame,
+            self.query_table(
+                table,
+                filter_in_dict=filter_in or None,
+                filter_out_dict=filter_out or None,
+                filter_equal_dict=filter_equal or None,
+                filter_spatial_dict=spatial,
+                offset=offset,
+                limit=limit,
+                datastack_name=datastack_name,
+                split_positions=split_positions,
+                materialization_version=materialization_version,
+                timestamp=timestamp,
+                metadata=metadata,
+                merge_reference=False,
+                desired_resolution=desired_resolution,
+                on_limit=on_limit,
+                max_workers=max_workers,
+            ),
         )
         if remove_autapses and not df.empty:
             attrs = dict(df.attrs)
@@ -2093,7 +2097,7 @@ class MaterializationClientV3(MaterializationClientV2):
             ),
         )
 
-    def live_live_query(
+    def live_live_query(  # type: ignore[override]  # caveclient's V3 signature: filter_regex_dict is positional there
         self,
         table: str,
         timestamp: dt.datetime,

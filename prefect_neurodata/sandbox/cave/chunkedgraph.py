@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import networkx as nx
 import numpy as np
@@ -97,7 +97,9 @@ class WorldParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldParams:
         """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+        values: dict[str, Any] = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()
+        }
         return cls(**values)
 
 
@@ -216,6 +218,10 @@ def decode_id(node_id: int, n_layers: int) -> tuple[int, tuple[int, int, int], i
     return layer, chunk, segment  # type: ignore[return-value]
 
 
+@overload
+def to_posix(timestamp: None) -> None: ...
+@overload
+def to_posix(timestamp: float | dt.datetime | np.datetime64) -> float: ...
 def to_posix(timestamp: Any) -> float | None:
     """POSIX seconds from a float/int, a datetime (naive = UTC) or ``None`` (kept ``None``)."""
     if timestamp is None:
@@ -285,6 +291,7 @@ class ChunkedGraph:
         self.operations: list[Operation] = []
         self._op_ts: list[float] = [float(params.base_timestamp)]
         self._edges: dict[tuple[int, int], dict[str, Any]] = {}
+        self._neighbor_cache: dict[int, list[int]] | None = None
         self.graph = nx.Graph()
         self._rec: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []
         self._lookup_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -549,8 +556,8 @@ class ChunkedGraph:
             self.l2s[l2] = L2Info(l2, chunk, members, 0, base_ts)  # type: ignore[arg-type]
             self.cur_l2[members] = l2
         comps = sorted((sorted(c) for c in nx.connected_components(g)), key=lambda c: c[0])
-        for comp in comps:
-            members = np.asarray(comp, dtype=np.int64)
+        for component in comps:
+            members = np.asarray(component, dtype=np.int64)
             root = self._mint_root()
             self.roots[root] = RootInfo(root, 0, base_ts, members)
             self.cur_root[members] = root
@@ -1454,8 +1461,8 @@ class ChunkedGraph:
             target = self.get_operation(operation_id)
             if target.undone:
                 raise PCGError(400, f"Operation {operation_id} is already undone")
-            added = [tuple(int(i) for i in self.sv_index(e)) for e in target.removed_edges]
-            removed = [tuple(int(i) for i in self.sv_index(e)) for e in target.added_edges]
+            added = [self._sv_edge(e) for e in target.removed_edges]
+            removed = [self._sv_edge(e) for e in target.added_edges]
             added = [e for e in added if not self.graph.has_edge(*e)]
             removed = [e for e in removed if self.graph.has_edge(*e)]
             if not added and not removed:
@@ -1477,8 +1484,8 @@ class ChunkedGraph:
             target = self.get_operation(operation_id)
             if not target.undone:
                 raise PCGError(400, f"Operation {operation_id} has not been undone")
-            added = [tuple(int(i) for i in self.sv_index(e)) for e in target.added_edges]
-            removed = [tuple(int(i) for i in self.sv_index(e)) for e in target.removed_edges]
+            added = [self._sv_edge(e) for e in target.added_edges]
+            removed = [self._sv_edge(e) for e in target.removed_edges]
             added = [e for e in added if not self.graph.has_edge(*e)]
             removed = [e for e in removed if self.graph.has_edge(*e)]
             if not added and not removed:
@@ -1494,11 +1501,15 @@ class ChunkedGraph:
             target.undone = False
             return op
 
+    def _sv_edge(self, edge: Any) -> tuple[int, int]:
+        a, b = self.sv_index(edge)
+        return int(a), int(b)
+
     def replay(self, record: OperationRecord) -> Operation:
         """Re-apply a persisted operation (used when a restarted server rebuilds the world)."""
         with self._lock:
-            added = [tuple(int(i) for i in self.sv_index(e)) for e in record.added]
-            removed = [tuple(int(i) for i in self.sv_index(e)) for e in record.removed]
+            added = [self._sv_edge(e) for e in record.added]
+            removed = [self._sv_edge(e) for e in record.removed]
             persist, self._persist = self._persist, False
             try:
                 op = self._apply(
@@ -1544,8 +1555,8 @@ class ChunkedGraph:
         sub = self.graph.subgraph(int(i) for i in affected)
         comps = sorted((sorted(c) for c in nx.connected_components(sub)), key=lambda c: c[0])
         new_roots: list[int] = []
-        for comp in comps:
-            members = np.asarray(comp, dtype=np.int64)
+        for component in comps:
+            members = np.asarray(component, dtype=np.int64)
             rid = self._mint_root()
             self.roots[rid] = RootInfo(
                 rid, seq, ts, members, former=list(old_roots), op_created=seq
