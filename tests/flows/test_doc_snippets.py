@@ -37,6 +37,8 @@ def production_to_sandbox(env: dict[str, str]) -> dict[str, str]:
     """What each production endpoint or placeholder in the docs becomes on the sandbox."""
     return {
         '"https://api.allenneuraldynamics.org"': repr(env["NEURODATA_DOCDB_HOST"]),
+        # The seed clients take the bare host name (they add https:// themselves).
+        '"api.allenneuraldynamics.org"': repr(env["NEURODATA_DOCDB_HOST"]),
         '"https://global.daf-apis.com"': repr(env["NEURODATA_CAVE_GLOBAL_URL"]),
         '"minnie65_public"': repr(env["NEURODATA_CAVE_DATASTACK"]),
         'token="..."': f"token={env['NEURODATA_CAVE_TOKEN']!r}",
