@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,7 +36,10 @@ FILL = 0.6
 """Target fraction of the row limit per partition: room for uneven id density."""
 
 OnLimit = Literal["partition", "raise"]
-ON_LIMIT_CHOICES: tuple[str, ...] = ("partition", "raise")
+"""What a query does when the answer reaches the server's row limit: split it into id-range
+partitions, or raise `QueryLimitError`."""
+
+ON_LIMIT_CHOICES: tuple[str, ...] = get_args(OnLimit)
 
 IdRange = tuple[int | None, int | None]
 """A half-open ``[lo, hi)`` id range; None means unbounded on that side."""
@@ -94,7 +97,7 @@ def _slice(table: Any, start: int, length: int | None = None) -> Any:
     return table[start:] if length is None else table[start : start + length]
 
 
-def check_on_limit(on_limit: str) -> None:
+def check_on_limit(on_limit: OnLimit) -> None:
     """Reject an unknown ``on_limit`` value before anything is sent."""
     if on_limit not in ON_LIMIT_CHOICES:
         raise ValueError(f"on_limit must be one of {ON_LIMIT_CHOICES}, got {on_limit!r}")
@@ -268,7 +271,7 @@ class Partitioner:
     def run(
         self,
         *,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         limit: int | None = None,
         offset: int | None = None,
         size_hint: Callable[[], int | None] | int | None = None,

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -71,6 +72,7 @@ from ._arrow import (
 from ._partition import (
     Chunk,
     IdRange,
+    OnLimit,
     Partitioner,
     QueryLimitError,
     check_on_limit,
@@ -288,6 +290,51 @@ def _nested_filters(user: Mapping[str, Any], tables: Sequence[str]) -> dict[str,
 
 def _attrs_filters(user: Mapping[str, Any]) -> dict[str, Any]:
     return {name: user.get(arg) for arg, _, name in _FILTER_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class _QueryArgs:
+    """The arguments the query methods share, taken once from a public call.
+
+    Every query method (`query_table`, `join_query`, `live_query`, `live_live_query`,
+    `query_view`) builds one with `of` and hands it to the one query pipeline
+    (``MaterializationClientV2._execute``), so the meaning of each argument lives in one place.
+    """
+
+    filters: dict[str, Any]
+    select_columns: Any = None
+    offset: int | None = None
+    limit: int | None = None
+    datastack_name: str | None = None
+    return_df: bool = True
+    split_positions: bool = False
+    materialization_version: int | None = None
+    metadata: bool = True
+    merge_reference: bool = True
+    desired_resolution: Iterable[float] | None = None
+    get_counts: bool = False
+    random_sample: int | None = None
+    on_limit: OnLimit = "partition"
+    max_workers: int | None = None
+
+    @classmethod
+    def of(cls, call: Mapping[str, Any]) -> _QueryArgs:
+        """The shared arguments of a public call, from its ``locals()``; checks ``on_limit``.
+
+        The nine filter arguments become ``filters`` (``{argument name: value}``); an
+        argument the method does not take keeps its default.
+        """
+        check_on_limit(call["on_limit"])
+        names = {field.name for field in dataclasses.fields(cls)} & call.keys()
+        return cls(
+            filters={arg: call.get(arg) for arg, _, _ in _FILTER_KEYS},
+            **{name: call[name] for name in names},
+        )
+
+    @property
+    def single(self) -> bool:
+        """Counts and random samples are one request: they cannot be split into partitions."""
+        return self.get_counts or self.random_sample is not None
 
 
 def _json_safe(value: Any) -> Any:
@@ -697,30 +744,18 @@ class MaterializationClientV2(ClientBase):
             raise ValueError(f"Unknown response type: {content_type(response.headers)!r}")
         return Chunk(table, warnings, response.headers, limit_from_warnings(warnings))
 
-    def _run(
+    def _partitioner(
         self,
         url: str,
         body: dict[str, Any],
         params: dict[str, Any],
         *,
-        return_df: bool,
+        arrow: bool,
         part_table: str,
-        limit: int | None,
-        offset: int | None,
-        on_limit: str,
         max_workers: int | None,
-        size_hint: Callable[[], int | None] | None = None,
         can_count: bool = True,
-        can_partition: Callable[[], str | None] | None = None,
-        single: bool = False,
-        assembler: FrameAssembler | None = None,
-    ) -> tuple[list[Chunk], Any]:
-        """Run one query (partitioned if needed); return the chunks and the first headers."""
-        check_on_limit(on_limit)
-        if limit is not None and (isinstance(limit, bool) or int(limit) <= 0):
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
-        if offset is not None and (isinstance(offset, bool) or int(offset) < 0):
-            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+    ) -> Partitioner:
+        """The partitioner of one query: its requests, split by id ranges of ``part_table``."""
 
         def fetch(rng: IdRange | None, lim: int | None, off: int | None) -> Chunk:
             b = _add_id_range(body, part_table, rng) if rng is not None else dict(body)
@@ -728,37 +763,84 @@ class MaterializationClientV2(ClientBase):
                 b["limit"] = int(lim)
             if off is not None:
                 b["offset"] = int(off)
-            return self._to_chunk(self._post(url, b, params, return_df), return_df)
+            return self._to_chunk(self._post(url, b, params, arrow), arrow)
 
         def count(rng: IdRange | None) -> int:
             b = _add_id_range(body, part_table, rng) if rng is not None else dict(body)
             answer = self._to_chunk(
-                self._post(url, b, {**params, "count": True}, return_df), return_df
+                self._post(url, b, {**params, "count": True}, arrow), arrow
             ).table
             if isinstance(answer, pa.Table):
                 return int(answer.column("count")[0].as_py())
             return int(answer[0]["count"])
 
-        why_not: Callable[[], str | None] | str | None = can_partition
-        if single:
-            why_not = "random_sample and count queries cannot be split"
-        partitioner = Partitioner(
+        return Partitioner(
             fetch,
             count if can_count else None,
             max_workers=max_workers or self.max_workers,
             limit_hint=self._server_limit,
             on_learn_limit=self._learn_limit,
         )
+
+    def _execute(
+        self,
+        args: _QueryArgs,
+        url: str,
+        body: dict[str, Any],
+        params: dict[str, Any],
+        *,
+        tables: Sequence[str],
+        ds: str,
+        v: int | None,
+        res: list[float] | None,
+        given_resolution: Callable[[], list[float] | None] | None,
+        size_hint: Callable[[], int | None] | None = None,
+        can_count: bool = True,
+        has_id: Callable[[], bool] | None = None,
+        **attrs: Any,
+    ) -> Any:
+        """The one query pipeline: send (partitioned if needed), assemble, describe.
+
+        Partitions are id ranges of ``tables[0]``; ``attrs`` are the query-specific keywords
+        of `_assemble_attributes` (``join_query``, ``suffixes``, ``live``, ...).
+        """
+        limit, offset = args.limit, args.offset
+        if limit is not None and (isinstance(limit, bool) or int(limit) <= 0):
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        if offset is not None and (isinstance(offset, bool) or int(offset) < 0):
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+        assembler = (
+            FrameAssembler(
+                split_positions=args.split_positions or args.get_counts,
+                desired_resolution=res,
+                given_resolution=given_resolution,
+            )
+            if args.return_df
+            else None
+        )
+        partitioner = self._partitioner(
+            url,
+            body,
+            params,
+            arrow=args.return_df,
+            part_table=tables[0],
+            max_workers=args.max_workers,
+            can_count=can_count,
+        )
         # Only an unfiltered query is certainly as big as the table: then the table count
         # lets the first (certainly cut) request be skipped.
         unfiltered = not any(body.get(key) for _, key, _ in _FILTER_KEYS)
         chunks: list[Chunk] = []
         for chunk in partitioner.run(
-            on_limit=on_limit,
+            on_limit=args.on_limit,
             limit=limit,
             offset=offset,
-            size_hint=size_hint if unfiltered and not single else None,
-            why_not=why_not,
+            size_hint=size_hint if unfiltered and not args.single else None,
+            why_not=(
+                "random_sample and count queries cannot be split"
+                if args.single
+                else self._partition_check(has_id)
+            ),
         ):
             if assembler is not None:
                 # converted while later partitions are still in flight
@@ -768,7 +850,24 @@ class MaterializationClientV2(ClientBase):
         if not chunks:
             raise RuntimeError("the query produced no answer")
         self._log_warnings(chunks)
-        return chunks, chunks[0].headers
+        if assembler is None:
+            return [record for chunk in chunks for record in chunk.table]
+        data = assembler.frame()
+        if args.metadata and not args.get_counts:
+            data.attrs.update(
+                self._assemble_attributes(
+                    tables,
+                    ds,
+                    v,
+                    args,
+                    resolution=assembler.resolution,
+                    desired_resolution=res,
+                    headers=chunks[0].headers,
+                    chunks=chunks,
+                    **attrs,
+                )
+            )
+        return data
 
     def _partition_check(self, has_id: Callable[[], bool] | None = None):
         def check() -> str | None:
@@ -830,7 +929,7 @@ class MaterializationClientV2(ClientBase):
         filter_less_dict: dict | None = None,
         filter_greater_equal_dict: dict | None = None,
         filter_less_equal_dict: dict | None = None,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame | list[dict[str, Any]]:
         """Query a table of a materialization version (or, with ``timestamp``, live).
@@ -878,56 +977,15 @@ class MaterializationClientV2(ClientBase):
             df.attrs["table_voxel_resolution"]
             ```
         """
-        user: dict[str, Any] = dict(
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-        )
         if timestamp is not None:
             if materialization_version is not None:
                 raise ValueError("pass either timestamp or materialization_version, not both")
             if not return_df:
                 raise ValueError("a live query (timestamp=...) always returns a DataFrame")
-            return self.live_query(
-                table,
-                timestamp,
-                select_columns=select_columns,
-                offset=offset,
-                limit=limit,
-                datastack_name=datastack_name,
-                split_positions=split_positions,
-                metadata=metadata,
-                merge_reference=merge_reference,
-                desired_resolution=desired_resolution,
-                random_sample=random_sample,
-                on_limit=on_limit,
-                max_workers=max_workers,
-                **user,
-            )
-        return self._query_table(
-            table,
-            user,
-            select_columns=select_columns,
-            offset=offset,
-            limit=limit,
-            datastack_name=datastack_name,
-            return_df=return_df,
-            split_positions=split_positions,
-            materialization_version=materialization_version,
-            metadata=metadata,
-            merge_reference=merge_reference,
-            desired_resolution=desired_resolution,
-            get_counts=get_counts,
-            random_sample=random_sample,
-            on_limit=on_limit,
-            max_workers=max_workers,
-        )
+            # live_query takes neither get_counts nor a version: the seed ignores the first
+            args = dataclasses.replace(_QueryArgs.of(locals()), get_counts=False)
+            return self._live_query(table, timestamp, args, post_filter=True)
+        return self._query_table(table, _QueryArgs.of(locals()))
 
     def _simple_body(
         self,
@@ -953,86 +1011,40 @@ class MaterializationClientV2(ClientBase):
             body["desired_resolution"] = desired_resolution
         return body
 
-    def _query_table(
-        self,
-        table: str,
-        user: Mapping[str, Any],
-        *,
-        select_columns: Any,
-        offset: int | None,
-        limit: int | None,
-        datastack_name: str | None,
-        return_df: bool,
-        split_positions: bool,
-        materialization_version: int | None,
-        metadata: bool,
-        merge_reference: bool,
-        desired_resolution: Iterable[float] | None,
-        get_counts: bool,
-        random_sample: int | None,
-        on_limit: str,
-        max_workers: int | None,
-        live: dict[str, Any] | None = None,
-    ) -> Any:
-        check_on_limit(on_limit)
-        self._check_inequality(user)
-        ds = self._ds(datastack_name)
-        v = self._v(materialization_version)
-        res = self._resolution_for(desired_resolution)
-        body = self._simple_body(table, user, select_columns, res)
-        reference = self._reference_table(table, ds, v) if merge_reference else None
-        params = self._query_params(return_df, get_counts, random_sample)
+    def _table_request(
+        self, table: str, args: _QueryArgs
+    ) -> tuple[str, dict[str, Any], str | None, str, int, list[float] | None]:
+        """URL, body, reference table, datastack, version and resolution of a table query."""
+        self._check_inequality(args.filters)
+        ds = self._ds(args.datastack_name)
+        v = self._v(args.materialization_version)
+        res = self._resolution_for(args.desired_resolution)
+        body = self._simple_body(table, args.filters, args.select_columns, res)
+        reference = self._reference_table(table, ds, v) if args.merge_reference else None
         if reference:
             body = self._reference_join_body(table, reference, body)
             url = self._url("join_query", datastack_name=ds, version=v)
         else:
             url = self._url("simple_query", datastack_name=ds, version=v, table_name=table)
-        asm = (
-            FrameAssembler(
-                split_positions=split_positions or get_counts,
-                desired_resolution=res,
-                given_resolution=lambda: self._table_resolution(table, ds, v),
-            )
-            if return_df
-            else None
-        )
-        chunks, headers = self._run(
+        return url, body, reference, ds, v, res
+
+    def _query_table(self, table: str, args: _QueryArgs, live: dict[str, Any] | None = None) -> Any:
+        url, body, reference, ds, v, res = self._table_request(table, args)
+        params = self._query_params(args.return_df, args.get_counts, args.random_sample)
+        return self._execute(
+            args,
             url,
             body,
             params,
-            return_df=return_df,
-            part_table=table,
-            limit=limit,
-            offset=offset,
-            on_limit=on_limit,
-            max_workers=max_workers,
+            tables=[table] + ([reference] if reference else []),
+            ds=ds,
+            v=v,
+            res=res,
+            given_resolution=lambda: self._table_resolution(table, ds, v),
             size_hint=lambda: self.get_annotation_count(table, datastack_name=ds, version=v),
-            can_partition=self._partition_check(),
-            single=get_counts or random_sample is not None,
-            assembler=asm,
-        )
-        tables = [table] + ([reference] if reference else [])
-        return self._result(
-            chunks,
-            assembler=asm,
-            get_counts=get_counts,
-            metadata=metadata,
-            attrs=lambda resolution: self._assemble_attributes(
-                tables,
-                ds,
-                v,
-                user=user,
-                select_columns=select_columns,
-                offset=offset,
-                limit=limit,
-                resolution=resolution,
-                desired_resolution=res,
-                headers=headers,
-                join_query=False,
-                suffixes={table: "", reference: "_ref"} if reference else None,
-                chunks=chunks,
-                live=live,
-            ),
+            join_query=False,
+            suffixes={table: "", reference: "_ref"} if reference else None,
+            live=live,
         )
 
     def _reference_join_body(self, table: str, reference: str, body: dict[str, Any]):
@@ -1052,35 +1064,13 @@ class MaterializationClientV2(ClientBase):
     def _table_resolution(self, table: str, ds: str, v: int) -> list[float] | None:
         return self.get_table_metadata(table, datastack_name=ds, version=v).get("voxel_resolution")
 
-    @staticmethod
-    def _result(
-        chunks: list[Chunk],
-        *,
-        assembler: FrameAssembler | None,
-        get_counts: bool,
-        metadata: bool,
-        attrs: Callable[[list[float] | None], dict[str, Any]] | None,
-    ) -> Any:
-        if assembler is None:
-            records: list[Any] = []
-            for chunk in chunks:
-                records.extend(chunk.table)
-            return records
-        data = assembler.frame()
-        if metadata and attrs is not None and not get_counts:
-            data.attrs.update(attrs(assembler.resolution))
-        return data
-
     def _assemble_attributes(
         self,
         tables: Sequence[str],
         ds: str,
         v: int | None,
+        args: _QueryArgs,
         *,
-        user: Mapping[str, Any],
-        select_columns: Any,
-        offset: int | None,
-        limit: int | None,
         resolution: list[float] | None,
         desired_resolution: list[float] | None,
         headers: Any,
@@ -1127,10 +1117,10 @@ class MaterializationClientV2(ClientBase):
             elif len(found) > 1:
                 resolution = "mixed_resolutions"  # type: ignore[assignment]
         attrs["dataframe_resolution"] = resolution
-        attrs["filters"] = _attrs_filters(user)
-        attrs["select_columns"] = select_columns
-        attrs["offset"] = offset
-        attrs["limit"] = limit
+        attrs["filters"] = _attrs_filters(args.filters)
+        attrs["select_columns"] = args.select_columns
+        attrs["offset"] = args.offset
+        attrs["limit"] = args.limit
         attrs["live_query"] = bool(live)
         attrs["timestamp"] = (live or {}).get("timestamp")
         attrs["materialization_version"] = v
@@ -1177,45 +1167,11 @@ class MaterializationClientV2(ClientBase):
                 pq.write_table(part, f"synapses/part-{i:05d}.parquet")
             ```
         """
-        user = dict(
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-        )
-        self._check_inequality(user)
-        ds = self._ds(datastack_name)
-        v = self._v(materialization_version)
-        res = self._resolution_for(desired_resolution)
-        body = self._simple_body(table, user, select_columns, res)
-        reference = self._reference_table(table, ds, v) if merge_reference else None
+        args = _QueryArgs.of(locals() | {"on_limit": "partition"})
+        url, body, _, ds, v, res = self._table_request(table, args)
         params = self._query_params(True, False, None)
-        if reference:
-            body = self._reference_join_body(table, reference, body)
-            url = self._url("join_query", datastack_name=ds, version=v)
-        else:
-            url = self._url("simple_query", datastack_name=ds, version=v, table_name=table)
-
-        def fetch(rng: IdRange | None, lim: int | None, off: int | None) -> Chunk:
-            b = _add_id_range(body, table, rng) if rng is not None else dict(body)
-            return self._to_chunk(self._post(url, b, params, True), True)
-
-        def count(rng: IdRange | None) -> int:
-            b = _add_id_range(body, table, rng) if rng is not None else dict(body)
-            chunk = self._to_chunk(self._post(url, b, {**params, "count": True}, True), True)
-            return int(chunk.table.column("count")[0].as_py())
-
-        partitioner = Partitioner(
-            fetch,
-            count,
-            max_workers=max_workers or self.max_workers,
-            limit_hint=self._server_limit,
-            on_learn_limit=self._learn_limit,
+        partitioner = self._partitioner(
+            url, body, params, arrow=True, part_table=table, max_workers=max_workers
         )
         factors: Any = None
         checked = False
@@ -1262,7 +1218,7 @@ class MaterializationClientV2(ClientBase):
         filter_less_dict: dict | None = None,
         filter_greater_equal_dict: dict | None = None,
         filter_less_equal_dict: dict | None = None,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame | list[dict[str, Any]]:
         """Join two tables of a version: ``tables=[[t1, col1], [t2, col2]]``.
@@ -1272,18 +1228,7 @@ class MaterializationClientV2(ClientBase):
         When partitioned, partitions are id ranges of the first table. ``return_df=False``
         returns the JSON records (the seed returned None). See `query_table` for the rest.
         """
-        user = dict(
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-        )
-        check_on_limit(on_limit)
+        args = _QueryArgs.of(locals())
         if (
             not isinstance(tables, (list, tuple))
             or len(tables) != 2
@@ -1292,12 +1237,12 @@ class MaterializationClientV2(ClientBase):
             raise ValueError(
                 f"tables must be [[table1, join_column1], [table2, join_column2]], got {tables!r}"
             )
-        self._check_inequality(user)
+        self._check_inequality(args.filters)
         names = [str(t[0]) for t in tables]
         ds = self._ds(datastack_name)
         v = self._v(materialization_version)
         res = self._resolution_for(desired_resolution)
-        body: dict[str, Any] = _nested_filters(user, names)
+        body: dict[str, Any] = _nested_filters(args.filters, names)
         body["tables"] = [[str(t), str(c)] for t, c in tables]
         if select_columns is not None:
             if isinstance(select_columns, Mapping):
@@ -1319,53 +1264,20 @@ class MaterializationClientV2(ClientBase):
                 body["suffixes"] = [suffix_map.get(n, "") for n in names]
         if res is not None:
             body["desired_resolution"] = res
-        params = self._query_params(return_df, False, random_sample)
-        url = self._url("join_query", datastack_name=ds, version=v)
-        asm = (
-            FrameAssembler(
-                split_positions=split_positions,
-                desired_resolution=res,
-                given_resolution=lambda: self._table_resolution(names[0], ds, v),
-            )
-            if return_df
-            else None
-        )
-        chunks, headers = self._run(
-            url,
+        return self._execute(
+            args,
+            self._url("join_query", datastack_name=ds, version=v),
             body,
-            params,
-            return_df=return_df,
-            part_table=names[0],
-            limit=limit,
-            offset=offset,
-            on_limit=on_limit,
-            max_workers=max_workers,
+            self._query_params(return_df, False, random_sample),
+            tables=names,
+            ds=ds,
+            v=v,
+            res=res,
+            given_resolution=lambda: self._table_resolution(names[0], ds, v),
             size_hint=lambda: self.get_annotation_count(names[0], datastack_name=ds, version=v),
-            can_partition=self._partition_check(),
-            single=random_sample is not None,
-            assembler=asm,
-        )
-        return self._result(
-            chunks,
-            assembler=asm,
-            get_counts=False,
-            metadata=metadata,
-            attrs=lambda resolution: self._assemble_attributes(
-                names,
-                ds,
-                v,
-                user=user,
-                select_columns=select_columns,
-                offset=offset,
-                limit=limit,
-                resolution=resolution,
-                desired_resolution=res,
-                headers=headers,
-                join_query=True,
-                suffixes=suffix_map,
-                join_columns={str(t): str(c) for t, c in tables},
-                chunks=chunks,
-            ),
+            join_query=True,
+            suffixes=suffix_map,
+            join_columns={str(t): str(c) for t, c in tables},
         )
 
     # -- live queries ------------------------------------------------------------------------
@@ -1494,7 +1406,7 @@ class MaterializationClientV2(ClientBase):
         filter_less_dict: dict | None = None,
         filter_greater_equal_dict: dict | None = None,
         filter_less_equal_dict: dict | None = None,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame:
         """Query a table as it was at ``timestamp`` (client-side live query, reference 4.4).
@@ -1507,53 +1419,38 @@ class MaterializationClientV2(ClientBase):
             ValueError: No version precedes ``timestamp``, or a filtered root id is not valid
                 at ``timestamp``.
         """
-        user = dict(
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-        )
-        check_on_limit(on_limit)
+        return self._live_query(table, timestamp, _QueryArgs.of(locals()), post_filter)
+
+    def _live_query(
+        self, table: str, timestamp: dt.datetime, args: _QueryArgs, post_filter: bool
+    ) -> pd.DataFrame:
+        user = args.filters
         for arg in ("filter_in_dict", "filter_out_dict", "filter_equal_dict"):
             if user[arg] is not None:
                 _nest(user[arg], table, arg)  # validate before any request
         ts = convert_timestamp(timestamp)
-        ds = self._ds(datastack_name)
+        ds = self._ds(args.datastack_name)
         version_meta = self._version_before(ts, ds)
-        version = int(version_meta["version"])
         live = {"timestamp": string_format_timestamp(ts)}
 
-        def query_version(filters: Mapping[str, Any], columns: Any, split: bool) -> pd.DataFrame:
+        def query_version(filters: dict[str, Any], columns: Any, split: bool) -> pd.DataFrame:
             # The query of the materialized version: a timestamp that is exactly the version's
             # and one whose roots are brought forward differ only in filters, columns and
             # position layout.
-            return self._query_table(
-                table,
-                filters,
+            version_args = dataclasses.replace(
+                args,
+                filters=filters,
                 select_columns=columns,
-                offset=offset,
-                limit=limit,
-                datastack_name=ds,
-                return_df=True,
                 split_positions=split,
-                materialization_version=version,
-                metadata=metadata,
-                merge_reference=merge_reference,
-                desired_resolution=desired_resolution,
+                datastack_name=ds,
+                materialization_version=int(version_meta["version"]),
+                return_df=True,
                 get_counts=False,
-                random_sample=random_sample,
-                on_limit=on_limit,
-                max_workers=max_workers,
-                live=live,
             )
+            return self._query_table(table, version_args, live=live)
 
         if version_meta["time_stamp"] == ts:
-            return query_version(user, select_columns, split_positions)
+            return query_version(user, args.select_columns, args.split_positions)
         (in_f, out_f, eq_f), future_map = self.map_filters(
             [user["filter_in_dict"], user["filter_out_dict"], user["filter_equal_dict"]],
             ts,
@@ -1574,6 +1471,7 @@ class MaterializationClientV2(ClientBase):
                 if spec:
                     kept = {c: v for c, v in spec.items() if not str(c).endswith("root_id")}
                     mapped[arg] = kept or None
+        select_columns = args.select_columns
         select = list(select_columns) if select_columns is not None else None
         if select is not None:
             # root updating needs the supervoxel ids next to each selected root id
@@ -1590,10 +1488,10 @@ class MaterializationClientV2(ClientBase):
         if select_columns is not None:
             extra = [c for c in (select or []) if c not in select_columns and c in df.columns]
             df = df.drop(columns=extra)
-        if not split_positions:
+        if not args.split_positions:
             df = concatenate_position_columns(df, inplace=False)
         df.attrs = attrs
-        if metadata:
+        if args.metadata:
             df.attrs["filters"] = _json_safe(_attrs_filters(user))
         return df
 
@@ -1664,7 +1562,7 @@ class MaterializationClientV2(ClientBase):
         filter_less_dict: dict | None = None,
         filter_greater_equal_dict: dict | None = None,
         filter_less_equal_dict: dict | None = None,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame:
         """Server-side live query at ``timestamp`` (beta on the server), with optional joins.
@@ -1673,25 +1571,14 @@ class MaterializationClientV2(ClientBase):
         ``joins`` is ``[[table1, column1, table2, column2], ...]``; ``suffixes`` is
         ``{table: suffix}``. Partitions, when needed, are id ranges of ``table``.
         """
-        user = dict(
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-        )
-        check_on_limit(on_limit)
-        if user.get("filter_regex_dict") is not None and self.api_version < 3:
+        args = _QueryArgs.of(locals())
+        if filter_regex_dict is not None and self.api_version < 3:
             raise ServerIncompatibilityError("filter_regex_dict in live_live_query needs API v3")
         if allow_invalid_root_ids is not None and self.api_version < 3:
             raise ServerIncompatibilityError(
                 "allow_invalid_root_ids in live_live_query needs API v3"
             )
-        self._check_inequality(user)
+        self._check_inequality(args.filters)
         logger.warning(
             "Deprecation: live_live_query is a beta method of the materialization server; its "
             "interface may change"
@@ -1710,7 +1597,7 @@ class MaterializationClientV2(ClientBase):
         body: dict[str, Any] = {"table": table, "timestamp": ts.isoformat()}
         if joins:
             body["join_tables"] = [[str(x) for x in j] for j in joins]
-        body.update(_nested_filters(user, names))
+        body.update(_nested_filters(args.filters, names))
         if select_columns is not None:
             if not isinstance(select_columns, Mapping):
                 raise ValueError("select_columns of live_live_query must be {table: [columns]}")
@@ -1733,50 +1620,20 @@ class MaterializationClientV2(ClientBase):
             params["allow_invalid_root_ids"] = bool(allow_invalid_root_ids)
         if random_sample is not None:
             params["random_sample"] = int(random_sample)
-        url = self._url("live_live_query", datastack_name=ds)
-        asm: FrameAssembler | None = FrameAssembler(
-            split_positions=split_positions,
-            desired_resolution=res,
-            given_resolution=None,
-        )
-        chunks, headers = self._run(
-            url,
+        return self._execute(
+            args,
+            self._url("live_live_query", datastack_name=ds),
             body,
             params,
-            return_df=True,
-            part_table=table,
-            limit=limit,
-            offset=offset,
-            on_limit=on_limit,
-            max_workers=max_workers,
+            tables=names,
+            ds=ds,
+            v=None,
+            res=res,
+            given_resolution=None,
             can_count=False,
-            can_partition=self._partition_check(),
-            single=random_sample is not None,
-            assembler=asm,
-        )
-        v = None
-        live = {"timestamp": string_format_timestamp(ts)}
-        return self._result(
-            chunks,
-            assembler=asm,
-            get_counts=False,
-            metadata=metadata,
-            attrs=lambda resolution: self._assemble_attributes(
-                names,
-                ds,
-                v,
-                user=user,
-                select_columns=select_columns,
-                offset=offset,
-                limit=limit,
-                resolution=resolution,
-                desired_resolution=res,
-                headers=headers,
-                join_query=bool(joins),
-                suffixes=suffixes,
-                chunks=chunks,
-                live=live,
-            ),
+            join_query=bool(joins),
+            suffixes=suffixes,
+            live={"timestamp": string_format_timestamp(ts)},
         )
 
     # -- synapse_query -----------------------------------------------------------------------
@@ -1798,7 +1655,7 @@ class MaterializationClientV2(ClientBase):
         datastack_name: str | None = None,
         metadata: bool = True,
         *,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame:
         """Synapses between given pre- and/or post-synaptic roots (autapses removed).
@@ -2016,31 +1873,18 @@ class MaterializationClientV3(MaterializationClientV2):
         filter_less_dict: dict | None = None,
         filter_greater_equal_dict: dict | None = None,
         filter_less_equal_dict: dict | None = None,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame | list[dict[str, Any]]:
         """Query a view of a version; arguments as in `query_table` (filters nested under the
         view name, no reference merge). A view without an ``id`` column cannot be partitioned:
         reaching the limit then raises `QueryLimitError`."""
-        user = dict(
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-        )
-        check_on_limit(on_limit)
-        self._check_inequality(user)
+        args = _QueryArgs.of(locals())
+        self._check_inequality(args.filters)
         ds = self._ds(datastack_name)
         v = self._v(materialization_version)
         res = self._resolution_for(desired_resolution)
-        body = self._simple_body(view_name, user, select_columns, res)
-        params = self._query_params(return_df, get_counts, random_sample)
-        url = self._url("view_query", datastack_name=ds, version=v, view_name=view_name)
+        body = self._simple_body(view_name, args.filters, select_columns, res)
 
         def has_id() -> bool:
             schema = self.get_view_schema(view_name, materialization_version=v, datastack_name=ds)
@@ -2051,50 +1895,20 @@ class MaterializationClientV3(MaterializationClientV2):
             keys = ("voxel_resolution_x", "voxel_resolution_y", "voxel_resolution_z")
             return [meta[k] for k in keys] if all(k in meta for k in keys) else None
 
-        asm = (
-            FrameAssembler(
-                split_positions=split_positions or get_counts,
-                desired_resolution=res,
-                given_resolution=view_resolution,
-            )
-            if return_df
-            else None
-        )
-        chunks, headers = self._run(
-            url,
+        return self._execute(
+            args,
+            self._url("view_query", datastack_name=ds, version=v, view_name=view_name),
             body,
-            params,
-            return_df=return_df,
-            part_table=view_name,
-            limit=limit,
-            offset=offset,
-            on_limit=on_limit,
-            max_workers=max_workers,
-            can_partition=self._partition_check(has_id),
-            single=get_counts or random_sample is not None,
-            assembler=asm,
-        )
-
-        return self._result(
-            chunks,
-            assembler=asm,
-            get_counts=get_counts,
-            metadata=metadata,
-            attrs=lambda resolution: self._assemble_attributes(
-                [view_name],
-                ds,
-                v,
-                user=user,
-                select_columns=select_columns,
-                offset=offset,
-                limit=limit,
-                resolution=resolution,
-                desired_resolution=res,
-                headers=headers,
-                join_query=False,
-                chunks=chunks,
-                views=True,
-            ),
+            self._query_params(return_df, get_counts, random_sample),
+            tables=[view_name],
+            ds=ds,
+            v=v,
+            res=res,
+            given_resolution=view_resolution,
+            can_count=True,
+            has_id=has_id,
+            join_query=False,
+            views=True,
         )
 
     def live_live_query(  # type: ignore[override]  # caveclient's V3 signature: filter_regex_dict is positional there
@@ -2123,7 +1937,7 @@ class MaterializationClientV3(MaterializationClientV2):
         filter_less_dict: dict | None = None,
         filter_greater_equal_dict: dict | None = None,
         filter_less_equal_dict: dict | None = None,
-        on_limit: str = "partition",
+        on_limit: OnLimit = "partition",
         max_workers: int | None = None,
     ) -> pd.DataFrame:
         """Server-side live query at ``timestamp`` (see `MaterializationClientV2.live_live_query`);
@@ -2139,34 +1953,10 @@ class MaterializationClientV3(MaterializationClientV2):
             ```
         """
         # The V2 method holds the one implementation (it already guards the v3-only arguments
-        # by ``api_version``); only the seed's positional order and defaults differ here.
-        return super().live_live_query(
-            table=table,
-            timestamp=timestamp,
-            joins=joins,
-            filter_in_dict=filter_in_dict,
-            filter_out_dict=filter_out_dict,
-            filter_equal_dict=filter_equal_dict,
-            filter_spatial_dict=filter_spatial_dict,
-            filter_regex_dict=filter_regex_dict,
-            select_columns=select_columns,
-            offset=offset,
-            limit=limit,
-            datastack_name=datastack_name,
-            split_positions=split_positions,
-            metadata=metadata,
-            suffixes=suffixes,
-            desired_resolution=desired_resolution,
-            allow_missing_lookups=allow_missing_lookups,
-            allow_invalid_root_ids=allow_invalid_root_ids,
-            random_sample=random_sample,
-            filter_greater_dict=filter_greater_dict,
-            filter_less_dict=filter_less_dict,
-            filter_greater_equal_dict=filter_greater_equal_dict,
-            filter_less_equal_dict=filter_less_equal_dict,
-            on_limit=on_limit,
-            max_workers=max_workers,
-        )
+        # by ``api_version``); only the seed's positional order and defaults differ here, so
+        # every argument is passed on by name.
+        arguments = {name: value for name, value in locals().items() if name != "self"}
+        return MaterializationClientV2.live_live_query(self, **arguments)
 
 
 MaterializatonClientV2 = MaterializationClientV2
