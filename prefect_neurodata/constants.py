@@ -13,10 +13,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 MAX_ANNOTATIONS_PER_REQUEST: Final = 10_000
 """Rows the CAVE annotation engine accepts in one POST/PUT/DELETE (its documented limit)."""
+
+DocDbVersion = Literal["v1", "v2"]
+"""The DocDB REST API generation: ``v1`` for aind-data-schema 1.x records, ``v2`` for 2.x
+(the clients' ``version=`` and the `DocDbApiCredentials` block's field)."""
 
 DEFAULT_DOCDB_BLOCK: Final = "neurodata-docdb"
 """Saved name of the `DocDbApiCredentials` block the flows use when given none."""
@@ -32,4 +36,5 @@ __all__ = [
     "DEFAULT_DOCDB_BLOCK",
     "DEFAULT_RDS_BLOCK",
     "MAX_ANNOTATIONS_PER_REQUEST",
+    "DocDbVersion",
 ]

@@ -27,6 +27,7 @@ from prefect_aws import AwsCredentials
 from pydantic import Field, field_validator
 
 from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
+from prefect_neurodata.constants import DocDbVersion
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db import (
@@ -76,7 +77,7 @@ class DocDbApiCredentials(NeurodataCredentialsBlock):
         description="Base URL of the DocDB REST API including the scheme.",
         title="Host",
     )
-    version: str = Field(
+    version: DocDbVersion = Field(
         default="v1",
         description="API generation: v1 for aind-data-schema 1.x records, v2 for 2.x.",
         title="API version",
@@ -105,9 +106,9 @@ class DocDbApiCredentials(NeurodataCredentialsBlock):
             raise ValueError(f"host must include the scheme (https:// or http://), got {value!r}")
         return value
 
-    @field_validator("version")
+    @field_validator("version", mode="before")
     @classmethod
-    def _known_version(cls, value: str) -> str:
+    def _known_version(cls, value: Any) -> Any:
         if value not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {value!r}")
         return value

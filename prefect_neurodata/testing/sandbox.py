@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import requests
 from requests.adapters import HTTPAdapter
 
+from prefect_neurodata.constants import DocDbVersion
 from prefect_neurodata.sandbox.launcher import (
     CAVE_DATASTACK,
     DATASTACK_NAME,
@@ -369,7 +370,7 @@ class NeurodataSandbox:
             **kwargs,
         )
 
-    def docdb_client(self, version: str = "v1", **kwargs: Any) -> MetadataDbClient:
+    def docdb_client(self, version: DocDbVersion = "v1", **kwargs: Any) -> MetadataDbClient:
         """Our seed-compatible ``MetadataDbClient`` on the DocDB stand-in (SigV4-signed writes).
 
         Args:
@@ -431,7 +432,7 @@ class NeurodataSandbox:
             **fields,
         )
 
-    def docdb_block(self, version: str = "v1", **fields: Any) -> DocDbApiCredentials:
+    def docdb_block(self, version: DocDbVersion = "v1", **fields: Any) -> DocDbApiCredentials:
         """A ``DocDbApiCredentials`` block for the DocDB stand-in (not saved)."""
         from prefect_neurodata.blocks import DocDbApiCredentials
 

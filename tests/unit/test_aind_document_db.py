@@ -599,6 +599,22 @@ def test_paginate_docdb_keyset_short_pages():
 
 
 @responses.activate
+def test_iter_docdb_pages_page_size_is_the_public_seam_of_paginate_docdb():
+    docs = make_docs(12)
+    fake = FakeDocDB(docs)
+    fake.install()
+    client = make_client()
+    pages = list(client.iter_docdb_pages(page_size=5))
+    assert [len(page) for page in pages] == [5, 5, 2]
+    assert [r for page in pages for r in page] == sorted(docs, key=lambda d: d["_id"])
+    assert all(p["limit"] == 5 for p in fake.find_params)
+    with pytest.raises(ValueError, match="page_size=-1"):
+        next(client.iter_docdb_pages(page_size=-1))
+    with pytest.raises(ValueError, match="sort=.*name"):
+        next(client.iter_docdb_pages(sort={"name": 1}, page_size=5))
+
+
+@responses.activate
 def test_record_helpers():
     docs = make_docs(5)
     FakeDocDB(docs).install()

@@ -20,16 +20,8 @@ PACKAGE = "prefect_neurodata"
 
 # "importing module -> used module:name": why it is still allowed.
 ALLOWED: dict[str, str] = {
-    # caveclient's own decorator is private in its base module and used by every subclient
-    # (caveclient.base._check_version_compatibility); we keep the seed's name.
-    "clients.cave.chunkedgraph -> clients.cave.base:_check_version_compatibility": "seed name",
-    "clients.cave.materializationengine -> clients.cave.base:_check_version_compatibility": (
-        "seed name"
-    ),
     # Still to be made public by the engineers who own these modules (issue 14 items 1, 5, 6).
     "clients.cave.l2cache -> clients.cave.chunkedgraph:_to_uint64_array": "14.6, compat",
-    "clients.aind.utils -> .._keyset_pages": "14.6, perf (document_db retrieval)",
-    "sandbox.cave.chunkedgraph_api -> .._in_bounds": "14.6, sandbox owner",
 }
 
 

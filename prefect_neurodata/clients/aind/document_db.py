@@ -46,6 +46,7 @@ from prefect_neurodata.clients import http
 from prefect_neurodata.clients.aind import _wire
 from prefect_neurodata.clients.aind.utils import validate_s3_location
 from prefect_neurodata.clients.concurrency import PicklableLock
+from prefect_neurodata.constants import DocDbVersion
 from prefect_neurodata.errors import NeurodataError
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class Client:
         host: str,
         database: str,
         collection: str,
-        version: str = "v1",
+        version: DocDbVersion = "v1",
         boto: boto3.session.Session | None = None,
         session: requests.Session | None = None,
         *,
@@ -442,6 +443,8 @@ class Client:
         filter_query: dict | None = None,
         projection: dict | None = None,
         sort: dict | None = None,
+        *,
+        page_size: int = 0,
     ) -> Iterator[list[dict]]:
         """Every matching record exactly once, a page at a time, with flat memory.
 
@@ -470,9 +473,14 @@ class Client:
             filter_query: Filter to apply; None for all records.
             projection: Subset of fields to return; None for all fields.
             sort: Sort order; None for ``_id`` order.
+            page_size: Records per request, each page requested in turn (``_id`` order only);
+                0 lets the server's payload cap size the pages and reads ranges concurrently.
 
         Yields:
             Non-empty lists of records.
+
+        Raises:
+            ValueError: ``page_size`` is negative, or given together with ``sort``.
 
         Example:
             ```python
@@ -482,10 +490,15 @@ class Client:
                     names.update(record["name"] for record in page)
             ```
         """
+        if page_size < 0 or (page_size and sort):
+            raise ValueError(
+                f"page_size must be >= 0 and pages in _id order (no sort), got "
+                f"page_size={page_size!r}, sort={sort!r}"
+            )
         if sort:
             yield from self._skip_limit_pages(filter_query, projection, sort, 0)
         else:
-            yield from self._keyset_pages(filter_query, projection)
+            yield from self._keyset_pages(filter_query, projection, page_size=page_size)
 
     def iter_docdb_records(
         self,
@@ -998,7 +1011,7 @@ class MetadataDbClient(Client):
         host: str,
         database: str = "metadata_index",
         collection: str = "data_assets",
-        version: str = "v1",
+        version: DocDbVersion = "v1",
         boto: boto3.session.Session | None = None,
         session: requests.Session | None = None,
         **options: Any,
@@ -1124,7 +1137,7 @@ class SchemaDbClient(Client):
         host: str,
         collection: str,
         database: str = "schemas",
-        version: str = "v1",
+        version: DocDbVersion = "v1",
         boto: boto3.session.Session | None = None,
         session: requests.Session | None = None,
         **options: Any,
@@ -1158,7 +1171,7 @@ class AnalysisDbClient(Client):
         host: str,
         collection: str,
         database: str = "analysis",
-        version: str = "v1",
+        version: DocDbVersion = "v1",
         boto: boto3.session.Session | None = None,
         session: requests.Session | None = None,
         **options: Any,

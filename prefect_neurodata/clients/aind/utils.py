@@ -265,7 +265,7 @@ def paginate_docdb(
     """
     if page_size <= 0:
         raise ValueError(f"page_size must be > 0, got {page_size!r}")
-    yield from docdb_api_client._keyset_pages(
+    yield from docdb_api_client.iter_docdb_pages(
         filter_query or {}, projection or {}, page_size=page_size
     )
 

@@ -55,6 +55,7 @@ from .annotation_rows import (
     shorten,
 )
 from .base import (
+    ApiVersion,
     ClientBase,
     negotiated_client,
     resolve_transport,
@@ -124,7 +125,7 @@ def AnnotationClient(  # noqa: N802 - seed name
     dataset_name: str | None = None,
     aligned_volume_name: str | None = None,
     auth_client: Any = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     verify: bool | str = True,
     max_retries: int | None = None,
     pool_maxsize: int | None = None,

@@ -25,16 +25,17 @@ Version handling:
   endpoint dict used by the factories (``ChunkedGraphClient(...)`` etc.).
 * ``ClientBase.server_version`` is the service's software version (``get_version`` endpoint),
   fetched lazily on first use and cached; a 404 or a missing endpoint means None.
-* `_check_version_compatibility` guards a method (or some of its keyword arguments) with a
+* `check_version_compatibility` (caveclient's ``_check_version_compatibility``, kept as an
+  alias) guards a method (or some of its keyword arguments) with a
   server-version or API-version constraint and raises `ServerIncompatibilityError` before the
   guarded method sends anything.
 
 Example (a minimal subclient):
     ```python
-    from prefect_neurodata.clients.cave.base import ClientBase, _check_version_compatibility
+    from prefect_neurodata.clients.cave.base import ClientBase, check_version_compatibility
 
     class PingClient(ClientBase):
-        @_check_version_compatibility(method_constraint=">=2.0.0")
+        @check_version_compatibility(method_constraint=">=2.0.0")
         def ping(self, table_id):
             url = self._endpoints["info"].format_map(
                 {**self.default_url_mapping, "table_id": table_id}
@@ -51,7 +52,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import requests
@@ -77,6 +78,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 ClientT = TypeVar("ClientT", bound="ClientBase")
 
 _MISSING: Any = object()
+
+ApiVersion = int | Literal["latest"]
+"""A service API version a factory asks for: a number, or "latest" (negotiated with the server)."""
 
 
 class AuthException(NeurodataError):
@@ -361,7 +365,7 @@ def _api_versions(
 
 
 def _api_endpoints(
-    api_version: int | str,
+    api_version: ApiVersion,
     server_name: str,
     server_address: str,
     endpoints_common: Mapping[str, str],
@@ -438,7 +442,7 @@ def _version_fails_constraint(version: Version | None, constraint: str | None) -
     return version not in SpecifierSet(constraint, prereleases=True)
 
 
-def _check_version_compatibility(
+def check_version_compatibility(
     method_constraint: str | None = None,
     kwarg_use_constraints: Mapping[str, str] | None = None,
     method_api_constraint: str | None = None,
@@ -502,6 +506,10 @@ def _check_version_compatibility(
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+_check_version_compatibility = check_version_compatibility
+"""caveclient's name of `check_version_compatibility` (``caveclient.base``), for seed code."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,7 +788,7 @@ def negotiated_client(
     client_class: Callable[..., ClientT] | Mapping[Any, Callable[..., ClientT]],
     server_address: str,
     auth_client: Any,
-    api_version: int | str,
+    api_version: ApiVersion,
     server_key: str,
     endpoints_common: Mapping[str, str],
     endpoint_versions: Mapping[int, Mapping[str, str]],

@@ -38,8 +38,9 @@ from prefect_neurodata.clients.http import TransportConfig, decode_json, loads, 
 
 from . import endpoints as _endpoints
 from .base import (
+    ApiVersion,
     ClientBase,
-    _check_version_compatibility,
+    check_version_compatibility,
     negotiated_client,
     resolve_server_address,
     resolve_transport,
@@ -262,7 +263,7 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     table_name: str | None = None,
     auth_client: Any = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     timestamp: dt.datetime | None = None,
     verify: bool | str = True,
     max_retries: int | None = None,
@@ -555,7 +556,7 @@ class ChunkedGraphClientV1(ClientBase):
             np.array(r["areas"], dtype=np.int32),
         )
 
-    @_check_version_compatibility(kwarg_use_constraints={"bounds": ">=2.15.0"})
+    @check_version_compatibility(kwarg_use_constraints={"bounds": ">=2.15.0"})
     def level2_chunk_graph(self, root_id: int, bounds: Any = None) -> list:
         """Get the L2 graph of a root: a list of ``[l2_a, l2_b]`` edges (exact ints).
 
@@ -1050,7 +1051,7 @@ class ChunkedGraphClientV1(ClientBase):
             _ids(r["failed_l2_ids"]),
         )
 
-    @_check_version_compatibility(method_constraint="<3,>=2.18.0 || <4,>=3.0.5")
+    @check_version_compatibility(method_constraint="<3,>=2.18.0 || <4,>=3.0.5")
     def get_minimal_covering_nodes(self, node_ids: Any) -> np.ndarray:
         """Get the minimal set of nodes covering exactly these nodes' supervoxels.
 

@@ -19,6 +19,7 @@ from prefect_neurodata.clients.http import ServiceError, TransportConfig
 
 from . import endpoints as _endpoints
 from .base import (
+    ApiVersion,
     ClientBase,
     negotiated_client,
     resolve_server_address,
@@ -33,7 +34,7 @@ SERVER_KEY = "emas_server_address"
 def SchemaClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     auth_client: Any = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     max_retries: int | None = None,
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,

@@ -24,6 +24,7 @@ from prefect_neurodata.clients.http import ServiceError, TransportConfig
 
 from . import endpoints as _endpoints
 from .base import (
+    ApiVersion,
     ClientBaseWithDatastack,
     negotiated_client,
     resolve_server_address,
@@ -40,7 +41,7 @@ def InfoServiceClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     datastack_name: str | None = None,
     auth_client: Any = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     verify: bool | str = True,
     max_retries: int | None = None,
     pool_maxsize: int | None = None,

@@ -26,6 +26,7 @@ from prefect_neurodata.clients.http import HttpClient, ServiceError, TransportCo
 
 from . import endpoints as _endpoints
 from .base import (
+    ApiVersion,
     ClientBase,
     negotiated_client,
     resolve_server_address,
@@ -81,7 +82,7 @@ def _dumps_state(json_state: Any) -> str:
 def JSONService(  # noqa: N802 - seed name
     server_address: str | None = None,
     auth_client: Any = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     ngl_url: str | None = None,
     max_retries: int | None = None,
     pool_maxsize: int | None = None,

@@ -20,6 +20,7 @@ from prefect_neurodata.clients.http import ServiceError, TransportConfig
 
 from . import endpoints as _endpoints
 from .base import (
+    ApiVersion,
     ClientBase,
     negotiated_client,
     resolve_server_address,
@@ -36,7 +37,7 @@ def L2CacheClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     table_name: str | None = None,
     auth_client: Any = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     max_retries: int | None = None,
     pool_maxsize: int | None = None,
     pool_block: bool | None = None,

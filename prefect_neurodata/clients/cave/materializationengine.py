@@ -78,9 +78,10 @@ from ._partition import (
     check_on_limit,
 )
 from .base import (
+    ApiVersion,
     ClientBase,
     ServerIncompatibilityError,
-    _check_version_compatibility,
+    check_version_compatibility,
     negotiated_client,
     resolve_transport,
 )
@@ -374,7 +375,7 @@ def MaterializationClient(  # noqa: N802 - seed name
     auth_client: Any = None,
     cg_client: Any = None,
     synapse_table: str | None = None,
-    api_version: int | str = "latest",
+    api_version: ApiVersion = "latest",
     version: int | None = None,
     verify: bool | str = True,
     max_retries: int | None = None,
@@ -1752,7 +1753,7 @@ class MaterializationClientV3(MaterializationClientV2):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def get_tables_metadata(
         self,
         datastack_name: str | None = None,
@@ -1769,7 +1770,7 @@ class MaterializationClientV3(MaterializationClientV2):
 
         return self._meta_cache.get(("all_metadata", ds, v), fetch)
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def get_unique_string_values(
         self, table: str, datastack_name: str | None = None
     ) -> dict[str, list[str]]:
@@ -1779,7 +1780,7 @@ class MaterializationClientV3(MaterializationClientV2):
         )
         return self._json("GET", url)
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def get_views(
         self, version: int | None = None, datastack_name: str | None = None
     ) -> dict[str, Any]:
@@ -1789,7 +1790,7 @@ class MaterializationClientV3(MaterializationClientV2):
         )
         return self._json("GET", url)
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def get_view_metadata(
         self,
         view_name: str,
@@ -1802,7 +1803,7 @@ class MaterializationClientV3(MaterializationClientV2):
             "view_metadata", view_name, materialization_version, datastack_name, log_warning
         )
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def get_view_schema(
         self,
         view_name: str,
@@ -1832,7 +1833,7 @@ class MaterializationClientV3(MaterializationClientV2):
 
         return self._meta_cache.get((endpoint, ds, v, view_name), fetch)
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def get_view_schemas(
         self,
         materialization_version: int | None = None,
@@ -1847,7 +1848,7 @@ class MaterializationClientV3(MaterializationClientV2):
         )
         return self._json("GET", url, log_warning=log_warning)
 
-    @_check_version_compatibility(method_api_constraint=">=3")
+    @check_version_compatibility(method_api_constraint=">=3")
     def query_view(
         self,
         view_name: str,

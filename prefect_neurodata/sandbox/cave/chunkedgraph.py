@@ -831,7 +831,11 @@ class ChunkedGraph:
             return np.array([idx], dtype=np.int64), len(self._op_ts) - 1
         raise PCGError(400, f"Node {node_id} does not exist")
 
-    def _in_bounds(self, idx: np.ndarray, bounds: np.ndarray | None) -> np.ndarray:
+    def in_bounds(self, idx: np.ndarray, bounds: np.ndarray | None) -> np.ndarray:
+        """The supervoxel indices of ``idx`` whose bounding box overlaps ``bounds`` (all if None).
+
+        ``bounds`` is ``[[x0, x1], [y0, y1], [z0, z1]]`` in voxels, as the API takes it.
+        """
         if bounds is None:
             return idx
         lo, hi = bounds[:, 0], bounds[:, 1]
@@ -849,7 +853,7 @@ class ChunkedGraph:
             stop_layer: Layer of the returned nodes.
         """
         idx, seq = self._members(node_id)
-        idx = self._in_bounds(idx, bounds)
+        idx = self.in_bounds(idx, bounds)
         if stop_layer is None or stop_layer <= 1:
             return np.sort(self.sv_ids[idx])
         if int(node_id) in self.l2s or self.get_layer([node_id])[0] <= stop_layer:
@@ -1146,7 +1150,7 @@ class ChunkedGraph:
     def subgraph(self, root_id: int, bounds: np.ndarray | None = None) -> dict[str, Any]:
         """Supervoxel edges of a root: ``{"nodes": [[a, b]...], "affinities", "areas"}``."""
         r, ts = self._root_eval_ts(root_id)
-        idx = self._in_bounds(r.members, bounds)
+        idx = self.in_bounds(r.members, bounds)
         edges = self._edges_at(idx, ts)
         return {
             "nodes": [[int(self.sv_ids[a]), int(self.sv_ids[b])] for a, b, _ in edges],
@@ -1157,7 +1161,7 @@ class ChunkedGraph:
     def level2_graph(self, root_id: int, bounds: np.ndarray | None = None) -> list[list[int]]:
         """Edges between the root's L2 nodes (``[[l2a, l2b], ...]``)."""
         r, ts = self._root_eval_ts(root_id)
-        idx = self._in_bounds(r.members, bounds)
+        idx = self.in_bounds(r.members, bounds)
         edges = self._edges_at(idx, ts)
         if not edges:
             return []

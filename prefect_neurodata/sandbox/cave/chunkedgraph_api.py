@@ -344,7 +344,7 @@ async def contact_sites(
     if r is None:
         raise PCGError(400, f"{node_id} is not a valid root id")
     bounds = _bounds(request)
-    idx = cg._in_bounds(r.members, bounds)
+    idx = cg.in_bounds(r.members, bounds)
     member_labels = set(int(i) + 1 for i in idx)
     sites: dict[str, list[list[Any]]] = {}
     shape = np.asarray(cg.grid_shape)
