@@ -72,13 +72,8 @@ class DocumentDbSSHCredentials(CoreCredentials):
         auth_source: Mongo authentication database (``admin``).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="DOC_DB_",
-        extra="ignore",
-        arbitrary_types_allowed=True,
-        case_sensitive=False,
-        hide_input_in_errors=True,
-    )
+    # merged with `CoreCredentials`' settings (case-insensitive, inputs hidden in errors)
+    model_config = SettingsConfigDict(env_prefix="DOC_DB_", extra="ignore")
 
     host: str
     port: int = 27017

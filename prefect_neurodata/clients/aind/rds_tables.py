@@ -57,14 +57,10 @@ class RDSCredentials(CoreCredentials):
         dbname: Alternative name of ``database`` (copied into it when ``database`` is None).
     """
 
+    # merged with `CoreCredentials`' settings (extra fields forbidden, case-insensitive,
+    # inputs hidden in errors)
     model_config = SettingsConfigDict(
-        env_prefix="RDS_",
-        extra="forbid",
-        arbitrary_types_allowed=True,
-        case_sensitive=False,
-        hide_input_in_errors=True,
-        validate_by_name=True,
-        validate_by_alias=True,
+        env_prefix="RDS_", validate_by_name=True, validate_by_alias=True
     )
 
     username: str = Field(validation_alias=AliasChoices("RDS_USERNAME", "RDS_USER", "username"))

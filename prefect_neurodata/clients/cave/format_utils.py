@@ -97,9 +97,7 @@ def format_verbose_graphene(objurl: str | None) -> str | None:
 
 def format_cloudvolume(objurl: str | None) -> str | None:
     """Path for CloudVolume: graphene paths unchanged, others as precomputed over https."""
-    if objurl is None:
-        return None
-    if objurl.startswith("graphene://"):
+    if objurl is None or objurl.startswith("graphene://"):
         return objurl
     return format_precomputed_https(objurl)
 

@@ -467,29 +467,24 @@ class CAVEclientFull(CAVEclientGlobal):
             raise ValueError(f"datastack {self._datastack_name!r} has no segmentation source")
         return source.rstrip("/").split("/")[-1]
 
-    @property
-    def chunkedgraph(self) -> ChunkedGraphClientV1:
-        """The chunkedgraph client (`ChunkedGraphClientV1`) of the datastack's segmentation."""
+    def _segmentation_subclient(self, attr: str, factory: Callable[..., SubclientT]) -> SubclientT:
+        """A subclient of the datastack's segmentation (its chunkedgraph table), built once."""
         return self._lazy(
-            "_chunkedgraph",
+            attr,
             lambda: self._subclient(
-                ChunkedGraphClient,
-                server_address=self.local_server,
-                table_name=self._pcg_table_name(),
+                factory, server_address=self.local_server, table_name=self._pcg_table_name()
             ),
         )
 
     @property
+    def chunkedgraph(self) -> ChunkedGraphClientV1:
+        """The chunkedgraph client (`ChunkedGraphClientV1`) of the datastack's segmentation."""
+        return self._segmentation_subclient("_chunkedgraph", ChunkedGraphClient)
+
+    @property
     def l2cache(self) -> L2CacheClientLegacy:
         """The L2 cache client (`L2CacheClientLegacy`)."""
-        return self._lazy(
-            "_l2cache",
-            lambda: self._subclient(
-                L2CacheClient,
-                server_address=self.local_server,
-                table_name=self._pcg_table_name(),
-            ),
-        )
+        return self._segmentation_subclient("_l2cache", L2CacheClient)
 
     @property
     def materialize(self) -> MaterializationClientV2:

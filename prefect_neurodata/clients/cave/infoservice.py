@@ -127,6 +127,15 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
             raise ValueError("no datastack_name given and the client has no default datastack")
         return name
 
+    def _cached_get(self, cache: dict, key: Any, url: str, use_stored: bool) -> Any:
+        """GET ``url`` and keep the answer in ``cache[key]``; with ``use_stored``, a kept
+        answer is returned without a request."""
+        if use_stored and key in cache:
+            return cache[key]
+        record = self._json("GET", url)
+        cache[key] = record
+        return record
+
     # -- lookups ---------------------------------------------------------------------------
     def get_datastacks(self) -> list[str]:
         """Names of the datastacks the caller may view."""
@@ -142,11 +151,8 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
             ServiceError: The lookup failed (404 for an unknown datastack).
         """
         name = self._datastack(datastack_name)
-        if use_stored and name in self.info_cache:
-            return self.info_cache[name]
-        record = self._json("GET", self._url("datastack_info", datastack_name=name))
-        self.info_cache[name] = record
-        return record
+        url = self._url("datastack_info", datastack_name=name)
+        return self._cached_get(self.info_cache, name, url, use_stored)
 
     def get_aligned_volumes(self) -> list[str]:
         """Names of the aligned volumes."""
@@ -168,11 +174,8 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
         if aligned_volume_id is None:
             raise ValueError("no aligned_volume_id given and the client has no default")
         key = int(aligned_volume_id)
-        if use_stored and key in self._aligned_volume_cache:
-            return self._aligned_volume_cache[key]
-        record = self._json("GET", self._url("aligned_volume_by_id", aligned_volume_id=key))
-        self._aligned_volume_cache[key] = record
-        return record
+        url = self._url("aligned_volume_by_id", aligned_volume_id=key)
+        return self._cached_get(self._aligned_volume_cache, key, url, use_stored)
 
     def get_datastacks_by_aligned_volume(self, aligned_volume: str | None = None) -> list[str]:
         """Datastacks built on an aligned volume (default: the datastack's).

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ from prefect_neurodata.clients.aind.helpers.docdb import get_field_by_id, get_id
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db import MetadataDbClient
+
+_NO_VALUE: Any = object()
+"""What a metric-frame cell function returns to leave the cell out (no status yet)."""
 
 
 def validate_qc(qc_data: dict[str, Any], allow_invalid: bool = False) -> QualityControl | dict:
@@ -109,19 +113,16 @@ def get_quality_control_status_df(
     """
     if date is None:
         date = datetime.now(tz=timezone.utc)
-    qcs = get_quality_control_by_names(client=client, names=names, allow_invalid=False)
-    rows = []
-    for name, qc in zip(names, qcs, strict=False):  # 1.10 stops at the shorter list
-        row: dict[str, Any] = {"name": name}
-        for evaluation in qc.evaluations:  # type: ignore[union-attr]
-            for metric in evaluation.metrics:
-                # The most recent status at or before the given date.
-                for status in reversed(metric.status_history):
-                    if status.timestamp <= date:
-                        row[f"{evaluation.name}_{metric.name}"] = status.status
-                        break
-        rows.append(row)
-    return pd.DataFrame(rows)
+    at = date
+
+    def latest_status(metric: Any) -> Any:
+        # The most recent status at or before the given date (none: the column is left out).
+        for status in reversed(metric.status_history):
+            if status.timestamp <= at:
+                return status.status
+        return _NO_VALUE
+
+    return _metric_frame(client, names, latest_status)
 
 
 def get_quality_control_value_df(client: MetadataDbClient, names: list[str]) -> pd.DataFrame:
@@ -132,13 +133,22 @@ def get_quality_control_value_df(client: MetadataDbClient, names: list[str]) -> 
         df = get_quality_control_value_df(client, names=["asset_a", "asset_b"])
         ```
     """
+    return _metric_frame(client, names, lambda metric: metric.value)
+
+
+def _metric_frame(
+    client: MetadataDbClient, names: list[str], cell: Callable[[Any], Any]
+) -> pd.DataFrame:
+    """One row per name: ``<evaluation>_<metric>`` -> ``cell(metric)`` (`_NO_VALUE`: no column)."""
     qcs = get_quality_control_by_names(client=client, names=names, allow_invalid=False)
     rows = []
     for name, qc in zip(names, qcs, strict=False):  # 1.10 stops at the shorter list
         row: dict[str, Any] = {"name": name}
         for evaluation in qc.evaluations:  # type: ignore[union-attr]
             for metric in evaluation.metrics:
-                row[f"{evaluation.name}_{metric.name}"] = metric.value
+                value = cell(metric)
+                if value is not _NO_VALUE:
+                    row[f"{evaluation.name}_{metric.name}"] = value
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -22,7 +22,13 @@ if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db import MetadataDbClient
 
 
-def _first_or_none(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _first_match(
+    client: MetadataDbClient, key: str, value: str, projection: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The first record whose ``key`` is ``value`` (reduced to ``projection``), or None."""
+    records = client.retrieve_docdb_records(
+        filter_query={key: value}, projection=projection, limit=1
+    )
     return records[0] if len(records) > 0 else None
 
 
@@ -34,7 +40,7 @@ def get_record_by_id(client: MetadataDbClient, _id: str) -> dict[str, Any] | Non
         record = get_record_by_id(client, _id="0b1f3c4e-...")
         ```
     """
-    return _first_or_none(client.retrieve_docdb_records(filter_query={"_id": _id}, limit=1))
+    return _first_match(client, "_id", _id)
 
 
 def get_projection_by_id(
@@ -47,9 +53,7 @@ def get_projection_by_id(
         ids_and_names = get_projection_by_id(client, _id="0b1f...", projection={"name": 1})
         ```
     """
-    return _first_or_none(
-        client.retrieve_docdb_records(filter_query={"_id": _id}, projection=projection, limit=1)
-    )
+    return _first_match(client, "_id", _id, projection)
 
 
 def get_field_by_id(client: MetadataDbClient, _id: str, field: str) -> dict[str, Any] | None:
@@ -112,7 +116,7 @@ def get_record_by_name(client: MetadataDbClient, name: str) -> dict[str, Any] | 
         record = get_record_by_name(client, name="ecephys_123456_2024-01-01_01-01-01")
         ```
     """
-    return _first_or_none(client.retrieve_docdb_records(filter_query={"name": name}, limit=1))
+    return _first_match(client, "name", name)
 
 
 def get_projection_by_name(
@@ -125,6 +129,4 @@ def get_projection_by_name(
         get_projection_by_name(client, name="ecephys_123456_...", projection={"subject": 1})
         ```
     """
-    return _first_or_none(
-        client.retrieve_docdb_records(filter_query={"name": name}, projection=projection, limit=1)
-    )
+    return _first_match(client, "name", name, projection)
