@@ -647,18 +647,9 @@ class ClientBase:
     ) -> requests.Response:
         """Send one request through the shared core and check it like the seed does.
 
-        Args:
-            method: HTTP method.
-            url: Absolute URL (use `_url`).
-            params: Query parameters.
-            json: Body to encode as JSON with orjson (numpy, datetimes, sets handled).
-            data: Raw body (bytes/str); exclusive with ``json``.
-            headers: Extra headers.
-            idempotent: Whether retrying cannot change the outcome. Defaults to True for
-                GET/PUT/DELETE and False for POST: pass True for reads done by POST.
-            stream: Leave the body unread.
-            timeout: Override of the default timeout.
-            log_warning: Log the server's ``Warning`` header.
+        The arguments mean what they mean in `HttpClient.request` (build ``url`` with `_url`;
+        pass ``idempotent=True`` for reads done by POST); ``log_warning`` logs the server's
+        ``Warning`` header.
 
         Returns:
             The (successful, non-redirected) response.

@@ -1342,15 +1342,14 @@ class MaterializationClientV2(ClientBase):
         too_recent = [int(i) for i, t in zip(ids, created_ts, strict=True) if t > timestamp]
         expired = [int(i) for i, ok in zip(ids, latest, strict=True) if not ok]
         expired = [i for i in expired if i not in too_recent]
+        problems = {
+            f"expired (not latest at {timestamp.isoformat()})": expired,
+            f"too recent (created after {timestamp.isoformat()})": too_recent,
+        }
         if too_recent or expired:
-            parts = []
-            if expired:
-                parts.append(f"expired (not latest at {timestamp.isoformat()}): {expired}")
-            if too_recent:
-                parts.append(f"too recent (created after {timestamp.isoformat()}): {too_recent}")
             raise ValueError(
                 "root ids are not valid at the query timestamp: "
-                + "; ".join(parts)
+                + "; ".join(f"{what}: {bad}" for what, bad in problems.items() if bad)
                 + ". Use client.chunkedgraph.suggest_latest_roots or get_latest_roots."
             )
         mapping = cg.get_past_ids(ids, timestamp_past=timestamp_past, timestamp_future=timestamp)
