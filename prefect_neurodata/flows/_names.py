@@ -22,8 +22,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Flow, flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 
 def request_value(key: str, default: Any = None) -> Any:
@@ -42,3 +45,36 @@ def first_and_count(items: Sequence[str], noun: str) -> str:
         return f"no {noun}"
     more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
     return f"{items[0]}{more}"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def neurodata_flow(
+    name: str, run_name: Callable[[], str], max_workers: int
+) -> Callable[[Callable[P, R]], Flow[P, R]]:
+    """The ``@flow`` options every thread-pooled neurodata flow shares, in one place.
+
+    Parameters are validated against the flow's signature (a bad request fails before any task
+    runs), runs are named by ``run_name`` and tasks run on a thread pool of ``max_workers``.
+
+    Example:
+        ```python
+        from prefect_neurodata.flows._names import neurodata_flow, request_value
+
+
+        def _run_name() -> str:
+            return f"sync s3://{request_value('bucket')}"
+
+
+        @neurodata_flow("bucket-sync", _run_name, max_workers=2)
+        def sync(request: dict) -> None: ...
+        ```
+    """
+    return flow(
+        name=name,
+        flow_run_name=run_name,
+        task_runner=ThreadPoolTaskRunner(max_workers=max_workers),  # type: ignore[arg-type]  # Prefect: generic infers Never
+        validate_parameters=True,
+    )

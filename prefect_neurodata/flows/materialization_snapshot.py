@@ -43,13 +43,13 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import get_run_logger
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import publish_markdown, publish_table
+from prefect_neurodata.flows._names import neurodata_flow
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
@@ -192,12 +192,7 @@ def _run_name() -> str:
     )
 
 
-@flow(
-    name="cave-materialization-snapshot",
-    flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect: generic infers Never
-    validate_parameters=True,
-)
+@neurodata_flow("cave-materialization-snapshot", _run_name, max_workers=4)
 def snapshot_materialization(
     request: SnapshotRequest,
     cave_block: str = DEFAULT_CAVE_BLOCK,

@@ -45,9 +45,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
@@ -58,7 +57,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
-from prefect_neurodata.flows._names import request_value
+from prefect_neurodata.flows._names import neurodata_flow, request_value
 from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.common import (
     bucket_problem,
@@ -356,12 +355,7 @@ def _run_name() -> str:
     return f"sync s3://{request_value('bucket') or '?'}, {window}"
 
 
-@flow(
-    name="aind-metadata-sync",
-    flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]  # Prefect: generic infers Never
-    validate_parameters=True,
-)
+@neurodata_flow("aind-metadata-sync", _run_name, max_workers=2)
 def sync_metadata(
     request: MetadataSyncRequest,
     docdb_block: str = DEFAULT_DOCDB_BLOCK,

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefect_neurodata.errors import NeurodataError
@@ -37,7 +37,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
-from prefect_neurodata.flows._names import first_and_count, request_value
+from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
 from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
@@ -187,18 +187,27 @@ def _modality_problem(value: Any) -> str | None:
     return f"must be an object with an 'abbreviation', got {value!r}"[:200]
 
 
+def _object_problem(
+    here: str, value: Any, required: Sequence[str], missing_label: str
+) -> str | None:
+    """``"<here> must be an object"`` or ``"<here> is missing <label><keys>"``, else None."""
+    if not isinstance(value, dict):
+        return f"{here} must be an object"
+    missing = [k for k in required if k not in value]
+    if missing:
+        return f"{here} is missing {missing_label}{', '.join(missing)}"
+    return None
+
+
 def _history_problems(where: str, history: Any) -> list[str]:
     if not isinstance(history, list) or not history:
         return [f"{where}.status_history must be a non-empty list"]
     problems = []
     for i, entry in enumerate(history):
         here = f"{where}.status_history[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{here} must be an object")
-            continue
-        missing = [k for k in STATUS_REQUIRED if k not in entry]
-        if missing:
-            problems.append(f"{here} is missing {', '.join(missing)}")
+        shape = _object_problem(here, entry, STATUS_REQUIRED, "")
+        if shape:
+            problems.append(shape)
             continue
         if entry["status"] not in STATUSES:
             problems.append(
@@ -265,12 +274,9 @@ def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
                 continue
             for m, metric in enumerate(metrics):
                 here = f"{label}.metrics[{m}]"
-                if not isinstance(metric, dict):
-                    problems.append(f"{here} must be an object")
-                    continue
-                missing = [k for k in METRIC_REQUIRED if k not in metric]
-                if missing:
-                    problems.append(f"{here} is missing required key(s) {', '.join(missing)}")
+                shape = _object_problem(here, metric, METRIC_REQUIRED, "required key(s) ")
+                if shape:
+                    problems.append(shape)
                     continue
                 problems.extend(_history_problems(here, metric["status_history"]))
         else:
@@ -391,12 +397,7 @@ def _run_name() -> str:
     return f"qc {source} -> {first_and_count(assets, 'assets')}"
 
 
-@flow(
-    name="aind-qc-attachment",
-    flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect: generic infers Never
-    validate_parameters=True,
-)
+@neurodata_flow("aind-qc-attachment", _run_name, max_workers=4)
 def attach_qc(
     request: QcAttachmentRequest,
     docdb_block: str = DEFAULT_DOCDB_BLOCK,

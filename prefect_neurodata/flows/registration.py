@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import get_run_logger
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.errors import NeurodataError
@@ -33,7 +32,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
-from prefect_neurodata.flows._names import first_and_count, request_value
+from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
@@ -281,12 +280,7 @@ def _run_name() -> str:
     return f"register {len(prefixes) or 'all'} folder(s) of s3://{bucket}"
 
 
-@flow(
-    name="aind-asset-registration",
-    flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect: generic infers Never
-    validate_parameters=True,
-)
+@neurodata_flow("aind-asset-registration", _run_name, max_workers=4)
 def register_assets(
     request: RegistrationRequest,
     docdb_block: str = DEFAULT_DOCDB_BLOCK,
