@@ -909,11 +909,32 @@ def test_plan_and_split_ranges_cover_every_id() -> None:
         split_range((7, 8), 1)
 
 
+SYNAPSE_SCHEMA = {
+    "$ref": "#/definitions/Synapse",
+    "definitions": {
+        "Synapse": {
+            "properties": {
+                **{
+                    pt: {"$ref": "#/definitions/BoundSpatialPoint"}
+                    for pt in ("pre_pt", "ctr_pt", "post_pt")
+                },
+                "size": {"type": "float"},
+            }
+        }
+    },
+}
+
+
 @responses.activate
 def test_tables_manager_builds_filters() -> None:
+    # The manager of a bare client, from the metadata and schemas `client.tables` fetches
+    # (tests/unit/test_cave_tables.py covers the fetching through a full CAVEclient).
+    from prefect_neurodata.clients.cave._tables import TableManager
+
     client = make_client()
     add_metadata(responses.mock)
-    responses.get(f"{V2}/version/{V}/tables", json=["synapses", "nuclei"])
+    metas = [TABLE_META, {**TABLE_META, "table_name": "nuclei"}]
+    client._tables_manager = TableManager(client, metas, {"synapse": SYNAPSE_SCHEMA}, dict)
     responses.post(
         f"{V3}/version/{V}/table/synapses/query",
         body=arrow_body(synapse_frame([1])),
