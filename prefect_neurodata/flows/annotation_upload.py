@@ -75,6 +75,7 @@ from prefect_neurodata.clients.cave.annotation_rows import (
     nest_row,
     raise_problems,
 )
+from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.flows._artifacts import (
     Progress,
     location_text,
@@ -123,7 +124,6 @@ __all__ = [
     "upload_annotations",
 ]
 
-DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-annotation-upload"
 LEDGER_DIRNAME = ".neurodata-ledger"
 MAX_TABLE_ROWS = 2000

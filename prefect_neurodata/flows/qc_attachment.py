@@ -30,6 +30,7 @@ from typing import Any
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prefect_neurodata.constants import DEFAULT_DOCDB_BLOCK
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
     failure_report,
@@ -42,7 +43,6 @@ from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
 
-DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
 ARTIFACT_KEY = "qc-attachment"
 
 STAGES = ("Raw data", "Processing", "Analysis", "Multi-asset")
