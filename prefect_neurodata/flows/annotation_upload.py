@@ -253,7 +253,7 @@ def ledger_dir_for(
         else:
             base = str(Path(request.source).absolute().parent / LEDGER_DIRNAME)
     else:
-        base = str(NeurodataSettings().ledger_dir)
+        base = str(NeurodataSettings().neurodata_ledger_dir)
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
 
 
