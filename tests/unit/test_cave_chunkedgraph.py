@@ -598,7 +598,6 @@ def _id_calls(bad: int) -> dict[str, Callable[[ChunkedGraphClientV1], object]]:
         "get_past_ids": lambda cg: cg.get_past_ids([bad]),
         "is_latest_roots": lambda cg: cg.is_latest_roots([5, bad]),
         "get_root_timestamps": lambda cg: cg.get_root_timestamps([bad]),
-        "is_valid_nodes": lambda cg: cg.is_valid_nodes([5, bad]),
         "suggest_latest_roots": lambda cg: cg.suggest_latest_roots(bad),
         "find_path": lambda cg: cg.find_path(bad, [1, 2, 3], [4, 5, 6]),
         "get_minimal_covering_nodes": lambda cg: cg.get_minimal_covering_nodes([bad]),
@@ -613,6 +612,15 @@ def test_ids_outside_int64_range_raise_naming_the_value_before_any_request(
     message = rf"must be a non-negative node id below 2\*\*63, got {bad}\b"
     with pytest.raises(ValueError, match=message):
         _id_calls(bad)[method](cg)
+    assert len(cave_rsps.calls) == 0
+
+
+def test_is_valid_nodes_raises_at_2_63_and_answers_negatives_false_locally(cg, cave_rsps) -> None:
+    with pytest.raises(ValueError, match=rf"^node_ids\[1\] must be .* got {2**63}:"):
+        cg.is_valid_nodes([5, 2**63])
+    # caveclient's own suite pins -1 as "not valid" (it sends it wrapped to 2**64 - 1).
+    assert cg.is_valid_nodes([0, -1]).tolist() == [False, False]
+    assert cg.is_valid_nodes(np.array([-7], dtype=np.int64)).tolist() == [False]
     assert len(cave_rsps.calls) == 0
 
 
@@ -631,3 +639,15 @@ def test_ids_just_below_2_63_go_out_as_caveclients_uint64_bytes(cg, cave_rsps) -
     cave_rsps.post(f"{CG_V1}/roots_binary", body=np.array([top, 9], dtype="<u8").tobytes())
     cg.get_roots([top, 3])
     assert cave_rsps.calls[0].request.body == np.array([top, 3], dtype=np.uint64).tobytes()
+
+
+def test_a_server_id_beyond_int64_raises_instead_of_wrapping(cg, cave_rsps) -> None:
+    cave_rsps.get(f"{CG_V1}/node/5/leaves", body=f'{{"leaf_ids": [7, {2**63}]}}')
+    cave_rsps.get(
+        f"{CG_V1}/node/5/subgraph",
+        body=f'{{"nodes": [[7, {2**64 - 1}]], "affinities": [0.5], "areas": [7]}}',
+    )
+    with pytest.raises(ValueError, match=rf"answered node id {2**63}, which does not fit"):
+        cg.get_leaves(5)
+    with pytest.raises(ValueError, match=rf"answered node id {2**64 - 1}, which does not fit"):
+        cg.get_subgraph(5, [[0, 1], [0, 1], [0, 1]])

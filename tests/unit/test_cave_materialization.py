@@ -838,6 +838,22 @@ def test_live_query_rejects_expired_roots() -> None:
             client.live_query("synapses", dt.datetime(2020, 1, 1))
 
 
+@pytest.mark.parametrize("bad", [-1, 2**63])
+def test_live_query_refuses_root_ids_outside_int64_before_the_chunkedgraph(bad: int) -> None:
+    cg = FakeChunkedGraph()
+    client = make_client(cg_client=cg)
+    version_record = {"version": V, "time_stamp": "2021-04-12T08:10:00.255735", "valid": True}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(f"{V3}/metadata", json=[version_record])
+        with pytest.raises(ValueError, match=rf"non-negative node id below 2\*\*63, got {bad}\b"):
+            client.live_query(
+                "synapses",
+                dt.datetime(2021, 6, 1, tzinfo=dt.timezone.utc),
+                filter_in_dict={"pre_pt_root_id": [5, bad]},
+            )
+    assert cg.calls == []  # issue 11 item 7: refused before any chunkedgraph request
+
+
 # ---------------------------------------------------------------------------------------------
 # module functions, factory, pure helpers
 # ---------------------------------------------------------------------------------------------

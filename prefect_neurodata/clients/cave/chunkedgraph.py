@@ -898,15 +898,19 @@ class ChunkedGraphClientV1(ClientBase):
     ) -> np.ndarray:
         """Whether each id exists in the chunkedgraph within a time range.
 
-        Id 0 is answered False without asking the server. ``start_timestamp`` defaults to
+        Ids <= 0 are answered False without asking the server (caveclient's own suite expects
+        False for -1, which it sends wrapped to 2**64 - 1). ``start_timestamp`` defaults to
         2000-01-01 and ``end_timestamp`` to now.
 
         Raises:
-            ValueError: An id is not an integer in [0, 2**63) (before any request).
+            ValueError: An id is not an integer, or is >= 2**63 (before any request).
         """
         if isinstance(node_ids, (int, np.integer, str)):
             node_ids = [node_ids]
-        ids = valid_node_ids(node_ids, "node_ids")
+        values = node_ids.tolist() if hasattr(node_ids, "tolist") else list(node_ids)
+        ids = valid_node_ids(
+            [0 if isinstance(v, (int, np.integer)) and v < 0 else v for v in values], "node_ids"
+        )
         positive = ids != 0
         result = np.zeros(ids.shape, dtype=bool)
         if not positive.any():

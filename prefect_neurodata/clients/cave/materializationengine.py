@@ -86,6 +86,7 @@ from .base import (
     negotiated_client,
     resolve_transport,
 )
+from .node_ids import valid_node_ids
 
 __all__ = [
     "MaterializationClient",
@@ -1351,7 +1352,8 @@ class MaterializationClientV2(ClientBase):
             root id moves into the in-filter, index 0) and ``{past_id: root_at_timestamp}``.
 
         Raises:
-            ValueError: Some root ids are not valid at ``timestamp`` (they are named).
+            ValueError: Some root ids are not valid at ``timestamp``, or are negative or
+                >= 2**63 (they are named).
         """
         timestamp = convert_timestamp(timestamp)
         timestamp_past = convert_timestamp(timestamp_past)
@@ -1364,7 +1366,7 @@ class MaterializationClientV2(ClientBase):
         new_filters: list[dict | None] = [dict(f) if f is not None else None for f in filters]
         if not roots:
             return new_filters, {}
-        ids = np.array(sorted(roots), dtype=np.uint64)
+        ids = valid_node_ids(sorted(roots), "root-id filter values")  # 0 <= id < 2**63
         cg = self.cg_client
         if cg is None:
             raise ValueError("a live query with root-id filters needs a chunkedgraph client")
