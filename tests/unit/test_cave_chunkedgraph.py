@@ -639,3 +639,15 @@ def test_ids_just_below_2_63_go_out_as_caveclients_uint64_bytes(cg, cave_rsps) -
     cave_rsps.post(f"{CG_V1}/roots_binary", body=np.array([top, 9], dtype="<u8").tobytes())
     cg.get_roots([top, 3])
     assert cave_rsps.calls[0].request.body == np.array([top, 3], dtype=np.uint64).tobytes()
+
+
+def test_a_server_id_beyond_int64_raises_instead_of_wrapping(cg, cave_rsps) -> None:
+    cave_rsps.get(f"{CG_V1}/node/5/leaves", body=f'{{"leaf_ids": [7, {2**63}]}}')
+    cave_rsps.get(
+        f"{CG_V1}/node/5/subgraph",
+        body=f'{{"nodes": [[7, {2**64 - 1}]], "affinities": [0.5], "areas": [7]}}',
+    )
+    with pytest.raises(ValueError, match=rf"answered node id {2**63}, which does not fit"):
+        cg.get_leaves(5)
+    with pytest.raises(ValueError, match=rf"answered node id {2**64 - 1}, which does not fit"):
+        cg.get_subgraph(5, [[0, 1], [0, 1], [0, 1]])

@@ -2,14 +2,14 @@
 
 PyChunkedGraph ids travel as uint64 (little-endian bytes or JSON integers), but every id a
 chunkedgraph hands out is below 2**63 and the materialization engine stores them in int64
-columns (`SEGMENT_ID_RANGE`). caveclient 5.25 therefore returns most ids as int64
+columns (`SEGMENT_ID_RANGE`). caveclient 5.25 returns most id lists as int64
 (`get_leaves`, `get_latest_roots`, `get_delta_roots`, ...), so they concatenate with
 `query_table`'s root-id columns without a float detour that would round 18-digit ids.
 
 Ids a caller passes are checked against `SEGMENT_ID_RANGE` before any request: caveclient
-would silently wrap a negative id or one >= 2**63 into a different id. Floats are refused too
-(an id above 2**53 is not exact as a float). What is sent is what caveclient sends: the same
-uint64 bytes or JSON integers.
+converts them unchecked (a negative id in an int64 array wraps to a huge uint64 one). Floats
+are refused too (an id above 2**53 is not exact as a float). What is sent is what caveclient
+sends: the same uint64 bytes or JSON integers.
 
 Example:
     ```python
@@ -38,8 +38,8 @@ _STOP = SEGMENT_ID_RANGE.stop
 
 def _out_of_range(name: str, value: int) -> ValueError:
     return ValueError(
-        f"{name} must be a non-negative node id below 2**63, got {value}: chunkedgraph ids are "
-        "stored as int64, and the official client would silently send a different id"
+        f"{name} must be a non-negative node id below 2**63, got {value}: CAVE stores node "
+        "ids as int64"
     )
 
 
