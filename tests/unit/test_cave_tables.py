@@ -231,7 +231,7 @@ def test_query_requests_are_the_ones_5_25_sends(mock: Any, client: Any, call: st
 def test_random_sample_and_get_all(mock: Any, client: Any) -> None:
     tables = client.materialize.tables
     mock.calls.reset()
-    tables.nucleus_detection_v0.get_all(random_sample=5, limit=10)
+    tables.nucleus_detection_v0.get_all(random_sample=5, limit=10, log_warning=False)
     (request,) = _posts(mock)
     assert dict(parse_qsl(urlsplit(request.url).query))["random_sample"] == "5"
     assert json.loads(request.body) == {"limit": 10}
