@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +82,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_markdown,
     publish_table,
 )
+from prefect_neurodata.settings import NeurodataSettings
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.annotation_ledger import (
     ChunkEntry,
@@ -253,7 +253,7 @@ def ledger_dir_for(
         else:
             base = str(Path(request.source).absolute().parent / LEDGER_DIRNAME)
     else:
-        base = os.environ.get("NEURODATA_LEDGER_DIR") or str(Path.home() / ".neurodata" / "ledgers")
+        base = str(NeurodataSettings().ledger_dir)
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
 
 

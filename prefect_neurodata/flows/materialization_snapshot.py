@@ -54,15 +54,10 @@ from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
     CaveInputError,
-    CavePermissionError,
-    check_cave_access,
-    count_version_rows,
-    list_version_tables,
+    SnapshotPlan,
     load_cave,
-    plan_table_partitions,
-    resolve_materialization_version,
+    plan_snapshot,
     snapshot_table_part,
-    table_permission_problem,
 )
 from prefect_neurodata.tasks.claims import exclusive
 from prefect_neurodata.tasks.snapshot_manifest import (
@@ -220,9 +215,9 @@ def snapshot_materialization(
         raise CaveInputError("no datastack given and the CAVE block names none")
     # validate everything before the first write
     aws = storage.load_aws(aws_block)
-    vmeta, metas, wanted = check_request(request, cave_block, datastack, aws)
+    plan = check_request(request, cave_block, datastack, aws)
+    vmeta = plan.version
     version = int(vmeta["version"])
-    stamp = vmeta.get("time_stamp")
 
     root = snapshot_root(request.destination, datastack, version)
     # plan and do under the snapshot's claim: overlapping runs on the same version and
@@ -230,12 +225,10 @@ def snapshot_materialization(
     # tables the first one finished (checksums verified).
     with exclusive("cave-snapshot", datastack, f"v{version}", root):
         manifest = new_manifest(root, datastack, version, vmeta, request, cave_block, aws)
-        done, todo = plan_tables(root, manifest, wanted, request, aws)
-        futures, expected, started = start_parts(
-            request, cave_block, datastack, version, stamp, root, todo, aws_block
-        )
+        done, todo = plan_tables(root, manifest, plan.wanted, request, aws)
+        futures, started = start_parts(request, cave_block, datastack, plan, root, todo, aws_block)
         written, problems = finish_tables(
-            root, manifest, metas, request, futures, expected, started, todo, aws
+            root, manifest, plan, request, futures, started, todo, aws
         )
         manifest_uri = manifest.write(root, aws)
     rows_out = sorted(done + written, key=lambda r: r.table)
@@ -257,29 +250,17 @@ def snapshot_materialization(
 
 def check_request(
     request: SnapshotRequest, cave_block: str, datastack: str, aws: AwsCredentials | None = None
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
-    """Version, tables, permissions and destination, checked before any write.
+) -> SnapshotPlan:
+    """Version, tables, permissions, partition plans and destination, before any write.
 
-    Returns:
-        ``(version metadata, table metadata by name, tables to snapshot)``.
+    One set-up task (`plan_snapshot`) does the CAVE side, so the partitions start one task
+    run after the flow does.
     """
-    access = check_cave_access(cave_block, datastack, "view")
-    vmeta = resolve_materialization_version(cave_block, datastack, request.version)
-    version = int(vmeta["version"])
-    stamp = vmeta.get("time_stamp")
-    metas = {m["table_name"]: m for m in list_version_tables(cave_block, datastack, version, stamp)}
-    wanted = list(dict.fromkeys(request.tables)) or sorted(metas)
-    unknown = [t for t in wanted if t not in metas]
-    if unknown:
-        raise CaveInputError(
-            f"table(s) {unknown} are not in version {version} of datastack {datastack!r} "
-            f"(tables: {sorted(metas)})"
-        )
-    denied = [p for t in wanted if (p := table_permission_problem(metas[t], access, "read"))]
-    if denied:
-        raise CavePermissionError("cannot read:\n  " + "\n  ".join(denied))
+    plan = plan_snapshot(
+        cave_block, datastack, request.version, request.tables, request.rows_per_part
+    )
     _check_destination(request.destination, aws)
-    return vmeta, metas, wanted
+    return plan
 
 
 def new_manifest(
@@ -342,23 +323,19 @@ def start_parts(
     request: SnapshotRequest,
     cave_block: str,
     datastack: str,
-    version: int,
-    stamp: str | None,
+    plan: SnapshotPlan,
     root: str,
     todo: list[str],
     aws_block: str | None = None,
-) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, float]]:
-    """Submit one task per id range of every table to write; ``(futures, expected, started)``."""
+) -> tuple[dict[str, list[Any]], dict[str, float]]:
+    """Submit one task per planned id range of every table to write; ``(futures, started)``."""
     storage.ensure_dir(root)
+    version = int(plan.version["version"])
     started: dict[str, float] = {}
-    expected: dict[str, int] = {}
     futures: dict[str, list[Any]] = defaultdict(list)
     for table in todo:
         started[table] = time.monotonic()
-        expected[table] = count_version_rows(cave_block, datastack, version, table, stamp)
-        ranges = plan_table_partitions(
-            cave_block, datastack, version, table, request.rows_per_part, stamp
-        )
+        ranges = plan.parts[table].ranges
         for index, id_range in enumerate(ranges):
             target = storage.join(root, table, f"part-{index:05d}.parquet")
             name = f"snapshot {table} part {index + 1}/{len(ranges)} (ids {_span(id_range)})"
@@ -374,7 +351,7 @@ def start_parts(
                     aws_block,
                 )
             )
-    return futures, expected, started
+    return futures, started
 
 
 def _span(id_range: list[int | None]) -> str:
@@ -385,10 +362,9 @@ def _span(id_range: list[int | None]) -> str:
 def finish_tables(
     root: str,
     manifest: Manifest,
-    metas: dict[str, dict[str, Any]],
+    plan: SnapshotPlan,
     request: SnapshotRequest,
     futures: dict[str, list[Any]],
-    expected: dict[str, int],
     started: dict[str, float],
     todo: list[str],
     aws: AwsCredentials | None = None,
@@ -397,6 +373,8 @@ def finish_tables(
     logger = get_run_logger()
     written: list[TableSnapshot] = []
     problems: list[str] = []
+    metas = plan.tables
+    expected = {table: plan.parts[table].rows for table in todo}
     for table in todo:
         parts = [f.result() for f in futures[table]]
         files = [p for p in parts if p["path"]]

@@ -30,6 +30,17 @@ from prefect_neurodata.tasks.cave_common import (
 def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
     """Check that the datastack exists and the block's token holds ``permission`` on it.
 
+    The task form of `cave_access` (same arguments, result and errors).
+    """
+    return cave_access(cave, datastack, permission)
+
+
+def cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
+    """Check that the datastack exists and the block's token holds ``permission`` on it.
+
+    A plain function, so a task that checks access among other set-up reads (the snapshot
+    flow's `plan_snapshot`) pays no task run of its own.
+
     Args:
         cave: CAVE block or its name.
         datastack: Datastack to check.
