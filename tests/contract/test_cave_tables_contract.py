@@ -9,7 +9,6 @@ live form (``filter_kwargs_live`` + ``joins_kwargs`` through ``live_live_query``
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,14 +18,8 @@ from prefect_neurodata.clients.cave import CAVEclient
 
 
 @pytest.fixture(scope="module")
-def client(sandbox: Any) -> CAVEclient:
-    env = sandbox.env
-    return CAVEclient(
-        env["NEURODATA_CAVE_DATASTACK"],
-        server_address=env["NEURODATA_CAVE_GLOBAL_URL"],
-        auth_token=env["NEURODATA_CAVE_TOKEN"],
-        write_server_cache=False,
-    )
+def client(sandbox_cave_client: CAVEclient) -> CAVEclient:
+    return sandbox_cave_client
 
 
 def _joined_by_hand(nuclei: pd.DataFrame, types: pd.DataFrame) -> pd.DataFrame:

@@ -9,101 +9,19 @@ JSON, ``direct_sql_pandas=True``, the order of keys in the body).
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import pickle
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import pandas as pd
-import pyarrow as pa
 import pytest
 import responses
 
+from compat.cave_tables_data import DS, GLOBAL, LOCAL, MAT, ROOT, SCENARIOS, answer
 from prefect_neurodata.clients.cave import CAVEclient
 from prefect_neurodata.clients.cave._tables import InvalidInequalityException
 from prefect_neurodata.clients.cave.base import ServerIncompatibilityError
-
-GLOBAL = "https://global.example.org"
-LOCAL = "https://local.example.org"
-DS = "test_stack"
-MAT = f"{LOCAL}/materialize/api/v3/datastack/{DS}"
-ROOT = 864691135000000001
-NOW = dt.datetime(2024, 6, 5, 10, 10, 1, tzinfo=dt.timezone.utc)
-
-INFO = {
-    "aligned_volume": {"name": "test_volume", "id": 1, "description": "test"},
-    "synapse_table": "synapses",
-    "local_server": LOCAL,
-    "segmentation_source": f"graphene://{LOCAL}/segmentation/table/test_v1",
-    "soma_table": "nucleus_detection_v0",
-    "viewer_resolution_x": 4.0,
-    "viewer_resolution_y": 4.0,
-    "viewer_resolution_z": 40,
-}
-RESOLUTION = {"voxel_resolution_x": 4.0, "voxel_resolution_y": 4.0, "voxel_resolution_z": 40.0}
-# get_tables_metadata as the server answers it (caveclient 5.25's own test data, trimmed)
-TABLES_METADATA = [
-    {
-        "table_name": "allen_column_mtypes_v2",
-        "schema": "cell_type_reference",
-        "schema_type": "cell_type_reference",
-        "description": "M-types of the column.",
-        "reference_table": "nucleus_detection_v0",
-        "valid": True,
-        **RESOLUTION,
-    },
-    {
-        "table_name": "nucleus_detection_v0__minnie3_v1",
-        "annotation_table": "nucleus_detection_v0",
-        "schema": "nucleus_detection",
-        "schema_type": "nucleus_detection",
-        "description": "Nucleus detections.",
-        "reference_table": None,
-        "valid": True,
-        **RESOLUTION,
-    },
-]
-POINT = {"$ref": "#/definitions/SpatialPoint", "type": "object"}
-SCHEMAS = {
-    "cell_type_reference": {
-        "$ref": "#/definitions/CellTypeReference",
-        "definitions": {
-            "CellTypeReference": {
-                "properties": {
-                    "cell_type": {"type": "string"},
-                    "classification_system": {"type": "string"},
-                    "target_id": {"type": "integer"},
-                    "valid": {"type": ["boolean", "null"]},
-                }
-            }
-        },
-    },
-    "nucleus_detection": {
-        "$ref": "#/definitions/NucleusDetection",
-        "definitions": {
-            "NucleusDetection": {
-                "properties": {
-                    "bb_end": POINT,
-                    "bb_start": POINT,
-                    "pt": {"$ref": "#/definitions/BoundSpatialPoint", "type": "object"},
-                    "valid": {"type": ["boolean", "null"]},
-                    "volume": {"type": "number", "format": "float"},
-                }
-            }
-        },
-    },
-}
-VIEWS = {"single_neurons": {"id": 5, "description": "Single neurons.", **RESOLUTION}}
-VIEW_SCHEMAS = {
-    "single_neurons": {
-        "id": {"type": "integer"},
-        "pt_root_id": {"type": "integer"},
-        "pt_position": {"type": "SpatialPoint"},
-        "cell_type": {"type": "string"},
-    }
-}
 
 # (path, query string, JSON body) of the query request caveclient 5.25.0 sent for each call.
 SENT_BY_5_25: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -169,63 +87,17 @@ SENT_BY_5_25: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"filter_in_dict": {"single_neurons": {"pt_root_id": [ROOT, 2]}}, "limit": 3},
     ),
 }
+# query(timestamp=...) of a reference table is the live join (5.25 sends the same request).
+SENT_BY_5_25["join_at_timestamp"] = SENT_BY_5_25["join_live"]
 # The parameter ours adds to every query (the server's typed answer; README differences).
 OURS_ADDS = {"direct_sql_pandas": "True"}
-
-
-def _arrow(df: pd.DataFrame) -> bytes:
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-ROWS = pd.DataFrame({"id": pd.array([1, 2], dtype="Int64"), "valid": [True, True]})
-
-
-def _answer(request: Any) -> tuple[int, dict[str, str], Any]:
-    """The servers' answers, by path (unknown paths are a 404 the test would see)."""
-    path = urlsplit(request.url).path
-
-    def ok(value: Any) -> tuple[int, dict[str, str], str]:
-        return 200, {"Content-Type": "application/json"}, json.dumps(value)
-
-    table_meta = re.search(r"/version/1/table/([^/]+)/metadata$", path)
-    if path.endswith(f"/datastack/full/{DS}"):
-        return ok(INFO)
-    if path.endswith(("/segmentation/api/version", "/materialize/version")):
-        return ok("5.26.4")
-    if path.endswith(("/api/versions", "/schema/versions")):
-        return ok([1, 2, 3])
-    if path.endswith("/versions"):
-        return ok([1])
-    if path.endswith("/version/1/tables/metadata"):
-        return ok(TABLES_METADATA)
-    if path.endswith("/schema/api/v2/types_all"):
-        return ok(SCHEMAS)
-    if path.endswith("/version/1/views"):
-        return ok(VIEWS)
-    if path.endswith("/version/1/views/schemas"):
-        return ok(VIEW_SCHEMAS)
-    if path.endswith("/views/single_neurons/metadata"):
-        return ok(VIEWS["single_neurons"])
-    if path.endswith("/views/single_neurons/schema"):
-        return ok(VIEW_SCHEMAS["single_neurons"])
-    if table_meta:
-        for meta in TABLES_METADATA:
-            if table_meta.group(1) in (meta["table_name"], meta.get("annotation_table")):
-                return ok(meta)
-    if request.method == "POST":
-        return 200, {"Content-Type": "data.arrow"}, _arrow(ROWS)
-    return 404, {"Content-Type": "application/json"}, json.dumps({"message": path})
 
 
 @pytest.fixture
 def mock() -> Any:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         for method in ("GET", "POST"):
-            rsps.add_callback(method, re.compile(r"https://.*"), _answer)
+            rsps.add_callback(method, re.compile(r"https://.*"), answer)
         yield rsps
 
 
@@ -347,50 +219,13 @@ def test_renamed_keywords_are_sent_under_the_server_column_names(client: Any) ->
     }
 
 
-def test_plain_table_query_sends_what_5_25_sends(mock: Any, client: Any) -> None:
-    tables = client.materialize.tables
+@pytest.mark.parametrize("call", sorted(SENT_BY_5_25))
+def test_query_requests_are_the_ones_5_25_sends(mock: Any, client: Any, call: str) -> None:
+    client.materialize.tables, client.materialize.views  # noqa: B018  (metadata fetched first)
     mock.calls.reset()
-    df = tables.nucleus_detection_v0(
-        pt_root_id=[ROOT, ROOT + 1], volume=12.5, pt_position_bbox=[[0, 0, 0], [100, 100, 100]]
-    ).query(limit=10)
-    _assert_sent_as_5_25(mock, "plain")
-    assert df["id"].tolist() == [1, 2]
-
-
-def test_query_options_are_passed_on(mock: Any, client: Any) -> None:
-    tables = client.materialize.tables
-    mock.calls.reset()
-    tables.nucleus_detection_v0(id=[1, 2]).query(
-        split_positions=True,
-        desired_resolution=[1, 1, 1],
-        select_columns=["id", "pt_root_id"],
-        offset=2,
-    )
-    _assert_sent_as_5_25(mock, "options")
-
-
-def test_reference_table_query_is_a_join_as_5_25_sends(mock: Any, client: Any) -> None:
-    tables = client.materialize.tables
-    mock.calls.reset()
-    tables.allen_column_mtypes_v2(pt_root_id=[ROOT], cell_type="L2a", target_id=5).query()
-    _assert_sent_as_5_25(mock, "join")
-
-
-def test_reference_table_live_query_as_5_25_sends(mock: Any, client: Any) -> None:
-    tables = client.materialize.tables
-    mock.calls.reset()
-    tables.allen_column_mtypes_v2(pt_root_id=[ROOT], cell_type="L2a").live_query(NOW)
-    _assert_sent_as_5_25(mock, "join_live")
-    mock.calls.reset()
-    tables.allen_column_mtypes_v2(pt_root_id=[ROOT], cell_type="L2a").query(timestamp=NOW)
-    _assert_sent_as_5_25(mock, "join_live")
-
-
-def test_plain_table_live_query_as_5_25_sends(mock: Any, client: Any) -> None:
-    tables = client.materialize.tables
-    mock.calls.reset()
-    tables.nucleus_detection_v0(id=7).live_query(NOW, limit=5)
-    _assert_sent_as_5_25(mock, "plain_live")
+    df = SCENARIOS[call](client)
+    _assert_sent_as_5_25(mock, call)
+    assert df["id"].tolist() == [1, 2], "the answer's rows come back"
 
 
 def test_random_sample_and_get_all(mock: Any, client: Any) -> None:
@@ -416,9 +251,6 @@ def test_views_as_5_25(mock: Any, client: Any) -> None:
     assert vqry.filter_kwargs_live == {
         "filter_in_dict": {"single_neurons": {"pt_root_id": [ROOT, 2]}}
     }
-    mock.calls.reset()
-    vqry.query(limit=3)
-    _assert_sent_as_5_25(mock, "view")
 
 
 def test_tables_need_the_full_client_and_views_need_api_3(mock: Any, client: Any) -> None:

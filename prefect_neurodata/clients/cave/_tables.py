@@ -268,6 +268,12 @@ def build_filters(columns: Sequence[Column], values: Mapping[str, Any]) -> dict[
     return {arg: tables for arg, tables in found.items() if tables}
 
 
+def _passed(arguments: Mapping[str, Any], *drop: str) -> dict[str, Any]:
+    """A method's arguments (its ``locals()`` first thing) without ``self`` and ``drop``, to pass
+    on by name to the materialization client method of the same argument names."""
+    return {k: v for k, v in arguments.items() if k not in ("self", *drop)}
+
+
 class QueryFilter:
     """Base of the generated per-table and per-view classes (one dataclass field per keyword).
 
@@ -333,45 +339,18 @@ class TableQueryFilter(QueryFilter):
         through `query_table` (root ids looked up at the timestamp). Arguments are
         `query_table`'s; ``random_sample`` (as newer caveclient) asks for N random rows.
         """
-        materialize = self._client
+        args = _passed(locals())
         if self._reference_table is None:
-            return materialize.query_table(
-                self._base_table,
-                select_columns=select_columns,
-                offset=offset,
-                limit=limit,
-                split_positions=split_positions,
-                materialization_version=materialization_version,
-                desired_resolution=desired_resolution,
-                timestamp=timestamp,
-                get_counts=get_counts,
-                metadata=metadata,
-                random_sample=random_sample,
-                **self.filter_kwargs_mat,
-            )
+            return self._client.query_table(self._base_table, **args, **self.filter_kwargs_mat)
         if timestamp is not None:
-            return self.live_query(
-                timestamp=timestamp,
-                offset=offset,
-                limit=limit,
-                split_positions=split_positions,
-                metadata=metadata,
-                desired_resolution=desired_resolution,
-                allow_missing_lookups=False,
-                random_sample=random_sample,
-            )
+            # as 5.25: a live join takes neither columns, a version nor counts
+            live = _passed(args, "select_columns", "materialization_version", "get_counts")
+            return self.live_query(**live)
         logger.warning(EXPERIMENTAL.format(self._kind))
-        return materialize.join_query(
+        return self._client.join_query(
             tables=self.basic_join,
-            select_columns=select_columns,
-            offset=offset,
-            limit=limit,
-            split_positions=split_positions,
-            materialization_version=materialization_version,
-            desired_resolution=desired_resolution,
             suffixes=self._suffixes(),
-            metadata=metadata,
-            random_sample=random_sample,
+            **_passed(args, "timestamp", "get_counts"),
             **self.filter_kwargs_mat,
         )
 
@@ -388,22 +367,16 @@ class TableQueryFilter(QueryFilter):
     ) -> Any:
         """Query the table at ``timestamp`` on the server (`live_live_query`), joined to its
         target when it references one."""
+        args = _passed(locals())
         logger.warning(EXPERIMENTAL.format(self._kind))
-        extra: dict[str, Any] = {}
+        joins: dict[str, Any] = {}
         if self._reference_table is not None:
-            extra = {"suffixes": self._suffixes(), **self.joins_kwargs}
+            joins = {"suffixes": self._suffixes(), **self.joins_kwargs}
         return self._client.live_live_query(
             table=self._reference_table or self._base_table,
-            timestamp=timestamp,
-            offset=offset,
-            limit=limit,
-            split_positions=split_positions,
-            desired_resolution=desired_resolution,
-            allow_missing_lookups=allow_missing_lookups,
-            metadata=metadata,
-            random_sample=random_sample,
+            **args,
             **self.filter_kwargs_live,
-            **extra,
+            **joins,
         )
 
     @classmethod
@@ -436,20 +409,9 @@ class ViewQueryFilter(QueryFilter):
         random_sample: int | None = None,
     ) -> Any:
         """Query the view (`query_view`); arguments as there."""
+        args = _passed(locals())
         logger.warning(EXPERIMENTAL.format(self._kind))
-        return self._client.query_view(
-            self._base_table,
-            metadata=metadata,
-            desired_resolution=desired_resolution,
-            materialization_version=materialization_version,
-            split_positions=split_positions,
-            limit=limit,
-            offset=offset,
-            select_columns=select_columns,
-            get_counts=get_counts,
-            random_sample=random_sample,
-            **self.filter_kwargs_mat,
-        )
+        return self._client.query_view(self._base_table, **args, **self.filter_kwargs_mat)
 
     @classmethod
     def get_all(cls, **kwargs: Any) -> Any:
