@@ -82,8 +82,9 @@ from .base import (
     ApiVersion,
     ClientBase,
     ServerIncompatibilityError,
+    Service,
     check_version_compatibility,
-    negotiated_client,
+    document_shared_args,
     resolve_transport,
 )
 from .node_ids import valid_node_ids
@@ -372,6 +373,7 @@ def _add_id_range(body: dict[str, Any], table: str, rng: IdRange) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 
 
+@document_shared_args
 def MaterializationClient(  # noqa: N802 - seed name
     server_address: str,
     datastack_name: str | None = None,
@@ -393,39 +395,20 @@ def MaterializationClient(  # noqa: N802 - seed name
     Args:
         server_address: The local server, e.g. ``https://minnie.microns-daf.com``.
         datastack_name: The datastack queried by default.
-        auth_client: An `AuthClient` (its token is sent), or None for no auth.
         cg_client: The chunkedgraph client used by live queries.
         synapse_table: Default table for `synapse_query`.
         api_version: 2, 3, or "latest" (asks the server; falls back to 2).
         version: Materialization version queried by default (None: the most recent).
-        verify: TLS verification.
-        max_retries: Retries of transient failures.
-        pool_maxsize: Pooled connections per host.
-        pool_block: Block when the pool is exhausted.
         desired_resolution: Default resolution of returned positions (e.g. ``[4, 4, 40]``).
-        over_client: The `CAVEclient` this client belongs to.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
 
     Returns:
         A `MaterializationClientV3` (API 3) or `MaterializationClientV2` (API 2).
     """
-    return negotiated_client(
-        client_mapping,
-        server_address,
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.materialization_common,
-        _endpoints.materialization_api_versions,
-        datastack_name,
-        fallback_version=_endpoints.materialization_fallback_version,
-        cg_client=cg_client,
-        synapse_table=synapse_table,
-        version=version,
-        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
-        desired_resolution=desired_resolution,
+    config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+    options = {"cg_client": cg_client, "synapse_table": synapse_table, "version": version}
+    options.update(over_client=over_client, desired_resolution=desired_resolution)
+    return SERVICE.connect(
+        server_address, auth_client, api_version, config, datastack_name, **options
     )
 
 
@@ -475,9 +458,10 @@ class MaterializationClientV2(ClientBase):
         desired_resolution: Iterable[float] | None = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._datastack_name = datastack_name
         self._cg_client = cg_client
         self._synapse_table = synapse_table
@@ -2015,3 +1999,12 @@ client_mapping: dict[int | str, type[MaterializationClientV2]] = {
     3: MaterializationClientV3,
     "latest": MaterializationClientV3,
 }
+
+SERVICE = Service(
+    client_mapping,
+    SERVER_KEY,
+    _endpoints.materialization_common,
+    _endpoints.materialization_api_versions,
+    fallback_version=_endpoints.materialization_fallback_version,
+)
+"""The materialization engine as `MaterializationClient` connects to it."""
