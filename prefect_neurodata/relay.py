@@ -246,7 +246,7 @@ def build_relay(args: argparse.Namespace) -> EventRelay:
     import boto3
 
     settings = NeurodataSettings.load(args.env_file)
-    queue_url = args.queue_url or settings.sqs_queue_url
+    queue_url = args.queue_url or settings.neurodata_sqs_queue_url
     api_url = args.api_url or settings.prefect_api_url
     if not queue_url:
         raise SystemExit("no queue: pass --queue-url or set NEURODATA_SQS_QUEUE_URL")

@@ -15,22 +15,20 @@ Example:
     from prefect_neurodata.settings import NeurodataSettings
 
     settings = NeurodataSettings()  # the process environment
-    print(settings.ledger_dir)
+    print(settings.neurodata_ledger_dir)
     relay_settings = NeurodataSettings.load(".sandbox/sandbox.env")  # the file's values win
-    print(relay_settings.sqs_queue_url)
+    print(relay_settings.neurodata_sqs_queue_url)
     ```
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_ledger_dir() -> Path:
@@ -38,69 +36,33 @@ def _default_ledger_dir() -> Path:
 
 
 class NeurodataSettings(BaseSettings):
-    """Environment knobs of prefect-neurodata (each field names its variable)."""
+    """Environment knobs of prefect-neurodata; each field reads the variable of its name in
+    upper case (``ledger_dir`` is ``NEURODATA_LEDGER_DIR``, ``aws_region`` is ``AWS_REGION``)."""
 
     model_config = SettingsConfigDict(
-        case_sensitive=True, env_ignore_empty=True, extra="ignore", frozen=True
+        env_ignore_empty=True, extra="ignore", frozen=True, use_attribute_docstrings=True
     )
 
-    ledger_dir: Path = Field(
-        default_factory=_default_ledger_dir,
-        validation_alias="NEURODATA_LEDGER_DIR",
-        description=(
-            "Where the annotation upload keeps its ledgers when the source has no folder of its "
-            "own (default ``~/.neurodata/ledgers``)."
-        ),
-    )
-    sqs_queue_url: str | None = Field(
-        default=None,
-        validation_alias="NEURODATA_SQS_QUEUE_URL",
-        description="The SQS queue receiving the bucket's upload notifications (event relay).",
-    )
-    prefect_api_url: str | None = Field(
-        default=None,
-        validation_alias="PREFECT_API_URL",
-        description="Prefect API the event relay posts to (Prefect's own variable).",
-    )
-    prefect_api_key: SecretStr | None = Field(
-        default=None,
-        validation_alias="PREFECT_API_KEY",
-        description="Prefect Cloud API key, sent as a bearer token (Prefect's own variable).",
-    )
-    prefect_api_auth_string: SecretStr | None = Field(
-        default=None,
-        validation_alias="PREFECT_API_AUTH_STRING",
-        description="``user:password`` of a self-hosted server's basic auth (Prefect's own).",
-    )
-    aws_endpoint_url: str | None = Field(
-        default=None,
-        validation_alias="AWS_ENDPOINT_URL",
-        description="Endpoint of every AWS service (the AWS SDK's variable; moto in the sandbox).",
-    )
-    aws_endpoint_url_s3: str | None = Field(
-        default=None,
-        validation_alias="AWS_ENDPOINT_URL_S3",
-        description="Endpoint of S3 only; wins over ``AWS_ENDPOINT_URL`` (the AWS SDK's rule).",
-    )
-    aws_region: str | None = Field(
-        default=None, validation_alias="AWS_REGION", description="AWS region (AWS SDK)."
-    )
-    aws_default_region: str | None = Field(
-        default=None,
-        validation_alias="AWS_DEFAULT_REGION",
-        description="AWS region when ``AWS_REGION`` is unset (AWS SDK).",
-    )
-    aws_access_key_id: str | None = Field(
-        default=None, validation_alias="AWS_ACCESS_KEY_ID", description="AWS access key id."
-    )
-    aws_secret_access_key: SecretStr | None = Field(
-        default=None, validation_alias="AWS_SECRET_ACCESS_KEY", description="AWS secret key."
-    )
-    aws_session_token: SecretStr | None = Field(
-        default=None,
-        validation_alias="AWS_SESSION_TOKEN",
-        description="AWS session token of temporary credentials.",
-    )
+    neurodata_ledger_dir: Path = Field(default_factory=_default_ledger_dir)
+    """Where the annotation upload keeps its ledgers when the source has no folder of its own
+    (default ``~/.neurodata/ledgers``)."""
+
+    neurodata_sqs_queue_url: str | None = None
+    """The SQS queue receiving the bucket's upload notifications (event relay)."""
+
+    # Prefect's own variables, for the event relay (a process outside any flow run).
+    prefect_api_url: str | None = None
+    prefect_api_key: SecretStr | None = None
+    prefect_api_auth_string: SecretStr | None = None
+
+    # The AWS SDK's own variables, for S3 and SQS clients built without a prefect-aws block.
+    aws_endpoint_url: str | None = None
+    aws_endpoint_url_s3: str | None = None
+    aws_region: str | None = None
+    aws_default_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
 
     @property
     def s3_endpoint_url(self) -> str | None:
@@ -120,23 +82,13 @@ class NeurodataSettings(BaseSettings):
         names the services to use, so it overrides stale exports in the shell.
 
         Example:
-            >>> NeurodataSettings.load(None).ledger_dir == NeurodataSettings().ledger_dir
+            >>> NeurodataSettings.load(None) == NeurodataSettings()
             True
         """
-        # `_env_file` is BaseSettings' own init argument; the synthesized signature omits it.
-        return cls(_env_file=env_file)  # type: ignore[call-arg]
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # An env file given on purpose (``load``) wins over the shell's exports.
-        return init_settings, dotenv_settings, env_settings, file_secret_settings
+        values = dotenv_values(env_file) if env_file else {}
+        # Keyword arguments win over the environment; empty values count as unset there too.
+        overrides: dict[str, Any] = {key.lower(): value for key, value in values.items() if value}
+        return cls(**overrides)
 
 
 __all__ = ["NeurodataSettings"]

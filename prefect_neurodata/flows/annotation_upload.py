@@ -75,6 +75,7 @@ from prefect_neurodata.clients.cave.annotation_rows import (
     nest_row,
     raise_problems,
 )
+from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.flows._artifacts import (
     FailureReport,
     Progress,
@@ -133,7 +134,6 @@ __all__ = [
     "upload_annotations",
 ]
 
-DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-annotation-upload"
 LEDGER_DIRNAME = ".neurodata-ledger"
 MAX_TABLE_ROWS = 2000
@@ -263,7 +263,7 @@ def ledger_dir_for(
         else:
             base = str(Path(request.source).absolute().parent / LEDGER_DIRNAME)
     else:
-        base = str(NeurodataSettings().ledger_dir)
+        base = str(NeurodataSettings().neurodata_ledger_dir)
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
 
 

@@ -47,6 +47,7 @@ from prefect import get_run_logger
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
     FailureReport,
@@ -77,7 +78,6 @@ from prefect_neurodata.tasks.snapshot_manifest import (
     TableEntry,
 )
 
-DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-materialization-snapshot"
 
 

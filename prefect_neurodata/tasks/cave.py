@@ -32,12 +32,12 @@ concurrency limits (``prefect concurrency-limit create cave 8``).
 Example:
     ```python
     from prefect import flow
-    from prefect_neurodata.tasks.cave import count_version_rows, resolve_materialization_version
+    from prefect_neurodata.tasks.cave import check_cave_access, get_roots
 
     @flow
-    def rows(table: str) -> int:
-        meta = resolve_materialization_version("cave", "minnie65_public", None)
-        return count_version_rows("cave", "minnie65_public", meta["version"], table)
+    def roots_of(supervoxels: list[int]) -> list[int]:
+        check_cave_access("neurodata-cave", "minnie65_public", "view")
+        return get_roots("neurodata-cave", "minnie65_public", supervoxels)
     ```
 """
 
