@@ -437,8 +437,12 @@ def test_full_read_of_one_page_takes_one_round_trip():
     flt = {"name": {"$lt": "asset_00020"}}
     records = make_client().retrieve_docdb_records(filter_query=flt, projection={"name": 1})
     assert [r["name"] for r in records] == sorted(d["name"] for d in docs)[:20]
-    # The page and the ids of the same filter, at once (issue 15: the ids, not a count, so
-    # that a page of any size is known to be the whole result); nothing else.
+    assert_one_round_trip(fake, flt)
+
+
+def assert_one_round_trip(fake: FakeDocDB, flt: dict) -> None:
+    """The page and the ids of the same filter, at once, and nothing else (issue 15: the ids,
+    not a count, so that a page of any size is known to be the whole result)."""
     first = {"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}
     assert fake.find_params == [first] and fake.id_reads == [first]
     assert len(responses.calls) == 2
@@ -460,9 +464,7 @@ def test_full_read_of_one_large_page_takes_one_round_trip():
         (d for d in docs if d["name"] >= "asset_00002"), key=lambda d: d["_id"]
     )
     assert len(record_finds()[0].response.content) >= client.parallel_page_bytes
-    first = {"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}
-    assert fake.find_params == [first] and fake.id_reads == [first]
-    assert len(responses.calls) == 2
+    assert_one_round_trip(fake, flt)
 
 
 @responses.activate
