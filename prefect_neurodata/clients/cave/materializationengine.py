@@ -318,6 +318,7 @@ class _QueryArgs:
     desired_resolution: Iterable[float] | None = None
     get_counts: bool = False
     random_sample: int | None = None
+    log_warning: bool = True
     on_limit: OnLimit = "partition"
     max_workers: int | None = None
 
@@ -421,6 +422,9 @@ class MaterializationClientV2(ClientBase):
 
     Use the `MaterializationClient` factory or ``CAVEclient(...).materialize`` rather than
     building it directly.
+
+    `query_table`, `join_query`, `live_query` and `live_live_query` take 5.25's last positional
+    argument ``log_warning`` (default True: the server's warnings are logged).
 
     Every query method takes, besides the seed's arguments, these keyword-only ones:
 
@@ -867,7 +871,8 @@ class MaterializationClientV2(ClientBase):
             chunks.append(chunk)
         if not chunks:
             raise RuntimeError("the query produced no answer")
-        self._log_warnings(chunks)
+        if args.log_warning:
+            self._log_warnings(chunks)
         if assembler is None:
             return [record for chunk in chunks for record in chunk.table]
         data = assembler.frame()
@@ -942,6 +947,7 @@ class MaterializationClientV2(ClientBase):
         desired_resolution: Iterable[float] | None = None,
         get_counts: bool = False,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -1231,6 +1237,7 @@ class MaterializationClientV2(ClientBase):
         metadata: bool = True,
         desired_resolution: Iterable[float] | None = None,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -1419,6 +1426,7 @@ class MaterializationClientV2(ClientBase):
         merge_reference: bool = True,
         desired_resolution: Iterable[float] | None = None,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -1573,6 +1581,7 @@ class MaterializationClientV2(ClientBase):
         desired_resolution: Iterable[float] | None = None,
         allow_missing_lookups: bool = False,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_regex_dict: dict | None = None,
         allow_invalid_root_ids: bool | None = None,
@@ -1954,6 +1963,7 @@ class MaterializationClientV3(MaterializationClientV2):
         allow_missing_lookups: bool = False,
         allow_invalid_root_ids: bool = False,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
