@@ -2,9 +2,10 @@
 
 Templates are plain ``str.format`` strings. Each service has a *common* dict (version probes that
 exist whatever the API version) and one dict per API version; a client merges the common dict
-with the dict of the version it negotiated (see `base._api_endpoints`) and formats a template
+with the dict of the version it negotiated (see `base.Service.connect`) and formats a template
 with its ``default_url_mapping`` (``{<server key>: <server address>, ...}``) plus call-specific
-keys such as ``table_id`` or ``datastack_name``.
+keys such as ``table_id`` or ``datastack_name``. A version's dict is written as `_routes` of its
+URL prefix, so paths that several versions serve are written once.
 
 Server keys (placeholders naming the host):
 
