@@ -25,10 +25,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
@@ -38,6 +39,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_table,
 )
 from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
+from prefect_neurodata.flows.parameters import AwsBlockName, DocDbBlockName, S3Location
 from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
@@ -58,7 +60,7 @@ class AssetRef(BaseModel):
 
     id: str | None = Field(default=None, description="DocDB record _id.")
     name: str | None = Field(default=None, description="Asset name.")
-    location: str | None = Field(default=None, description="s3://bucket/prefix.")
+    location: S3Location | None = Field(default=None, description="s3://bucket/prefix.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> AssetRef:
@@ -107,7 +109,10 @@ class QcEvaluationInput(BaseModel):
     modality: dict[str, Any] | None = Field(
         default=None, description='The modality, e.g. {"name": ..., "abbreviation": "ecephys"}.'
     )
-    stage: str | None = Field(default=None, description=f"One of {', '.join(STAGES)}.")
+    # The run form offers the stages as a choice; `validate_evaluations` names a wrong one.
+    stage: Annotated[str, WithJsonSchema({"type": "string", "enum": list(STAGES)})] | None = Field(
+        default=None, description=f"One of {', '.join(STAGES)}."
+    )
     metrics: list[dict[str, Any]] | None = Field(
         default=None,
         description="1.x: the metrics, each {name, value, status_history}.",
@@ -132,7 +137,11 @@ class QcAttachmentRequest(BaseModel):
     assets: list[AssetRef] = Field(description="Assets to attach the evaluations to.")
     evaluations: list[QcEvaluationInput] = Field(
         default_factory=list,
-        description="QC evaluations (aind-data-schema 1.x) or metrics (2.x) as JSON objects.",
+        description=(
+            "QC evaluations (aind-data-schema 1.x) or metrics (2.x): add one per evaluation "
+            "and fill in its fields."
+        ),
+        json_schema_extra={"examples": [[EXAMPLE_EVALUATION]]},
     )
     evaluations_file: str | None = Field(
         default=None,
@@ -400,8 +409,8 @@ def _run_name() -> str:
 @neurodata_flow("aind-qc-attachment", _run_name, max_workers=4)
 def attach_qc(
     request: QcAttachmentRequest,
-    docdb_block: str = DEFAULT_DOCDB_BLOCK,
-    aws_block: str | None = None,
+    docdb_block: DocDbBlockName = DEFAULT_DOCDB_BLOCK,
+    aws_block: AwsBlockName | None = None,
 ) -> QcSummary:
     """Validate QC evaluations, resolve the assets, attach what is not attached yet.
 
@@ -410,8 +419,8 @@ def attach_qc(
 
     Args:
         request: Assets and evaluations (inline or from a JSON file).
-        docdb_block: Name of the saved `DocDbApiCredentials` block (its version picks 1.x
-            evaluations or 2.x metrics).
+        docdb_block: The saved `DocDbApiCredentials` block, by name or picked in the run form
+            (its version picks 1.x evaluations or 2.x metrics).
         aws_block: Name of an `AwsCredentials` block for an ``s3://`` evaluations file;
             defaults to the DocDB block's.
 
