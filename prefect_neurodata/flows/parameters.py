@@ -71,7 +71,9 @@ def matching(pattern: str) -> WithJsonSchema:
         Bucket = Annotated[str, matching(S3_BUCKET_PATTERN)]
         ```
     """
-    return WithJsonSchema({"type": "string", "pattern": pattern})
+    # In an allOf, the one place the UI's copy of a property keeps it (see `_PickedBlock`),
+    # so the form's "Validate parameters" checks it too, not only the server on submit.
+    return WithJsonSchema({"type": "string", "allOf": [{"pattern": pattern}]})
 
 
 S3Location = Annotated[str, matching(S3_LOCATION_PATTERN)]
@@ -86,6 +88,10 @@ ExportTableName = Annotated[str, matching(EXPORT_TABLE_PATTERN)]
 """A Postgres table name for the sync's export (`tasks.rds.table_name_problem`)."""
 
 
+BLOCK_NAME_SCHEMA: dict[str, Any] = {"type": "string", "title": "block name", "minLength": 1}
+"""The "name" branch of a block parameter (the label of the form's toggle)."""
+
+
 class _PickedBlock:
     """The block's JSON schema, told apart from a reference to a saved block.
 
@@ -93,14 +99,19 @@ class _PickedBlock:
     of" the block's schema and a reference. A block whose fields all have defaults (the DocDB
     and AWS blocks) accepts any object, so the reference matched both and the server refused
     every picked block (409). A block's own fields never include ``$ref``: saying so keeps
-    exactly one branch matching. The UI ignores the extra keyword.
+    exactly one branch matching. The rule sits in an ``allOf``: the UI sends its copy of the
+    schema to the server's validation and keeps only some keywords of a property (``allOf``,
+    ``anyOf`` and ``items`` verbatim; ``not``, ``pattern`` or ``minimum`` are dropped). The
+    definition keeps its title: Prefect finds block definitions by title to add the reference
+    branch.
     """
 
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         json_schema = handler(schema)
-        handler.resolve_ref_schema(json_schema)["not"] = {"required": ["$ref"]}
+        definition = handler.resolve_ref_schema(json_schema)
+        definition["allOf"] = [{"not": {"required": ["$ref"]}}]
         return json_schema
 
 
@@ -122,17 +133,23 @@ class SavedBlock:
     ) -> core_schema.CoreSchema:
         """The block's own schema (rendered as a picker) or the source type (the name)."""
         picked = core_schema.no_info_after_validator_function(
-            self.saved_name, handler.generate_schema(Annotated[self.block_type, _PickedBlock()])
+            self.saved_name,
+            handler.generate_schema(Annotated[self.block_type, _PickedBlock()]),
         )
-        return core_schema.union_schema([picked, handler(source)])
+        named = handler.generate_schema(Annotated[source, WithJsonSchema(BLOCK_NAME_SCHEMA)])
+        return core_schema.union_schema([picked, named])
+
+    @property
+    def label(self) -> str:
+        """The block type's display name (``CAVE Credentials``)."""
+        return str(getattr(self.block_type, "_block_type_name", None) or self.block_type.__name__)
 
     def saved_name(self, block: Block) -> str:
         """The name ``block`` is saved under; ValueError for a block that was never saved."""
         name = getattr(block, "_block_document_name", None)
         if not name or getattr(block, "_is_anonymous", False):
-            label = getattr(self.block_type, "_block_type_name", self.block_type.__name__)
             raise ValueError(
-                f"an unsaved {label} block cannot be a run parameter (its secrets would be "
+                f"an unsaved {self.label} block cannot be a run parameter (its secrets would be "
                 "stored with the run): save it and pass its name, or pick a saved block"
             )
         return str(name)

@@ -90,6 +90,44 @@ EXAMPLE_EVALUATION: dict[str, Any] = {
 }
 
 
+_FORM_NAME: dict[str, Any] = {"type": "string", "minLength": 1}
+_FORM_STAGE: dict[str, Any] = {"type": "string", "enum": list(STAGES)}
+_FORM_MODALITY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "title": "Name", "description": "Modality name."},
+        "abbreviation": {"type": "string", "title": "Abbreviation", "description": "e.g. ecephys."},
+    },
+}
+_FORM_HISTORY: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "evaluator": {"type": "string", "title": "Evaluator", "description": "Who decided."},
+            "status": {"type": "string", "title": "Status", "enum": list(STATUSES)},
+            "timestamp": {
+                "type": "string",
+                "title": "Timestamp",
+                "description": "ISO 8601, e.g. 2025-03-02T10:00:00Z.",
+            },
+        },
+    },
+}
+_FORM_METRICS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "title": "Name", "description": "Metric name."},
+            "value": {"title": "Value", "description": "The metric's value (any JSON)."},
+            "status_history": {"title": "Status history", **_FORM_HISTORY},
+        },
+    },
+}
+"""What the run form shows for the evaluation's fields (the form's schema only)."""
+
+
 class QcEvaluationInput(BaseModel):
     """One QC evaluation (aind-data-schema 1.x ``QCEvaluation``) or metric (2.x ``QCMetric``).
 
@@ -105,20 +143,24 @@ class QcEvaluationInput(BaseModel):
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_EVALUATION]})
 
-    name: str | None = Field(default=None, description="Name of the evaluation or metric.")
-    modality: dict[str, Any] | None = Field(
+    # The run form shows typed inputs (JSON-schema only): every generation needs a name, a
+    # modality and a stage, offered as a choice. Python accepts anything here so that
+    # `validate_evaluations` can name each problem with its index.
+    name: Annotated[str | None, WithJsonSchema(_FORM_NAME)] = Field(
+        default=None, description="Name of the evaluation or metric."
+    )
+    modality: Annotated[dict[str, Any] | None, WithJsonSchema(_FORM_MODALITY)] = Field(
         default=None, description='The modality, e.g. {"name": ..., "abbreviation": "ecephys"}.'
     )
-    # The run form offers the stages as a choice; `validate_evaluations` names a wrong one.
-    stage: Annotated[str, WithJsonSchema({"type": "string", "enum": list(STAGES)})] | None = Field(
+    stage: Annotated[str | None, WithJsonSchema(_FORM_STAGE)] = Field(
         default=None, description=f"One of {', '.join(STAGES)}."
     )
-    metrics: list[dict[str, Any]] | None = Field(
+    metrics: Annotated[list[dict[str, Any]] | None, WithJsonSchema(_FORM_METRICS)] = Field(
         default=None,
         description="1.x: the metrics, each {name, value, status_history}.",
     )
     value: Any = Field(default=None, description="2.x: the metric's value (finite numbers).")
-    status_history: list[dict[str, Any]] | None = Field(
+    status_history: Annotated[list[dict[str, Any]] | None, WithJsonSchema(_FORM_HISTORY)] = Field(
         default=None,
         description=(
             f"2.x: [{{evaluator, status ({'/'.join(STATUSES)}), timestamp (ISO 8601)}}, ...]."

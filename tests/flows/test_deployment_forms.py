@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect.blocks.core import Block
+from prefect_aws import AwsCredentials
 
 from prefect_neurodata.blocks import CaveCredentials, DocDbApiCredentials, RdsCredentials
 from prefect_neurodata.clients.aind.utils import (
@@ -24,6 +26,7 @@ from prefect_neurodata.clients.aind.utils import (
 )
 from prefect_neurodata.clients.cave.annotationengine import TABLE_NAME_PATTERN
 from prefect_neurodata.deployments import deployment_specs, runner_deployments
+from prefect_neurodata.flows.parameters import BLOCK_NAME_SCHEMA
 from prefect_neurodata.flows.qc_attachment import (
     STAGES,
     AssetRef,
@@ -43,6 +46,12 @@ from tests.flows.test_qc_attachment import evaluation
 
 pytestmark = pytest.mark.flows
 
+BLOCK_TYPES: dict[str, type[Block]] = {
+    "docdb_block": DocDbApiCredentials,
+    "rds_block": RdsCredentials,
+    "cave_block": CaveCredentials,
+    "aws_block": AwsCredentials,
+}
 BLOCK_SLUGS = {
     "docdb_block": DocDbApiCredentials.get_block_type_slug(),
     "rds_block": RdsCredentials.get_block_type_slug(),
@@ -84,7 +93,7 @@ def _request_field(deployment: dict[str, Any], *path: str) -> dict[str, Any]:
 
 def _patterns(node: dict[str, Any]) -> set[str]:
     found = {node["pattern"]} if "pattern" in node else set()
-    for option in node.get("anyOf", []):
+    for option in node.get("anyOf", []) + node.get("allOf", []):
         found |= _patterns(option)
     if "items" in node:
         found |= _patterns(node["items"])
@@ -157,7 +166,8 @@ def test_every_block_parameter_is_a_block_picker_that_takes_names(
             options = schema["properties"][name]["anyOf"]
             refs = [_definition(schema, o["$ref"]) for o in options if "$ref" in o]
             assert [r["block_type_slug"] for r in refs] == [BLOCK_SLUGS[name]], (key, name)
-            assert {"type": "string"} in options, (key, name)  # a name still works
+            assert BLOCK_NAME_SCHEMA in options, (key, name)  # a name still works
+            assert refs[0]["title"] == BLOCK_TYPES[name].__name__  # Prefect finds it by title
             seen.add(name)
     assert seen == set(BLOCK_SLUGS)
 
@@ -172,8 +182,10 @@ def test_qc_evaluations_are_typed_fields_with_an_example(deployed: dict[str, Any
         item["properties"]
     )
     assert all(p.get("description") for p in item["properties"].values())
-    stage = item["properties"]["stage"]["anyOf"][0]
-    assert stage["enum"] == list(STAGES)
+    assert item["properties"]["stage"]["enum"] == list(STAGES)
+    history = item["properties"]["status_history"]["items"]["properties"]
+    assert history["status"]["enum"] == ["Pass", "Fail", "Pending"]
+    assert set(item["properties"]["modality"]["properties"]) == {"name", "abbreviation"}
 
 
 def _create_flow_run(api: str, deployment: dict[str, Any], parameters: dict[str, Any]) -> Any:
@@ -221,24 +233,62 @@ def test_server_refuses_bad_parameters_before_a_run_exists(
     assert len(_runs_of(prefect_api, deployment)) == before
 
 
-def test_ui_validation_refuses_a_bad_s3_location(
+# The keywords the Prefect UI (3.9) keeps of a property (and of a definition) when it sends its
+# copy of the schema to "Validate parameters"; anyOf, allOf and items are kept verbatim.
+UI_KEPT_KEYWORDS = {
+    "position", "block_type_slug", "$ref", "anyOf", "allOf", "example", "default", "const",
+    "description", "enum", "format", "items", "prefixItems", "properties", "required", "title",
+    "type", "maxItems", "minItems",
+}  # fmt: skip
+
+
+def _as_the_ui_sends_it(node: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in node.items() if k in UI_KEPT_KEYWORDS}
+    if "properties" in node:
+        kept["properties"] = {k: _as_the_ui_sends_it(v) for k, v in node["properties"].items()}
+    return kept
+
+
+def _ui_validate(api: str, deployment: dict[str, Any], values: dict[str, Any]) -> Any:
+    schema = deployment["parameter_openapi_schema"]
+    sent = {
+        "definitions": {k: _as_the_ui_sends_it(v) for k, v in schema["definitions"].items()},
+        "properties": {k: _as_the_ui_sends_it(v) for k, v in schema["properties"].items()},
+        "required": schema.get("required", []),
+        "title": schema["title"],
+        "type": schema["type"],
+    }
+    response = httpx.post(f"{api}/ui/schemas/validate", json={"schema": sent, "values": values})
+    response.raise_for_status()
+    return response.json()
+
+
+def test_ui_validation_refuses_bad_locations_and_accepts_a_picked_block(
     prefect_api: str, deployed: dict[str, Any]
 ) -> None:
-    """What the run form's "Validate" asks the server: errors name the field."""
-    schema = deployed["registration"]["parameter_openapi_schema"]
-
-    def errors(locations: list[str]) -> Any:
-        response = httpx.post(
-            f"{prefect_api}/ui/schemas/validate",
-            json={"schema": schema, "values": {"request": {"locations": locations}}},
-        )
-        response.raise_for_status()
-        return response.json()
-
-    assert errors(["s3://aind-open-data/ecephys_1"])["valid"] is True
-    bad = errors(["s3://aind-open-data/ecephys_1", "s3://Bad_Bucket/x"])
+    """What the run form's "Validate parameters" asks the server: errors name the field."""
+    block_id = "6c9baa82-8994-4467-9315-e88f0fbf3e43"  # any id: validation checks the shape
+    good = _ui_validate(
+        prefect_api,
+        deployed["snapshot"],
+        {
+            "request": {"destination": "s3://aind-open-data/snapshots"},
+            "cave_block": {"$ref": {"block_document_id": block_id}},
+            "aws_block": {"$ref": {"block_document_id": block_id}},
+        },
+    )
+    assert good["valid"] is True, good
+    bad = _ui_validate(
+        prefect_api, deployed["snapshot"], {"request": {"destination": "s3://Bad_Bucket/x"}}
+    )
     assert bad["valid"] is False
-    assert "locations" in str(bad["errors"]) and "does not match" in str(bad["errors"])
+    assert "destination" in str(bad["errors"]) and "does not match" in str(bad["errors"])
+    locations = {"locations": ["s3://aind-open-data/ecephys_1", "s3://Bad_Bucket/x"]}
+    bad = _ui_validate(prefect_api, deployed["registration"], {"request": locations})
+    assert bad["valid"] is False
+    assert "locations" in str(bad["errors"]) and "Bad_Bucket" in str(bad["errors"])
+    bad = _ui_validate(prefect_api, deployed["annotations"], {"request": {"table": "No Way"}})
+    assert "table" in str(bad["errors"]) and "does not match" in str(bad["errors"])
 
 
 def test_a_block_picked_in_the_form_or_named_both_run(
