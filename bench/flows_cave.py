@@ -4,7 +4,9 @@ Starts (or reuses) a CAVE stand-in seeded with ``--synapses`` synapses and a Pre
 127.0.0.1, then measures, each in a fresh subprocess so peak memory is its own:
 
 * ``flow``: `snapshot_materialization` of the synapse table through the Prefect API (id-range
-  partition tasks on a 4-thread pool, each streaming into a Parquet writer);
+  partition tasks on a 4-thread pool, each streaming into a Parquet writer); its set-up time
+  (flow-run start to the first partition task's start, read back from the Prefect API) is
+  shown too;
 * ``loop``: the same work with our clients and no Prefect: one
   ``iter_query_table_partitions`` stream into one ParquetWriter, then sha256 of the file.
 
@@ -16,6 +18,7 @@ Example:
     ```bash
     .venv/bin/python bench/flows_cave.py                      # 1,000,000 synapses
     .venv/bin/python bench/flows_cave.py --workdir /tmp/b --keep   # keep the sandbox for reruns
+    .venv/bin/python bench/flows_cave.py --synapses 4000000 --reps 3
     ```
 """
 
@@ -77,15 +80,39 @@ def child_flow(env: dict[str, str], dest: str, rows_per_part: int) -> dict[str, 
     ).save("bench-cave", overwrite=True)
 
     def work() -> dict[str, Any]:
-        summary = snapshot_materialization(
+        state = snapshot_materialization(
             SnapshotRequest(destination=dest, tables=["synapses"], rows_per_part=rows_per_part),
             cave_block="bench-cave",
+            return_state=True,
         )
-        (table,) = summary.tables
-        return {"rows": table.rows, "files": table.files, "bytes": table.bytes}
+        (table,) = state.result().tables
+        return {
+            "rows": table.rows,
+            "files": table.files,
+            "bytes": table.bytes,
+            "flow_run_id": str(state.state_details.flow_run_id),
+        }
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return _measured(work)
+        result = _measured(work)
+    result["setup_seconds"] = _setup_seconds(result.pop("flow_run_id"))
+    return result
+
+
+def _setup_seconds(flow_run_id: str) -> float:
+    """Seconds from the flow run's start to the start of its first partition task."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        )
+    starts = [t.start_time for t in runs if t.name.startswith("snapshot ") and t.start_time]
+    if not starts or flow_run.start_time is None:
+        return float("nan")
+    return (min(starts) - flow_run.start_time).total_seconds()
 
 
 def child_loop(env: dict[str, str], dest: str) -> dict[str, Any]:
@@ -170,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-part", type=int, default=100_000)
     parser.add_argument("--workdir", default=None, help="sandbox workdir (default: temporary)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running")
+    parser.add_argument(
+        "--reps", type=int, default=1, help="repetitions, loop and flow alternately (median shown)"
+    )
     parser.add_argument("--child", choices=["flow", "loop"], help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -205,33 +235,50 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"seeded {args.synapses:,} synapses in {time.perf_counter() - t0:.0f} s")
         with run_prefect_server(workdir / "prefect-home") as api_url:
-            results = {}
-            for mode in ("loop", "flow"):
-                dest = tempfile.mkdtemp(prefix=f"snap-{mode}-", dir=workdir)
-                results[mode] = _run_child(
-                    mode,
-                    {**env, "PREFECT_API_URL": api_url},
-                    dest,
-                    ["--rows-per-part", str(args.rows_per_part)],
-                )
-                shutil.rmtree(dest, ignore_errors=True)
+            runs: dict[str, list[dict[str, Any]]] = {"loop": [], "flow": []}
+            for _ in range(max(1, args.reps)):
+                for mode in runs:
+                    dest = tempfile.mkdtemp(prefix=f"snap-{mode}-", dir=workdir)
+                    runs[mode].append(
+                        _run_child(
+                            mode,
+                            {**env, "PREFECT_API_URL": api_url},
+                            dest,
+                            ["--rows-per-part", str(args.rows_per_part)],
+                        )
+                    )
+                    shutil.rmtree(dest, ignore_errors=True)
     finally:
         if started and not args.keep:
             sandbox.down()
 
-    print(f"\nsnapshot of the synapse table ({args.synapses:,} rows), 2 cores")
-    print(f"{'':6} {'rows':>10} {'seconds':>8} {'rows/s':>9} {'peak RSS MB':>12} "
+    load = os.getloadavg()
+    print(f"\nsnapshot of the synapse table ({args.synapses:,} rows), {os.cpu_count()} cores, "
+          f"{args.reps} rep(s), load average now "
+          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")  # fmt: skip
+    print(f"{'':6} {'rows':>10} {'seconds':>8} {'spread':>11} {'rows/s':>9} {'peak RSS MB':>12} "
           f"{'baseline MB':>12} {'files':>6} {'MB on disk':>10}")  # fmt: skip
-    for mode, r in results.items():
+    median: dict[str, dict[str, Any]] = {}
+    for mode, reps in runs.items():
+        reps = sorted(reps, key=lambda r: r["seconds"])
+        r = median[mode] = reps[len(reps) // 2]
+        spread = f"{reps[0]['seconds']:.1f}-{reps[-1]['seconds']:.1f}"
         print(
-            f"{mode:6} {r['rows']:>10,} {r['seconds']:>8.1f} {r['rows'] / r['seconds']:>9,.0f} "
-            f"{r['peak_mb']:>12.0f} {r['baseline_mb']:>12.0f} {r['files']:>6} "
-            f"{r['bytes'] / 1e6:>10.1f}  (CPU {r['cpu_seconds']:.1f} s, work {r['work_mb']:.0f} MB)"
+            f"{mode:6} {r['rows']:>10,} {r['seconds']:>8.1f} {spread:>11} "
+            f"{r['rows'] / r['seconds']:>9,.0f} {r['peak_mb']:>12.0f} {r['baseline_mb']:>12.0f} "
+            f"{r['files']:>6} {r['bytes'] / 1e6:>10.1f}  (CPU {r['cpu_seconds']:.1f} s, "
+            f"work {r['work_mb']:.0f} MB"
+            + (
+                f", set-up {r['setup_seconds']:.2f} s before the first partition)"
+                if "setup_seconds" in r
+                else ")"
+            )
         )
-    overhead = results["flow"]["seconds"] / results["loop"]["seconds"]
-    print(f"\nflow / plain loop time: {overhead:.2f}x (flow: {args.rows_per_part:,}-row partition "
-          "tasks on 4 threads; loop: one stream, no Prefect)")  # fmt: skip
-    assert results["flow"]["rows"] == results["loop"]["rows"] == args.synapses, results
+    overhead = median["flow"]["seconds"] / median["loop"]["seconds"]
+    print(f"\nflow / plain loop time (medians): {overhead:.2f}x (flow: {args.rows_per_part:,}-row "
+          "partition tasks on 4 threads; loop: one stream, no Prefect)")  # fmt: skip
+    for mode, reps in runs.items():
+        assert all(r["rows"] == args.synapses for r in reps), (mode, reps)
     return 0
 
 

@@ -11,7 +11,10 @@
 4. prints ``<suite> <side>: N passed, M failed, K excluded`` and exits non-zero unless every test
    that passes on the official package passes on ours, apart from the tests listed in
    ``compat/exclusions.json`` (each with its kind, reason and the test of ours that shows the
-   same behaviour on the wire).
+   same behaviour on the wire);
+5. records the requests of the same public calls on both sides (``wire_check.py``: DocDB;
+   ``cave_wire_check.py``: caveclient's ``materialize.tables`` / ``.views``) and fails on any
+   request whose values differ.
 
 Example:
     ```bash
@@ -209,8 +212,35 @@ def compare(
     return problems
 
 
-def wire_check(official_python: Path, ours_python: Path, results: Path) -> list[str]:
-    """Record the DocDB clients' requests on both sides and compare them (see wire_check.py)."""
+@dataclass(frozen=True)
+class WireCheck:
+    """A script recording the requests of one official package's public calls (run per side)."""
+
+    suite: str
+    script: str
+    label: str
+    # Query parameters ours adds to every request (README "Differences from the official
+    # clients"): left out of ours' recording before the comparison, and reported.
+    documented_query: tuple[tuple[str, str], ...] = ()
+
+
+WIRE_CHECKS = {
+    "aind-data-access-api": WireCheck(
+        "aind-data-access-api", "wire_check.py", "aind-data-access-api==1.10.0 wire"
+    ),
+    "caveclient": WireCheck(
+        "caveclient",
+        "cave_wire_check.py",
+        "caveclient==5.25.0 tables/views wire",
+        documented_query=(("direct_sql_pandas", "True"),),
+    ),
+}
+
+
+def wire_check(
+    check: WireCheck, official_python: Path, ours_python: Path, results: Path
+) -> list[str]:
+    """Record the requests on both sides and compare them (see wire_check.py)."""
     sys.path.insert(0, str(COMPAT_DIR))
     import wire_check as wire  # noqa: PLC0415  (lives beside this file)
 
@@ -220,17 +250,28 @@ def wire_check(official_python: Path, ours_python: Path, results: Path) -> list[
         ("official", official_python, []),
         ("ours", ours_python, ["--ours"]),
     ):
-        out = results / f"wire-{side}.json"
-        run([str(python), str(COMPAT_DIR / "wire_check.py"), str(out), *extra], env=env)
+        out = results / f"wire-{check.suite}-{side}.json"
+        run([str(python), str(COMPAT_DIR / check.script), str(out), *extra], env=env)
         recordings[side] = json.loads(out.read_text())
-    problems, notes = wire.compare(recordings["official"], recordings["ours"])
+    ours, added = wire.without_query_params(recordings["ours"], check.documented_query)
+    problems, notes = wire.compare(recordings["official"], ours)
+    # a call that sent nothing on the official side would compare equal to anything
+    problems += [
+        f"{name}: the official package sent no request ({result['error']})"
+        for name, result in sorted(recordings["official"].items())
+        if not result["requests"]
+    ]
     same = len(recordings["official"]) - len(problems)
     total = len(recordings["official"])
-    print(f"aind-data-access-api==1.10.0 wire: {same} of {total} calls send the same requests")
+    print(f"{check.label}: {same} of {total} calls send the same requests")
     if notes:
         print(
-            f"  same JSON values, compact JSON layout (documented difference): {', '.join(notes)}"
+            "  same JSON values, compact JSON / key order (documented difference): "
+            + ", ".join(notes)
         )
+    if added:
+        extra_params = sorted(k for k, _ in check.documented_query)
+        print(f"  ours adds the documented query parameters {extra_params}")
     return [f"wire: {problem}" for problem in problems]
 
 
@@ -263,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         problems += compare(suite, official, ours, set(exclusions), load_pending(suite))
         for test, entry in sorted(exclusions.items()):
             summary.append(f"  excluded {test} [{entry['kind']}]: {entry['reason']}")
-        if suite.name == "aind-data-access-api":
-            problems += wire_check(official_python, ours_python, results)
+        if suite.name in WIRE_CHECKS:
+            problems += wire_check(WIRE_CHECKS[suite.name], official_python, ours_python, results)
     if summary:
         print("\nExclusions (compat/exclusions.json):")
         print("\n".join(summary))

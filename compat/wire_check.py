@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -77,7 +77,7 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-def _request_shape(call: Any) -> dict[str, Any]:
+def request_shape(call: Any) -> dict[str, Any]:
     request = call.request
     parts = urlsplit(request.url)
     body = request.body
@@ -120,21 +120,39 @@ def record() -> dict[str, Any]:
                 error = None
             except Exception as exc:  # recorded, compared like a request
                 error = f"{type(exc).__name__}: {exc}"
-            results[name] = {"requests": [_request_shape(c) for c in mock.calls], "error": error}
+            results[name] = {"requests": [request_shape(c) for c in mock.calls], "error": error}
     return results
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], recorder: Callable[[], dict[str, Any]] = record) -> int:
+    """Write ``recorder()``'s recording to ``argv[1]``; ``--ours`` first installs the aliases."""
     out = argv[1]
     if "--ours" in argv:
         import alias_plugin  # noqa: F401  (installs the alias finder)
     with open(out, "w", encoding="utf-8") as handle:
-        json.dump(record(), handle, indent=1, sort_keys=True)
+        json.dump(recorder(), handle, indent=1, sort_keys=True)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
+
+
+def without_query_params(
+    recording: dict[str, Any], params: Sequence[tuple[str, str]]
+) -> tuple[dict[str, Any], bool]:
+    """``recording`` without the query parameters ``params`` (``(name, value)``; documented
+    additions of ours), and whether any was there."""
+    found = False
+    out: dict[str, Any] = {}
+    for name, result in recording.items():
+        requests = []
+        for request in result["requests"]:
+            kept = [kv for kv in request["query"] if tuple(kv) not in params]
+            found = found or len(kept) != len(request["query"])
+            requests.append({**request, "query": kept})
+        out[name] = {**result, "requests": requests}
+    return out, found
 
 
 def compare(official: dict[str, Any], ours: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -31,7 +31,11 @@ DEFAULT_CAVE_BLOCK: Final = "neurodata-cave"
 DEFAULT_RDS_BLOCK: Final = "neurodata-rds"
 """Saved name of the `RdsCredentials` block the flows use when given none."""
 
+DEFAULT_AWS_BLOCK: Final = "neurodata-aws"
+"""Saved name of the prefect-aws `AwsCredentials` block the saved DocDB block references."""
+
 __all__ = [
+    "DEFAULT_AWS_BLOCK",
     "DEFAULT_CAVE_BLOCK",
     "DEFAULT_DOCDB_BLOCK",
     "DEFAULT_RDS_BLOCK",

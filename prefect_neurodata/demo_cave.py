@@ -25,7 +25,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-CAVE_BLOCK = "neurodata-cave"
+from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
+
+CAVE_BLOCK = DEFAULT_CAVE_BLOCK
 DEMO_TABLE = "demo_synapses"
 DEMO_SYNAPSES = 20_000
 DEMO_ANNOTATIONS = 2_500

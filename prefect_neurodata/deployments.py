@@ -44,16 +44,22 @@ from typing import Any
 
 import yaml
 
+from prefect_neurodata.constants import (
+    DEFAULT_AWS_BLOCK,
+    DEFAULT_CAVE_BLOCK,
+    DEFAULT_DOCDB_BLOCK,
+    DEFAULT_RDS_BLOCK,
+)
 from prefect_neurodata.relay import EVENT_NAME
 
 BLOCK_NAMES: dict[str, str] = {
-    "docdb_block": "neurodata-docdb",
-    "rds_block": "neurodata-rds",
-    "cave_block": "neurodata-cave",
+    "docdb_block": DEFAULT_DOCDB_BLOCK,
+    "rds_block": DEFAULT_RDS_BLOCK,
+    "cave_block": DEFAULT_CAVE_BLOCK,
 }
 """Flow parameter -> the block name every deployment passes (the README saves these)."""
 
-AWS_BLOCK_NAME = "neurodata-aws"
+AWS_BLOCK_NAME = DEFAULT_AWS_BLOCK
 """The named `AwsCredentials` block the DocDB block references (the README and demo save it)."""
 
 WORK_POOL = "neurodata-process"

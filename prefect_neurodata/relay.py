@@ -11,6 +11,8 @@ Delivery rules:
 
 * ``s3:TestEvent`` messages (sent when a notification is configured) are deleted unrelayed.
 * Object keys are URL-decoded as S3 encodes them (``+`` is a space, ``%2B`` a plus).
+* The key's folder must pass the asset-location rule the registration flow applies
+  (``clients/aind/utils.parse_s3_location``); a record that does not is logged, not relayed.
 * A message is deleted only after the Prefect API accepted its events; otherwise it becomes
   visible again after the queue's visibility timeout and is retried (send poison messages to a
   dead-letter queue with a redrive policy).
@@ -36,7 +38,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -45,7 +46,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from prefect_neurodata.clients.aind.utils import get_s3_location, parse_s3_location
 from prefect_neurodata.clients.http import HttpClient, RetryPolicy, redact_url
+from prefect_neurodata.settings import NeurodataSettings
 
 logger = logging.getLogger("prefect_neurodata.relay")
 
@@ -86,8 +89,13 @@ def events_from_message(body: str) -> list[dict[str, Any]]:
         key = unquote_plus(obj.get("key", ""))
         if not bucket or "/" not in key:
             continue
-        prefix = key.rsplit("/", 1)[0]
-        location = f"s3://{bucket}/{prefix}"
+        try:
+            # The asset is the key's folder, held to the same location rule as registration.
+            asset = parse_s3_location(get_s3_location(bucket, key.rsplit("/", 1)[0]))
+        except ValueError as exc:
+            logger.warning("not relaying %s: %s", EVENT_NAME, exc)
+            continue
+        location, prefix = asset.uri, asset.prefix
         marker = obj.get("sequencer") or obj.get("eTag") or record.get("eventTime", "")
         events.append(
             {
@@ -217,48 +225,44 @@ class EventRelay:
         return self.stats
 
 
-def prefect_api_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Authorization headers for the Prefect API from the usual Prefect settings variables."""
-    env = os.environ if environ is None else environ
-    if env.get("PREFECT_API_KEY"):
-        return {"Authorization": f"Bearer {env['PREFECT_API_KEY']}"}
-    if env.get("PREFECT_API_AUTH_STRING"):
-        token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
-        return {"Authorization": f"Basic {token}"}
+def prefect_api_headers(settings: NeurodataSettings | None = None) -> dict[str, str]:
+    """Authorization headers for the Prefect API from Prefect's own settings variables.
+
+    Example:
+        >>> prefect_api_headers(NeurodataSettings(PREFECT_API_KEY="pnu_x"))
+        {'Authorization': 'Bearer pnu_x'}
+    """
+    settings = settings or NeurodataSettings()
+    if settings.prefect_api_key:
+        return {"Authorization": f"Bearer {settings.prefect_api_key.get_secret_value()}"}
+    if settings.prefect_api_auth_string:
+        auth = settings.prefect_api_auth_string.get_secret_value()
+        return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"}
     return {}
-
-
-def _read_env_file(path: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines parsed by python-dotenv, as the sandbox launcher reads them."""
-    from dotenv import dotenv_values
-
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def build_relay(args: argparse.Namespace) -> EventRelay:
     """An `EventRelay` from CLI options, an env file and the environment."""
     import boto3
 
-    env = dict(os.environ)
-    if args.env_file:
-        env.update(_read_env_file(args.env_file))
-    queue_url = args.queue_url or env.get("NEURODATA_SQS_QUEUE_URL")
-    api_url = args.api_url or env.get("PREFECT_API_URL")
+    settings = NeurodataSettings.load(args.env_file)
+    queue_url = args.queue_url or settings.neurodata_sqs_queue_url
+    api_url = args.api_url or settings.prefect_api_url
     if not queue_url:
         raise SystemExit("no queue: pass --queue-url or set NEURODATA_SQS_QUEUE_URL")
     if not api_url:
         raise SystemExit("no Prefect API: pass --api-url or set PREFECT_API_URL")
+    secret, token = settings.aws_secret_access_key, settings.aws_session_token
     sqs = boto3.client(
         "sqs",
-        endpoint_url=args.endpoint_url or env.get("AWS_ENDPOINT_URL"),
-        region_name=args.region or env.get("AWS_DEFAULT_REGION") or "us-west-2",
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=env.get("AWS_SESSION_TOKEN"),
+        endpoint_url=args.endpoint_url or settings.aws_endpoint_url,
+        region_name=args.region or settings.aws_default_region or "us-west-2",
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+        aws_session_token=token.get_secret_value() if token else None,
     )
-    return EventRelay(
-        sqs, queue_url, api_url, headers=prefect_api_headers(env), wait_seconds=args.wait_seconds
-    )
+    headers = prefect_api_headers(settings)
+    return EventRelay(sqs, queue_url, api_url, headers=headers, wait_seconds=args.wait_seconds)
 
 
 def _relay_command(args: argparse.Namespace) -> int:

@@ -113,8 +113,15 @@ class DocDbApiCredentials(NeurodataCredentialsBlock):
             raise ValueError(f"version must be 'v1' or 'v2', got {value!r}")
         return value
 
-    def _boto(self) -> Any:
-        return self.aws_credentials.get_boto3_session()
+    def _client_args(self, database: str, collection: str) -> dict[str, Any]:
+        """Where and how every DocDB client of this block connects (SigV4 via its AWS block)."""
+        return {
+            "host": self.host,
+            "database": database,
+            "collection": collection,
+            "version": self.version,
+            "boto": self.aws_credentials.get_boto3_session(),
+        }
 
     def get_client(
         self, database: str | None = None, collection: str | None = None, **options: Any
@@ -132,38 +139,20 @@ class DocDbApiCredentials(NeurodataCredentialsBlock):
         """
         from prefect_neurodata.clients.aind.document_db import MetadataDbClient
 
-        return MetadataDbClient(
-            host=self.host,
-            database=database or self.database,
-            collection=collection or self.collection,
-            version=self.version,
-            boto=self._boto(),
-            **options,
-        )
+        args = self._client_args(database or self.database, collection or self.collection)
+        return MetadataDbClient(**args, **options)
 
     def get_analysis_client(self, collection: str, database: str = "analysis") -> AnalysisDbClient:
         """Build an `AnalysisDbClient` for ``collection`` of the analysis database."""
         from prefect_neurodata.clients.aind.document_db import AnalysisDbClient
 
-        return AnalysisDbClient(
-            host=self.host,
-            collection=collection,
-            database=database,
-            version=self.version,
-            boto=self._boto(),
-        )
+        return AnalysisDbClient(**self._client_args(database, collection))
 
     def get_schema_client(self, collection: str, database: str = "schemas") -> SchemaDbClient:
         """Build a `SchemaDbClient` for ``collection`` of the schemas database."""
         from prefect_neurodata.clients.aind.document_db import SchemaDbClient
 
-        return SchemaDbClient(
-            host=self.host,
-            collection=collection,
-            database=database,
-            version=self.version,
-            boto=self._boto(),
-        )
+        return SchemaDbClient(**self._client_args(database, collection))
 
     def get_s3_client(self) -> Any:
         """An S3 client from the nested AWS credentials (for asset folders)."""

@@ -1,10 +1,11 @@
-"""Artifacts the AIND flows publish: tables and markdown a person reads instead of logs."""
+"""Artifacts the flows publish: tables and markdown a person reads instead of logs."""
 
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
@@ -87,37 +88,77 @@ def shorten(value: Any) -> str:
     return _SHORT.repr(value)
 
 
+@dataclass
+class FailureReport:
+    """What a failure artifact says besides the error, filled in while the run learns it.
+
+    Attributes:
+        inputs: What the run was about (block names, datastack, table, chunk...); the body adds
+            what it resolves on the way (e.g. the version it picked), so a failure names it.
+        sections: Extra markdown blocks shown before "What to do" (e.g. table owner notices).
+        advice: Turns the error into what to do next; None (or a None answer) falls back to
+            the generic advice of `publish_failure`.
+    """
+
+    inputs: dict[str, Any]
+    sections: list[str] = field(default_factory=list)
+    advice: Callable[[BaseException], str | None] | None = None
+
+
 @contextmanager
-def failure_report(key: str, title: str, inputs: Mapping[str, Any]) -> Iterator[None]:
+def failure_report(
+    key: str,
+    title: str,
+    inputs: Mapping[str, Any],
+    advice: Callable[[BaseException], str | None] | None = None,
+) -> Iterator[FailureReport]:
     """Publish a failure artifact (`publish_failure`) when the body raises, then re-raise.
 
     Example:
         ```python
-        with failure_report("asset-registration", "Asset registration", {"docdb_block": "x"}):
+        with failure_report("snapshot", "Snapshot", {"cave_block": "x"}) as report:
+            report.inputs["version"] = 943  # learned on the way: named if a later step fails
             ...  # validate, plan, do, report
         ```
     """
+    report = FailureReport(dict(inputs), advice=advice)
     try:
-        yield
+        yield report
     except Exception as exc:
-        publish_failure(key, title, exc, inputs)
+        action = report.advice(exc) if report.advice is not None else None
+        publish_failure(key, title, exc, report.inputs, sections=report.sections, action=action)
         raise
 
 
-def publish_failure(key: str, title: str, error: BaseException, inputs: Mapping[str, Any]) -> None:
+def publish_failure(
+    key: str,
+    title: str,
+    error: BaseException,
+    inputs: Mapping[str, Any],
+    *,
+    sections: Sequence[str] = (),
+    action: str | None = None,
+) -> None:
     """Publish what failed, for which inputs, and what to do, as a markdown artifact.
 
-    Bad input (`ValueError`) is reported as "nothing was written, fix and rerun"; anything else
-    as "rerun: the flow finishes the work and repeats nothing".
+    Args:
+        key: Artifact key of the flow; the failure is published under ``<key>-failure``.
+        title: The flow's human name, e.g. ``"Asset registration"``.
+        error: What was raised.
+        inputs: Named inputs of the run (values are shortened; pass block names, never secrets).
+        sections: Extra markdown blocks, shown before "What to do".
+        action: What to do; by default bad input (`ValueError`) is reported as "nothing was
+            written, fix and rerun", anything else as "rerun: the flow finishes the work and
+            repeats nothing".
     """
     if not in_flow_run():
         return
-    if isinstance(error, ValueError):
+    if action is None and isinstance(error, ValueError):
         action = (
             "The input named above is invalid, or a backend could not be reached with the "
             "given blocks; this run stopped before its first write. Fix it and run again."
         )
-    else:
+    elif action is None:
         action = (
             "Run the flow again with the same parameters: it skips what already landed and "
             "finishes the rest. If it fails the same way, the message above names the cause."
@@ -128,6 +169,8 @@ def publish_failure(key: str, title: str, error: BaseException, inputs: Mapping[
     lines = [f"# {title} failed", "", f"**{type(error).__name__}**", "", "```", message, "```"]
     lines += ["", "## Inputs", ""]
     lines += [f"- {name}: `{shorten(value)}`" for name, value in inputs.items()]
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
     lines += ["", "## What to do", "", action]
     create_markdown_artifact(
         markdown="\n".join(lines) + "\n", key=f"{key}-failure", description=f"{title} failed"

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,14 +75,26 @@ from prefect_neurodata.clients.cave.annotation_rows import (
     nest_row,
     raise_problems,
 )
+from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.flows._artifacts import (
+    FailureReport,
     Progress,
+    failure_report,
     location_text,
     markdown_counts,
     publish_markdown,
     publish_table,
 )
+from prefect_neurodata.flows._cave_report import (
+    announce_notices,
+    cave_failure_advice,
+    datastack_label,
+    notices_markdown,
+    table_notices,
+)
+from prefect_neurodata.flows._names import request_value
 from prefect_neurodata.flows.parameters import AwsBlockName, CaveBlockName, CaveTableName
+from prefect_neurodata.settings import NeurodataSettings
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.annotation_ledger import (
     ChunkEntry,
@@ -124,7 +135,6 @@ __all__ = [
     "upload_annotations",
 ]
 
-DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-annotation-upload"
 LEDGER_DIRNAME = ".neurodata-ledger"
 MAX_TABLE_ROWS = 2000
@@ -254,7 +264,7 @@ def ledger_dir_for(
         else:
             base = str(Path(request.source).absolute().parent / LEDGER_DIRNAME)
     else:
-        base = os.environ.get("NEURODATA_LEDGER_DIR") or str(Path.home() / ".neurodata" / "ledgers")
+        base = str(NeurodataSettings().neurodata_ledger_dir)
     return key, storage.join(base, f"{request.table}-{request.mode}-{key}")
 
 
@@ -268,6 +278,8 @@ class Target:
     schema_type: str
     fields: SchemaFields
     exists: bool
+    notices: dict[str, str] = field(default_factory=dict)
+    """The table owner's notice (``{table: text}``; empty when none or the table is new)."""
 
 
 def check_target(request: AnnotationUploadRequest, cave_block: str, datastack: str) -> Target:
@@ -302,7 +314,8 @@ def check_target(request: AnnotationUploadRequest, cave_block: str, datastack: s
         if denied:
             raise CavePermissionError(denied)
     fields = SchemaFields.from_schema(get_annotation_schema(cave_block, schema_type))
-    return Target(datastack, request.table, schema_type, fields, exists=meta is not None)
+    notices = table_notices([meta] if meta is not None else [])
+    return Target(datastack, request.table, schema_type, fields, meta is not None, notices)
 
 
 def check_source(request: AnnotationUploadRequest, source: Source, target: Target) -> None:
@@ -422,8 +435,13 @@ def upload_chunks(
     cave_block: str,
     ledger: str,
     aws_block: str | None = None,
+    report: FailureReport | None = None,
 ) -> ChunkOutcome:
-    """Send every chunk the ledger does not have ``done``, one task per chunk, in order."""
+    """Send every chunk the ledger does not have ``done``, one task per chunk, in order.
+
+    ``report`` (the run's failure report) is told which chunk is in flight, so a failure
+    names it.
+    """
     logger = get_run_logger()
     aws = storage.load_aws(aws_block)
     chunks = math.ceil(source.num_rows / request.chunk_size)
@@ -443,6 +461,8 @@ def upload_chunks(
             records = source.annotations(rows, target.fields)
             payload: list[Any] = [r["id"] for r in records] if request.mode == "delete" else records
             name = f"{request.mode} chunk {index + 1}/{chunks} ({span})"
+            if report is not None:
+                report.inputs["chunk"] = f"{index + 1} of {chunks} ({span})"
             entry = upload_annotation_chunk.with_options(task_run_name=name)(
                 cave_block, target.datastack, target.table, request.mode, payload, ledger,
                 index, start + 1, id_hint, aws_block,
@@ -489,7 +509,8 @@ def report_upload(
         else f" All {len(id_rows):,} rows are shown (also in `{id_map_uri}`)."
     )
     publish_table(ARTIFACT_KEY, shown, f"{_what(summary)}.{rest}")
-    publish_markdown(f"{ARTIFACT_KEY}-summary", summary_markdown(summary, id_rows), _what(summary))
+    markdown = summary_markdown(summary, id_rows) + notices_markdown(target.notices)
+    publish_markdown(f"{ARTIFACT_KEY}-summary", markdown, _what(summary))
     return summary
 
 
@@ -532,12 +553,8 @@ def summary_markdown(summary: AnnotationUploadSummary, id_rows: Sequence[Mapping
 
 def _run_name() -> str:
     """Flow-run name: mode, table and datastack (e.g. ``insert my_synapses @ minnie65``)."""
-    from prefect.runtime import flow_run
-
-    request = flow_run.parameters.get("request") or {}
-    get = request.get if isinstance(request, Mapping) else lambda k: getattr(request, k, None)
-    datastack = get("datastack") or "block datastack"
-    return f"{get('mode') or 'insert'} {get('table')} @ {datastack}"
+    mode = request_value("mode") or "insert"
+    return f"{mode} {request_value('table')} @ {datastack_label()}"
 
 
 # ------------------------------------------------------------------------------ the flow
@@ -572,17 +589,52 @@ def upload_annotations(
             (nothing was written).
         ChunkReconcileError: A chunk's lost answer could not be reconciled (see module doc).
     """
+    inputs = {
+        "datastack": request.datastack or f"(from block {cave_block})",
+        "table": request.table,
+        "mode": request.mode,
+        "source": request.source or f"{len(request.records or [])} inline records",
+        "chunk_size": request.chunk_size,
+        "cave_block": cave_block,
+        "aws_block": aws_block or "(AWS environment)",
+    }
+    with failure_report(ARTIFACT_KEY, "Annotation upload", inputs) as report:
+        report.advice = cave_failure_advice(report, cave_block, aws_block, lambda: _rerun(report))
+        return _upload(request, cave_block, aws_block, report)
+
+
+def _rerun(report: FailureReport) -> str:
+    """What a rerun does, for the failure artifact (names the ledger once it is known)."""
+    ledger = report.inputs.get("ledger")
+    if ledger is None:
+        return "No chunk was sent yet, so a rerun starts from the first chunk."
+    return (
+        f"A rerun with the same parameters resumes from the ledger `{ledger}`: chunks it has "
+        "as done are skipped, and a chunk whose answer was lost is checked, never sent twice."
+    )
+
+
+def _upload(
+    request: AnnotationUploadRequest,
+    cave_block: str,
+    aws_block: str | None,
+    report: FailureReport,
+) -> AnnotationUploadSummary:
+    """The flow's recipe: validate, plan, do, report (``report`` learns names on the way)."""
     logger = get_run_logger()
     datastack = request.datastack or load_cave(cave_block).datastack_name
     if not datastack:
         raise CaveInputError("no datastack given and the CAVE block names none")
+    report.inputs["datastack"] = datastack
 
     # validate: everything that needs no claim, before the first write
     aws = storage.load_aws(aws_block)
     target = check_target(request, cave_block, datastack)
+    announce_notices(target.notices, report)
     source = load_source(request, aws)
     if source.num_rows == 0:
         raise CaveInputError(f"source {source.name!r} has no rows")
+    report.inputs["rows"] = source.num_rows
     check_source(request, source, target)
 
     # plan and do: under the table's claim, so overlapping runs never send a chunk twice
@@ -604,6 +656,7 @@ def upload_annotations(
             ),
             aws,
         )  # fmt: skip
-        outcome = upload_chunks(request, source, target, cave_block, ledger, aws_block)
+        report.inputs["ledger"] = ledger
+        outcome = upload_chunks(request, source, target, cave_block, ledger, aws_block, report)
         # report (the id map is written under the claim: it reads the ledger)
         return report_upload(request, source, target, ledger, outcome, table_created, aws)

@@ -48,9 +48,21 @@ from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.clients.aind.utils import bucket_problem
+from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.errors import NeurodataError
-from prefect_neurodata.flows._artifacts import publish_markdown, publish_table
-from prefect_neurodata.flows._names import neurodata_flow
+from prefect_neurodata.flows._artifacts import (
+    FailureReport,
+    failure_report,
+    publish_markdown,
+    publish_table,
+)
+from prefect_neurodata.flows._cave_report import (
+    announce_notices,
+    cave_failure_advice,
+    datastack_label,
+    table_notices,
+)
+from prefect_neurodata.flows._names import neurodata_flow, request_value
 from prefect_neurodata.flows.parameters import (
     AwsBlockName,
     CaveBlockName,
@@ -61,15 +73,10 @@ from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
     CaveInputError,
-    CavePermissionError,
-    check_cave_access,
-    count_version_rows,
-    list_version_tables,
+    SnapshotPlan,
     load_cave,
-    plan_table_partitions,
-    resolve_materialization_version,
+    plan_snapshot,
     snapshot_table_part,
-    table_permission_problem,
 )
 from prefect_neurodata.tasks.claims import exclusive
 from prefect_neurodata.tasks.snapshot_manifest import (
@@ -78,7 +85,6 @@ from prefect_neurodata.tasks.snapshot_manifest import (
     TableEntry,
 )
 
-DEFAULT_CAVE_BLOCK = "neurodata-cave"
 ARTIFACT_KEY = "cave-materialization-snapshot"
 
 
@@ -192,14 +198,8 @@ def _schema_of(uri: str, aws: AwsCredentials | None = None) -> list[dict[str, st
 
 def _run_name() -> str:
     """Flow-run name: datastack and version (e.g. ``snapshot minnie65 v1507``)."""
-    from prefect.runtime import flow_run
-
-    request = flow_run.parameters.get("request") or {}
-    get = request.get if isinstance(request, dict) else lambda k: getattr(request, k, None)
-    version = get("version")
-    return f"snapshot {get('datastack') or 'block datastack'} " + (
-        f"v{version}" if version else "latest"
-    )
+    version = request_value("version")
+    return f"snapshot {datastack_label()} {f'v{version}' if version else 'latest'}"
 
 
 @neurodata_flow("cave-materialization-snapshot", _run_name, max_workers=4)
@@ -224,28 +224,58 @@ def snapshot_materialization(
             unusable destination (before any write).
         CavePermissionError: The token cannot read the datastack or a table (before any write).
         SnapshotVerificationError: A table's written rows differ from the server's count.
+
+    A failed run publishes a markdown artifact (``cave-materialization-snapshot-failure``):
+    what failed, for which datastack, version and table, and what to do next.
     """
+    inputs = {
+        "datastack": request.datastack or f"(from block {cave_block})",
+        "version": request.version or "latest valid",
+        "tables": request.tables or "all",
+        "destination": request.destination,
+        "cave_block": cave_block,
+        "aws_block": aws_block or "(AWS environment)",
+    }
+    with failure_report(ARTIFACT_KEY, "Materialization snapshot", inputs) as report:
+        report.advice = cave_failure_advice(report, cave_block, aws_block, lambda: RERUN)
+        return run_snapshot(request, cave_block, aws_block, report)
+
+
+RERUN = (
+    "A rerun with the same parameters keeps the tables already in the manifest (their "
+    "checksums are verified) and writes the rest."
+)
+
+
+def run_snapshot(
+    request: SnapshotRequest,
+    cave_block: str,
+    aws_block: str | None,
+    report: FailureReport,
+) -> SnapshotSummary:
+    """The flow's recipe: validate, plan, do, report (``report`` learns names on the way)."""
     datastack = request.datastack or load_cave(cave_block).datastack_name
     if not datastack:
         raise CaveInputError("no datastack given and the CAVE block names none")
+    report.inputs["datastack"] = datastack
     # validate everything before the first write
     aws = storage.load_aws(aws_block)
-    vmeta, metas, wanted = check_request(request, cave_block, datastack, aws)
+    plan = check_request(request, cave_block, datastack, aws)
+    vmeta = plan.version
     version = int(vmeta["version"])
-    stamp = vmeta.get("time_stamp")
 
     root = snapshot_root(request.destination, datastack, version)
+    report.inputs["version"] = version
+    notices = announce_notices(table_notices(plan.tables[t] for t in plan.wanted), report)
     # plan and do under the snapshot's claim: overlapping runs on the same version and
     # destination write its files and manifest one after the other; the later ones skip the
     # tables the first one finished (checksums verified).
     with exclusive("cave-snapshot", datastack, f"v{version}", root):
         manifest = new_manifest(root, datastack, version, vmeta, request, cave_block, aws)
-        done, todo = plan_tables(root, manifest, wanted, request, aws)
-        futures, expected, started = start_parts(
-            request, cave_block, datastack, version, stamp, root, todo, aws_block
-        )
+        done, todo = plan_tables(root, manifest, plan.wanted, request, aws)
+        futures, started = start_parts(request, cave_block, datastack, plan, root, todo, aws_block)
         written, problems = finish_tables(
-            root, manifest, metas, request, futures, expected, started, todo, aws
+            root, manifest, plan, request, futures, started, todo, aws, report
         )
         manifest_uri = manifest.write(root, aws)
     rows_out = sorted(done + written, key=lambda r: r.table)
@@ -257,7 +287,7 @@ def snapshot_materialization(
         rows=sum(r.rows for r in rows_out),
         tables=rows_out,
     )
-    report_snapshot(summary, root, manifest)
+    report_snapshot(summary, root, manifest, notices)
     if problems:
         raise SnapshotVerificationError(
             "row counts differ from the server's:\n  " + "\n  ".join(problems)
@@ -267,29 +297,17 @@ def snapshot_materialization(
 
 def check_request(
     request: SnapshotRequest, cave_block: str, datastack: str, aws: AwsCredentials | None = None
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
-    """Version, tables, permissions and destination, checked before any write.
+) -> SnapshotPlan:
+    """Version, tables, permissions, partition plans and destination, before any write.
 
-    Returns:
-        ``(version metadata, table metadata by name, tables to snapshot)``.
+    One set-up task (`plan_snapshot`) does the CAVE side, so the partitions start one task
+    run after the flow does.
     """
-    access = check_cave_access(cave_block, datastack, "view")
-    vmeta = resolve_materialization_version(cave_block, datastack, request.version)
-    version = int(vmeta["version"])
-    stamp = vmeta.get("time_stamp")
-    metas = {m["table_name"]: m for m in list_version_tables(cave_block, datastack, version, stamp)}
-    wanted = list(dict.fromkeys(request.tables)) or sorted(metas)
-    unknown = [t for t in wanted if t not in metas]
-    if unknown:
-        raise CaveInputError(
-            f"table(s) {unknown} are not in version {version} of datastack {datastack!r} "
-            f"(tables: {sorted(metas)})"
-        )
-    denied = [p for t in wanted if (p := table_permission_problem(metas[t], access, "read"))]
-    if denied:
-        raise CavePermissionError("cannot read:\n  " + "\n  ".join(denied))
+    plan = plan_snapshot(
+        cave_block, datastack, request.version, request.tables, request.rows_per_part
+    )
     _check_destination(request.destination, aws)
-    return vmeta, metas, wanted
+    return plan
 
 
 def new_manifest(
@@ -352,23 +370,19 @@ def start_parts(
     request: SnapshotRequest,
     cave_block: str,
     datastack: str,
-    version: int,
-    stamp: str | None,
+    plan: SnapshotPlan,
     root: str,
     todo: list[str],
     aws_block: str | None = None,
-) -> tuple[dict[str, list[Any]], dict[str, int], dict[str, float]]:
-    """Submit one task per id range of every table to write; ``(futures, expected, started)``."""
+) -> tuple[dict[str, list[Any]], dict[str, float]]:
+    """Submit one task per planned id range of every table to write; ``(futures, started)``."""
     storage.ensure_dir(root)
+    version = int(plan.version["version"])
     started: dict[str, float] = {}
-    expected: dict[str, int] = {}
     futures: dict[str, list[Any]] = defaultdict(list)
     for table in todo:
         started[table] = time.monotonic()
-        expected[table] = count_version_rows(cave_block, datastack, version, table, stamp)
-        ranges = plan_table_partitions(
-            cave_block, datastack, version, table, request.rows_per_part, stamp
-        )
+        ranges = plan.parts[table].ranges
         for index, id_range in enumerate(ranges):
             target = storage.join(root, table, f"part-{index:05d}.parquet")
             name = f"snapshot {table} part {index + 1}/{len(ranges)} (ids {_span(id_range)})"
@@ -384,7 +398,7 @@ def start_parts(
                     aws_block,
                 )
             )
-    return futures, expected, started
+    return futures, started
 
 
 def _span(id_range: list[int | None]) -> str:
@@ -395,19 +409,27 @@ def _span(id_range: list[int | None]) -> str:
 def finish_tables(
     root: str,
     manifest: Manifest,
-    metas: dict[str, dict[str, Any]],
+    plan: SnapshotPlan,
     request: SnapshotRequest,
     futures: dict[str, list[Any]],
-    expected: dict[str, int],
     started: dict[str, float],
     todo: list[str],
     aws: AwsCredentials | None = None,
+    report: FailureReport | None = None,
 ) -> tuple[list[TableSnapshot], list[str]]:
-    """Verify each table's row count, record it in the manifest (rewritten after each table)."""
+    """Verify each table's row count, record it in the manifest (rewritten after each table).
+
+    ``report`` (the run's failure report) is told which table is being finished, so a failed
+    partition names it.
+    """
     logger = get_run_logger()
     written: list[TableSnapshot] = []
     problems: list[str] = []
+    metas = plan.tables
+    expected = {table: plan.parts[table].rows for table in todo}
     for table in todo:
+        if report is not None:
+            report.inputs["table"] = f"{table} ({len(futures[table])} part(s))"
         parts = [f.result() for f in futures[table]]
         files = [p for p in parts if p["path"]]
         rows = sum(p["rows"] for p in parts)
@@ -452,8 +474,13 @@ def finish_tables(
     return written, problems
 
 
-def report_snapshot(summary: SnapshotSummary, root: str, manifest: Manifest) -> None:
-    """Publish the tables and their files inline (counts and checksums), paths as text."""
+def report_snapshot(
+    summary: SnapshotSummary, root: str, manifest: Manifest, notices: str = ""
+) -> None:
+    """Publish the tables and their files inline (counts and checksums), paths as text.
+
+    ``notices`` is the markdown section of the table owners' notices (`announce_notices`).
+    """
     publish_table(
         ARTIFACT_KEY,
         [r.model_dump() for r in summary.tables],
@@ -476,6 +503,7 @@ def report_snapshot(summary: SnapshotSummary, root: str, manifest: Manifest) -> 
         "",
         f"Manifest: `{summary.manifest}` (paths below are relative to `{root}`).",
         "",
+        *([notices] if notices else []),
         "| table | status | rows | server rows | files | bytes |",
         "|---|---|---|---|---|---|",
         *[

@@ -50,6 +50,7 @@ from prefect.futures import as_completed
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.constants import DEFAULT_DOCDB_BLOCK
 from prefect_neurodata.flows._artifacts import (
     Progress,
     failure_report,
@@ -84,7 +85,6 @@ from prefect_neurodata.tasks.sync import (
     sync_metadata_batch,
 )
 
-DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
 ARTIFACT_KEY = "metadata-sync"
 
 

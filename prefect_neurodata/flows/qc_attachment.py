@@ -31,6 +31,7 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import WithJsonSchema
 
+from prefect_neurodata.constants import DEFAULT_DOCDB_BLOCK
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
     failure_report,
@@ -44,7 +45,6 @@ from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
 
-DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
 ARTIFACT_KEY = "qc-attachment"
 
 STAGES = ("Raw data", "Processing", "Analysis", "Multi-asset")
@@ -250,6 +250,16 @@ def _object_problem(
     return None
 
 
+def _choice_problem(value: Any, allowed: Sequence[str]) -> str | None:
+    """``"must be one of [...], got <value>"`` unless ``value`` is one of ``allowed``."""
+    return None if value in allowed else f"must be one of {list(allowed)}, got {value!r}"
+
+
+def _field_problem(where: str, field: str, problem: str | None) -> list[str]:
+    """``["<where>.<field> <problem>"]``, or ``[]`` when there is no problem."""
+    return [f"{where}.{field} {problem}"] if problem else []
+
+
 def _history_problems(where: str, history: Any) -> list[str]:
     if not isinstance(history, list) or not history:
         return [f"{where}.status_history must be a non-empty list"]
@@ -260,13 +270,8 @@ def _history_problems(where: str, history: Any) -> list[str]:
         if shape:
             problems.append(shape)
             continue
-        if entry["status"] not in STATUSES:
-            problems.append(
-                f"{here}.status must be one of {list(STATUSES)}, got {entry['status']!r}"
-            )
-        bad_time = _timestamp_problem(entry["timestamp"])
-        if bad_time:
-            problems.append(f"{here}.timestamp {bad_time}")
+        problems += _field_problem(here, "status", _choice_problem(entry["status"], STATUSES))
+        problems += _field_problem(here, "timestamp", _timestamp_problem(entry["timestamp"]))
     return problems
 
 
@@ -307,17 +312,10 @@ def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
             continue
         if not isinstance(evaluation["name"], str) or not evaluation["name"].strip():
             problems.append(f"{label}.name must be a non-empty string")
-        if evaluation["stage"] not in STAGES:
-            problems.append(
-                f"{label}.stage must be one of {list(STAGES)}, got {evaluation['stage']!r}"
-            )
-        bad_modality = _modality_problem(evaluation["modality"])
-        if bad_modality:
-            problems.append(f"{label}.modality {bad_modality}")
+        problems += _field_problem(label, "stage", _choice_problem(evaluation["stage"], STAGES))
+        problems += _field_problem(label, "modality", _modality_problem(evaluation["modality"]))
         if "created" in evaluation:
-            bad_time = _timestamp_problem(evaluation["created"])
-            if bad_time:
-                problems.append(f"{label}.created {bad_time}")
+            problems += _field_problem(label, "created", _timestamp_problem(evaluation["created"]))
         if version == "v1":
             metrics = evaluation["metrics"]
             if not isinstance(metrics, list) or not metrics:

@@ -25,6 +25,7 @@ from typing import Any
 from prefect import get_run_logger
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.constants import DEFAULT_DOCDB_BLOCK
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
     failure_report,
@@ -48,7 +49,6 @@ from prefect_neurodata.tasks.docdb import (
 )
 from prefect_neurodata.tasks.s3 import inspect_asset_folders, list_asset_prefixes
 
-DEFAULT_DOCDB_BLOCK = "neurodata-docdb"
 ARTIFACT_KEY = "asset-registration"
 
 

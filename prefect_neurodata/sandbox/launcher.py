@@ -54,10 +54,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 SERVICES: tuple[str, ...] = ("mongo", "aws", "docdb", "cave")
 """The services ``up`` starts by default."""
@@ -90,8 +92,9 @@ class ServiceProcess:
     Attributes:
         name: Service name (``mongo``, ``aws``, ``docdb``, ``cave``).
         pid: Process id.
-        start_ticks: Kernel start time of the process (``/proc/<pid>/stat`` field 22); with
-            ``cmd`` it tells the started process apart from a later one reusing the pid.
+        start_time: Start time of the process (psutil's ``create_time``, seconds since the
+            epoch); with ``cmd`` it tells the started process apart from a later one reusing
+            the pid.
         cmd: The command line.
         log: Path of its log file.
         urls: Its base URLs by role (``url``, or ``global``/``local`` for CAVE); an adopted
@@ -103,7 +106,7 @@ class ServiceProcess:
 
     name: str
     pid: int
-    start_ticks: int | None
+    start_time: float | None
     cmd: list[str]
     log: str
     urls: dict[str, str] = field(default_factory=dict)
@@ -133,35 +136,31 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     return False
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state letter, start ticks)`` of ``pid`` from /proc, or None when it does not exist."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
-    rest = raw[raw.rindex(")") + 2 :].split()
-    return rest[0], int(rest[19])
+def process_start_time(pid: int) -> float | None:
+    """Start time of process ``pid`` (seconds since the epoch), or None when it does not exist.
 
-
-def _proc_cmdline(pid: int) -> list[str] | None:
+    With the command line it tells a started process apart from a later one reusing its pid.
+    """
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
 
 
 def is_same_process(proc: ServiceProcess) -> bool:
     """True while ``proc.pid`` is alive and is still the process the launcher started."""
-    stat = _proc_stat(proc.pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return False
-    if proc.start_ticks is not None and stat[1] != proc.start_ticks:
-        return False
-    cmdline = _proc_cmdline(proc.pid)
-    if cmdline is None:
+    try:
+        found = psutil.Process(proc.pid)
+        if found.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        if proc.start_time is not None and found.create_time() != proc.start_time:
+            return False
+        cmdline = found.cmdline()
+    except psutil.AccessDenied:
+        # Alive and ours by pid and start time; only its command line is not readable.
         return True
+    except psutil.NoSuchProcess:
+        return False
     # A script started through its shebang shows up as "<interpreter> <script> args...", so
     # compare the arguments, which must end the command line.
     args = proc.cmd[1:]
@@ -364,7 +363,13 @@ class Sandbox:
 
     def _processes(self) -> dict[str, ServiceProcess]:
         state = self._load_state() or {}
-        return {n: ServiceProcess(**p) for n, p in state.get("processes", {}).items()}
+        known = {f.name for f in fields(ServiceProcess)}
+        # Keys this version does not know (a state file from an older launcher recorded
+        # ``start_ticks``) are dropped: pid and command line still identify the process.
+        return {
+            n: ServiceProcess(**{k: v for k, v in p.items() if k in known})
+            for n, p in state.get("processes", {}).items()
+        }
 
     @property
     def env(self) -> dict[str, str]:
@@ -494,11 +499,10 @@ class Sandbox:
         if state is None:
             raise SandboxError(f"no sandbox running in {self.workdir}; run `neurodata sandbox up`")
         procs = self._processes()
-        stat = _proc_stat(pid)
         procs[name] = ServiceProcess(
             name=name,
             pid=pid,
-            start_ticks=stat[1] if stat else None,
+            start_time=process_start_time(pid),
             cmd=list(cmd),
             log=str(log),
             urls=dict(urls or {}),
@@ -821,11 +825,10 @@ class Sandbox:
                 ),
             )
         self._popen[popen.pid] = popen
-        stat = _proc_stat(popen.pid)
         return ServiceProcess(
             name=name,
             pid=popen.pid,
-            start_ticks=stat[1] if stat else None,
+            start_time=process_start_time(popen.pid),
             cmd=list(cmd),
             log=str(log_path),
             urls=dict(urls),
@@ -1054,33 +1057,45 @@ class Sandbox:
         return stopped
 
     def _terminate(self, live: Mapping[str, ServiceProcess]) -> None:
+        """Send each process its stop signal, wait up to :data:`STOP_TIMEOUT` for all of them,
+        then SIGKILL whatever still runs (psutil reaps our own children while it waits)."""
+        handles: dict[psutil.Process, ServiceProcess] = {}
         for name, proc in live.items():
-            stop_signal = STOP_SIGNALS.get(name, signal.SIGTERM)
-            with contextlib.suppress(ProcessLookupError):
-                if proc.group:
-                    os.killpg(proc.pid, stop_signal)
-                else:
-                    os.kill(proc.pid, stop_signal)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        remaining = dict(live)
-        while remaining and time.monotonic() < deadline:
-            for name, proc in list(remaining.items()):
-                popen = self._popen.get(proc.pid)
-                if popen is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        popen.wait(timeout=0.01)
-                if not is_same_process(proc):
-                    del remaining[name]
-            if remaining:
-                time.sleep(0.05)
-        for proc in remaining.values():
-            if is_same_process(proc):
-                with contextlib.suppress(ProcessLookupError):
-                    if proc.group:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    else:
-                        os.kill(proc.pid, signal.SIGKILL)
-            popen = self._popen.get(proc.pid)
-            if popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    popen.wait(timeout=5)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                handle = psutil.Process(proc.pid)
+                handles[handle] = proc
+                _send(handle, proc.group, STOP_SIGNALS.get(name, signal.SIGTERM))
+        remaining = _wait_exited(list(handles), STOP_TIMEOUT)
+        for handle in remaining:
+            _send(handle, handles[handle].group, signal.SIGKILL)
+        _wait_exited(remaining, 5.0)
+
+
+def _send(handle: psutil.Process, group: bool, sig: int) -> None:
+    """Signal ``handle`` (its whole process group when ``group``), unless it is gone."""
+    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+        if group:
+            os.killpg(handle.pid, sig)
+        else:
+            # psutil refuses to signal a pid that now belongs to another process.
+            handle.send_signal(sig)
+
+
+def _wait_exited(handles: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited (or ``timeout`` passed); return those still running.
+
+    A zombie counts as exited: its parent may be another process that reaps it later.
+    """
+    deadline = time.monotonic() + timeout
+    alive = handles
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=0.05)
+        alive = [h for h in alive if _running(h)]
+    return alive
+
+
+def _running(handle: psutil.Process) -> bool:
+    try:
+        return handle.is_running() and handle.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -5,7 +5,8 @@ deployments and users have used since the first release):
 
 * `prefect_neurodata.tasks.cave_common`: block and client reuse, task options, errors;
 * `prefect_neurodata.tasks.cave_auth`: access checks (datastack, token and table permissions);
-* `prefect_neurodata.tasks.cave_materialization`: versions, tables, partitions, Parquet parts;
+* `prefect_neurodata.tasks.cave_materialization`: versions, tables, partitions, Parquet parts,
+  and the snapshot's one set-up task (`plan_snapshot`);
 * `prefect_neurodata.tasks.cave_annotation`: tables, schemas, id checks, chunk uploads;
 * `prefect_neurodata.tasks.cave_chunkedgraph`: roots and their lineage.
 
@@ -31,12 +32,12 @@ concurrency limits (``prefect concurrency-limit create cave 8``).
 Example:
     ```python
     from prefect import flow
-    from prefect_neurodata.tasks.cave import count_version_rows, resolve_materialization_version
+    from prefect_neurodata.tasks.cave import check_cave_access, get_roots
 
     @flow
-    def rows(table: str) -> int:
-        meta = resolve_materialization_version("cave", "minnie65_public", None)
-        return count_version_rows("cave", "minnie65_public", meta["version"], table)
+    def roots_of(supervoxels: list[int]) -> list[int]:
+        check_cave_access("neurodata-cave", "minnie65_public", "view")
+        return get_roots("neurodata-cave", "minnie65_public", supervoxels)
     ```
 """
 
@@ -68,8 +69,11 @@ from prefect_neurodata.tasks.cave_common import (
 )
 from prefect_neurodata.tasks.cave_materialization import (
     DEFAULT_ROWS_PER_PART,
+    SnapshotPlan,
+    TablePlan,
     count_version_rows,
     list_version_tables,
+    plan_snapshot,
     plan_table_partitions,
     resolve_materialization_version,
     snapshot_table_part,
@@ -84,6 +88,8 @@ __all__ = [
     "CaveInputError",
     "CavePermissionError",
     "ChunkReconcileError",
+    "SnapshotPlan",
+    "TablePlan",
     "cave_client",
     "check_annotation_ids",
     "check_cave_access",
@@ -99,6 +105,7 @@ __all__ = [
     "json_safe",
     "list_version_tables",
     "load_cave",
+    "plan_snapshot",
     "plan_table_partitions",
     "reconcile_chunk",
     "resolve_materialization_version",

@@ -10,7 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prefect import task
@@ -30,6 +31,17 @@ from prefect_neurodata.tasks.cave_common import (
 def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
     """Check that the datastack exists and the block's token holds ``permission`` on it.
 
+    The task form of `cave_access` (same arguments, result and errors).
+    """
+    return cave_access(cave, datastack, permission)
+
+
+def cave_access(cave: Cave, datastack: str, permission: str = "view") -> dict[str, Any]:
+    """Check that the datastack exists and the block's token holds ``permission`` on it.
+
+    A plain function, so a task that checks access among other set-up reads (the snapshot
+    flow's `plan_snapshot`) pays no task run of its own.
+
     Args:
         cave: CAVE block or its name.
         datastack: Datastack to check.
@@ -46,31 +58,18 @@ def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> d
     if permission not in ("view", "edit"):
         raise ValueError(f"permission must be 'view' or 'edit', got {permission!r}")
     try:
-        client = cave_client(cave, datastack)
+        with _token_refusal(cave, "was refused by the info service"):
+            client = cave_client(cave, datastack)
     except ValueError as exc:
         raise CaveInputError(f"datastack {datastack!r}: {exc}") from None
-    except ServiceError as exc:
-        if exc.status_code in (401, 403):
-            raise CavePermissionError(
-                f"the CAVE token of block {_name(cave)!r} was refused by the info service "
-                f"({exc.status_code}: {exc.server_message})"
-            ) from None
-        raise
     try:
         dataset = client.auth.get_table_dataset(datastack)
     except ServiceError as exc:
         if exc.status_code != 404:
             raise
         dataset = datastack
-    try:
+    with _token_refusal(cave, "is invalid or expired"):
         me = client.auth.get_user_cache()
-    except ServiceError as exc:
-        if exc.status_code in (401, 403):
-            raise CavePermissionError(
-                f"the CAVE token of block {_name(cave)!r} is invalid or expired "
-                f"({exc.status_code}: {exc.server_message})"
-            ) from None
-        raise
     granted = sorted(me.get("permissions_v2", {}).get(dataset, []))
     admin = bool(me.get("admin"))
     if not admin and permission not in granted:
@@ -92,6 +91,20 @@ def check_cave_access(cave: Cave, datastack: str, permission: str = "view") -> d
 
 def _name(cave: Cave) -> str:
     return cave if isinstance(cave, str) else "<inline block>"
+
+
+@contextlib.contextmanager
+def _token_refusal(cave: Cave, refused: str) -> Iterator[None]:
+    """Turn CAVE's 401/403 into a `CavePermissionError` naming the block (other errors pass)."""
+    try:
+        yield
+    except ServiceError as exc:
+        if exc.status_code not in (401, 403):
+            raise
+        raise CavePermissionError(
+            f"the CAVE token of block {_name(cave)!r} {refused} "
+            f"({exc.status_code}: {exc.server_message})"
+        ) from None
 
 
 def table_permission_problem(

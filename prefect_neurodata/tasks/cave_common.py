@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.context import FlowRunContext, TaskRunContext
 
 from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
@@ -56,6 +59,34 @@ class CaveInputError(ValueError, NeurodataError):
 
 class CavePermissionError(PermissionError, NeurodataError):
     """The token lacks a permission the work needs (checked before any write)."""
+
+
+class _RunLogRelay(logging.Handler):
+    """Relays the CAVE client's warnings to the Prefect run they happen in.
+
+    The client logs what the services say in their ``Warning`` headers (table owner notices,
+    deprecations, a mangled CSV answer) on its own ``prefect_neurodata.cave`` loggers, as
+    caveclient does; Prefect sends only its own loggers to the API, so without this relay those
+    warnings reach the worker's console but not the run's logs in the UI. Outside a run nothing
+    is relayed (the client's own logging is unchanged).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if TaskRunContext.get() is None and FlowRunContext.get() is None:
+            return
+        try:
+            get_run_logger().log(record.levelno, "CAVE: %s", record.getMessage())
+        except Exception:  # a log line must never fail the task that logs it
+            self.handleError(record)
+
+
+def _install_run_log_relay() -> None:
+    logger = logging.getLogger("prefect_neurodata.cave")
+    if not any(isinstance(h, _RunLogRelay) for h in logger.handlers):
+        logger.addHandler(_RunLogRelay(logging.WARNING))
+
+
+_install_run_log_relay()
 
 
 # A saved block is read from the Prefect API once per flow run (each read is an API round

@@ -29,13 +29,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
+from pydantic import BaseModel, Field
 
+from prefect_neurodata.clients.concurrency import map_bounded
 from prefect_neurodata.tasks import storage
+from prefect_neurodata.tasks.cave_auth import cave_access, table_permission_problem
 from prefect_neurodata.tasks.cave_common import (
     FROZEN_OPTIONS,
     LIVE_OPTIONS,
     Cave,
     CaveInputError,
+    CavePermissionError,
     cave_client,
     json_safe,
 )
@@ -44,27 +48,11 @@ DEFAULT_ROWS_PER_PART = 100_000
 """Rows per snapshot partition task: well under the server's 200,000-row limit."""
 
 
-# ------------------------------------------------------------------------------ materialization
-@task(name="resolve-materialization-version", tags=["cave"], **LIVE_OPTIONS)
-def resolve_materialization_version(
-    cave: Cave, datastack: str, version: int | None = None
-) -> dict[str, Any]:
-    """The metadata of a usable materialization version (the most recent valid by default).
-
-    Args:
-        cave: CAVE block or its name.
-        datastack: Datastack.
-        version: Version wanted; None for the most recent valid one.
-
-    Returns:
-        The version metadata (``version``, ``time_stamp``, ``expires_on`` as ISO strings,
-        ``valid``, ``status``...).
-
-    Raises:
-        CaveInputError: The version does not exist, has expired or is not ready; the message
-            lists the valid versions.
-    """
-    client = cave_client(cave, datastack)
+# ------------------------------------------------------------------------------ plain helpers
+# The bodies of the set-up tasks below, with a client at hand: `plan_snapshot` runs them all in
+# one task run instead of one run each.
+def version_metadata(client: Any, datastack: str, version: int | None = None) -> dict[str, Any]:
+    """`resolve_materialization_version` with a client at hand (no task run of its own)."""
     every = client.materialize.get_versions_metadata(expired=True)
     valid = sorted(m["version"] for m in every if m.get("valid"))
     if version is None:
@@ -88,6 +76,80 @@ def resolve_materialization_version(
     return json_safe(meta)
 
 
+def tables_metadata(client: Any, version: int) -> list[dict[str, Any]]:
+    """`list_version_tables` with a client at hand (no task run of its own)."""
+    metas = client.materialize.get_tables_metadata(version=version)
+    out = []
+    for meta in metas:
+        meta = dict(meta)
+        keys = ("voxel_resolution_x", "voxel_resolution_y", "voxel_resolution_z")
+        if all(k in meta for k in keys):
+            meta["voxel_resolution"] = [meta.pop(k) for k in keys]
+        out.append(json_safe(meta))
+    return sorted(out, key=lambda m: m["table_name"])
+
+
+def _count_from(client: Any, table: str, version: int, lo: int) -> int:
+    frame = client.materialize.query_table(
+        table,
+        filter_greater_equal_dict={"id": lo},
+        get_counts=True,
+        materialization_version=version,
+        merge_reference=False,
+    )
+    return int(frame["count"].iloc[0])
+
+
+def table_partitions(
+    client: Any,
+    table: str,
+    version: int,
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    total: int | None = None,
+) -> list[list[int | None]]:
+    """`plan_table_partitions` with a client at hand and, when known, the table's row count."""
+    if rows_per_part < 1:
+        raise ValueError(f"rows_per_part must be >= 1, got {rows_per_part}")
+    if total is None:
+        total = int(client.materialize.get_annotation_count(table, version=version))
+    if total <= rows_per_part:
+        return [[None, None]]
+    # Ids are assigned increasing from 1; probe for the end of the id span (doubling).
+    hi = total + 1
+    for _ in range(64):
+        if _count_from(client, table, version, hi) == 0:
+            break
+        hi *= 2
+    parts = math.ceil(total / rows_per_part)
+    width = math.ceil(hi / parts)
+    cuts = [i * width for i in range(1, parts) if i * width < hi]
+    bounds: list[int | None] = [None, *cuts, None]
+    return [[bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
+# ------------------------------------------------------------------------------ materialization
+@task(name="resolve-materialization-version", tags=["cave"], **LIVE_OPTIONS)
+def resolve_materialization_version(
+    cave: Cave, datastack: str, version: int | None = None
+) -> dict[str, Any]:
+    """The metadata of a usable materialization version (the most recent valid by default).
+
+    Args:
+        cave: CAVE block or its name.
+        datastack: Datastack.
+        version: Version wanted; None for the most recent valid one.
+
+    Returns:
+        The version metadata (``version``, ``time_stamp``, ``expires_on`` as ISO strings,
+        ``valid``, ``status``...).
+
+    Raises:
+        CaveInputError: The version does not exist, has expired or is not ready; the message
+            lists the valid versions.
+    """
+    return version_metadata(cave_client(cave, datastack), datastack, version)
+
+
 @task(name="list-version-tables", tags=["cave"], **FROZEN_OPTIONS)
 def list_version_tables(
     cave: Cave, datastack: str, version: int, version_timestamp: str | None = None
@@ -102,16 +164,7 @@ def list_version_tables(
         One metadata dict per table (``table_name``, ``schema_type``, ``voxel_resolution``,
         ``reference_table``, ``read_permission``, ``user_id``...), sorted by name.
     """
-    client = cave_client(cave, datastack)
-    metas = client.materialize.get_tables_metadata(version=version)
-    out = []
-    for meta in metas:
-        meta = dict(meta)
-        keys = ("voxel_resolution_x", "voxel_resolution_y", "voxel_resolution_z")
-        if all(k in meta for k in keys):
-            meta["voxel_resolution"] = [meta.pop(k) for k in keys]
-        out.append(json_safe(meta))
-    return sorted(out, key=lambda m: m["table_name"])
+    return tables_metadata(cave_client(cave, datastack), version)
 
 
 @task(name="count-version-rows", tags=["cave"], **FROZEN_OPTIONS)
@@ -122,17 +175,6 @@ def count_version_rows(
     (``version_timestamp`` as in `list_version_tables`)."""
     client = cave_client(cave, datastack)
     return int(client.materialize.get_annotation_count(table, version=version))
-
-
-def _count_from(client: Any, table: str, version: int, lo: int) -> int:
-    frame = client.materialize.query_table(
-        table,
-        filter_greater_equal_dict={"id": lo},
-        get_counts=True,
-        materialization_version=version,
-        merge_reference=False,
-    )
-    return int(frame["count"].iloc[0])
 
 
 @task(name="plan-table-partitions", tags=["cave"], **FROZEN_OPTIONS)
@@ -153,23 +195,98 @@ def plan_table_partitions(
         ``[[lo, hi], ...]`` with None for an open end (``version_timestamp`` as in
         `list_version_tables`).
     """
-    if rows_per_part < 1:
-        raise ValueError(f"rows_per_part must be >= 1, got {rows_per_part}")
+    return table_partitions(cave_client(cave, datastack), table, version, rows_per_part)
+
+
+class TablePlan(BaseModel):
+    """One table of a snapshot plan: the server's row count and the id ranges to write."""
+
+    rows: int = Field(description="Rows of the table in the version (materialized count).")
+    ranges: list[list[int | None]] = Field(
+        description="Half-open ``[lo, hi)`` id ranges, one Parquet part each (None: open end)."
+    )
+
+
+class SnapshotPlan(BaseModel):
+    """Everything a snapshot needs to know before its first write, from one task run."""
+
+    access: dict[str, Any] = Field(description="`cave_access` of the token (no secret).")
+    version: dict[str, Any] = Field(description="Metadata of the version (JSON-safe).")
+    tables: dict[str, dict[str, Any]] = Field(description="Metadata of every table, by name.")
+    wanted: list[str] = Field(description="Tables to snapshot, in order.")
+    parts: dict[str, TablePlan] = Field(description="Row count and id ranges of each wanted table.")
+
+
+@task(name="plan-snapshot", tags=["cave"], **LIVE_OPTIONS)
+def plan_snapshot(
+    cave: Cave,
+    datastack: str,
+    version: int | None = None,
+    tables: Sequence[str] = (),
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+) -> SnapshotPlan:
+    """Check and plan a snapshot in one task run: access, version, tables, counts, id ranges.
+
+    The work of `check_cave_access` (``view``), `resolve_materialization_version`,
+    `list_version_tables`, and `count_version_rows` plus `plan_table_partitions` of every wanted
+    table (up to 4 tables at once), without a task run (and its API round trips) for each, so
+    a snapshot's partitions start one task after the flow does. Nothing is written.
+
+    Args:
+        cave: CAVE block or its name.
+        datastack: Datastack.
+        version: Version wanted; None for the most recent valid one.
+        tables: Tables to snapshot (duplicates dropped); empty for every table of the version.
+        rows_per_part: Rows per id range (see `plan_table_partitions`).
+
+    Returns:
+        The plan (see `SnapshotPlan`).
+
+    Raises:
+        CaveInputError: Unknown datastack, unknown or expired version, or unknown tables.
+        CavePermissionError: No ``view`` on the datastack, or PRIVATE tables of another user.
+
+    Example:
+        ```python
+        from prefect import flow
+
+        @flow
+        def parts() -> dict[str, int]:
+            plan = plan_snapshot("neurodata-cave", "minnie65_public", tables=["synapses"])
+            return {table: len(p.ranges) for table, p in plan.parts.items()}
+        ```
+    """
+    access = cave_access(cave, datastack, "view")
     client = cave_client(cave, datastack)
-    total = int(client.materialize.get_annotation_count(table, version=version))
-    if total <= rows_per_part:
-        return [[None, None]]
-    # Ids are assigned increasing from 1; probe for the end of the id span (doubling).
-    hi = total + 1
-    for _ in range(64):
-        if _count_from(client, table, version, hi) == 0:
-            break
-        hi *= 2
-    parts = math.ceil(total / rows_per_part)
-    width = math.ceil(hi / parts)
-    cuts = [i * width for i in range(1, parts) if i * width < hi]
-    bounds: list[int | None] = [None, *cuts, None]
-    return [[bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
+    vmeta = version_metadata(client, datastack, version)
+    number = int(vmeta["version"])
+    metas = {m["table_name"]: m for m in tables_metadata(client, number)}
+    wanted = list(dict.fromkeys(tables)) or sorted(metas)
+    unknown = [t for t in wanted if t not in metas]
+    if unknown:
+        raise CaveInputError(
+            f"table(s) {unknown} are not in version {number} of datastack {datastack!r} "
+            f"(tables: {sorted(metas)})"
+        )
+    denied = [p for t in wanted if (p := table_permission_problem(metas[t], access, "read"))]
+    if denied:
+        raise CavePermissionError("cannot read:\n  " + "\n  ".join(denied))
+
+    def plan(table: str) -> TablePlan:
+        # the client is thread-safe (its metadata memo is locked, its pool shared)
+        rows = int(client.materialize.get_annotation_count(table, version=number))
+        return TablePlan(
+            rows=rows, ranges=table_partitions(client, table, number, rows_per_part, rows)
+        )
+
+    plans = map_bounded(plan, wanted, max_workers=4)
+    return SnapshotPlan(
+        access=access,
+        version=vmeta,
+        tables=metas,
+        wanted=wanted,
+        parts=dict(zip(wanted, plans, strict=True)),
+    )
 
 
 @task(name="snapshot-table-part", tags=["cave"], **LIVE_OPTIONS)

@@ -312,11 +312,7 @@ def register_asset_batch(docdb: DocDb, items: list[dict[str, Any]]) -> list[Regi
         claim(ASSET_LOCATION, locations),
     ):
         outcomes, transient = register_locations(client, items, logger)
-    if transient:
-        raise TransientBatchError(
-            f"{len(transient)} of {len(items)} registrations hit transient errors "
-            f"(first: {transient[0]}); registered so far are skipped on retry"
-        )
+    TransientBatchError.raise_for(transient, len(items), "registrations")
     return outcomes
 
 
@@ -470,11 +466,7 @@ def attach_qc_batch(docdb: DocDb, assignments: list[dict[str, Any]]) -> list[QcO
                 transient.append(asset_id)
                 continue
             outcomes.append(outcome)
-    if transient:
-        raise TransientBatchError(
-            f"{len(transient)} of {len(assignments)} QC attachments hit transient errors "
-            f"(first asset: {transient[0]}); attached ones are skipped on retry"
-        )
+    TransientBatchError.raise_for(transient, len(assignments), "QC attachments")
     return outcomes
 
 

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prefect.cache_policies import NONE, CachePolicy
@@ -72,6 +72,23 @@ class TransientBatchError(RuntimeError, NeurodataError):
     The items that did land are reported in the message; a task retry re-checks every item
     first, so nothing lands twice.
     """
+
+    @classmethod
+    def raise_for(cls, failed: Sequence[str], total: int, what: str) -> None:
+        """Raise when ``failed`` (the items that did not land) is not empty.
+
+        Example:
+            ```python
+            # "1 of 5 registrations hit transient errors (first: s3://b/a); the ones that
+            # landed are skipped on retry"
+            TransientBatchError.raise_for(["s3://b/a"], 5, "registrations")
+            ```
+        """
+        if failed:
+            raise cls(
+                f"{len(failed)} of {total} {what} hit transient errors (first: {failed[0]}); "
+                "the ones that landed are skipped on retry"
+            )
 
 
 def is_transient_error(exc: BaseException) -> bool:

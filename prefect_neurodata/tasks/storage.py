@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 from prefect_aws import AwsCredentials
 
+from prefect_neurodata.settings import NeurodataSettings
+
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
@@ -61,6 +63,7 @@ def _endpoint_kwargs(endpoint: str | None) -> dict[str, object]:
 
 def s3_filesystem(aws: AwsCredentials | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem from an `AwsCredentials` block, else from the AWS environment."""
+    settings = NeurodataSettings()
     kwargs: dict[str, object] = {}
     if aws is not None:
         session = aws.get_boto3_session()
@@ -72,24 +75,18 @@ def s3_filesystem(aws: AwsCredentials | None = None) -> pafs.S3FileSystem:
                 kwargs["session_token"] = keys.token
         if session.region_name:
             kwargs["region"] = session.region_name
-        endpoint = aws.aws_client_parameters.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = aws.aws_client_parameters.endpoint_url or settings.aws_endpoint_url
         kwargs.update(_endpoint_kwargs(endpoint))
         return pafs.S3FileSystem(**kwargs)
-    kwargs.update(
-        _endpoint_kwargs(
-            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        )
-    )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        kwargs["access_key"] = key
-        kwargs["secret_key"] = secret
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    kwargs.update(_endpoint_kwargs(settings.s3_endpoint_url))
+    if settings.region:
+        kwargs["region"] = settings.region
+    secret = settings.aws_secret_access_key
+    if settings.aws_access_key_id and secret:
+        kwargs["access_key"] = settings.aws_access_key_id
+        kwargs["secret_key"] = secret.get_secret_value()
+        if settings.aws_session_token:
+            kwargs["session_token"] = settings.aws_session_token.get_secret_value()
     return pafs.S3FileSystem(**kwargs)
 
 

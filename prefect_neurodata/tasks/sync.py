@@ -297,10 +297,7 @@ def _register_missing(batch: _Batch, client: Any, missing: list[str]) -> list[st
         outcomes, transient = register_locations(
             client, [{"location": loc} for loc in wanted], batch.logger
         )
-    if transient:
-        raise TransientBatchError(
-            f"{len(transient)} registrations hit transient errors (first: {transient[0]})"
-        )
+    TransientBatchError.raise_for(transient, len(wanted), "registrations")
     for outcome in outcomes:
         if outcome.outcome == "failed":
             batch.counts.unregistered += 1

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import networkx as nx
 import numpy as np
+import pandas as pd
 import pytest
 
 from prefect_neurodata.clients.cave import (
@@ -173,11 +174,36 @@ def test_roots_of_leaves_are_the_root(client, history) -> None:
     assert int(l2) != history["root"]
 
 
+def test_chunkedgraph_ids_concatenate_exactly_with_query_table_root_ids(client, history) -> None:
+    """Issue 11 item 7: the chunkedgraph's id lists are int64 like caveclient 5.25's, so joining
+    them with `query_table`'s root ids keeps every 18-digit id exact (uint64 + int64 would give
+    float64 and merge neighbouring ids)."""
+    cg = client.chunkedgraph
+    table = client.materialize.query_table(
+        "synapses", limit=50, select_columns=["id", "pre_pt_root_id"]
+    )["pre_pt_root_id"]
+    latest = cg.get_latest_roots(int(history["new_roots"][0]))
+    _, new_roots = cg.get_delta_roots(history["oldest"], dt.datetime.now(UTC))
+    one = cg.get_root_id(int(history["leaves"][0]))
+    assert (latest.dtype, new_roots.dtype, type(one)) == (np.int64, np.int64, np.int64)
+    pieces = [latest, new_roots, np.array([one]), history["leaves"]]
+    expected = [int(v) for piece in pieces for v in piece] + [int(v) for v in table]
+    assert all(len(str(v)) >= 17 for v in expected)  # beyond float64's 15-16 exact digits
+
+    joined = np.concatenate([*pieces, table.to_numpy()])
+    assert joined.dtype == np.int64
+    assert joined.tolist() == expected
+    frame = pd.concat([pd.Series(piece) for piece in pieces] + [table], ignore_index=True)
+    assert frame.dtype.kind == "i"  # int64, or Int64 when the table column is nullable
+    assert frame.tolist() == expected
+    assert frame.nunique() == len(set(expected))
+
+
 def test_bulk_roots_chunked_match_single_request(client, history, monkeypatch) -> None:
     from prefect_neurodata.clients.cave import chunkedgraph
 
     cg = client.chunkedgraph
-    svs = np.concatenate([history["leaves"], np.array([0], dtype=np.uint64)])
+    svs = np.concatenate([history["leaves"], np.array([0], dtype=history["leaves"].dtype)])
     ts = dt.datetime.now(UTC)
     whole = cg.get_roots(svs, timestamp=ts)
     monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", max(1, len(svs) // 3))

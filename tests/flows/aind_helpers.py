@@ -1,17 +1,16 @@
 """Shared helpers of the AIND flow tests: blocks pointed at the sandbox, small test assets.
 
-Each test works in its own fresh bucket of the sandbox's S3 stand-in, so tests neither see nor
-disturb each other's (or the seeded) data, and compares DocDB state by content.
+Each test works in its own fresh bucket of the sandbox's S3 stand-in (the ``bucket`` fixture in
+``tests/fixtures/aind_flows.py``), so tests neither see nor disturb each other's (or the seeded)
+data, and compares DocDB state by content.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 
@@ -43,20 +42,18 @@ def docdb_block(env: dict[str, str], version: str = "v1") -> DocDbApiCredentials
     )
 
 
-@pytest.fixture(scope="session")
-def saved_docdb_block(sandbox: Any, prefect_api: str) -> str:
-    """Name of a saved v1 DocDB block pointing at the sandbox."""
-    docdb_block(sandbox.env).save("test-aind-docdb", overwrite=True)
-    return "test-aind-docdb"
+def s3_client(sandbox: Any) -> Any:
+    """A boto3 S3 client for the sandbox's moto server."""
+    return aws_credentials(sandbox.env).get_s3_client()
 
 
-@pytest.fixture
-def bucket(sandbox: Any) -> Iterator[str]:
-    """A fresh, empty bucket in the S3 stand-in."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    s3 = aws_credentials(sandbox.env).get_s3_client()
-    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
-    yield name
+def new_bucket(sandbox: Any, name: str | None = None) -> str:
+    """Create a bucket in the S3 stand-in (a fresh ``test-...`` name unless ``name``)."""
+    name = name or f"test-{uuid.uuid4().hex[:12]}"
+    s3_client(sandbox).create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
+    )
+    return name
 
 
 def asset_name(index: int, platform: str = "ecephys") -> str:

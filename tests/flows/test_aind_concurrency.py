@@ -6,7 +6,6 @@ services), on overlapping inputs, with DocDB answering slowly so that the runs' 
 writes interleave. The end state is compared with one clean run over a twin bucket, and the
 runs' own outcome rows must add up to exactly one write per item: the log of who did what.
 """
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -23,12 +22,11 @@ from prefect_neurodata.flows.metadata_sync import MetadataSyncRequest, sync_meta
 from prefect_neurodata.flows.qc_attachment import AssetRef, QcAttachmentRequest, attach_qc
 from prefect_neurodata.flows.registration import RegistrationRequest, register_assets
 from tests.flows.aind_helpers import (
-    aws_credentials,
-    bucket,  # noqa: F401 - fixture
     comparable,
     docdb_block,
+    new_bucket,
     records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
+    s3_client,
     write_assets,
 )
 from tests.flows.test_qc_attachment import evaluation
@@ -37,18 +35,6 @@ pytestmark = pytest.mark.flows
 
 RUNS = 4
 LATENCY_MS = 150  # every DocDB answer is late: the runs' checks and writes overlap
-
-
-def _s3(sandbox: Any) -> Any:
-    return aws_credentials(sandbox.env).get_s3_client()
-
-
-def _twin(sandbox: Any, bucket: str) -> str:
-    twin = f"{bucket}-twin"
-    _s3(sandbox).create_bucket(
-        Bucket=twin, CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
-    )
-    return twin
 
 
 def _run_at_once(sandbox: Any, prefect_api: str, calls: list[str]) -> list[dict[str, Any]]:
@@ -98,8 +84,8 @@ def _duplicates(records: list[dict[str, Any]]) -> list[str]:
 def test_overlapping_registrations_register_each_location_once(
     sandbox: Any, saved_docdb_block: str, prefect_api: str, bucket: str
 ) -> None:
-    s3 = _s3(sandbox)
-    twin = _twin(sandbox, bucket)
+    s3 = s3_client(sandbox)
+    twin = new_bucket(sandbox, f"{bucket}-twin")
     names = write_assets(s3, bucket, 24)
     write_assets(s3, twin, 24)
     register_assets(
@@ -131,8 +117,8 @@ def test_overlapping_registrations_register_each_location_once(
 def test_overlapping_qc_attachments_attach_each_evaluation_once(
     sandbox: Any, saved_docdb_block: str, prefect_api: str, bucket: str
 ) -> None:
-    s3 = _s3(sandbox)
-    twin = _twin(sandbox, bucket)
+    s3 = s3_client(sandbox)
+    twin = new_bucket(sandbox, f"{bucket}-twin")
     names = write_assets(s3, bucket, 8, start=31_000)
     write_assets(s3, twin, 8, start=31_000)
     with docdb_block(sandbox.env).get_client() as client:
@@ -173,8 +159,8 @@ def test_overlapping_qc_attachments_attach_each_evaluation_once(
 def test_overlapping_syncs_end_in_the_state_of_one_sync(
     sandbox: Any, saved_docdb_block: str, prefect_api: str, bucket: str
 ) -> None:
-    s3 = _s3(sandbox)
-    twin = _twin(sandbox, bucket)
+    s3 = s3_client(sandbox)
+    twin = new_bucket(sandbox, f"{bucket}-twin")
     with docdb_block(sandbox.env).get_client() as client:
         for target in (bucket, twin):
             for name in write_assets(s3, target, 12, start=32_000):

@@ -3,7 +3,6 @@
 Each case checks the message (field, position, value, shortened when long) and that nothing
 was written: no DocDB record, no QC entry, no ``metadata.nd.json``, no checkpoint.
 """
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -18,11 +17,9 @@ from prefect_neurodata.blocks import RdsCredentials
 from prefect_neurodata.flows.metadata_sync import sync_metadata
 from prefect_neurodata.flows.qc_attachment import AssetRef, QcAttachmentRequest, attach_qc
 from tests.flows.aind_helpers import (
-    aws_credentials,
-    bucket,  # noqa: F401 - fixture
     docdb_block,
     records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
+    s3_client,
     write_assets,
 )
 from tests.flows.test_qc_attachment import evaluation
@@ -30,33 +27,14 @@ from tests.flows.test_qc_attachment import evaluation
 pytestmark = pytest.mark.flows
 
 
-@pytest.fixture
-def saved_rds_block(postgres_url: str, prefect_api: str) -> str:
-    """An RDS block of this module's own (another module's session fixture is not shared)."""
-    url = sa.engine.make_url(postgres_url)
-    RdsCredentials(
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password="unused-with-trust-auth",
-        database=url.database,
-        drivername=url.drivername,
-    ).save("test-aind-rds-hostile", overwrite=True)
-    return "test-aind-rds-hostile"
-
-
-def _s3(sandbox: Any) -> Any:
-    return aws_credentials(sandbox.env).get_s3_client()
-
-
 def _keys(sandbox: Any, bucket: str) -> list[str]:
-    listing = _s3(sandbox).list_objects_v2(Bucket=bucket)
+    listing = s3_client(sandbox).list_objects_v2(Bucket=bucket)
     return sorted(obj["Key"] for obj in listing.get("Contents", []))
 
 
 def _bucket_with_work(sandbox: Any, bucket: str) -> list[str]:
     """Two registered assets and one unknown folder: a sync would write to DocDB and S3."""
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     names = write_assets(s3, bucket, 2, start=40_000)
     with docdb_block(sandbox.env).get_client() as client:
         for name in names:
@@ -91,7 +69,7 @@ def test_export_table_longer_than_63_characters_stops_the_sync(
 def test_non_finite_qc_value_stops_the_attachment(
     sandbox: Any, saved_docdb_block: str, bucket: str, value: float
 ) -> None:
-    (name,) = write_assets(_s3(sandbox), bucket, 1, start=40_200)
+    (name,) = write_assets(s3_client(sandbox), bucket, 1, start=40_200)
     location = f"s3://{bucket}/{name}"
     with docdb_block(sandbox.env).get_client() as client:
         client.register_asset(location)
@@ -165,7 +143,7 @@ def test_exported_file_count_is_the_same_on_a_rerun(
             rows = conn.execute(sa.text(f'SELECT name, s3_files FROM "{table}"')).all()
         counts.append({row.name: row.s3_files for row in rows})
     assert counts[0] == counts[1]
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     for name in names:
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/")["Contents"]
         assert counts[1][name] == len(listed)  # the metadata.nd.json written is counted

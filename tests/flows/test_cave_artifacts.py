@@ -47,7 +47,7 @@ def test_upload_artifacts_show_counts_and_say_where_the_rest_is(
     )
     summary = state.result()
     flow_run, artifacts, tasks = run_record(state.state_details.flow_run_id)
-    assert flow_run.name == f"insert {table} @ block datastack"
+    assert flow_run.name == f"insert {table} @ {sandbox.env['NEURODATA_CAVE_DATASTACK']}"
     assert "insert chunk 2/3 (rows 1001-2000)" in tasks
     every = json.dumps(
         [a.data for a in artifacts.values()] + [a.description for a in artifacts.values()]
@@ -73,7 +73,7 @@ def test_snapshot_artifacts_show_tables_partitions_and_checksums(
     )
     summary = state.result()
     flow_run, artifacts, tasks = run_record(state.state_details.flow_run_id)
-    assert flow_run.name == "snapshot block datastack latest"
+    assert flow_run.name == f"snapshot {sandbox.env['NEURODATA_CAVE_DATASTACK']} latest"
     parts = [t for t in tasks if t.startswith("snapshot synapses part ")]
     assert parts and f"/{len(parts)} (ids " in parts[0]
     manifest = json.loads(Path(summary.manifest).read_text())

@@ -91,3 +91,48 @@ def test_version_resolution_names_what_is_wrong(sandbox: Any, saved_cave_block: 
     assert meta["valid"] and dt.datetime.fromisoformat(meta["time_stamp"])
     with pytest.raises(cave_tasks.CaveInputError, match=r"does not exist .* \(valid versions: \["):
         cave_tasks.resolve_materialization_version.fn(saved_cave_block, datastack, 4242)
+
+
+def test_plan_snapshot_agrees_with_the_single_set_up_tasks(
+    sandbox: Any, saved_cave_block: str
+) -> None:
+    # issue 15: the snapshot's one set-up task must plan exactly what the five tasks it
+    # replaces in the flow return (version, tables, counts, id ranges), in the same order.
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+    tables = ["synapses", "nucleus_detection", "synapses"]
+
+    @flow
+    def both() -> tuple[Any, dict[str, Any]]:
+        plan = cave_tasks.plan_snapshot(saved_cave_block, datastack, None, tables, 2000)
+        access = cave_tasks.check_cave_access(saved_cave_block, datastack, "view")
+        meta = cave_tasks.resolve_materialization_version(saved_cave_block, datastack, None)
+        version, stamp = meta["version"], meta["time_stamp"]
+        metas = cave_tasks.list_version_tables(saved_cave_block, datastack, version, stamp)
+        parts = {
+            table: (
+                cave_tasks.count_version_rows(saved_cave_block, datastack, version, table, stamp),
+                cave_tasks.plan_table_partitions(
+                    saved_cave_block, datastack, version, table, 2000, stamp
+                ),
+            )
+            for table in dict.fromkeys(tables)
+        }
+        return plan, {"access": access, "meta": meta, "metas": metas, "parts": parts}
+
+    plan, single = both()
+    assert plan.access == single["access"]
+    assert plan.version == single["meta"]
+    assert plan.tables == {m["table_name"]: m for m in single["metas"]}
+    assert plan.wanted == ["synapses", "nucleus_detection"]
+    assert {t: (p.rows, p.ranges) for t, p in plan.parts.items()} == single["parts"]
+    assert len(plan.parts["synapses"].ranges) >= 2  # the table is split, not one open range
+
+
+def test_plan_snapshot_names_unknown_and_private_tables(
+    sandbox: Any, saved_cave_block: str
+) -> None:
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+    with pytest.raises(cave_tasks.CaveInputError, match=r"\['no_such_table'\] are not in version"):
+        cave_tasks.plan_snapshot.fn(saved_cave_block, datastack, None, ["no_such_table"])
+    with pytest.raises(cave_tasks.CaveInputError, match=r"version 9999 does not exist"):
+        cave_tasks.plan_snapshot.fn(saved_cave_block, datastack, 9999, ["synapses"])

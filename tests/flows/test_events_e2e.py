@@ -1,6 +1,5 @@
 """End to end: an upload to S3 registers the asset through SQS, the relay, a Prefect event
 trigger and a served deployment, all on 127.0.0.1 against a real Prefect server."""
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ from tests.flows.aind_helpers import (
     aws_credentials,
     core_files,
     records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
     write_asset,
 )
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from prefect_neurodata.flows.materialization_snapshot import (
     SnapshotRequest,
@@ -69,6 +70,30 @@ def test_snapshot_writes_every_row_under_a_small_row_limit(
     # Same content as an unpartitioned read of the version.
     full = materialize.query_table("synapses", materialization_version=summary.version)
     assert sorted(full["id"].tolist()) == sorted(ids)
+
+
+def test_partitions_start_after_one_set_up_task(
+    sandbox: Any, saved_cave_block: str, tmp_path: Path
+) -> None:
+    # issue 15: access, version, tables, counts and partition plans are one task run, not
+    # five sequential ones (each a round of Prefect API calls before any partition starts).
+    state = snapshot_materialization(
+        SnapshotRequest(destination=str(tmp_path), tables=SMALL_TABLES[:2], rows_per_part=1000),
+        cave_block=saved_cave_block,
+        return_state=True,
+    )
+    summary = state.result()
+    assert {t.status for t in summary.tables} == {"written"}
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=runs)
+    parts = [t for t in tasks if t.name.startswith("snapshot ")]
+    set_up = [t for t in tasks if not t.name.startswith("snapshot ")]
+    assert [t.task_key.rsplit("-", 1)[0] for t in set_up] == ["plan_snapshot"], [
+        t.name for t in set_up
+    ]
+    assert len(parts) >= max(2, sum(t.files for t in summary.tables))
+    assert all(p.start_time >= set_up[0].end_time for p in parts)
 
 
 def test_rerun_skips_intact_tables_and_redoes_damaged_ones(

@@ -1,5 +1,4 @@
 """Metadata sync flow through a real Prefect API against DocDB/S3 stand-ins and real Postgres."""
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -14,43 +13,23 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from prefect_neurodata.blocks import RdsCredentials
 from prefect_neurodata.flows.metadata_sync import MetadataSyncRequest, sync_metadata
 from prefect_neurodata.tasks.s3 import canonical_json, md5_hex
 from tests.flows.aind_helpers import (
     FAULTS_20,
-    aws_credentials,
-    bucket,  # noqa: F401 - fixture
     comparable,
     docdb_block,
+    new_bucket,
     records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
+    s3_client,
     write_assets,
 )
 
 pytestmark = pytest.mark.flows
 
 
-@pytest.fixture(scope="session")
-def saved_rds_block(postgres_url: str, prefect_api: str) -> str:
-    url = sa.engine.make_url(postgres_url)
-    RdsCredentials(
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password="unused-with-trust-auth",
-        database=url.database,
-        drivername=url.drivername,
-    ).save("test-aind-rds", overwrite=True)
-    return "test-aind-rds"
-
-
-def _s3(sandbox: Any) -> Any:
-    return aws_credentials(sandbox.env).get_s3_client()
-
-
 def _registered_bucket(sandbox: Any, bucket: str, count: int) -> list[str]:
-    names = write_assets(_s3(sandbox), bucket, count)
+    names = write_assets(s3_client(sandbox), bucket, count)
     with docdb_block(sandbox.env).get_client() as client:
         for name in names:
             client.register_asset(f"s3://{bucket}/{name}")
@@ -58,17 +37,14 @@ def _registered_bucket(sandbox: Any, bucket: str, count: int) -> list[str]:
 
 
 def _twin(sandbox: Any, bucket: str, count: int) -> tuple[str, list[str]]:
-    twin = f"{bucket}-twin"
-    _s3(sandbox).create_bucket(
-        Bucket=twin, CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
-    )
+    twin = new_bucket(sandbox, f"{bucket}-twin")
     _registered_bucket(sandbox, twin, count)
     return twin, _registered_bucket(sandbox, bucket, count)
 
 
 def _edit(sandbox: Any, bucket: str, names: list[str]) -> None:
     """Change subject.json of some assets and add one unregistered asset folder."""
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     for name in names:
         key = f"{name}/subject.json"
         subject = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -78,7 +54,7 @@ def _edit(sandbox: Any, bucket: str, names: list[str]) -> None:
 
 
 def _nd_files(sandbox: Any, bucket: str) -> dict[str, bytes]:
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     found = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
@@ -160,7 +136,7 @@ def test_vanished_prefixes_are_reported_and_only_deregistered_on_request(
     sandbox: Any, saved_docdb_block: str, bucket: str
 ) -> None:
     names = _registered_bucket(sandbox, bucket, 4)
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     for obj in s3.list_objects_v2(Bucket=bucket, Prefix=f"{names[1]}/")["Contents"]:
         s3.delete_object(Bucket=bucket, Key=obj["Key"])
     gone = f"s3://{bucket}/{names[1]}"
@@ -219,7 +195,7 @@ def test_killed_sync_resumes_to_the_same_state(
         f"sync_metadata(MetadataSyncRequest(bucket={bucket!r}, batch_size=5, lookback_days=None,"
         f" export_table=None), docdb_block={saved_docdb_block!r})\n"
     )
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     # Slow every DocDB call down so the run is still busy when it is killed.
     sandbox.faults("docdb", latency_ms=120)
     process = subprocess.Popen(

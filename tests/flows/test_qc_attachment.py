@@ -1,5 +1,4 @@
 """QC attachment flow through a real Prefect API against the DocDB and S3 stand-ins."""
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -15,10 +14,8 @@ from prefect_neurodata.flows.qc_attachment import AssetRef, QcAttachmentRequest,
 from tests.flows.aind_helpers import (
     FAULTS_20,
     aws_credentials,
-    bucket,  # noqa: F401 - fixture
     docdb_block,
     records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
     write_assets,
 )
 

@@ -1,5 +1,4 @@
 """Asset registration flow through a real Prefect API against the DocDB and S3 stand-ins."""
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -16,12 +15,11 @@ from prefect_neurodata.flows.registration import (
 from tests.flows.aind_helpers import (
     FAULTS_20,
     asset_name,
-    aws_credentials,
-    bucket,  # noqa: F401 - fixture
     comparable,
     core_files,
+    new_bucket,
     records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
+    s3_client,
     write_asset,
     write_assets,
 )
@@ -29,12 +27,8 @@ from tests.flows.aind_helpers import (
 pytestmark = pytest.mark.flows
 
 
-def _s3(sandbox: Any) -> Any:
-    return aws_credentials(sandbox.env).get_s3_client()
-
-
 def test_registers_new_assets_once(sandbox: Any, saved_docdb_block: str, bucket: str) -> None:
-    names = write_assets(_s3(sandbox), bucket, 12)
+    names = write_assets(s3_client(sandbox), bucket, 12)
     request = RegistrationRequest(bucket=bucket, prefixes=names, batch_size=5)
 
     first = register_assets(request, docdb_block=saved_docdb_block)
@@ -59,7 +53,8 @@ def test_code_ocean_results_use_register_co_result(
     sandbox: Any, saved_docdb_block: str, bucket: str
 ) -> None:
     name = "3f0c2a9e-5b7d-4a4e-9a53-0d6c1b0c5e11"
-    write_asset(_s3(sandbox), bucket, name, {"processing": core_files("x_1_y", 1)["processing"]})
+    processing = {"processing": core_files("x_1_y", 1)["processing"]}
+    write_asset(s3_client(sandbox), bucket, name, processing)
     result = CodeOceanResult(
         s3_location=f"s3://{bucket}/{name}",
         name="ecephys_700001_2025-03-02_10-01-00_sorted_2025-03-05_12-00-00",
@@ -87,7 +82,7 @@ def test_code_ocean_results_use_register_co_result(
 def test_bad_locations_fail_before_any_write(
     sandbox: Any, saved_docdb_block: str, bucket: str, location: str, expected: str
 ) -> None:
-    good = write_assets(_s3(sandbox), bucket, 1)[0]
+    good = write_assets(s3_client(sandbox), bucket, 1)[0]
     request = RegistrationRequest(locations=[f"s3://{bucket}/{good}", location])
     with pytest.raises(ValueError, match=expected) as info:
         register_assets(request, docdb_block=saved_docdb_block)
@@ -98,7 +93,7 @@ def test_bad_locations_fail_before_any_write(
 def test_missing_folder_or_core_file_fails_before_any_write(
     sandbox: Any, saved_docdb_block: str, bucket: str
 ) -> None:
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     good = write_assets(s3, bucket, 1)[0]
     partial = asset_name(99)
     files = core_files(partial, 99)
@@ -120,11 +115,8 @@ def test_missing_folder_or_core_file_fails_before_any_write(
 def test_same_state_under_injected_faults(
     sandbox: Any, saved_docdb_block: str, bucket: str
 ) -> None:
-    s3 = _s3(sandbox)
-    reference_bucket = f"{bucket}-ref"
-    s3.create_bucket(
-        Bucket=reference_bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
-    )
+    s3 = s3_client(sandbox)
+    reference_bucket = new_bucket(sandbox, f"{bucket}-ref")
     names = write_assets(s3, bucket, 40)
     write_assets(s3, reference_bucket, 40)
     register_assets(
@@ -151,7 +143,7 @@ def test_same_state_under_injected_faults(
 def test_bucket_scan_registers_complete_folders_and_skips_incomplete(
     sandbox: Any, saved_docdb_block: str, bucket: str
 ) -> None:
-    s3 = _s3(sandbox)
+    s3 = s3_client(sandbox)
     names = write_assets(s3, bucket, 6)
     partial = asset_name(77)
     files = core_files(partial, 77)

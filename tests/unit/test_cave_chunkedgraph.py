@@ -1,9 +1,11 @@
-"""Chunkedgraph client: every endpoint's URL, method, params and body; uint64 exactness."""
+"""Chunkedgraph client: every endpoint's URL, method, params and body; exact ids with
+caveclient 5.25's dtypes; ids outside [0, 2**63) refused before any request."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 
 import networkx as nx
 import numpy as np
@@ -37,7 +39,7 @@ from tests.cave_helpers import (
 
 pytestmark = pytest.mark.usefixtures("cave_fast_retries", "cave_home")
 
-BIG = 2**63 + 2**40 + 7  # above 2**53 and 2**63: any float or int64 detour would corrupt it
+BIG = 2**62 + 2**40 + 7  # above 2**53: any float detour would corrupt it
 BIG2 = 2**60 + 1
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 T1 = dt.datetime(2024, 6, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -136,7 +138,7 @@ def test_get_roots_empty_and_all_zero_make_no_request(cg, cave_rsps) -> None:
 def test_get_root_id(cg, cave_rsps) -> None:
     cave_rsps.get(f"{CG_V1}/node/{BIG2}/root", body=f'{{"root_id": {BIG}}}')
     root = cg.get_root_id(BIG2, timestamp=T0, level2=True)
-    assert root == np.uint64(BIG) and isinstance(root, np.uint64)
+    assert root == BIG and isinstance(root, np.int64)
     assert query(cave_rsps.calls[0]) == {"timestamp": [ts(T0)], "stop_layer": ["2"]}
 
 
@@ -146,7 +148,7 @@ def test_get_root_id(cg, cave_rsps) -> None:
 def test_get_leaves_with_bounds_and_stop_layer(cg, cave_rsps) -> None:
     cave_rsps.get(f"{CG_V1}/node/{BIG}/leaves", body=f'{{"leaf_ids": [{BIG2}, {BIG}]}}')
     leaves = cg.get_leaves(BIG, bounds=[[0, 10], [5, 15], [1, 2]], stop_layer=2)
-    assert leaves.dtype == np.uint64 and leaves.tolist() == [BIG2, BIG]
+    assert leaves.dtype == np.int64 and leaves.tolist() == [BIG2, BIG]
     assert query(cave_rsps.calls[0]) == {"bounds": ["0-10_5-15_1-2"], "stop_layer": ["2"]}
 
 
@@ -311,7 +313,7 @@ def test_get_latest_roots_forward(cg, cave_rsps) -> None:
     cave_rsps.post(f"{CG_V1}/root_timestamps", json={"timestamp": [T0.timestamp() - 100]})
     cave_rsps.post(f"{CG_V1}/lineage_graph_multiple", json=LINEAGE)
     latest = cg.get_latest_roots(1, timestamp=T1 + dt.timedelta(days=1))
-    assert latest.dtype == np.uint64 and latest.tolist() == [BIG2]
+    assert latest.dtype == np.int64 and latest.tolist() == [BIG2]
 
 
 def test_get_original_roots(cg, cave_rsps) -> None:
@@ -395,6 +397,7 @@ def test_suggest_latest_roots(cg, cave_rsps) -> None:
     cave_rsps.get(f"{CG_V1}/node/3/leaves", json={"leaf_ids": [11, 12, 13]})
     best, fraction = cg.suggest_latest_roots(1, timestamp=T1, return_fraction_overlap=True)
     assert best == 3 and fraction == 0.75
+    assert type(best) is np.int64  # caveclient: an element of the int64 latest roots
     assert query(cave_rsps.calls[3]) == {"stop_layer": ["2"]}  # n_layers 6 - 4
     assert cg.suggest_latest_roots(1, timestamp=T1, stop_layer=2, return_all=True).tolist() == [
         3,
@@ -454,3 +457,197 @@ def test_root_id_int_list_check() -> None:
         root_id_int_list_check(1.5)
     with pytest.raises(ValueError, match="cannot be converted"):
         root_id_int_list_check("abc")
+
+
+# -- id dtypes as caveclient 5.25 (issue 11 item 7) ------------------------------------------------
+
+ROOT_A, ROOT_B = 864691135000000001, 864691135000000002  # 18 digits: float64 would merge them
+
+
+def test_every_id_return_has_caveclient_525s_type(cg, cave_rsps) -> None:
+    cave_rsps.post(f"{CG_V1}/roots_binary", body=np.array([ROOT_A], dtype="<u8").tobytes())
+    cave_rsps.get(f"{CG_V1}/node/5/root", body=f'{{"root_id": {ROOT_A}}}')
+    cave_rsps.get(f"{CG_V1}/node/{ROOT_A}/leaves", body=f'{{"leaf_ids": [{BIG}, 7]}}')
+    cave_rsps.get(f"{CG_V1}/node/{ROOT_A}/children", body=f'{{"children_ids": [{BIG}]}}')
+    cave_rsps.get(
+        f"{CG_V1}/node/{ROOT_A}/subgraph",
+        body=f'{{"nodes": [[{BIG}, 3]], "affinities": [0.5], "areas": [7]}}',
+    )
+    cave_rsps.get(f"{CG_V1}/node/{ROOT_A}/lvl2_graph", body=f'{{"edge_graph": [[{BIG}, 3]]}}')
+    cave_rsps.get(f"{CG_V1}/node/{ROOT_A}/contact_sites", json={str(BIG): [[1, 2, 3]]})
+    cave_rsps.post(
+        f"{CG_V1}/graph/find_path",
+        body=f'{{"centroids_list": [[1, 2, 3]], "l2_path": [{BIG}], "failed_l2_ids": [{BIG}]}}',
+    )
+    cave_rsps.get(
+        f"{CG_V1}/delta_roots", body=f'{{"old_roots": [{ROOT_A}], "new_roots": [{ROOT_B}]}}'
+    )
+    cave_rsps.get(
+        f"{CG_V1}/past_id_mapping",
+        body=f'{{"past_id_map": {{"{ROOT_B}": [{ROOT_A}]}}, "future_id_map": {{}}}}',
+    )
+    cave_rsps.post(f"{CG_V1}/minimal_covering_nodes", body=np.array([BIG], dtype="<u8").tobytes())
+
+    roots = cg.get_roots([5])
+    assert roots.dtype == np.uint64 and roots.tolist() == [ROOT_A]  # caveclient: np.uint64
+    root = cg.get_root_id(5)
+    assert type(root) is np.int64 and root == ROOT_A
+    leaves = cg.get_leaves(ROOT_A)
+    assert leaves.dtype == np.int64 and leaves.tolist() == [BIG, 7]
+    children = cg.get_children(ROOT_A)
+    assert children.dtype == np.int64 and children.tolist() == [BIG]
+    nodes, _, _ = cg.get_subgraph(ROOT_A, [[0, 1], [0, 1], [0, 1]])
+    assert nodes.dtype == np.int64 and nodes.tolist() == [[BIG, 3]]
+    edges = cg.level2_chunk_graph(ROOT_A)
+    assert edges == [[BIG, 3]] and all(type(i) is int for i in edges[0])
+    contacts = cg.get_contact_sites(ROOT_A, [[0, 1], [0, 1], [0, 1]])
+    assert list(contacts) == [BIG] and type(next(iter(contacts))) is int
+    _, l2_path, failed = cg.find_path(ROOT_A, [1, 2, 3], [4, 5, 6])
+    assert l2_path.dtype == np.int64 and l2_path.tolist() == [BIG]
+    assert failed.dtype == np.uint64 and failed.tolist() == [BIG]  # caveclient: np.uint64
+    old, new = cg.get_delta_roots(T0, T1)
+    assert (old.dtype, new.dtype) == (np.int64, np.int64)
+    assert (old.tolist(), new.tolist()) == ([ROOT_A], [ROOT_B])
+    past = cg.get_past_ids([ROOT_B], timestamp_past=T0)
+    assert past["past_id_map"] == {ROOT_B: [ROOT_A]}
+    assert type(next(iter(past["past_id_map"]))) is int
+    assert type(past["past_id_map"][ROOT_B][0]) is int
+    covering = cg.get_minimal_covering_nodes([BIG])
+    assert covering.dtype == np.int64 and covering.tolist() == [BIG]
+
+
+def test_empty_id_answers_are_int64(cg, cave_rsps) -> None:
+    cave_rsps.get(f"{CG_V1}/delta_roots", json={"old_roots": [], "new_roots": []})
+    cave_rsps.get(f"{CG_V1}/node/9/children", json={"children_ids": []})
+    old, new = cg.get_delta_roots(T0, T1)
+    assert (old.dtype, new.dtype) == (np.int64, np.int64)  # not np.array([])'s float64
+    assert cg.get_children(9).dtype == np.int64
+
+
+def test_lineage_roots_are_int64_and_concatenate_exactly_with_query_ids(cg, cave_rsps) -> None:
+    lineage = {
+        "directed": True,
+        "multigraph": False,
+        "graph": {},
+        "nodes": [
+            {"id": ROOT_A, "timestamp": T0.timestamp()},
+            {"id": ROOT_B, "timestamp": T0.timestamp() + 10},
+        ],
+        "links": [{"source": ROOT_A, "target": ROOT_B}],
+    }
+    cave_rsps.post(f"{CG_V1}/root_timestamps", json={"timestamp": [T0.timestamp()]})
+    cave_rsps.post(f"{CG_V1}/lineage_graph_multiple", json=lineage)
+    latest = cg.get_latest_roots(ROOT_A, timestamp=T1)
+    original = cg.get_original_roots(ROOT_B)
+    assert (latest.dtype, original.dtype) == (np.int64, np.int64)
+    query_ids = np.array([ROOT_A + 2], dtype=np.int64)  # query_table's root-id dtype
+    joined = np.concatenate([latest, original, query_ids])
+    assert joined.dtype == np.int64
+    assert joined.tolist() == [ROOT_B, ROOT_A, ROOT_A + 2]
+    frame = pd.concat([pd.Series(latest), pd.Series(query_ids)], ignore_index=True)
+    assert frame.dtype == np.int64 and frame.nunique() == 2
+
+
+def test_suggest_latest_roots_types_as_caveclient(cg, cave_rsps) -> None:
+    unchanged = {
+        "directed": True,
+        "multigraph": False,
+        "graph": {},
+        "nodes": [{"id": 4, "timestamp": T0.timestamp()}],
+        "links": [],
+    }
+    cave_rsps.post(f"{CG_V1}/root_timestamps", json={"timestamp": [T0.timestamp()]})
+    cave_rsps.post(f"{CG_V1}/lineage_graph_multiple", json=unchanged)
+    # A current root answers itself: caveclient returns it as given, with 1 (lists with return_all).
+    best = cg.suggest_latest_roots(4, timestamp=T1)
+    assert best == 4 and type(best) is int
+    assert cg.suggest_latest_roots(4, timestamp=T1, return_fraction_overlap=True) == (4, 1)
+    every = cg.suggest_latest_roots(4, timestamp=T1, return_all=True)
+    assert type(every) is list and every == [4]
+    both = cg.suggest_latest_roots(4, timestamp=T1, return_all=True, return_fraction_overlap=True)
+    assert both == ([4], [1]) and type(both[0]) is list
+
+
+OUT_OF_RANGE = [2**63, 2**64 - 1, -1]
+
+
+def _id_calls(bad: int) -> dict[str, Callable[[ChunkedGraphClientV1], object]]:
+    """Every chunkedgraph call taking ids, given ``bad`` where the id goes."""
+    pts = [[1, 2, 3]]
+    box = [[0, 1], [0, 1], [0, 1]]
+    array = np.array([5, bad], dtype=np.int64 if bad < 0 else np.uint64)
+    return {
+        "get_roots": lambda cg: cg.get_roots([5, bad]),
+        "get_roots_array": lambda cg: cg.get_roots(array),
+        "get_root_id": lambda cg: cg.get_root_id(bad),
+        "get_leaves": lambda cg: cg.get_leaves(bad),
+        "get_children": lambda cg: cg.get_children(bad),
+        "get_contact_sites": lambda cg: cg.get_contact_sites(bad, box),
+        "get_subgraph": lambda cg: cg.get_subgraph(bad, box),
+        "level2_chunk_graph": lambda cg: cg.level2_chunk_graph(bad),
+        "remesh_level2_chunks": lambda cg: cg.remesh_level2_chunks([bad]),
+        "do_merge": lambda cg: cg.do_merge([bad, 5], [[1, 2, 3], [4, 5, 6]]),
+        "execute_split": lambda cg: cg.execute_split(pts, [[4, 5, 6]], bad),
+        "preview_split": lambda cg: cg.preview_split(pts, [[4, 5, 6]], 5, sink_supervoxels=[bad]),
+        "get_merge_log": lambda cg: cg.get_merge_log(bad),
+        "get_change_log": lambda cg: cg.get_change_log(bad),
+        "get_tabular_change_log": lambda cg: cg.get_tabular_change_log([bad]),
+        "get_lineage_graph": lambda cg: cg.get_lineage_graph(bad),
+        "get_latest_roots": lambda cg: cg.get_latest_roots(bad),
+        "get_original_roots": lambda cg: cg.get_original_roots(bad),
+        "get_past_ids": lambda cg: cg.get_past_ids([bad]),
+        "is_latest_roots": lambda cg: cg.is_latest_roots([5, bad]),
+        "get_root_timestamps": lambda cg: cg.get_root_timestamps([bad]),
+        "suggest_latest_roots": lambda cg: cg.suggest_latest_roots(bad),
+        "find_path": lambda cg: cg.find_path(bad, [1, 2, 3], [4, 5, 6]),
+        "get_minimal_covering_nodes": lambda cg: cg.get_minimal_covering_nodes([bad]),
+    }
+
+
+@pytest.mark.parametrize("bad", OUT_OF_RANGE)
+@pytest.mark.parametrize("method", sorted(_id_calls(0)))
+def test_ids_outside_int64_range_raise_naming_the_value_before_any_request(
+    cg, cave_rsps, method: str, bad: int
+) -> None:
+    message = rf"must be a non-negative node id below 2\*\*63, got {bad}\b"
+    with pytest.raises(ValueError, match=message):
+        _id_calls(bad)[method](cg)
+    assert len(cave_rsps.calls) == 0
+
+
+def test_is_valid_nodes_raises_at_2_63_and_answers_negatives_false_locally(cg, cave_rsps) -> None:
+    with pytest.raises(ValueError, match=rf"^node_ids\[1\] must be .* got {2**63}:"):
+        cg.is_valid_nodes([5, 2**63])
+    # caveclient's own suite pins -1 as "not valid" (it sends it wrapped to 2**64 - 1).
+    assert cg.is_valid_nodes([0, -1]).tolist() == [False, False]
+    assert cg.is_valid_nodes(np.array([-7], dtype=np.int64)).tolist() == [False]
+    assert len(cave_rsps.calls) == 0
+
+
+def test_out_of_range_error_names_the_argument_and_position(cg, cave_rsps) -> None:
+    with pytest.raises(ValueError, match=rf"^supervoxel_ids\[1\] must be .* got {2**63}:"):
+        cg.get_roots([5, 2**63])
+    with pytest.raises(ValueError, match=rf"^supervoxel_ids\[2\] must be .* got {2**63 + 9}:"):
+        cg.get_roots(np.array([5, 6, 2**63 + 9], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"^root_id must be .* got -3:"):
+        cg.get_leaves(-3)
+    assert len(cave_rsps.calls) == 0
+
+
+def test_ids_just_below_2_63_go_out_as_caveclients_uint64_bytes(cg, cave_rsps) -> None:
+    top = 2**63 - 1
+    cave_rsps.post(f"{CG_V1}/roots_binary", body=np.array([top, 9], dtype="<u8").tobytes())
+    cg.get_roots([top, 3])
+    assert cave_rsps.calls[0].request.body == np.array([top, 3], dtype=np.uint64).tobytes()
+
+
+def test_a_server_id_beyond_int64_raises_instead_of_wrapping(cg, cave_rsps) -> None:
+    cave_rsps.get(f"{CG_V1}/node/5/leaves", body=f'{{"leaf_ids": [7, {2**63}]}}')
+    cave_rsps.get(
+        f"{CG_V1}/node/5/subgraph",
+        body=f'{{"nodes": [[7, {2**64 - 1}]], "affinities": [0.5], "areas": [7]}}',
+    )
+    with pytest.raises(ValueError, match=rf"answered node id {2**63}, which does not fit"):
+        cg.get_leaves(5)
+    with pytest.raises(ValueError, match=rf"answered node id {2**64 - 1}, which does not fit"):
+        cg.get_subgraph(5, [[0, 1], [0, 1], [0, 1]])

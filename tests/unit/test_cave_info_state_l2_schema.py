@@ -260,20 +260,21 @@ def test_neuroglancer_json_encoder() -> None:
 
 
 def test_l2cache(cave_rsps) -> None:
+    big = 2**62 + 5  # above 2**53: a float detour would corrupt it
     l2 = L2CacheClient(LOCAL, table_name=TABLE, auth_client=AUTH)
     cave_rsps.post(
         f"{LOCAL}/l2cache/api/v1/table/{TABLE}/attributes",
-        json={str(BIG): {"size_nm3": 10, "rep_coord_nm": [1, 2, 3]}, "5": {}},
+        json={str(big): {"size_nm3": 10, "rep_coord_nm": [1, 2, 3]}, "5": {}},
     )
     cave_rsps.get(f"{LOCAL}/l2cache/api/v1/attribute_metadata", json={"size_nm3": "uint32"})
     cave_rsps.get(
         f"{LOCAL}/l2cache/api/v1/table_mapping",
         json={TABLE: {"l2cache_id": "l2cache_x", "cv_path": "graphene://x"}},
     )
-    data = l2.get_l2data([BIG, 5], attributes=["size_nm3", "rep_coord_nm"])
-    assert data[str(BIG)]["size_nm3"] == 10
+    data = l2.get_l2data([big, 5], attributes=["size_nm3", "rep_coord_nm"])
+    assert data[str(big)]["size_nm3"] == 10
     call = cave_rsps.calls[0]
-    assert body_json(call) == {"l2_ids": [BIG, 5]}
+    assert body_json(call) == {"l2_ids": [big, 5]}
     assert query(call) == {
         "int64_as_str": ["False"],
         "attribute_names": ["size_nm3,rep_coord_nm"],
@@ -281,8 +282,9 @@ def test_l2cache(cave_rsps) -> None:
     assert_auth(call)
     assert l2.attributes == ["size_nm3"]
     assert l2.table_mapping()[TABLE]["l2cache_id"] == "l2cache_x"
-    table = l2.get_l2data_table([BIG, 5])
-    assert table.loc[np.uint64(BIG), "rep_coord_nm_y"] == 2
+    table = l2.get_l2data_table([big, 5])
+    assert table.loc[big, "rep_coord_nm_y"] == 2
+    assert table.index.dtype == np.int64  # like the chunkedgraph's node ids
 
 
 # -- timeit --------------------------------------------------------------------------------------

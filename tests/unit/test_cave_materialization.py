@@ -838,6 +838,22 @@ def test_live_query_rejects_expired_roots() -> None:
             client.live_query("synapses", dt.datetime(2020, 1, 1))
 
 
+@pytest.mark.parametrize("bad", [-1, 2**63])
+def test_live_query_refuses_root_ids_outside_int64_before_the_chunkedgraph(bad: int) -> None:
+    cg = FakeChunkedGraph()
+    client = make_client(cg_client=cg)
+    version_record = {"version": V, "time_stamp": "2021-04-12T08:10:00.255735", "valid": True}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(f"{V3}/metadata", json=[version_record])
+        with pytest.raises(ValueError, match=rf"non-negative node id below 2\*\*63, got {bad}\b"):
+            client.live_query(
+                "synapses",
+                dt.datetime(2021, 6, 1, tzinfo=dt.timezone.utc),
+                filter_in_dict={"pre_pt_root_id": [5, bad]},
+            )
+    assert cg.calls == []  # issue 11 item 7: refused before any chunkedgraph request
+
+
 # ---------------------------------------------------------------------------------------------
 # module functions, factory, pure helpers
 # ---------------------------------------------------------------------------------------------
@@ -909,11 +925,32 @@ def test_plan_and_split_ranges_cover_every_id() -> None:
         split_range((7, 8), 1)
 
 
+SYNAPSE_SCHEMA = {
+    "$ref": "#/definitions/Synapse",
+    "definitions": {
+        "Synapse": {
+            "properties": {
+                **{
+                    pt: {"$ref": "#/definitions/BoundSpatialPoint"}
+                    for pt in ("pre_pt", "ctr_pt", "post_pt")
+                },
+                "size": {"type": "float"},
+            }
+        }
+    },
+}
+
+
 @responses.activate
 def test_tables_manager_builds_filters() -> None:
+    # The manager of a bare client, from the metadata and schemas `client.tables` fetches
+    # (tests/unit/test_cave_tables.py covers the fetching through a full CAVEclient).
+    from prefect_neurodata.clients.cave._tables import TableManager
+
     client = make_client()
     add_metadata(responses.mock)
-    responses.get(f"{V2}/version/{V}/tables", json=["synapses", "nuclei"])
+    metas = [TABLE_META, {**TABLE_META, "table_name": "nuclei"}]
+    client._tables_manager = TableManager(client, metas, {"synapse": SYNAPSE_SCHEMA}, dict)
     responses.post(
         f"{V3}/version/{V}/table/synapses/query",
         body=arrow_body(synapse_frame([1])),

@@ -19,10 +19,7 @@ PACKAGE_ROOT = Path(prefect_neurodata.__file__).parent
 PACKAGE = "prefect_neurodata"
 
 # "importing module -> used module:name": why it is still allowed.
-ALLOWED: dict[str, str] = {
-    # Still to be made public by the engineers who own these modules (issue 14 items 1, 5, 6).
-    "clients.cave.l2cache -> clients.cave.chunkedgraph:_to_uint64_array": "14.6, compat",
-}
+ALLOWED: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -53,6 +53,16 @@ def test_keys_are_url_decoded() -> None:
     assert event["resource"]["prefect.resource.id"] == "s3://aind-open-data/my asset+v2"
 
 
+def test_asset_folder_follows_the_shared_location_rule() -> None:
+    # The registration flow's rule (parse_s3_location): a canonical location, and folders it
+    # would reject (a '..' segment, a bucket name AWS no longer allows) are not relayed.
+    (event,) = events_from_message(notification("/nested/asset/data_description.json"))
+    assert event["resource"]["prefect.resource.id"] == "s3://aind-open-data/nested/asset"
+    assert event["resource"]["prefix"] == "nested/asset"
+    assert events_from_message(notification("a/../b/data_description.json")) == []
+    assert events_from_message(notification("a/x.json", bucket="Legacy_Bucket")) == []
+
+
 def test_test_events_and_other_event_types_relay_nothing() -> None:
     test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"})
     assert events_from_message(test_event) == []

@@ -42,6 +42,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
+from prefect_neurodata.constants import MAX_ANNOTATIONS_PER_REQUEST
 from prefect_neurodata.errors import NeurodataError
 
 __all__ = [
@@ -67,9 +68,6 @@ __all__ = [
     "typed_row",
     "value_problems",
 ]
-
-MAX_ANNOTATIONS_PER_REQUEST = 10_000
-"""The annotation engine refuses larger inserts with 413."""
 
 INT64_RANGE = range(-(2**63), 2**63)
 """Integers a BigInteger (int64) column holds."""

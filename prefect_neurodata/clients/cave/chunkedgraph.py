@@ -1,8 +1,12 @@
 """PyChunkedGraph client (seed: ``caveclient.chunkedgraph``).
 
-Node ids are uint64 and are kept exact end to end: they are sent as JSON integers or little-endian
-uint64 bytes, parsed with orjson (exact Python ints) and returned as ``np.uint64`` arrays. A
-float is never used for an id; float input is refused.
+Node ids are kept exact end to end: they are sent as JSON integers or little-endian uint64
+bytes (caveclient's bytes), parsed with orjson (exact Python ints) and returned with
+caveclient 5.25's types: ``np.int64`` arrays and scalars (`get_leaves`, `get_latest_roots`,
+`get_root_id`, ...), ``np.uint64`` where caveclient returns uint64 (`get_roots`,
+``failed_l2_ids`` of `find_path`), Python ints in dicts and lists. Ids a caller passes must be
+integers in [0, 2**63) (`node_ids`); anything else is refused before any request, where
+caveclient would silently wrap it into another id. A float is never used for an id.
 
 Timestamps go out as float POSIX seconds (UTC) in the query string (`package_timestamp`); a
 naive datetime is taken as UTC.
@@ -45,6 +49,7 @@ from .base import (
     resolve_server_address,
     resolve_transport,
 )
+from .node_ids import int64_ids, valid_node_id, valid_node_ids
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -108,82 +113,30 @@ def package_timestamp(timestamp: dt.datetime | None, name: str = "timestamp") ->
     return {name: timestamp.astimezone(_UTC).timestamp()}
 
 
-def _to_uint64_array(values: Any, name: str = "node_ids") -> np.ndarray:
-    """Convert ids to a 1-d ``np.uint64`` array exactly, refusing floats and negatives."""
-    if isinstance(values, (pd.Series, pd.Index)):
-        if values.hasnans:
-            raise ValueError(f"{name} contains missing values")
-        values = values.to_numpy()
-    if isinstance(values, (list, tuple, range)):
-        # np.asarray would turn a list mixing ids above 2**63 with small ids into float64.
-        return np.array([_to_uint64_scalar(v, name) for v in values], dtype=np.uint64)
-    arr = np.asarray(values)
-    if arr.size == 0:
-        return np.array([], dtype=np.uint64)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        arr = arr.ravel()
-    kind = arr.dtype.kind
-    if kind == "u":
-        return arr.astype(np.uint64, copy=False)
-    if kind == "i":
-        if arr.size and arr.min() < 0:
-            raise ValueError(f"{name} must be non-negative, got {int(arr.min())}")
-        return arr.astype(np.uint64)
-    if kind == "f":
-        raise ValueError(
-            f"{name} must be integers, got floats ({arr.dtype}); ids above 2**53 cannot be "
-            "represented exactly as floats"
-        )
-    if kind in "OUS":
-        out = np.empty(arr.size, dtype=np.uint64)
-        for i, value in enumerate(arr):
-            out[i] = _to_uint64_scalar(value, name)
-        return out
-    raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
-
-
-def _to_uint64_scalar(value: Any, name: str = "node_id") -> int:
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        raise ValueError(f"{name} must be an integer id, got {value!r}")
-    if isinstance(value, (float, np.floating)):
-        raise ValueError(f"{name} must be an integer id, got float {value!r}")
-    if isinstance(value, bytes):
-        value = value.decode()
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer id, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be non-negative, got {number}")
-    if number >= 2**64:
-        raise ValueError(f"{name} must fit in a uint64, got {number}")
-    return number
-
-
 def root_id_int_list_check(root_id: Any, make_unique: bool = False) -> Any:
     """Normalise one id or many ids for a request body.
 
     An int (Python or numpy) or a numeric string gives a one-element list; a list, array,
-    Series or Index gives a ``np.uint64`` array (sorted unique with ``make_unique``).
+    Series or Index gives a ``np.uint64`` array (sorted unique with ``make_unique``), the
+    wire form caveclient sends.
 
     Raises:
-        ValueError: Anything else, floats, negatives, or an unparsable string.
+        ValueError: Anything else, floats, ids outside [0, 2**63), or an unparsable string.
     """
     if isinstance(root_id, (bool, np.bool_)):
         raise ValueError("root_id has to be list or uint64")
     if isinstance(root_id, (int, np.integer)):
-        return [_to_uint64_scalar(root_id, "root_id")]
+        return [valid_node_id(root_id, "root_id")]
     if isinstance(root_id, str):
         try:
-            return [_to_uint64_scalar(root_id.strip(), "root_id")]
+            number = int(root_id.strip())
         except ValueError:
             raise ValueError(
                 f"root_id string {root_id!r} cannot be converted to a uint64"
             ) from None
+        return [valid_node_id(number, "root_id")]
     if isinstance(root_id, (list, tuple, np.ndarray, pd.Series, pd.Index)):
-        arr = _to_uint64_array(root_id, "root_id")
+        arr = valid_node_ids(root_id, "root_id")
         return np.unique(arr) if make_unique else arr
     raise ValueError("root_id has to be list or uint64")
 
@@ -201,7 +154,7 @@ def package_split_data(
     Raises:
         ValueError: Points are not Nx3, or supervoxel lists do not match the points.
     """
-    root = _to_uint64_scalar(root_id, "root_id")
+    root = valid_node_id(root_id, "root_id")
 
     def side(points: Any, supervoxels: Any, label: str) -> list[list[Any]]:
         pts = np.asarray(points, dtype=float)
@@ -219,7 +172,7 @@ def package_split_data(
             )
         rows = []
         for sv, pt in zip(svs, pts, strict=True):
-            sv_id = root if sv is None else _to_uint64_scalar(sv, f"{label}_supervoxels")
+            sv_id = root if sv is None else valid_node_id(sv, f"{label}_supervoxels")
             rows.append([sv_id, *(_num(v) for v in pt)])
         return rows
 
@@ -227,13 +180,6 @@ def package_split_data(
         "sources": side(source_points, source_supervoxels, "source"),
         "sinks": side(sink_points, sink_supervoxels, "sink"),
     }
-
-
-def _ids(values: Iterable[Any] | None) -> np.ndarray:
-    """JSON id list (exact Python ints) -> uint64 array."""
-    if values is None:
-        return np.array([], dtype=np.uint64)
-    return np.array(list(values), dtype=np.uint64)
 
 
 def _frame_from_to_json(data: Any) -> pd.DataFrame:
@@ -425,13 +371,14 @@ class ChunkedGraphClientV1(ClientBase):
             stop_layer: Stop the lookup at this layer (e.g. 2 for L2 ids).
 
         Returns:
-            ``np.uint64`` array of root ids, in input order.
+            ``np.uint64`` array of root ids, in input order (caveclient 5.25's dtype here;
+            ``.astype(np.int64)`` before concatenating with `query_table` ids).
 
         Raises:
-            ValueError: Ids are not non-negative integers, or the server answered with the
-                wrong number of ids.
+            ValueError: An id is not an integer in [0, 2**63) (named, before any request), or
+                the server answered with the wrong number of ids.
         """
-        ids = _to_uint64_array(supervoxel_ids, "supervoxel_ids")
+        ids = valid_node_ids(supervoxel_ids, "supervoxel_ids")
         result = np.zeros(ids.shape, dtype=np.uint64)
         if ids.size == 0:
             return result
@@ -482,18 +429,18 @@ class ChunkedGraphClientV1(ClientBase):
 
     def get_root_id(
         self, supervoxel_id: int, timestamp: dt.datetime | None = None, level2: bool = False
-    ) -> np.uint64:
+    ) -> np.int64:
         """Get the root id of one supervoxel (the L2 id with ``level2=True``).
 
         Returns:
-            The root id as ``np.uint64``.
+            The root id as ``np.int64`` (caveclient 5.25's type).
         """
-        sv = _to_uint64_scalar(supervoxel_id, "supervoxel_id")
+        sv = valid_node_id(supervoxel_id, "supervoxel_id")
         params = self._process_timestamp(timestamp)
         if level2:
             params["stop_layer"] = 2
         r = self._json("GET", self._url("handle_root", supervoxel_id=sv), params=params)
-        return np.uint64(r["root_id"])
+        return int64_ids([r["root_id"]])[0]
 
     # -- hierarchy ------------------------------------------------------------------------------
     def get_leaves(
@@ -507,22 +454,22 @@ class ChunkedGraphClientV1(ClientBase):
             stop_layer: Return nodes at this layer instead of supervoxels.
 
         Returns:
-            ``np.uint64`` array of ids.
+            ``np.int64`` array of ids.
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         params: dict[str, Any] = {}
         if bounds is not None:
             params["bounds"] = package_bounds(bounds)
         if stop_layer is not None:
             params["stop_layer"] = int(stop_layer)
         r = self._json("GET", self._url("leaves_from_root", root_id=root), params=params)
-        return _ids(r["leaf_ids"])
+        return int64_ids(r["leaf_ids"])
 
     def get_children(self, node_id: int) -> np.ndarray:
-        """Get the children of a node (``np.uint64``; empty for a supervoxel)."""
-        node = _to_uint64_scalar(node_id, "node_id")
+        """Get the children of a node (``np.int64``; empty for a supervoxel)."""
+        node = valid_node_id(node_id, "node_id")
         r = self._json("GET", self._url("handle_children", node_id=node))
-        return _ids(r["children_ids"])
+        return int64_ids(r["children_ids"])
 
     def get_contact_sites(self, root_id: int, bounds: Any, calc_partners: bool = False) -> dict:
         """Get contacts of a root id within ``bounds`` (3x2, base voxels).
@@ -530,7 +477,7 @@ class ChunkedGraphClientV1(ClientBase):
         Returns:
             The server's answer; keys that are ids are converted to ints.
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         params = {"bounds": package_bounds(bounds), "partners": bool(calc_partners)}
         r = self._json("GET", self._url("contact_sites", root_id=root), params=params, json=[root])
         return {(int(k) if str(k).isdigit() else k): v for k, v in r.items()}
@@ -539,15 +486,15 @@ class ChunkedGraphClientV1(ClientBase):
         """Get the supervoxel graph of a node within ``bounds``.
 
         Returns:
-            Edges (Nx2 ``np.uint64``), affinities (``float64``) and areas (``int32``).
+            Edges (Nx2 ``np.int64``), affinities (``float64``) and areas (``int32``).
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         r = self._json(
             "GET",
             self._url("get_subgraph", root_id=root),
             params={"bounds": package_bounds(bounds)},
         )
-        nodes = np.array(r["nodes"], dtype=np.uint64)
+        nodes = int64_ids(r["nodes"])
         if nodes.size == 0:
             nodes = nodes.reshape(0, 2)
         return (
@@ -578,7 +525,7 @@ class ChunkedGraphClientV1(ClientBase):
             )
             ```
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         params = {} if bounds is None else {"bounds": package_bounds(bounds)}
         response = self._request("GET", self._url("lvl2_graph", root_id=root), params=params)
         used_bounds = response.headers.get("Used-Bounds") in ("true", "True")
@@ -592,7 +539,7 @@ class ChunkedGraphClientV1(ClientBase):
 
     def remesh_level2_chunks(self, chunk_ids: Sequence[int]) -> None:
         """Ask the meshing service to remesh these L2 chunks."""
-        ids = _to_uint64_array(chunk_ids, "chunk_ids")
+        ids = valid_node_ids(chunk_ids, "chunk_ids")
         self._request("POST", self._url("remesh_level2_chunks"), json={"new_lvl2_ids": ids})
 
     # -- edits ----------------------------------------------------------------------------------
@@ -612,7 +559,7 @@ class ChunkedGraphClientV1(ClientBase):
         Raises:
             ValueError: Not exactly two supervoxels with 3-d coordinates.
         """
-        svs = [_to_uint64_scalar(s, "supervoxels") for s in supervoxels]
+        svs = [valid_node_id(s, "supervoxels") for s in supervoxels]
         pts = np.asarray(coords, dtype=float)
         res = np.asarray(resolution, dtype=float)
         if len(svs) != 2 or pts.shape != (2, 3):
@@ -683,7 +630,7 @@ class ChunkedGraphClientV1(ClientBase):
     # -- history ----------------------------------------------------------------------------------
     def get_merge_log(self, root_id: int) -> list:
         """Get the merge log of an object (``{"merge_edges", "merge_edge_coords"}``)."""
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         return self._json("GET", self._url("merge_log", root_id=root))
 
     def get_change_log(self, root_id: int, filtered: bool = True) -> dict:
@@ -693,7 +640,7 @@ class ChunkedGraphClientV1(ClientBase):
             ``{"n_splits", "n_mergers", "user_info", "operations_ids", "past_ids"}`` as the
             server sends it.
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         return self._json(
             "GET", self._url("change_log", root_id=root), params={"filtered": bool(filtered)}
         )
@@ -807,6 +754,27 @@ class ChunkedGraphClientV1(ClientBase):
         stamps = self.get_root_timestamps(ids)
         return max(stamps) if use_max else min(stamps)
 
+    def _lineage_ends(
+        self,
+        ids: Any,
+        timestamp_past: dt.datetime | None,
+        timestamp_future: dt.datetime | None,
+        newest: bool,
+        **exclude_links: bool,
+    ) -> np.ndarray:
+        """The ends of the lineage graph of ``ids`` between two times, as ``np.int64``: its
+        newest roots (out-degree 0) or its oldest (in-degree 0); ``ids`` themselves when the
+        graph has none (the roots did not change in that window)."""
+        graph: nx.DiGraph = self.get_lineage_graph(
+            ids,
+            timestamp_past=timestamp_past,
+            timestamp_future=timestamp_future,
+            as_nx_graph=True,
+            **exclude_links,
+        )
+        degrees = graph.out_degree() if newest else graph.in_degree()
+        return int64_ids([n for n, d in degrees if d == 0] or [int(i) for i in ids])
+
     def get_latest_roots(
         self,
         root_id: int,
@@ -822,7 +790,7 @@ class ChunkedGraphClientV1(ClientBase):
             timestamp_future: Deprecated name of ``timestamp``.
 
         Returns:
-            ``np.uint64`` array of ids.
+            ``np.int64`` array of ids.
         """
         ids = root_id_int_list_check(root_id, make_unique=True)
         if timestamp_future is not None:
@@ -834,26 +802,10 @@ class ChunkedGraphClientV1(ClientBase):
             timestamp = timestamp.replace(tzinfo=_UTC)
         root_ts = self._root_timestamp_bound(ids, use_max=False)
         if root_ts <= timestamp:
-            graph: nx.DiGraph = self.get_lineage_graph(
-                ids,
-                timestamp_past=root_ts,
-                timestamp_future=timestamp,
-                exclude_links_to_future=True,
-                as_nx_graph=True,
+            return self._lineage_ends(
+                ids, root_ts, timestamp, newest=True, exclude_links_to_future=True
             )
-            nodes = [n for n, d in graph.out_degree() if d == 0]
-        else:
-            graph = self.get_lineage_graph(
-                ids,
-                timestamp_past=timestamp,
-                timestamp_future=root_ts,
-                exclude_links_to_past=True,
-                as_nx_graph=True,
-            )
-            nodes = [n for n, d in graph.in_degree() if d == 0]
-        if not nodes:
-            nodes = [int(i) for i in ids]
-        return _ids(nodes)
+        return self._lineage_ends(ids, timestamp, root_ts, newest=False, exclude_links_to_past=True)
 
     def get_original_roots(
         self, root_id: int, timestamp_past: dt.datetime | None = None
@@ -861,13 +813,7 @@ class ChunkedGraphClientV1(ClientBase):
         """Get the earliest ancestors of a root (in-degree-0 nodes of its lineage graph)."""
         ids = root_id_int_list_check(root_id, make_unique=True)
         root_ts = self._root_timestamp_bound(ids, use_max=True)
-        graph: nx.DiGraph = self.get_lineage_graph(
-            ids, timestamp_past=timestamp_past, timestamp_future=root_ts, as_nx_graph=True
-        )
-        nodes = [n for n, d in graph.in_degree() if d == 0]
-        if not nodes:
-            nodes = [int(i) for i in ids]
-        return _ids(nodes)
+        return self._lineage_ends(ids, timestamp_past, root_ts, newest=False)
 
     def get_past_ids(
         self,
@@ -902,7 +848,7 @@ class ChunkedGraphClientV1(ClientBase):
             timestamp_future: End of the window; None means now (evaluated at call time).
 
         Returns:
-            ``(old_roots, new_roots)`` as ``np.uint64`` arrays.
+            ``(old_roots, new_roots)`` as ``np.int64`` arrays.
         """
         if timestamp_past is None:
             raise ValueError("timestamp_past is required")
@@ -911,7 +857,7 @@ class ChunkedGraphClientV1(ClientBase):
         params = package_timestamp(timestamp_past, name="timestamp_past")
         params.update(package_timestamp(timestamp_future, name="timestamp_future"))
         r = self._json("GET", self._url("delta_roots"), params=params)
-        return _ids(r["old_roots"]), _ids(r["new_roots"])
+        return int64_ids(r["old_roots"]), int64_ids(r["new_roots"])
 
     def is_latest_roots(self, root_ids: Any, timestamp: dt.datetime | None = None) -> np.ndarray:
         """Whether each id is a root not yet superseded at ``timestamp`` (default now).
@@ -952,19 +898,20 @@ class ChunkedGraphClientV1(ClientBase):
     ) -> np.ndarray:
         """Whether each id exists in the chunkedgraph within a time range.
 
-        Ids <= 0 are answered False without asking the server. ``start_timestamp`` defaults to
+        Ids <= 0 are answered False without asking the server (caveclient's own suite expects
+        False for -1, which it sends wrapped to 2**64 - 1). ``start_timestamp`` defaults to
         2000-01-01 and ``end_timestamp`` to now.
+
+        Raises:
+            ValueError: An id is not an integer, or is >= 2**63 (before any request).
         """
         if isinstance(node_ids, (int, np.integer, str)):
             node_ids = [node_ids]
         values = node_ids.tolist() if hasattr(node_ids, "tolist") else list(node_ids)
-        numbers = []
-        for value in values:
-            if isinstance(value, (float, np.floating, bool, np.bool_)) or value is None:
-                raise ValueError(f"node_ids must be integers, got {value!r}")
-            numbers.append(int(value))
-        positive = np.array([n > 0 for n in numbers], dtype=bool)
-        ids = np.array([n if n > 0 else 0 for n in numbers], dtype=np.uint64)
+        ids = valid_node_ids(
+            [0 if isinstance(v, (int, np.integer)) and v < 0 else v for v in values], "node_ids"
+        )
+        positive = ids != 0
         result = np.zeros(ids.shape, dtype=bool)
         if not positive.any():
             return result
@@ -977,7 +924,7 @@ class ChunkedGraphClientV1(ClientBase):
         r = self._json(
             "GET", self._url("valid_nodes"), params=params, json={"node_ids": ids[positive]}
         )
-        valid = _ids(r["valid_roots"])
+        valid = int64_ids(r["valid_roots"])
         result[positive] = np.isin(ids[positive], valid)
         return result
 
@@ -1001,25 +948,28 @@ class ChunkedGraphClientV1(ClientBase):
         ``n_layers - 4``, at least 1) that each current root still contains.
 
         Returns:
-            The best id; with ``return_all`` all candidates (best first); with
-            ``return_fraction_overlap`` also the fractions.
+            The best id (``np.int64``); with ``return_all`` all candidates (best first, an
+            ``np.int64`` array); with ``return_fraction_overlap`` also the fractions. When
+            ``root_id`` is itself current the answer is caveclient 5.25's: ``root_id`` (an int)
+            and 1, or ``[root_id]`` and ``[1]`` with ``return_all``.
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         current = self.get_latest_roots(root, timestamp=timestamp)
         if root in {int(c) for c in current}:
-            ids, fractions = _ids([root]), np.array([1.0])
-        else:
-            if stop_layer is None:
-                n_layers = int(self.segmentation_info["graph"]["n_layers"])
-                stop_layer = max(1, n_layers - 4)
-            original = self.get_leaves(root, stop_layer=stop_layer)
-            overlaps = []
-            for candidate in current:
-                nodes = self.get_leaves(int(candidate), stop_layer=stop_layer)
-                overlaps.append(float(np.isin(nodes, original).sum()) / max(1, len(original)))
-            fractions = np.array(overlaps, dtype=float)
-            order = np.argsort(-fractions, kind="stable")
-            ids, fractions = current[order], fractions[order]
+            if return_all:
+                return ([root], [1]) if return_fraction_overlap else [root]
+            return (root, 1) if return_fraction_overlap else root
+        if stop_layer is None:
+            n_layers = int(self.segmentation_info["graph"]["n_layers"])
+            stop_layer = max(1, n_layers - 4)
+        original = self.get_leaves(root, stop_layer=stop_layer)
+        overlaps = []
+        for candidate in current:
+            nodes = self.get_leaves(int(candidate), stop_layer=stop_layer)
+            overlaps.append(float(np.isin(nodes, original).sum()) / max(1, len(original)))
+        fractions = np.array(overlaps, dtype=float)
+        order = np.argsort(-fractions, kind="stable")
+        ids, fractions = current[order], fractions[order]
         if return_all:
             return (ids, fractions) if return_fraction_overlap else ids
         return (ids[0], fractions[0]) if return_fraction_overlap else ids[0]
@@ -1030,9 +980,10 @@ class ChunkedGraphClientV1(ClientBase):
         """Find a path between two points (nm) of a root over the L2 graph.
 
         Returns:
-            ``(centroids, l2_path, failed_l2_ids)``; ids as ``np.uint64``.
+            ``(centroids, l2_path, failed_l2_ids)``: ``l2_path`` as ``np.int64`` and
+            ``failed_l2_ids`` as ``np.uint64``, caveclient 5.25's dtypes.
         """
-        root = _to_uint64_scalar(root_id, "root_id")
+        root = valid_node_id(root_id, "root_id")
         src = np.asarray(src_pt, dtype=float).ravel()
         dst = np.asarray(dst_pt, dtype=float).ravel()
         if src.shape != (3,) or dst.shape != (3,):
@@ -1047,8 +998,8 @@ class ChunkedGraphClientV1(ClientBase):
         )
         return (
             np.array(r["centroids_list"]),
-            _ids(r["l2_path"]),
-            _ids(r["failed_l2_ids"]),
+            int64_ids(r["l2_path"]),
+            int64_ids(r["failed_l2_ids"]).astype(np.uint64),
         )
 
     @check_version_compatibility(method_constraint="<3,>=2.18.0 || <4,>=3.0.5")
@@ -1056,8 +1007,12 @@ class ChunkedGraphClientV1(ClientBase):
         """Get the minimal set of nodes covering exactly these nodes' supervoxels.
 
         Needs PyChunkedGraph ``<3,>=2.18.0`` or ``<4,>=3.0.5``.
+
+        Returns:
+            ``np.int64`` array of node ids, like `get_leaves` (caveclient 5.25 has no such
+            method).
         """
-        ids = _to_uint64_array(node_ids, "node_ids")
+        ids = valid_node_ids(node_ids, "node_ids")
         response = self._request(
             "POST",
             self._url("minimal_covering_nodes"),
@@ -1065,4 +1020,4 @@ class ChunkedGraphClientV1(ClientBase):
             json={"node_ids": ids},
             idempotent=True,
         )
-        return np.frombuffer(response.content, dtype="<u8").astype(np.uint64)
+        return int64_ids(np.frombuffer(response.content, dtype="<u8").tolist())

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from prefect_neurodata.clients.http import ServiceError, TransportConfig
@@ -26,7 +25,7 @@ from .base import (
     resolve_server_address,
     resolve_transport,
 )
-from .chunkedgraph import _to_uint64_array
+from .node_ids import valid_node_ids
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -114,8 +113,11 @@ class L2CacheClientLegacy(ClientBase):
 
         Returns:
             ``{"<l2_id>": {attribute: value}}`` (``{}`` for an id not cached yet).
+
+        Raises:
+            ValueError: An id is not an integer in [0, 2**63) (before any request).
         """
-        ids = _to_uint64_array(l2_ids, "l2_ids")
+        ids = valid_node_ids(l2_ids, "l2_ids")
         params: dict[str, Any] = {"int64_as_str": False}
         if attributes is not None:
             names = [attributes] if isinstance(attributes, str) else list(attributes)
@@ -131,12 +133,13 @@ class L2CacheClientLegacy(ClientBase):
     def get_l2data_table(
         self, l2_ids: Any, attributes: Iterable[str] | None = None, split_columns: bool = True
     ) -> pd.DataFrame:
-        """`get_l2data` as a DataFrame indexed by ``l2_id`` (vector attributes split into
-        ``_x/_y/_z`` style columns with ``split_columns``)."""
+        """`get_l2data` as a DataFrame indexed by ``l2_id`` (``int64``, like the chunkedgraph's
+        node ids), vector attributes split into ``_x/_y/_z`` style columns with
+        ``split_columns``."""
         data = self.get_l2data(l2_ids, attributes=attributes)
         rows = []
         for key, values in data.items():
-            row: dict[str, Any] = {"l2_id": np.uint64(int(key))}
+            row: dict[str, Any] = {"l2_id": int(key)}
             for name, value in (values or {}).items():
                 if not split_columns or not isinstance(value, list):
                     row[name] = value

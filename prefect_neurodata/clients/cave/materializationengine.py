@@ -77,6 +77,7 @@ from ._partition import (
     QueryLimitError,
     check_on_limit,
 )
+from ._tables import TableManager, ViewManager, fetch_both
 from .base import (
     ApiVersion,
     ClientBase,
@@ -85,6 +86,7 @@ from .base import (
     negotiated_client,
     resolve_transport,
 )
+from .node_ids import valid_node_ids
 
 __all__ = [
     "MaterializationClient",
@@ -483,8 +485,8 @@ class MaterializationClientV2(ClientBase):
         self._server_limit: int | None = None
         self._versions_cache = TTLMemo(VERSIONS_TTL)
         self._meta_cache = TTLMemo(METADATA_TTL)
-        self._tables_manager: Any = None
-        self._views_manager: Any = None
+        self._tables_manager: TableManager | None = None
+        self._views_manager: ViewManager | None = None
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -539,22 +541,53 @@ class MaterializationClientV2(ClientBase):
         return self._server_limit
 
     @property
-    def tables(self) -> Any:
-        """Per-table query helpers (``client.materialize.tables.<table>(...).query()``)."""
-        if self._tables_manager is None:
-            from ._tables import TableManager
+    def tables(self) -> TableManager:
+        """One query class per table of the version: ``client.materialize.tables.<table>``.
 
-            self._tables_manager = TableManager(self)
+        Built once from every table's metadata and the schema service's definitions (the two
+        fetched at once), so it needs the `CAVEclient` this client belongs to.
+
+        Example:
+            >>> client.materialize.tables.synapses(pre_pt_root_id=[1, 2]).query()  # doctest: +SKIP
+        """
+        if self._tables_manager is None:
+            schema = self._schema_client()
+            v = self.version
+            metadata, definitions = fetch_both(
+                lambda: self._all_tables_metadata(v), schema.schema_definition_all
+            )
+            self._tables_manager = TableManager(
+                self, metadata, definitions, schema.schema_definition
+            )
         return self._tables_manager
 
     @property
-    def views(self) -> Any:
-        """Per-view query helpers (``client.materialize.views.<view>(...).query()``)."""
+    def views(self) -> ViewManager:
+        """One query class per view of the version: ``client.materialize.views.<view>``
+        (materialization API 3)."""
         if self._views_manager is None:
-            from ._tables import ViewManager
-
-            self._views_manager = ViewManager(self)
+            if not isinstance(self, MaterializationClientV3):
+                raise ServerIncompatibilityError("views need materialization API version 3")
+            v = self.version
+            views, schemas = fetch_both(
+                lambda: self.get_views(version=v),
+                lambda: self.get_view_schemas(materialization_version=v),
+            )
+            self._views_manager = ViewManager(self, views, schemas)
         return self._views_manager
+
+    def _schema_client(self) -> Any:
+        """The schema service client of the `CAVEclient` this client belongs to."""
+        if self.fc is None:
+            raise ValueError("No full CAVEclient specified: tables need its schema client")
+        return self.fc.schema
+
+    def _all_tables_metadata(self, version: int) -> list[dict[str, Any]]:
+        """Metadata of every table (API 2: one request per table, named by ``table_name``)."""
+        return [
+            {**self.get_table_metadata(t, version=version), "table_name": t}
+            for t in self.get_tables(version=version)
+        ]
 
     # -- small helpers -----------------------------------------------------------------------
     def _ds(self, datastack_name: str | None) -> str:
@@ -1319,7 +1352,8 @@ class MaterializationClientV2(ClientBase):
             root id moves into the in-filter, index 0) and ``{past_id: root_at_timestamp}``.
 
         Raises:
-            ValueError: Some root ids are not valid at ``timestamp`` (they are named).
+            ValueError: Some root ids are not valid at ``timestamp``, or are negative or
+                >= 2**63 (they are named).
         """
         timestamp = convert_timestamp(timestamp)
         timestamp_past = convert_timestamp(timestamp_past)
@@ -1332,7 +1366,7 @@ class MaterializationClientV2(ClientBase):
         new_filters: list[dict | None] = [dict(f) if f is not None else None for f in filters]
         if not roots:
             return new_filters, {}
-        ids = np.array(sorted(roots), dtype=np.uint64)
+        ids = valid_node_ids(sorted(roots), "root-id filter values")  # 0 <= id < 2**63
         cg = self.cg_client
         if cg is None:
             raise ValueError("a live query with root-id filters needs a chunkedgraph client")
@@ -1751,6 +1785,10 @@ class MaterializationClientV3(MaterializationClientV2):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+
+    def _all_tables_metadata(self, version: int) -> list[dict[str, Any]]:
+        """Metadata of every table in one request (``.../tables/metadata``)."""
+        return self.get_tables_metadata(version=version)
 
     @check_version_compatibility(method_api_constraint=">=3")
     def get_tables_metadata(

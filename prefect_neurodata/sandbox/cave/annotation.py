@@ -124,32 +124,36 @@ def owner_check(user: Any, meta: dict[str, Any], action: str) -> None:
     )
 
 
+def _permitted(world: Any, user: Any, meta: dict[str, Any], permission: str) -> bool:
+    """The table-level rule (PUBLIC / GROUP / PRIVATE) for one of its permission columns."""
+    perm = meta[permission]
+    if perm == "PUBLIC" or _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
+        return True
+    return perm == "GROUP" and _shares_group(world, user, meta["user_id"])
+
+
+def _allowed_who(meta: dict[str, Any], permission: str) -> str:
+    return "members of the owner's groups" if meta[permission] == "GROUP" else "owner"
+
+
 def read_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
     """Table-level read permission (PUBLIC / GROUP / PRIVATE); 401 when refused."""
-    perm = meta["read_permission"]
-    if perm == "PUBLIC" or _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
-        return
-    if perm == "GROUP" and _shares_group(world, user, meta["user_id"]):
-        return
-    raise CaveHTTPError(
-        401,
-        f"Unauthorized: The table {meta['table_name']} can only be read by "
-        + ("members of the owner's groups" if perm == "GROUP" else "owner"),
-    )
+    if not _permitted(world, user, meta, "read_permission"):
+        raise CaveHTTPError(
+            401,
+            f"Unauthorized: The table {meta['table_name']} can only be read by "
+            + _allowed_who(meta, "read_permission"),
+        )
 
 
 def write_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
     """Table-level write permission (PUBLIC / GROUP / PRIVATE); 401 when refused."""
-    perm = meta["write_permission"]
-    if perm == "PUBLIC" or _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
-        return
-    if perm == "GROUP" and _shares_group(world, user, meta["user_id"]):
-        return
-    raise CaveHTTPError(
-        401,
-        "Unauthorized: The table can only be written to by "
-        + ("members of the owner's groups" if perm == "GROUP" else "owner"),
-    )
+    if not _permitted(world, user, meta, "write_permission"):
+        raise CaveHTTPError(
+            401,
+            "Unauthorized: The table can only be written to by "
+            + _allowed_who(meta, "write_permission"),
+        )
 
 
 # User objects come from part A's auth dependencies; read them defensively so that a dict or an
