@@ -99,32 +99,31 @@ _FORM_MODALITY: dict[str, Any] = {
         "abbreviation": {"type": "string", "title": "Abbreviation", "description": "e.g. ecephys."},
     },
 }
-_FORM_HISTORY: dict[str, Any] = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "properties": {
-            "evaluator": {"type": "string", "title": "Evaluator", "description": "Who decided."},
-            "status": {"type": "string", "title": "Status", "enum": list(STATUSES)},
-            "timestamp": {
-                "type": "string",
-                "title": "Timestamp",
-                "description": "ISO 8601, e.g. 2025-03-02T10:00:00Z.",
-            },
+
+
+def _form_list_of(properties: dict[str, Any]) -> dict[str, Any]:
+    """A form list whose items show ``properties`` as fields."""
+    return {"type": "array", "items": {"type": "object", "properties": properties}}
+
+
+_FORM_HISTORY = _form_list_of(
+    {
+        "evaluator": {"type": "string", "title": "Evaluator", "description": "Who decided."},
+        "status": {"type": "string", "title": "Status", "enum": list(STATUSES)},
+        "timestamp": {
+            "type": "string",
+            "title": "Timestamp",
+            "description": "ISO 8601, e.g. 2025-03-02T10:00:00Z.",
         },
-    },
-}
-_FORM_METRICS: dict[str, Any] = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "title": "Name", "description": "Metric name."},
-            "value": {"title": "Value", "description": "The metric's value (any JSON)."},
-            "status_history": {"title": "Status history", **_FORM_HISTORY},
-        },
-    },
-}
+    }
+)
+_FORM_METRICS = _form_list_of(
+    {
+        "name": {"type": "string", "title": "Name", "description": "Metric name."},
+        "value": {"title": "Value", "description": "The metric's value (any JSON)."},
+        "status_history": {"title": "Status history", **_FORM_HISTORY},
+    }
+)
 """What the run form shows for the evaluation's fields (the form's schema only)."""
 
 

@@ -5,7 +5,6 @@ the UI builds the run forms from) carry the S3 and table-name patterns, the nume
 block picker for every block parameter and the QC evaluation fields; the server refuses bad
 parameters, naming the field, before a run exists; a block works by name and picked.
 """
-# ruff: noqa: F811 - pytest fixtures imported from aind_helpers are redefined as arguments
 
 from __future__ import annotations
 
@@ -34,14 +33,7 @@ from prefect_neurodata.flows.qc_attachment import (
     attach_qc,
 )
 from prefect_neurodata.tasks.rds import EXPORT_TABLE_PATTERN
-from tests.flows.aind_helpers import (
-    aws_credentials,
-    bucket,  # noqa: F401 - fixture
-    docdb_block,
-    records_in,
-    saved_docdb_block,  # noqa: F401 - fixture
-    write_assets,
-)
+from tests.flows.aind_helpers import aws_credentials, docdb_block, records_in, write_assets
 from tests.flows.test_qc_attachment import evaluation
 
 pytestmark = pytest.mark.flows

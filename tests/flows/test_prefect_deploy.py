@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from prefect_neurodata.deployments import WORK_POOL, deployment_specs
-from tests.fixtures.prefect import prefect_server_env, run_prefect_server
+from tests.fixtures.prefect import prefect_server_env, start_prefect_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,11 +41,7 @@ def _prefect(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 def deployed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh Prefect server after the README's `prefect deploy` steps; yields its API URL."""
     home = tmp_path_factory.mktemp("prefect-deploy-home")
-    try:
-        server = run_prefect_server(home)
-        api_url = server.__enter__()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    api_url, server = start_prefect_server(home)
     try:
         env = prefect_server_env(home)
         env["PREFECT_API_URL"] = api_url
