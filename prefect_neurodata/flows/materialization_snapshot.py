@@ -150,6 +150,19 @@ class TableSnapshot(BaseModel):
     bytes: int
     seconds: float
 
+    @classmethod
+    def of(cls, table: str, status: str, entry: TableEntry, seconds: float = 0.0) -> TableSnapshot:
+        """The outcome of ``table`` from its manifest entry (what was written, or found)."""
+        return cls(
+            table=table,
+            status=status,
+            rows=entry.rows,
+            expected_rows=entry.expected_rows,
+            files=len(entry.files),
+            bytes=entry.bytes,
+            seconds=seconds,
+        )
+
 
 class SnapshotSummary(BaseModel):
     """What a snapshot run did."""
@@ -350,17 +363,7 @@ def plan_tables(
         entry = manifest.tables.get(table)
         if entry is not None and manifest.is_intact(root, table, request.desired_resolution, aws):
             logger.info("%s: already snapshotted (checksums match); skipped", table)
-            skipped.append(
-                TableSnapshot(
-                    table=table,
-                    status="skipped",
-                    rows=entry.rows,
-                    expected_rows=entry.expected_rows,
-                    files=len(entry.files),
-                    bytes=entry.bytes,
-                    seconds=0.0,
-                )
-            )
+            skipped.append(TableSnapshot.of(table, "skipped", entry))
         else:
             todo.append(table)
     return skipped, todo
@@ -436,40 +439,29 @@ def finish_tables(
         if rows != expected[table]:
             problems.append(f"{table}: wrote {rows} rows but the server counts {expected[table]}")
             continue
-        manifest.record(
-            table,
-            TableEntry(
-                rows=rows,
-                expected_rows=expected[table],
-                schema_type=metas[table].get("schema_type"),
-                voxel_resolution=metas[table].get("voxel_resolution"),
-                reference_table=metas[table].get("reference_table") or None,
-                desired_resolution=request.desired_resolution,
-                arrow_schema=_schema_of(files[0]["path"], aws) if files else [],
-                files=[
-                    SnapshotFile(
-                        path=f"{table}/{p['path'].rsplit('/', 1)[-1]}",
-                        rows=p["rows"],
-                        sha256=p["sha256"],
-                        bytes=p["bytes"],
-                        id_range=p["id_range"],
-                    )
-                    for p in files
-                ],
-            ),
+        entry = TableEntry(
+            rows=rows,
+            expected_rows=expected[table],
+            schema_type=metas[table].get("schema_type"),
+            voxel_resolution=metas[table].get("voxel_resolution"),
+            reference_table=metas[table].get("reference_table") or None,
+            desired_resolution=request.desired_resolution,
+            arrow_schema=_schema_of(files[0]["path"], aws) if files else [],
+            files=[
+                SnapshotFile(
+                    path=f"{table}/{p['path'].rsplit('/', 1)[-1]}",
+                    rows=p["rows"],
+                    sha256=p["sha256"],
+                    bytes=p["bytes"],
+                    id_range=p["id_range"],
+                )
+                for p in files
+            ],
         )
+        manifest.record(table, entry)
         manifest.write(root, aws)
-        written.append(
-            TableSnapshot(
-                table=table,
-                status="written",
-                rows=rows,
-                expected_rows=expected[table],
-                files=len(files),
-                bytes=sum(p["bytes"] for p in files),
-                seconds=round(time.monotonic() - started[table], 3),
-            )
-        )
+        seconds = round(time.monotonic() - started[table], 3)
+        written.append(TableSnapshot.of(table, "written", entry, seconds))
         logger.info("%s: %d rows in %d file(s)", table, rows, len(files))
     return written, problems
 

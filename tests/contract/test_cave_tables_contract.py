@@ -91,6 +91,12 @@ def test_reference_table_live_query_joins_on_the_server(client: CAVEclient) -> N
     assert got.attrs["live_query"] is True
     assert sorted(got["id_ref"].tolist()) == sorted(want["id_ref"].tolist())
     assert (got["volume"] > big).all() and (got["cell_type"] == cell_type).all()
+    # root ids of the target table, current at the timestamp, filter the live join too
+    roots = want["pt_root_id"].drop_duplicates().tolist()[:3]
+    by_root = mat.tables.cell_type_ref(pt_root_id=roots).live_query(now)
+    assert sorted(by_root["id_ref"].tolist()) == sorted(
+        expected[expected["pt_root_id"].isin(roots)]["id_ref"].tolist()
+    )
     # query(timestamp=...) of a reference table is the same live join
     again = mat.tables.cell_type_ref(cell_type=cell_type, volume={">": big}).query(timestamp=now)
     assert sorted(again["id_ref"].tolist()) == sorted(got["id_ref"].tolist())

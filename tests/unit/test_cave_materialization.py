@@ -218,6 +218,29 @@ def test_warning_header_is_logged_and_notice_kept(caplog: pytest.LogCaptureFixtu
 
 
 @responses.activate
+def test_log_warning_false_keeps_the_server_warnings_out_of_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 5.25's log_warning argument of query_table, join_query, live_query and live_live_query
+    client = make_client()
+    add_metadata(responses.mock)
+    add_metadata(responses.mock, "cells")
+    notice = {"Warning": "Table Owner Notice on synapses: beware, rows are provisional"}
+    for url in (f"{V3}/version/{V}/table/synapses/query", f"{V3}/version/{V}/query"):
+        responses.post(
+            url, body=arrow_body(synapse_frame([1])), content_type="data.arrow", headers=notice
+        )
+    join = [["synapses", "pre_pt_root_id"], ["cells", "pt_root_id"]]
+    with caplog.at_level(logging.WARNING, logger="prefect_neurodata.cave.materialize"):
+        client.query_table("synapses", log_warning=False)
+        client.join_query(join, log_warning=False)
+    assert not any("beware" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.WARNING, logger="prefect_neurodata.cave.materialize"):
+        client.join_query(join)
+    assert any("beware" in r.getMessage() for r in caplog.records)
+
+
+@responses.activate
 def test_return_df_false_asks_for_json_with_gzip() -> None:
     client = make_client()
     responses.post(

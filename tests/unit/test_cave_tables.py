@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import responses
 
-from compat.cave_tables_data import DS, GLOBAL, LOCAL, MAT, ROOT, SCENARIOS, answer
+from compat.cave_tables_data import DS, GLOBAL, LOCAL, MAT, ROOT, SCENARIOS, SCHEMAS, answer
 from prefect_neurodata.clients.cave import CAVEclient
 from prefect_neurodata.clients.cave._tables import InvalidInequalityException
 from prefect_neurodata.clients.cave.base import ServerIncompatibilityError
@@ -231,7 +231,7 @@ def test_query_requests_are_the_ones_5_25_sends(mock: Any, client: Any, call: st
 def test_random_sample_and_get_all(mock: Any, client: Any) -> None:
     tables = client.materialize.tables
     mock.calls.reset()
-    tables.nucleus_detection_v0.get_all(random_sample=5, limit=10)
+    tables.nucleus_detection_v0.get_all(random_sample=5, limit=10, log_warning=False)
     (request,) = _posts(mock)
     assert dict(parse_qsl(urlsplit(request.url).query))["random_sample"] == "5"
     assert json.loads(request.body) == {"limit": 10}
@@ -273,3 +273,55 @@ def test_copies_query_through_their_own_client(mock: Any, client: Any) -> None:
         assert other.tables.nucleus_detection_v0._client is other
         qry = other.tables.nucleus_detection_v0(id=[1])
         assert qry.filter_kwargs_mat == {"filter_in_dict": {"id": [1]}}
+
+
+def _answer_instead(replies: dict[str, tuple[int, Any]]) -> Any:
+    """`answer`, except for the paths ending as a key of ``replies`` (status, JSON)."""
+
+    def callback(request: Any) -> tuple[int, dict[str, str], Any]:
+        path = urlsplit(request.url).path
+        for end, (status, value) in replies.items():
+            if path.endswith(end):
+                return status, {"Content-Type": "application/json"}, json.dumps(value)
+        return answer(request)
+
+    return callback
+
+
+def test_schemas_fetched_one_by_one_when_the_bulk_answer_fails(cave_home: Any) -> None:
+    failing = _answer_instead({"/schema/api/v2/types_all": (500, {"message": "down"})})
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        for method in ("GET", "POST"):
+            rsps.add_callback(method, re.compile(r"https://.*"), failing)
+        for name, definition in SCHEMAS.items():
+            rsps.get(f"{GLOBAL}/schema/api/v2/type/{name}", json=definition)
+        client = CAVEclient(DS, server_address=GLOBAL, auth_token="t" * 32)
+        tables = client.materialize.tables
+        assert "volume" in tables.allen_column_mtypes_v2.fields
+        paths = [urlsplit(c.request.url).path for c in rsps.calls]
+        assert sorted(p for p in paths if "/schema/api/v2/type/" in p) == [
+            f"/schema/api/v2/type/{name}" for name in sorted(SCHEMAS)
+        ]
+
+
+def test_api_2_tables_read_each_tables_metadata(cave_home: Any) -> None:
+    names = ["allen_column_mtypes_v2", "nucleus_detection_v0"]
+    v2 = _answer_instead(
+        {
+            "/materialize/api/versions": (200, [2]),
+            f"/api/v2/datastack/{DS}/version/1/tables": (200, names),
+        }
+    )
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        for method in ("GET", "POST"):
+            rsps.add_callback(method, re.compile(r"https://.*"), v2)
+        client = CAVEclient(DS, server_address=GLOBAL, auth_token="t" * 32)
+        assert client.materialize.api_version == 2
+        tables = client.materialize.tables
+        assert tables.table_names == names
+        qry = tables.allen_column_mtypes_v2(cell_type="L2a")
+        assert qry.joins_kwargs["joins"] == [
+            ["allen_column_mtypes_v2", "target_id", "nucleus_detection_v0", "id"]
+        ]
+        paths = [urlsplit(c.request.url).path for c in rsps.calls]
+        assert sum(p.endswith("/metadata") and "/table/" in p for p in paths) == 2

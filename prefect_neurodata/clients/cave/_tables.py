@@ -331,13 +331,15 @@ class TableQueryFilter(QueryFilter):
         metadata: bool = True,
         desired_resolution: Sequence[float] | None = None,
         get_counts: bool = False,
+        log_warning: bool = True,
         random_sample: int | None = None,
     ) -> Any:
         """Query the table (joined to its target when it references one).
 
         With a ``timestamp`` a reference table is queried live (`live_query`); a plain table
         through `query_table` (root ids looked up at the timestamp). Arguments are
-        `query_table`'s; ``random_sample`` (as newer caveclient) asks for N random rows.
+        `query_table`'s; ``log_warning`` and ``random_sample`` (N random rows) as in newer
+        caveclient.
         """
         args = _passed(locals())
         if self._reference_table is None:
@@ -363,6 +365,7 @@ class TableQueryFilter(QueryFilter):
         metadata: bool = True,
         desired_resolution: Sequence[float] | None = None,
         allow_missing_lookups: bool = False,
+        log_warning: bool = True,
         random_sample: int | None = None,
     ) -> Any:
         """Query the table at ``timestamp`` on the server (`live_live_query`), joined to its

@@ -57,7 +57,8 @@ from .annotation_rows import (
 from .base import (
     ApiVersion,
     ClientBase,
-    negotiated_client,
+    Service,
+    document_shared_args,
     resolve_transport,
 )
 from .tools.stage import StagedAnnotations
@@ -120,6 +121,7 @@ class AnnotationUploadError(requests.HTTPError, NeurodataError):
         self.status_code = status_code
 
 
+@document_shared_args
 def AnnotationClient(  # noqa: N802 - seed name
     server_address: str,
     dataset_name: str | None = None,
@@ -140,31 +142,15 @@ def AnnotationClient(  # noqa: N802 - seed name
         dataset_name: Legacy name of the aligned volume (used when ``aligned_volume_name`` is
             None).
         aligned_volume_name: The aligned volume whose tables are managed.
-        auth_client: An `AuthClient` (its token is sent), or None for no auth.
         api_version: 2 or "latest" (the annotation engine has no version endpoint).
-        verify: TLS verification.
-        max_retries: Retries of transient failures (reads only; writes are never retried
-            blindly).
-        pool_maxsize: Pooled connections per host.
-        pool_block: Block when the pool is exhausted.
-        over_client: The `CAVEclient` this client belongs to.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
 
     Returns:
         An `AnnotationClientV2`.
     """
-    return negotiated_client(
-        AnnotationClientV2,
-        server_address,
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.annotation_common,
-        {2: _endpoints.annotation_endpoints_v2},
-        aligned_volume_name or dataset_name,
-        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
+    config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+    volume = aligned_volume_name or dataset_name
+    return SERVICE.connect(
+        server_address, auth_client, api_version, config, volume, over_client=over_client
     )
 
 
@@ -262,9 +248,10 @@ class AnnotationClientV2(ClientBase):
         schema_client: Any = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._aligned_volume_name = aligned_volume_name
         self._schema_client = schema_client
 
@@ -1046,3 +1033,13 @@ def _check_cells(series: pd.Series, missing: np.ndarray, column: str, where: str
                 f"{type(value).__name__} cannot be sent as JSON ({exc})"
             ) from exc
     return box
+
+
+SERVICE = Service(
+    AnnotationClientV2,
+    SERVER_KEY,
+    _endpoints.annotation_common,
+    # The legacy (dataset-keyed) API has no client here, so only version 2 is negotiated.
+    {2: _endpoints.annotation_endpoints_v2},
+)
+"""The annotation engine as `AnnotationClient` connects to it."""

@@ -46,13 +46,16 @@ Example (a minimal subclient):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import inspect
 import json
 import logging
+import re
+import textwrap
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import requests
@@ -513,30 +516,178 @@ _check_version_compatibility = check_version_compatibility
 
 
 # ---------------------------------------------------------------------------------------------
+# Factories: one service description, one description of the shared arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Service(Generic[ClientT]):
+    """One CAVE service as its factory sees it: the client class and where its URLs live.
+
+    Every subclient factory (`JSONService`, `ChunkedGraphClient`, ...) is the seed's signature
+    over one `Service.connect` call: negotiate the API version, then build the client with the
+    caller's token and one `TransportConfig` for the lookup and the client alike.
+
+    Attributes:
+        client_class: The client class, or ``{api_version: class}`` to pick by the version.
+        server_key: The placeholder key of the server in the templates (e.g.
+            ``cg_server_address``).
+        common: Templates common to every API version (version probes).
+        versions: ``{api_version: templates}``.
+        fallback_version: The version used when the server cannot say (None: the highest).
+
+    Example:
+        ```python
+        from prefect_neurodata.clients.cave import endpoints
+        from prefect_neurodata.clients.cave.jsonservice import JSONServiceV1
+
+        service = Service(
+            JSONServiceV1, "json_server_address",
+            endpoints.jsonservice_common, endpoints.jsonservice_api_versions,
+        )
+        state = service.connect(
+            "http://127.0.0.1:8080", None, "latest", resolve_transport(None), None
+        )
+        ```
+    """
+
+    client_class: Callable[..., ClientT] | Mapping[Any, Callable[..., ClientT]]
+    server_key: str
+    common: Mapping[str, str]
+    versions: Mapping[int, Mapping[str, str]]
+    fallback_version: int | None = None
+
+    def connect(
+        self,
+        server_address: str,
+        auth_client: Any,
+        api_version: ApiVersion,
+        transport: TransportConfig,
+        *client_args: Any,
+        **client_kwargs: Any,
+    ) -> ClientT:
+        """Negotiate the API version and build the client.
+
+        The client is built as ``client_class(server_address, auth_header, api_version,
+        endpoints, server_key, *client_args, transport=transport, **client_kwargs)``.
+
+        Args:
+            server_address: The server's base URL (already normalised by the caller).
+            auth_client: An `AuthClient` (its token is sent), or None for no auth.
+            api_version: An int, or "latest" (see `_api_endpoints`).
+            transport: The settings of the lookup and of the client (`resolve_transport`).
+            *client_args: Positional arguments of the class after ``server_key``.
+            **client_kwargs: Keyword arguments of the class.
+
+        Raises:
+            ValueError: No API version is supported by both sides, or an unknown version was
+                asked.
+        """
+        auth_header = _auth_header_of(auth_client)
+        endpoints, chosen = _api_endpoints(
+            api_version,
+            self.server_key,
+            server_address,
+            self.common,
+            self.versions,
+            auth_header,
+            fallback_version=self.fallback_version,
+            transport=transport,
+        )
+        classes = self.client_class
+        cls = classes[chosen] if isinstance(classes, Mapping) else classes
+        base_args = (server_address, auth_header, chosen, endpoints, self.server_key)
+        return cls(*base_args, *client_args, transport=transport, **client_kwargs)
+
+
+SHARED_ARGS_DOC: dict[str, str] = {
+    "auth_client": "An `AuthClient` (its token is sent), or None for no auth.",
+    "verify": "TLS verification (True, False or a CA bundle path).",
+    "max_retries": (
+        "Retries of transient failures (a write is never retried blindly); None uses the "
+        "session defaults."
+    ),
+    "pool_maxsize": "Pooled connections per host; None uses the session defaults.",
+    "pool_block": "Block when the pool is exhausted; None uses the session defaults.",
+    "over_client": "The `CAVEclient` this client belongs to, or None.",
+    "transport": (
+        "Timeout, retry policy, pool and TLS settings (`TransportConfig`); None uses the "
+        "session defaults. The seed arguments above, when given, override it (see "
+        "`resolve_transport`)."
+    ),
+}
+"""The one description of the arguments every subclient factory and class shares."""
+
+_ARG_ENTRY = re.compile(r"^    (\w+)( \(.*\))?:")
+
+
+def document_shared_args(obj: F) -> F:
+    """Complete the ``Args:`` section of ``obj``'s docstring with `SHARED_ARGS_DOC`.
+
+    Each argument of ``obj``'s signature (a class: its ``__init__``) that the docstring does
+    not describe itself and that `SHARED_ARGS_DOC` knows is added, and the section is put in
+    signature order, so ``help()`` shows every argument while the source states the shared
+    ones once. ``obj`` itself (and its signature) is returned unchanged but for ``__doc__``.
+
+    Example:
+        ```python
+        def factory(server_address: str, max_retries: int | None = None) -> None:
+            ...
+
+        factory.__doc__ = "Build a client.\n\nArgs:\n    server_address: The server.\n"
+        document_shared_args(factory)
+        assert "max_retries: Retries" in factory.__doc__
+        ```
+    """
+    signature = inspect.signature(obj)
+    lines = inspect.cleandoc(obj.__doc__ or "").splitlines()
+    if "Args:" not in lines:
+        lines += ["", "Args:"]
+    start = lines.index("Args:") + 1
+    end = start
+    while end < len(lines) and lines[end].startswith("    "):
+        end += 1
+    entries: dict[str, list[str]] = {}
+    for line in lines[start:end]:
+        match = _ARG_ENTRY.match(line)
+        if match:
+            entries[match.group(1)] = []
+        list(entries.values())[-1].append(line)
+    section: list[str] = []
+    for name in signature.parameters:
+        if name in entries:
+            section += entries.pop(name)
+        elif name in SHARED_ARGS_DOC:
+            text = f"{name}: {SHARED_ARGS_DOC[name]}"
+            section += textwrap.wrap(
+                text, width=96, initial_indent="    ", subsequent_indent="        "
+            )
+    for rest in entries.values():
+        section += rest
+    obj.__doc__ = "\n".join(lines[:start] + section + lines[end:])
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
 # Client bases
 # ---------------------------------------------------------------------------------------------
 
 
+@document_shared_args
 class ClientBase:
     """Base of every CAVE subclient (seed: ``caveclient.base.ClientBase``).
+
+    The owning client (``over_client``) gives a subclient its timestamp, version, desired
+    resolution and sibling clients.
 
     Args:
         server_address: Base URL of the service's server (``http://`` accepted).
         auth_header: ``{"Authorization": "Bearer <token>"}`` (from
             ``AuthClient.request_header``) or ``{}``/None for no auth.
         api_version: The negotiated API version (int).
-        endpoints: The merged URL templates (from `_api_endpoints`).
+        endpoints: The merged URL templates (from `Service.connect`).
         server_name: Placeholder key of the server in the templates (e.g.
             ``cg_server_address``).
-        verify: TLS verification (True, False or a CA bundle path).
-        max_retries: Retries of transient failures; None uses the session defaults.
-        pool_maxsize: Pooled connections per host; None uses the session defaults.
-        pool_block: Block when the pool is exhausted; None uses the session defaults.
-        over_client: The `CAVEclient` this subclient belongs to (for its timestamp, version,
-            desired resolution and sibling clients), or None.
-        transport: Timeout, retry policy, pool and TLS settings (`TransportConfig`); None uses
-            the session defaults. The seed arguments above, when given, override it (see
-            `resolve_transport`).
 
     Attributes:
         session: The `requests.Session` (seed compatibility; it carries the auth header and
@@ -717,9 +868,10 @@ class ClientBaseWithDataset(ClientBase):
         over_client: Any = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._dataset_name = dataset_name
 
     @property
@@ -746,9 +898,10 @@ class ClientBaseWithDatastack(ClientBase):
         over_client: Any = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._datastack_name = datastack_name
 
     @property
@@ -773,63 +926,3 @@ def resolve_server_address(server_address: str | None) -> str:
     if "://" not in server_address:
         server_address = "https://" + server_address
     return server_address.rstrip("/")
-
-
-def negotiated_client(
-    client_class: Callable[..., ClientT] | Mapping[Any, Callable[..., ClientT]],
-    server_address: str,
-    auth_client: Any,
-    api_version: ApiVersion,
-    server_key: str,
-    endpoints_common: Mapping[str, str],
-    endpoint_versions: Mapping[int, Mapping[str, str]],
-    *client_args: Any,
-    transport: TransportConfig,
-    fallback_version: int | None = None,
-    **client_kwargs: Any,
-) -> ClientT:
-    """Negotiate the API version and build the subclient: the shared body of the factories.
-
-    The client is built as ``client_class(server_address, auth_header, api_version, endpoints,
-    server_key, *client_args, transport=transport, **client_kwargs)``; the version lookup
-    uses the same ``transport``.
-
-    Args:
-        client_class: The client class, or ``{api_version: class}`` to pick by the version.
-        server_address: The server's base URL (already normalised by the caller).
-        auth_client: An `AuthClient` (its token is sent), or None for no auth.
-        api_version: An int, or "latest" (see `_api_endpoints`).
-        server_key: The placeholder key of the server (e.g. ``cg_server_address``).
-        endpoints_common: Templates common to every version.
-        endpoint_versions: ``{version: templates}``.
-        *client_args: Positional arguments of the class after ``server_key``.
-        transport: The transport settings of the lookup and of the client (`resolve_transport`).
-        fallback_version: Version used when negotiation fails.
-        **client_kwargs: Keyword arguments of the class.
-
-    Raises:
-        ValueError: No API version is supported by both sides, or an unknown version was asked.
-
-    Example:
-        ```python
-        client = negotiated_client(
-            JSONServiceV1, address, None, "latest", "json_server_address",
-            endpoints.jsonservice_common, endpoints.jsonservice_api_versions, None,
-            transport=resolve_transport(None),
-        )
-        ```
-    """
-    auth_header = _auth_header_of(auth_client)
-    endpoints, chosen = _api_endpoints(
-        api_version,
-        server_key,
-        server_address,
-        endpoints_common,
-        endpoint_versions,
-        auth_header,
-        fallback_version=fallback_version,
-        transport=transport,
-    )
-    cls = client_class[chosen] if isinstance(client_class, Mapping) else client_class
-    base_args = (server_address, auth_header, chosen, endpoints, server_key)
-    return cls(*base_args, *client_args, transport=transport, **client_kwargs)

@@ -44,8 +44,9 @@ from . import endpoints as _endpoints
 from .base import (
     ApiVersion,
     ClientBase,
+    Service,
     check_version_compatibility,
-    negotiated_client,
+    document_shared_args,
     resolve_server_address,
     resolve_transport,
 )
@@ -205,6 +206,7 @@ def _frame_from_to_json(data: Any) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
+@document_shared_args
 def ChunkedGraphClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     table_name: str | None = None,
@@ -224,16 +226,8 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         server_address: The local server (``http://`` accepted); None uses the default global
             server.
         table_name: The PCG table (last path element of the datastack's segmentation source).
-        auth_client: An `AuthClient`, or None for no auth.
         api_version: ``"latest"`` (ask ``segmentation/api/versions``) or 0/1.
         timestamp: Default timestamp for lookups (None: now at each call).
-        verify: TLS verification.
-        max_retries: Retries of transient failures; None uses the session defaults.
-        pool_maxsize: Pooled connections; None uses the session defaults.
-        pool_block: Block on an exhausted pool; None uses the session defaults.
-        over_client: The owning `CAVEclient`.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
 
     Example:
         ```python
@@ -241,21 +235,13 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
         cg.get_root_id(97557743795364048)
         ```
     """
-    return negotiated_client(
-        ChunkedGraphClientV1,
-        resolve_server_address(server_address),
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.chunkedgraph_endpoints_common,
-        _endpoints.chunkedgraph_api_versions,
-        timestamp=timestamp,
-        table_name=table_name,
-        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
-    )
+    address = resolve_server_address(server_address)
+    config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+    options = {"timestamp": timestamp, "table_name": table_name, "over_client": over_client}
+    return SERVICE.connect(address, auth_client, api_version, config, **options)
 
 
+@document_shared_args
 class ChunkedGraphClientV1(ClientBase):
     """ChunkedGraph client for the v1 API.
 
@@ -267,11 +253,6 @@ class ChunkedGraphClientV1(ClientBase):
         server_key: Placeholder key of the server.
         timestamp: Default timestamp for lookups (None: the owning client's, else now).
         table_name: The PCG table.
-        verify: TLS verification.
-        max_retries: Retries of transient failures.
-        pool_maxsize: Pooled connections.
-        pool_block: Block on an exhausted pool.
-        over_client: The owning `CAVEclient`.
     """
 
     def __init__(
@@ -290,9 +271,10 @@ class ChunkedGraphClientV1(ClientBase):
         over_client: Any = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_key)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_key)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._table_name = table_name
         self._default_timestamp = timestamp
         self._segmentation_info: dict[str, Any] | None = None
@@ -1021,3 +1003,12 @@ class ChunkedGraphClientV1(ClientBase):
             idempotent=True,
         )
         return int64_ids(np.frombuffer(response.content, dtype="<u8").tolist())
+
+
+SERVICE = Service(
+    ChunkedGraphClientV1,
+    SERVER_KEY,
+    _endpoints.chunkedgraph_endpoints_common,
+    _endpoints.chunkedgraph_api_versions,
+)
+"""The ChunkedGraph as `ChunkedGraphClient` connects to it."""

@@ -21,7 +21,8 @@ from . import endpoints as _endpoints
 from .base import (
     ApiVersion,
     ClientBase,
-    negotiated_client,
+    Service,
+    document_shared_args,
     resolve_server_address,
     resolve_transport,
 )
@@ -31,6 +32,7 @@ logger = logging.getLogger("prefect_neurodata.cave")
 SERVER_KEY = "emas_server_address"
 
 
+@document_shared_args
 def SchemaClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     auth_client: Any = None,
@@ -45,26 +47,11 @@ def SchemaClient(  # noqa: N802 - seed name
 
     Args:
         server_address: The global server; None uses the default.
-        auth_client: An `AuthClient`, or None.
         api_version: ``"latest"`` (asks ``schema/versions``), 1 or 2.
-        max_retries: Retries of transient failures.
-        pool_maxsize: Pooled connections.
-        pool_block: Block on an exhausted pool.
-        over_client: The owning `CAVEclient`.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
     """
-    return negotiated_client(
-        SchemaClientLegacy,
-        resolve_server_address(server_address),
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.schema_common,
-        _endpoints.schema_api_versions,
-        transport=resolve_transport(transport, True, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
-    )
+    address = resolve_server_address(server_address)
+    config = resolve_transport(transport, True, max_retries, pool_maxsize, pool_block)
+    return SERVICE.connect(address, auth_client, api_version, config, over_client=over_client)
 
 
 class SchemaClientLegacy(ClientBase):
@@ -83,9 +70,8 @@ class SchemaClientLegacy(ClientBase):
         over_client: Any = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, True, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(*seed, True, max_retries, pool_maxsize, pool_block, over_client, transport)
 
     def get_schemas(self) -> list[str]:
         """Names of the schema types the service knows."""
@@ -125,3 +111,9 @@ class SchemaClientLegacy(ClientBase):
         except ServiceError as exc:
             logger.warning("could not fetch all schema definitions: %s", exc)
             return None
+
+
+SERVICE = Service(
+    SchemaClientLegacy, SERVER_KEY, _endpoints.schema_common, _endpoints.schema_api_versions
+)
+"""The schema service as `SchemaClient` connects to it."""

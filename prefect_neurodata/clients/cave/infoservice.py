@@ -26,7 +26,8 @@ from . import endpoints as _endpoints
 from .base import (
     ApiVersion,
     ClientBaseWithDatastack,
-    negotiated_client,
+    Service,
+    document_shared_args,
     resolve_server_address,
     resolve_transport,
 )
@@ -37,6 +38,7 @@ logger = logging.getLogger("prefect_neurodata.cave")
 SERVER_KEY = "i_server_address"
 
 
+@document_shared_args
 def InfoServiceClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     datastack_name: str | None = None,
@@ -55,30 +57,13 @@ def InfoServiceClient(  # noqa: N802 - seed name
     Args:
         server_address: The global server (``http://`` accepted); None uses the default.
         datastack_name: Default datastack of the lookups.
-        auth_client: An `AuthClient`, or None.
         api_version: ``"latest"`` or 2.
-        verify: TLS verification.
-        max_retries: Retries of transient failures; None uses the session defaults.
-        pool_maxsize: Pooled connections.
-        pool_block: Block on an exhausted pool.
-        over_client: The owning `CAVEclient`.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
         info_cache: Pre-computed ``{datastack: record}``, skipping lookups.
     """
-    return negotiated_client(
-        InfoServiceClientV2,
-        resolve_server_address(server_address),
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.infoservice_common,
-        _endpoints.infoservice_api_versions,
-        datastack_name,
-        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
-        info_cache=info_cache,
-    )
+    address = resolve_server_address(server_address)
+    config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+    options = {"over_client": over_client, "info_cache": info_cache}
+    return SERVICE.connect(address, auth_client, api_version, config, datastack_name, **options)
 
 
 class InfoServiceClientV2(ClientBaseWithDatastack):
@@ -100,9 +85,10 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
         info_cache: dict[str, dict] | None = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, datastack_name, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name, datastack_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self.info_cache: dict[str, dict] = dict(info_cache) if info_cache else {}
         self._aligned_volume_cache: dict[int, dict] = {}
 
@@ -288,3 +274,12 @@ class InfoServiceClientV2(ClientBaseWithDatastack):
                     f"{self.server_address}"
                 ) from exc
             raise
+
+
+SERVICE = Service(
+    InfoServiceClientV2,
+    SERVER_KEY,
+    _endpoints.infoservice_common,
+    _endpoints.infoservice_api_versions,
+)
+"""The info service as `InfoServiceClient` connects to it."""

@@ -28,7 +28,8 @@ from . import endpoints as _endpoints
 from .base import (
     ApiVersion,
     ClientBase,
-    negotiated_client,
+    Service,
+    document_shared_args,
     resolve_server_address,
     resolve_transport,
 )
@@ -79,6 +80,7 @@ def _dumps_state(json_state: Any) -> str:
     return json.dumps(_prepare_state(json_state), default=neuroglancer_json_encoder)
 
 
+@document_shared_args
 def JSONService(  # noqa: N802 - seed name
     server_address: str | None = None,
     auth_client: Any = None,
@@ -94,27 +96,13 @@ def JSONService(  # noqa: N802 - seed name
 
     Args:
         server_address: The global server; None uses the default.
-        auth_client: An `AuthClient`, or None.
         api_version: ``"latest"``, 0 or 1.
         ngl_url: Default Neuroglancer deployment.
-        max_retries: Retries of transient failures.
-        pool_maxsize: Pooled connections.
-        pool_block: Block on an exhausted pool.
-        over_client: The owning `CAVEclient`.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
     """
-    return negotiated_client(
-        JSONServiceV1,
-        resolve_server_address(server_address),
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.jsonservice_common,
-        _endpoints.jsonservice_api_versions,
-        ngl_url,
-        transport=resolve_transport(transport, True, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
+    address = resolve_server_address(server_address)
+    config = resolve_transport(transport, True, max_retries, pool_maxsize, pool_block)
+    return SERVICE.connect(
+        address, auth_client, api_version, config, ngl_url, over_client=over_client
     )
 
 
@@ -135,9 +123,8 @@ class JSONServiceV1(ClientBase):
         over_client: Any = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, True, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(*seed, True, max_retries, pool_maxsize, pool_block, over_client, transport)
         self._ngl_url = ngl_url
 
     @property
@@ -278,3 +265,9 @@ class JSONServiceV1(ClientBase):
             f"target_site must be 'seunglab', 'cave-explorer', 'mainline', 'spelunker' or None, "
             f"got {target_site!r}"
         )
+
+
+SERVICE = Service(
+    JSONServiceV1, SERVER_KEY, _endpoints.jsonservice_common, _endpoints.jsonservice_api_versions
+)
+"""The JSON state service as `JSONService` connects to it."""

@@ -21,7 +21,8 @@ from . import endpoints as _endpoints
 from .base import (
     ApiVersion,
     ClientBase,
-    negotiated_client,
+    Service,
+    document_shared_args,
     resolve_server_address,
     resolve_transport,
 )
@@ -32,6 +33,7 @@ logger = logging.getLogger("prefect_neurodata.cave")
 SERVER_KEY = "l2cache_server_address"
 
 
+@document_shared_args
 def L2CacheClient(  # noqa: N802 - seed name
     server_address: str | None = None,
     table_name: str | None = None,
@@ -49,27 +51,12 @@ def L2CacheClient(  # noqa: N802 - seed name
     Args:
         server_address: The local server; None uses the default global server.
         table_name: The PCG table (same as the chunkedgraph's).
-        auth_client: An `AuthClient`, or None.
         api_version: ``"latest"`` or 1.
-        max_retries: Retries of transient failures.
-        pool_maxsize: Pooled connections.
-        pool_block: Block on an exhausted pool.
-        over_client: The owning `CAVEclient`.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
-        verify: TLS verification.
     """
-    return negotiated_client(
-        L2CacheClientLegacy,
-        resolve_server_address(server_address),
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.l2cache_common,
-        _endpoints.l2cache_api_versions,
-        table_name=table_name,
-        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
+    address = resolve_server_address(server_address)
+    config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+    return SERVICE.connect(
+        address, auth_client, api_version, config, table_name, over_client=over_client
     )
 
 
@@ -91,9 +78,10 @@ class L2CacheClientLegacy(ClientBase):
         verify: bool | str = True,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._table_name = table_name
         self._default_url_mapping["table_id"] = table_name
         self._attributes: list[str] | None = None
@@ -200,3 +188,9 @@ class L2CacheClientLegacy(ClientBase):
                 return False
             raise
         return table in mapping
+
+
+SERVICE = Service(
+    L2CacheClientLegacy, SERVER_KEY, _endpoints.l2cache_common, _endpoints.l2cache_api_versions
+)
+"""The L2 cache service as `L2CacheClient` connects to it."""

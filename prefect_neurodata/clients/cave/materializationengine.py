@@ -82,8 +82,9 @@ from .base import (
     ApiVersion,
     ClientBase,
     ServerIncompatibilityError,
+    Service,
     check_version_compatibility,
-    negotiated_client,
+    document_shared_args,
     resolve_transport,
 )
 from .node_ids import valid_node_ids
@@ -317,6 +318,7 @@ class _QueryArgs:
     desired_resolution: Iterable[float] | None = None
     get_counts: bool = False
     random_sample: int | None = None
+    log_warning: bool = True
     on_limit: OnLimit = "partition"
     max_workers: int | None = None
 
@@ -371,6 +373,7 @@ def _add_id_range(body: dict[str, Any], table: str, rng: IdRange) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 
 
+@document_shared_args
 def MaterializationClient(  # noqa: N802 - seed name
     server_address: str,
     datastack_name: str | None = None,
@@ -392,39 +395,20 @@ def MaterializationClient(  # noqa: N802 - seed name
     Args:
         server_address: The local server, e.g. ``https://minnie.microns-daf.com``.
         datastack_name: The datastack queried by default.
-        auth_client: An `AuthClient` (its token is sent), or None for no auth.
         cg_client: The chunkedgraph client used by live queries.
         synapse_table: Default table for `synapse_query`.
         api_version: 2, 3, or "latest" (asks the server; falls back to 2).
         version: Materialization version queried by default (None: the most recent).
-        verify: TLS verification.
-        max_retries: Retries of transient failures.
-        pool_maxsize: Pooled connections per host.
-        pool_block: Block when the pool is exhausted.
         desired_resolution: Default resolution of returned positions (e.g. ``[4, 4, 40]``).
-        over_client: The `CAVEclient` this client belongs to.
-        transport: Timeout, retries, pool and TLS settings (`TransportConfig`); the
-            arguments above override it when given.
 
     Returns:
         A `MaterializationClientV3` (API 3) or `MaterializationClientV2` (API 2).
     """
-    return negotiated_client(
-        client_mapping,
-        server_address,
-        auth_client,
-        api_version,
-        SERVER_KEY,
-        _endpoints.materialization_common,
-        _endpoints.materialization_api_versions,
-        datastack_name,
-        fallback_version=_endpoints.materialization_fallback_version,
-        cg_client=cg_client,
-        synapse_table=synapse_table,
-        version=version,
-        transport=resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block),
-        over_client=over_client,
-        desired_resolution=desired_resolution,
+    config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
+    options = {"cg_client": cg_client, "synapse_table": synapse_table, "version": version}
+    options.update(over_client=over_client, desired_resolution=desired_resolution)
+    return SERVICE.connect(
+        server_address, auth_client, api_version, config, datastack_name, **options
     )
 
 
@@ -438,6 +422,9 @@ class MaterializationClientV2(ClientBase):
 
     Use the `MaterializationClient` factory or ``CAVEclient(...).materialize`` rather than
     building it directly.
+
+    `query_table`, `join_query`, `live_query` and `live_live_query` take 5.25's last positional
+    argument ``log_warning`` (default True: the server's warnings are logged).
 
     Every query method takes, besides the seed's arguments, these keyword-only ones:
 
@@ -471,9 +458,10 @@ class MaterializationClientV2(ClientBase):
         desired_resolution: Iterable[float] | None = None,
         transport: TransportConfig | None = None,
     ) -> None:
-        base_args = (server_address, auth_header, api_version, endpoints, server_name)
-        transport = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
-        super().__init__(*base_args, over_client=over_client, transport=transport)
+        seed = (server_address, auth_header, api_version, endpoints, server_name)
+        super().__init__(
+            *seed, verify, max_retries, pool_maxsize, pool_block, over_client, transport
+        )
         self._datastack_name = datastack_name
         self._cg_client = cg_client
         self._synapse_table = synapse_table
@@ -883,7 +871,8 @@ class MaterializationClientV2(ClientBase):
             chunks.append(chunk)
         if not chunks:
             raise RuntimeError("the query produced no answer")
-        self._log_warnings(chunks)
+        if args.log_warning:
+            self._log_warnings(chunks)
         if assembler is None:
             return [record for chunk in chunks for record in chunk.table]
         data = assembler.frame()
@@ -958,6 +947,7 @@ class MaterializationClientV2(ClientBase):
         desired_resolution: Iterable[float] | None = None,
         get_counts: bool = False,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -1247,6 +1237,7 @@ class MaterializationClientV2(ClientBase):
         metadata: bool = True,
         desired_resolution: Iterable[float] | None = None,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -1435,6 +1426,7 @@ class MaterializationClientV2(ClientBase):
         merge_reference: bool = True,
         desired_resolution: Iterable[float] | None = None,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -1589,6 +1581,7 @@ class MaterializationClientV2(ClientBase):
         desired_resolution: Iterable[float] | None = None,
         allow_missing_lookups: bool = False,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_regex_dict: dict | None = None,
         allow_invalid_root_ids: bool | None = None,
@@ -1970,6 +1963,7 @@ class MaterializationClientV3(MaterializationClientV2):
         allow_missing_lookups: bool = False,
         allow_invalid_root_ids: bool = False,
         random_sample: int | None = None,
+        log_warning: bool = True,
         *,
         filter_greater_dict: dict | None = None,
         filter_less_dict: dict | None = None,
@@ -2005,3 +1999,12 @@ client_mapping: dict[int | str, type[MaterializationClientV2]] = {
     3: MaterializationClientV3,
     "latest": MaterializationClientV3,
 }
+
+SERVICE = Service(
+    client_mapping,
+    SERVER_KEY,
+    _endpoints.materialization_common,
+    _endpoints.materialization_api_versions,
+    fallback_version=_endpoints.materialization_fallback_version,
+)
+"""The materialization engine as `MaterializationClient` connects to it."""

@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pymongo
@@ -177,6 +177,18 @@ def _keyset_base(
     if not isinstance(bound, dict) or list(bound) != ["$gt"]:
         return None
     return bound["$gt"], {k: v for k, v in filter.items() if k != "_id"}
+
+
+class _Find(NamedTuple):
+    """One ``find`` request as the store's read paths pass it along (see `Store.find_page`)."""
+
+    filter: dict
+    projection: dict | None
+    sort: list[tuple[str, Any]] | None
+    limit: int
+    skip: int
+    cap: int
+    short_pages: bool
 
 
 class _OpenCursor:
@@ -764,11 +776,12 @@ class Store:
         :meth:`_find_by_ids`), like a server using its ``_id`` index. Unsorted reads then come
         in ``_id`` order: the stable natural order of this stand-in (MongoDB promises none).
         """
-        served = self._find_by_ids(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        query = _Find(filter, projection, sort, limit, skip, cap, short_pages)
+        served = self._find_by_ids(coll, query)
         if served is not None:
             return served
         if not self.use_id_lists:
-            return self._find_mongo(coll, filter, projection, sort, limit, skip, cap, short_pages)
+            return self._find_mongo(coll, query)
         # The answer lives with the collection's id list, so any write drops it (see _IdList).
         id_list = self._ids_of(coll)
         key = ("find", _key(filter), _key(projection), _key(sort), limit, skip, cap, short_pages)
@@ -777,23 +790,14 @@ class Store:
         if found is not None:
             self.stats["answered"] += 1
             return found
-        answer = self._find_mongo(coll, filter, projection, sort, limit, skip, cap, short_pages)
+        answer = self._find_mongo(coll, query)
         with id_list.lock:
             id_list.remember(key, answer, len(answer[0]))
         return answer
 
-    def _find_mongo(
-        self,
-        coll: Collection,
-        filter: dict,
-        projection: dict | None,
-        sort: list[tuple[str, Any]] | None,
-        limit: int,
-        skip: int,
-        cap: int,
-        short_pages: bool,
-    ) -> tuple[bytes, int]:
+    def _find_mongo(self, coll: Collection, query: _Find) -> tuple[bytes, int]:
         """A ``find`` answer computed by MongoDB (continuing an open cursor when it can)."""
+        filter, projection, sort, limit, skip, cap, short_pages = query
         if not short_pages:
             return self._find_once(coll, filter, projection, sort, limit, skip, cap)
         query_key = (coll.full_name, _key(filter), _key(projection), _key(sort))
@@ -827,17 +831,7 @@ class Store:
         entry.generation = generation
         return self._serve(entry, coll, limit, cap)
 
-    def _find_by_ids(
-        self,
-        coll: Collection,
-        filter: dict,
-        projection: dict | None,
-        sort: list[tuple[str, Any]] | None,
-        limit: int,
-        skip: int,
-        cap: int,
-        short_pages: bool,
-    ) -> tuple[bytes, int] | None:
+    def _find_by_ids(self, coll: Collection, query: _Find) -> tuple[bytes, int] | None:
         """A page sliced from the sorted ``_id`` list, or None when the query needs MongoDB.
 
         The page's ids are cut from the list by bisection (bounds), ``skip`` and ``limit``,
@@ -847,6 +841,7 @@ class Store:
         """
         if not self.use_id_lists:
             return None
+        filter, projection, sort, limit, skip, cap, short_pages = query
         bounds = _id_bounds(filter)
         direction = _id_direction(sort)
         if bounds is None or direction is None or not _keeps_id(projection):
