@@ -20,6 +20,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogHandler
+from pydantic import SecretStr
 
 from prefect_neurodata.flows.annotation_upload import (
     AnnotationUploadRequest,
@@ -31,7 +32,7 @@ from prefect_neurodata.flows.materialization_snapshot import (
     SnapshotRequest,
     snapshot_materialization,
 )
-from prefect_neurodata.tasks.cave import CaveInputError
+from prefect_neurodata.tasks.cave import CaveInputError, CavePermissionError
 from tests.flows.cave_helpers import cave_block, cave_faults, table_name
 from tests.flows.test_annotation_upload import SYNAPSE, synapse_rows, write_csv
 from tests.flows.test_cave_artifacts import run_record
@@ -98,6 +99,30 @@ def test_upload_with_an_invalid_row_says_which_rows_and_that_nothing_was_written
     assert_no_secret(artifacts, sandbox.env)
 
 
+def test_upload_with_a_refused_token_says_to_check_the_blocks_token(
+    sandbox: Any, prefect_api: str, tmp_path: Path
+) -> None:
+    bad_token = "0123456789abcdef" * 2  # well-formed, unknown to the auth service
+    cave_block(sandbox.env).model_copy(update={"token": SecretStr(bad_token)}).save(
+        "test-cave-bad-token", overwrite=True
+    )
+    table = table_name("fail_auth")
+    state = upload_annotations(
+        AnnotationUploadRequest(
+            table=table, source=write_csv(tmp_path / "a.csv", synapse_rows(5)), create=SYNAPSE
+        ),
+        cave_block="test-cave-bad-token",
+        return_state=True,
+    )
+    _, artifacts = failed_run(state, CavePermissionError)
+    report = artifacts[UPLOAD_FAILURE].data
+    assert "refused the token of block `test-cave-bad-token`" in report
+    assert "Check the block's token" in report
+    assert "No chunk was sent yet" in report
+    assert bad_token not in json.dumps([a.data for a in artifacts.values()])
+    assert_no_secret(artifacts, sandbox.env)
+
+
 def test_snapshot_of_a_missing_table_names_it_and_the_version(
     sandbox: Any, saved_cave_block: str, tmp_path: Path
 ) -> None:
@@ -139,6 +164,28 @@ def test_snapshot_with_the_service_down_says_to_rerun_later(
     assert "did not answer after every retry" in report
     assert "keeps the tables already in the manifest" in report
     assert_no_secret(artifacts, sandbox.env)
+
+
+def test_snapshot_failing_in_a_partition_names_the_table(
+    sandbox: Any, saved_cave_block: str, tmp_path: Path
+) -> None:
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+    version = cave_block(sandbox.env).get_client().materialize.most_recent_version()
+    # a file where the table's directory goes: the partition's write fails, after the checks
+    root = tmp_path / datastack / f"v{version}"
+    root.mkdir(parents=True)
+    (root / "neuron_tags").write_text("in the way")
+    state = snapshot_materialization(
+        SnapshotRequest(destination=str(tmp_path), version=version, tables=["neuron_tags"]),
+        cave_block=saved_cave_block,
+        return_state=True,
+    )
+    _, artifacts = failed_run(state, OSError)
+    report = artifacts[SNAPSHOT_FAILURE].data
+    assert "- table: `'neuron_tags (1 part(s))'`" in report
+    assert f"- version: `{version}`" in report and f"- datastack: `'{datastack}'`" in report
+    assert "keeps the tables already in the manifest" not in report  # not a service failure
+    assert "Run the flow again with the same parameters" in report  # the generic advice
 
 
 # ------------------------------------------------------------------------------ notices

@@ -145,6 +145,20 @@ def _project(doc: dict, projection: dict | None) -> dict:
     return {k: v for k, v in doc.items() if projection.get(k, 1)}
 
 
+def query_of(request: requests.PreparedRequest) -> dict[str, str]:
+    """The query parameters of a request (first value each)."""
+    return {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
+
+
+def record_finds() -> list[Any]:
+    """The ``find`` calls made so far that read records (not only ids)."""
+    return [
+        c
+        for c in responses.calls
+        if "/find" in c.request.url and query(c).get("projection") != '{"_id":1}'
+    ]
+
+
 class FakeDocDB:
     """Answers find / count_documents / aggregate over ``docs`` with a page byte cap."""
 
@@ -153,6 +167,9 @@ class FakeDocDB:
         self.page_bytes = page_bytes
         self.agg_bytes = agg_bytes
         self.find_params: list[dict[str, Any]] = []
+        # Id reads (projection {"_id": 1}): a full read sends one along with its first page,
+        # in any order with it, so they are kept apart from the record pages.
+        self.id_reads: list[dict[str, Any]] = []
 
     def install(self, base: str = BASE) -> None:
         responses.add_callback("GET", f"{base}/find", callback=self.find)
@@ -165,7 +182,11 @@ class FakeDocDB:
         projection = json.loads(params["projection"]) if "projection" in params else None
         sort = json.loads(params["sort"]) if "sort" in params else None
         limit, skip = int(params["limit"]), int(params["skip"])
-        self.find_params.append({"filter": flt, "sort": sort, "limit": limit, "skip": skip})
+        read = {"filter": flt, "sort": sort, "limit": limit, "skip": skip}
+        if projection == {"_id": 1}:
+            self.id_reads.append(read)
+        else:
+            self.find_params.append(read)
         docs = [d for d in self.docs if _matches(d, flt)]
         if sort:
             ((key, direction),) = sort.items()
@@ -363,7 +384,8 @@ def test_retrieve_without_sort_pages_by_keyset_with_short_pages():
     assert empty["filter"] == {"_id": {"$gt": by_id[-1]["_id"]}}
     assert probe == {"filter": {}, "sort": {"_id": 1}, "limit": 0, "skip": 157}
     # Each key-set page starts after the last _id of the previous page's records.
-    calls = [c for c in responses.calls if "/find" in c.request.url]  # (a count went along)
+    calls = record_finds()  # (an id read went along with the first page)
+    assert fake.id_reads[0] == {"filter": {}, "sort": {"_id": 1}, "limit": 0, "skip": 0}
     for call, request in zip(calls[:-2], params[1:-1], strict=True):
         assert request["filter"] == {"_id": {"$gt": call.response.json()[-1]["_id"]}}
     assert query_keys(calls[0]) == ["limit", "skip", "filter", "sort"]
@@ -381,8 +403,9 @@ def test_retrieve_without_sort_with_filter_and_projection_strips_id():
     wanted = sorted((d for d in docs if d["name"] < "asset_00040"), key=lambda d: d["_id"])
     assert records == [{"name": d["name"]} for d in wanted]
     # _id kept on the wire for paging, stripped from the result.
-    finds = [c for c in responses.calls if "/find" in c.request.url]  # (a count went along)
+    finds = record_finds()  # (an id read of the filter went along)
     assert {query(c)["projection"] for c in finds} == {'{"name":1}'}
+    assert [r["filter"] for r in fake.id_reads] == [flt]
     params = fake.find_params
     assert params[0]["filter"] == flt
     assert len(params) > 3  # short pages at this cap
@@ -414,18 +437,68 @@ def test_full_read_of_one_page_takes_one_round_trip():
     flt = {"name": {"$lt": "asset_00020"}}
     records = make_client().retrieve_docdb_records(filter_query=flt, projection={"name": 1})
     assert [r["name"] for r in records] == sorted(d["name"] for d in docs)[:20]
-    # The page and count_documents of the same filter, at once; the count says nothing is left.
-    assert fake.find_params == [{"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}]
-    counts = [c for c in responses.calls if "/count_documents" in c.request.url]
-    assert len(counts) == 1 and json.loads(query(counts[0])["filter"]) == flt
+    # The page and the ids of the same filter, at once (issue 15: the ids, not a count, so
+    # that a page of any size is known to be the whole result); nothing else.
+    first = {"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}
+    assert fake.find_params == [first] and fake.id_reads == [first]
+    assert len(responses.calls) == 2
 
 
 @responses.activate
-def test_full_read_whose_count_fails_confirms_the_end_with_pages():
+def test_full_read_of_one_large_page_takes_one_round_trip():
+    # Issue 15: a page at or above parallel_page_bytes (it might have been cut by the cap) is
+    # still the whole result when the uncut id read lists exactly its records: no second
+    # round trip to confirm the end.
+    docs = make_docs(30)
+    fake = FakeDocDB(docs)  # no cap
+    fake.install()
+    client = make_client(max_workers=4)
+    client.parallel_page_bytes = 5_000  # below the page (~10 KB), above its ids (~1.5 KB)
+    flt = {"name": {"$gte": "asset_00002"}}
+    records = client.retrieve_docdb_records(filter_query=flt)
+    assert records == sorted(
+        (d for d in docs if d["name"] >= "asset_00002"), key=lambda d: d["_id"]
+    )
+    assert len(record_finds()[0].response.content) >= client.parallel_page_bytes
+    first = {"filter": flt, "sort": {"_id": 1}, "limit": 0, "skip": 0}
+    assert fake.find_params == [first] and fake.id_reads == [first]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_full_read_whose_ids_changed_meanwhile_reads_on():
+    # A record deleted and another inserted between the id read and the page: the id list no
+    # longer matches the page, so nothing is trusted; every record present throughout still
+    # comes exactly once, in _id order.
+    docs = make_docs(40)
+    fake = FakeDocDB(list(docs), page_bytes=3_000)
+    gone, late = sorted(d["_id"] for d in docs)[5], "ffffffff-late"
+
+    def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        if query_of(request).get("projection") == '{"_id":1}' and not fake.id_reads:
+            fake.docs[:] = [d for d in fake.docs if d["_id"] != gone]
+            fake.docs.append({"_id": late, "name": "inserted meanwhile"})
+        return fake.find(request)
+
+    responses.add_callback("GET", f"{BASE}/find", callback=find)
+    client = make_client(max_workers=4)
+    client.parallel_page_bytes = 2_000
+    ids = [r["_id"] for r in client.retrieve_docdb_records()]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert set(ids) >= {d["_id"] for d in docs} - {gone}
+
+
+@responses.activate
+def test_full_read_whose_id_read_fails_confirms_the_end_with_pages():
     docs = make_docs(12)
     fake = FakeDocDB(docs)
-    responses.add_callback("GET", f"{BASE}/find", callback=fake.find)
-    responses.get(f"{BASE}/count_documents", status=400, json={"error": "BadRequest"})
+
+    def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        if query_of(request).get("projection") == '{"_id":1}':
+            return 400, {}, json.dumps({"error": "BadRequest"})
+        return fake.find(request)
+
+    responses.add_callback("GET", f"{BASE}/find", callback=find)
     records = make_client().retrieve_docdb_records()
     assert records == sorted(docs, key=lambda d: d["_id"])
     assert [p["skip"] for p in fake.find_params] == [0, 0, 12]  # page, empty page, skip page
@@ -443,12 +516,18 @@ def test_full_read_overlaps_id_ranges_after_a_large_first_page():
     assert records == by_id  # every record once, in _id order
     finds = [c for c in responses.calls if "/find" in c.request.url]
     calls = [(query(c), c.response.json()) for c in finds]
-    per_page = len(calls[0][1])
-    assert calls[0][0] == {"limit": "0", "skip": "0", "filter": "{}", "sort": '{"_id":1}'}
+    first = next((q, page) for q, page in calls if "projection" not in q)
+    per_page = len(first[1])
+    assert first[0] == {"limit": "0", "skip": "0", "filter": "{}", "sort": '{"_id":1}'}
     id_reads = [(json.loads(q["filter"]), page) for q, page in calls if "projection" in q]
     assert all(q["projection"] == '{"_id":1}' for q, _ in calls if "projection" in q)
-    assert id_reads[0][0] == {"_id": {"$gt": by_id[per_page - 1]["_id"]}}
-    assert len(id_reads) > 1  # the cap cut the id pages too: read on after each
+    # The ids of the whole read came along with the first page (cut by the cap at more ids
+    # than the page holds: the ids after the page were known at once); then the ids after
+    # the last one listed, and so on.
+    assert id_reads[0][0] == {}
+    assert [r["_id"] for r in id_reads[0][1][:per_page]] == [r["_id"] for r in first[1]]
+    assert id_reads[1][0] == {"_id": {"$gt": id_reads[0][1][-1]["_id"]}}
+    assert len(id_reads) > 2  # the cap cut the id pages too: read on after each
     filters = [json.loads(q["filter"]) for q, _ in calls[1:] if "projection" not in q]
     bounds = [f["_id"] for f in filters if "$gte" in f.get("_id", {})]
     assert len(bounds) > 4  # (requests in flight at once arrive in any order)
@@ -567,7 +646,7 @@ def test_retrieve_without_sort_drops_records_a_skip_page_repeats():
 
     def find(request: requests.PreparedRequest) -> tuple[int, dict, str]:
         answer = fake.find(request)
-        if len(fake.find_params) == 1:
+        if len(fake.find_params) == 1 and len(fake.docs) == len(docs):  # once
             fake.docs.append({"_id": "0", "name": "inserted meanwhile"})
         return answer
 

@@ -71,9 +71,10 @@ registrations or QC submissions."""
 
 
 PARALLEL_PAGE_BYTES = 1_000_000
-"""A first page of a full read at least this large (bytes on the wire) was cut by the server's
-payload cap (5-6 MB), so more pages follow and the rest is read in concurrent ``_id`` ranges;
-a smaller one held the whole result. `Client.parallel_page_bytes` overrides it per client."""
+"""A page smaller than this (bytes on the wire) was certainly not cut by the server's payload
+cap (5-6 MB). A full read's first page at least this large, and not shown whole by the id read
+sent along with it, is followed by concurrent ``_id`` ranges; an id page below it lists every
+matching record. `Client.parallel_page_bytes` overrides it per client."""
 
 
 class BulkWriteFailed(requests.HTTPError, NeurodataError):
@@ -405,10 +406,11 @@ class Client:
         without ``sort``.
 
         Without either (the caller reads everything), records come back in ``_id`` order, read
-        as `iter_docdb_pages` reads them: by ``_id`` key set, and when the first page shows the
-        result spans several pages, the rest in ``_id`` ranges fetched concurrently
-        (``max_workers`` requests in flight). The server resumes from its ``_id`` index, so a
-        full read costs it O(N), where skip/limit re-scans every skipped record.
+        as `iter_docdb_pages` reads them: the first page together with the ``_id``s of the
+        whole result (one round trip when they match), then by ``_id`` key set, and when the
+        first page shows the result spans several pages, the rest in ``_id`` ranges fetched
+        concurrently (``max_workers`` requests in flight). The server resumes from its ``_id``
+        index, so a full read costs it O(N), where skip/limit re-scans every skipped record.
 
         Args:
             filter_query: Filter to apply; None for all records.
@@ -454,10 +456,14 @@ class Client:
         Without ``sort``, pages come in ``_id`` order. Each request is ``find`` with
         ``{<filter>, "_id": {"$gt": <last _id received>}}`` (``$and`` when the filter has an
         ``_id`` key of its own), sorted by ``{"_id": 1}``, ``limit`` 0 so that the server's
-        payload cap sizes each page. When the first page is large (at least
-        ``parallel_page_bytes``: the cap cut it, more follow), one request reads the ``_id``s
-        after it (projection ``{"_id": 1}``), and the records are then read in consecutive
-        ``_id`` ranges of about one page each, ``max_workers`` at a time, yielded in order.
+        payload cap sizes each page. The first page is read together with the ``_id``s of the
+        whole result (projection ``{"_id": 1}``, about 50 bytes a record): when that id page
+        is below ``parallel_page_bytes`` (not cut by the cap) and lists exactly the page's
+        records, the page is the whole result, one round trip whatever its size. When the
+        first page is large (at least ``parallel_page_bytes``: the cap may have cut it) and
+        more ids follow, the ``_id``s after it (those already read, else one request) are read
+        in consecutive ``_id`` ranges of about one page each, ``max_workers`` at a time,
+        yielded in order.
         Each range ends when its last ``_id`` arrived (or on an empty page, if that record was
         deleted meanwhile). ``$gt`` only matches ``_id``s of the same BSON type, so after the
         last key-set page comes back empty one skip page (``skip`` = records received, sorted
@@ -569,16 +575,21 @@ class Client:
         served_ids: list[Any] = []
         seen: set[bytes] | None = None  # encoded served ids, built once a skip page has records
         may_overlap = not page_size and not limit and self.max_workers > 1
+        known: tuple[list[Any], int] | None = None  # ids after the first page, from its id read
         while True:
             remaining = limit - len(served_ids) if limit else 0
             size = min(page_size, remaining) if page_size and remaining else page_size or remaining
             if not served_ids and may_overlap:
-                page, nbytes, total = self._first_page_and_count(filter_query, projection)
-                if page and total == len(page) and nbytes < self.parallel_page_bytes:
-                    # Not cut by the payload cap, and the server counts no more: the whole
-                    # result came in one round trip (the official client needs two).
-                    yield _strip_ids(page) if strip else page
-                    return
+                page, nbytes, ids, ids_bytes = self._first_page_and_ids(filter_query, projection)
+                if ids is not None and ids[: len(page)] == [r["_id"] for r in page]:
+                    if page and len(ids) == len(page) and ids_bytes < self.parallel_page_bytes:
+                        # The id page was not cut by the payload cap and lists exactly the
+                        # records that came: the whole result took one round trip (the
+                        # official client needs two), whatever the page's size.
+                        yield _strip_ids(page) if strip else page
+                        return
+                    if page and len(ids) > len(page):
+                        known = (ids[len(page) :], ids_bytes)  # the cap cut the page
             elif not served_ids:
                 page, nbytes = self._find_sized(filter_query or {}, projection, size, 0)
             else:
@@ -609,7 +620,7 @@ class Client:
             yield _strip_ids(page) if strip else page
             if may_overlap and seen is None and nbytes >= self.parallel_page_bytes:
                 may_overlap = False  # once: what follows the ranges is checked in turn
-                ranges = self._range_pages(filter_query, projection, last, len(page))
+                ranges = self._range_pages(filter_query, projection, last, len(page), known)
                 while True:
                     try:
                         ranged = next(ranges)
@@ -622,31 +633,46 @@ class Client:
                 if complete:
                     return
 
-    def _first_page_and_count(
+    def _first_page_and_ids(
         self, filter_query: dict | None, projection: dict | None
-    ) -> tuple[list[dict], int, int | None]:
-        """The first key-set page, with ``count_documents`` of the filter sent alongside.
+    ) -> tuple[list[dict], int, list[Any] | None, int]:
+        """The first key-set page, with the ``_id``s of the whole filter read alongside.
 
-        Returns ``(page, bytes on the wire, filtered count or None when the count failed)``.
+        Both are ``find`` sorted by ``{"_id": 1}`` (the id read with projection ``{"_id": 1}``,
+        about 50 bytes a record), sent at once. An id page below ``parallel_page_bytes`` was not
+        cut by the payload cap, so it lists every record present when it was read: a record
+        page with exactly those ids is the whole result, and when the cap cut the record page,
+        the ids after it are known without another round trip.
+
+        Returns ``(page, its bytes on the wire, ids or None when the id read failed, the id
+        page's bytes)``.
         """
-        pool = ThreadPoolExecutor(1, thread_name_prefix="neurodata-count")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="neurodata-ids")
         try:
-            counted = pool.submit(self._count_records, filter_query)
+            id_read = pool.submit(self._find_sized, filter_query or {}, {"_id": 1}, 0, 0)
             page, nbytes = self._find_sized(filter_query or {}, projection, 0, 0)
             try:
-                total: int | None = int(counted.result()["filtered_record_count"])
+                id_page, ids_bytes = id_read.result()
+                ids: list[Any] | None = [record.get("_id") for record in id_page]
             except Exception:  # noqa: BLE001 - only a shortcut: the pages confirm the end anyway
-                total = None
+                ids, ids_bytes = None, 0
         finally:
             pool.shutdown(wait=True)  # nothing left running behind the caller's back
-        return page, nbytes, total
+        return page, nbytes, ids, ids_bytes
 
     def _range_pages(
-        self, filter_query: dict | None, projection: dict | None, after: Any, per_page: int
+        self,
+        filter_query: dict | None,
+        projection: dict | None,
+        after: Any,
+        per_page: int,
+        known: tuple[list[Any], int] | None = None,
     ) -> Generator[list[dict], None, bool]:
         """The records after ``after`` as consecutive ``_id`` ranges read concurrently.
 
-        One request reads the ``_id``s that follow (projection ``{"_id": 1}``); they are cut
+        One request reads the ``_id``s that follow (projection ``{"_id": 1}``), unless they are
+        ``known`` already (``(ids after `after`, bytes of the id page they came from)``, read
+        along with the first page); they are cut
         into ranges of about ``per_page`` records, read ``max_workers`` at a time and yielded
         in order. When the server's payload cap cut that id page too, the ids after it are
         read next, and so on. Nothing more is yielded once the ids are not all strings (range
@@ -673,8 +699,11 @@ class Client:
                 condition = {"$gt": page[-1]["_id"], "$lte": end}
 
         while True:
-            ids_page, nbytes = self._find_sized(_after(filter_query, after), {"_id": 1}, 0, 0)
-            ids = [record.get("_id") for record in ids_page]
+            if known is None:
+                ids_page, nbytes = self._find_sized(_after(filter_query, after), {"_id": 1}, 0, 0)
+                ids = [record.get("_id") for record in ids_page]
+            else:
+                (ids, nbytes), known = known, None
             if not ids:
                 return nbytes < self.parallel_page_bytes
             if len(ids) <= per_range or not all(type(i) is str for i in ids):
