@@ -17,7 +17,10 @@ deployment                                      how it runs
 ==============================================  ==============================================
 
 Every credential is a block *name* (:data:`BLOCK_NAMES`); the README and the demo save blocks
-under exactly these names. ``prefect.yaml`` is generated from :func:`deployment_specs`
+under exactly these names (a run form also offers a picker of the saved blocks,
+`prefect_neurodata.flows.parameters`). Every deployment enforces its parameter schema, so the
+constraints of the flows' parameters (S3 and table-name patterns, ranges) refuse bad input
+before a run exists. ``prefect.yaml`` is generated from :func:`deployment_specs`
 (``neurodata deployments yaml > deployments/prefect.yaml``) and a test checks that the file in
 the repository equals the generated text, so the served and the worker deployments cannot
 drift apart.
@@ -267,6 +270,7 @@ def runner_deployments(
                 description=spec.description,
                 tags=list(spec.tags),
                 parameters=spec.parameters,
+                enforce_parameter_schema=True,
                 schedules=(
                     [CronSchedule(cron=spec.cron, timezone=spec.timezone)] if spec.cron else None
                 ),
@@ -310,6 +314,7 @@ def prefect_yaml(specs: Sequence[DeploymentSpec] | None = None) -> str:
             "tags": list(spec.tags),
             "work_pool": {"name": WORK_POOL, "work_queue_name": "default"},
             "parameters": spec.parameters,
+            "enforce_parameter_schema": True,
         }
         if spec.cron:
             entry["schedules"] = [{"cron": spec.cron, "timezone": spec.timezone}]

@@ -74,3 +74,15 @@ class NeurodataCredentialsBlock(CredentialsBlock):
         if unknown:
             raise ValueError(unknown_field_message(cls.__name__, unknown, list(cls.model_fields)))
         return values
+
+
+# The Allen Institute for Neural Dynamics' own GitHub avatar (not the AWS logo prefect-aws uses).
+AIND_LOGO_URL = "https://github.com/AllenNeuralDynamics.png"
+AIND_DOCS_URL = "https://aind-data-access-api.readthedocs.io/en/latest/"
+
+
+class AindCredentialsBlock(NeurodataCredentialsBlock):
+    """Base of the AIND blocks (DocDB API, DocumentDB over SSH, RDS): their logo and docs link."""
+
+    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
+    _documentation_url = AIND_DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_aws import AwsCredentials
 from pydantic import Field, field_validator
 
-from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
+from prefect_neurodata.blocks._base import AindCredentialsBlock
 from prefect_neurodata.constants import DocDbVersion
 
 if TYPE_CHECKING:
@@ -36,12 +36,8 @@ if TYPE_CHECKING:
         SchemaDbClient,
     )
 
-# The Allen Institute for Neural Dynamics' own GitHub avatar (not the AWS logo prefect-aws uses).
-AIND_LOGO_URL = "https://github.com/AllenNeuralDynamics.png"
-DOCS_URL = "https://aind-data-access-api.readthedocs.io/en/latest/"
 
-
-class DocDbApiCredentials(NeurodataCredentialsBlock):
+class DocDbApiCredentials(AindCredentialsBlock):
     """Where the AIND DocDB REST API is and how to sign requests to it.
 
     Attributes:
@@ -66,8 +62,6 @@ class DocDbApiCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "AIND DocDB API Credentials"
     _block_type_slug = "aind-docdb-api-credentials"
-    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
-    _documentation_url = DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = (
         "Location of the AIND DocDB REST API and the AWS credentials that sign its writes."
     )

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 
-from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
-from prefect_neurodata.blocks.docdb import AIND_LOGO_URL, DOCS_URL
+from prefect_neurodata.blocks._base import AindCredentialsBlock
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.document_db_ssh import DocumentDbSSHClient
 
 
-class DocumentDbSshCredentials(NeurodataCredentialsBlock):
+class DocumentDbSshCredentials(AindCredentialsBlock):
     """DocumentDB (MongoDB wire) credentials and the SSH bastion that reaches it.
 
     Attributes:
@@ -62,8 +61,6 @@ class DocumentDbSshCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "AIND DocumentDB SSH Credentials"
     _block_type_slug = "aind-documentdb-ssh-credentials"
-    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
-    _documentation_url = DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = "DocumentDB credentials plus the SSH tunnel used to reach the database."
 
     host: str = Field(description="DocumentDB host as seen from the SSH server.", title="Host")

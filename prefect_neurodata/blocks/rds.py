@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 
-from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
-from prefect_neurodata.blocks.docdb import AIND_LOGO_URL, DOCS_URL
+from prefect_neurodata.blocks._base import AindCredentialsBlock
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.aind.rds_tables import Client as RdsClient
 
 
-class RdsCredentials(NeurodataCredentialsBlock):
+class RdsCredentials(AindCredentialsBlock):
     """Connection settings for the AIND RDS tables (``rds_tables.Client``).
 
     Attributes:
@@ -46,8 +45,6 @@ class RdsCredentials(NeurodataCredentialsBlock):
 
     _block_type_name = "AIND RDS Credentials"
     _block_type_slug = "aind-rds-credentials"
-    _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
-    _documentation_url = DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _description = "Connection settings for the AIND relational database (RDS tables)."
 
     host: str = Field(description="Database host name.", title="Host")

@@ -93,6 +93,7 @@ from prefect_neurodata.flows._cave_report import (
     table_notices,
 )
 from prefect_neurodata.flows._names import request_value
+from prefect_neurodata.flows.parameters import AwsBlockName, CaveBlockName, CaveTableName
 from prefect_neurodata.settings import NeurodataSettings
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.annotation_ledger import (
@@ -157,7 +158,7 @@ class NewTable(BaseModel):
         default_factory=lambda: [4.0, 4.0, 40.0],
         description="nm per voxel of the positions in the source.",
     )
-    reference_table: str | None = Field(
+    reference_table: CaveTableName | None = Field(
         default=None, description="Target table of a reference schema."
     )
     read_permission: Literal["PUBLIC", "GROUP", "PRIVATE"] = Field(
@@ -179,7 +180,7 @@ class NewTable(BaseModel):
 class AnnotationUploadRequest(BaseModel):
     """What to upload, where to, and how."""
 
-    table: str = Field(description="Annotation table (lower-case letters, digits, _).")
+    table: CaveTableName = Field(description="Annotation table (lower-case letters, digits, _).")
     datastack: str | None = Field(
         default=None, description="Datastack; None uses the CAVE block's datastack."
     )
@@ -560,8 +561,8 @@ def _run_name() -> str:
 @flow(name="cave-annotation-upload", flow_run_name=_run_name, validate_parameters=True)
 def upload_annotations(
     request: AnnotationUploadRequest,
-    cave_block: str = DEFAULT_CAVE_BLOCK,
-    aws_block: str | None = None,
+    cave_block: CaveBlockName = DEFAULT_CAVE_BLOCK,
+    aws_block: AwsBlockName | None = None,
 ) -> AnnotationUploadSummary:
     """Validate every row, then upload in chunks of at most 10,000, exactly once.
 
@@ -571,7 +572,7 @@ def upload_annotations(
 
     Args:
         request: Table, mode, source (file/URI or records), table definition and chunk size.
-        cave_block: Name of the saved `CaveCredentials` block.
+        cave_block: The saved `CaveCredentials` block, by name or picked in the run form.
         aws_block: Name of a saved prefect-aws `AwsCredentials` block for ``s3://`` sources
             and ledgers; None uses the AWS environment (keys, profile, ``AWS_ENDPOINT_URL``).
 

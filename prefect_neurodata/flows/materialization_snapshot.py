@@ -47,6 +47,7 @@ from prefect import get_run_logger
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
+from prefect_neurodata.clients.aind.utils import bucket_problem
 from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
@@ -62,6 +63,12 @@ from prefect_neurodata.flows._cave_report import (
     table_notices,
 )
 from prefect_neurodata.flows._names import neurodata_flow, request_value
+from prefect_neurodata.flows.parameters import (
+    AwsBlockName,
+    CaveBlockName,
+    CaveTableName,
+    S3UriOrPath,
+)
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
@@ -84,7 +91,7 @@ ARTIFACT_KEY = "cave-materialization-snapshot"
 class SnapshotRequest(BaseModel):
     """What to snapshot and where to."""
 
-    destination: str = Field(
+    destination: S3UriOrPath = Field(
         description="Local directory or s3://bucket/prefix under which snapshots are written."
     )
     datastack: str | None = Field(
@@ -93,7 +100,7 @@ class SnapshotRequest(BaseModel):
     version: int | None = Field(
         default=None, ge=1, description="Materialization version; None for the latest valid."
     )
-    tables: list[str] = Field(
+    tables: list[CaveTableName] = Field(
         default_factory=list, description="Tables to snapshot; empty for every table."
     )
     desired_resolution: list[float] | None = Field(
@@ -117,6 +124,9 @@ class SnapshotRequest(BaseModel):
             bucket = value[5:].split("/", 1)[0]
             if not bucket:
                 raise ValueError(f"destination {value!r} has no bucket")
+            problem = bucket_problem(bucket)
+            if problem:
+                raise ValueError(f"destination {value!r}: {problem}")
         elif "://" in value:
             raise ValueError(f"destination {value!r}: only local paths and s3:// are supported")
         return value.rstrip("/") or value
@@ -208,14 +218,14 @@ def _run_name() -> str:
 @neurodata_flow("cave-materialization-snapshot", _run_name, max_workers=4)
 def snapshot_materialization(
     request: SnapshotRequest,
-    cave_block: str = DEFAULT_CAVE_BLOCK,
-    aws_block: str | None = None,
+    cave_block: CaveBlockName = DEFAULT_CAVE_BLOCK,
+    aws_block: AwsBlockName | None = None,
 ) -> SnapshotSummary:
     """Write a materialization version's tables to Parquet with a manifest.
 
     Args:
         request: Datastack, version, tables, destination and partition size.
-        cave_block: Name of the saved `CaveCredentials` block.
+        cave_block: The saved `CaveCredentials` block, by name or picked in the run form.
         aws_block: Name of a saved prefect-aws `AwsCredentials` block for an ``s3://``
             destination; None uses the AWS environment (keys, profile, ``AWS_ENDPOINT_URL``).
 

@@ -59,6 +59,13 @@ from prefect_neurodata.flows._artifacts import (
     publish_table,
 )
 from prefect_neurodata.flows._names import neurodata_flow, request_value
+from prefect_neurodata.flows.parameters import (
+    AwsBlockName,
+    BucketName,
+    DocDbBlockName,
+    ExportTableName,
+    RdsBlockName,
+)
 from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.common import (
     bucket_problem,
@@ -84,7 +91,7 @@ ARTIFACT_KEY = "metadata-sync"
 class MetadataSyncRequest(BaseModel):
     """What to synchronise and how."""
 
-    bucket: str = Field(description="Bucket whose top-level folders are assets.")
+    bucket: BucketName = Field(description="Bucket whose top-level folders are assets.")
     starts_with: list[str] = Field(
         default_factory=lambda: [""],
         description="Only folders whose names start with one of these (all by default).",
@@ -102,7 +109,7 @@ class MetadataSyncRequest(BaseModel):
     deregister_vanished: bool = Field(
         default=False, description="De-register records whose S3 folder is gone."
     )
-    export_table: str | None = Field(
+    export_table: ExportTableName | None = Field(
         default="asset_summary",
         description="Postgres/RDS table replaced by the summary (needs an RDS block).",
     )
@@ -358,9 +365,9 @@ def _run_name() -> str:
 @neurodata_flow("aind-metadata-sync", _run_name, max_workers=2)
 def sync_metadata(
     request: MetadataSyncRequest,
-    docdb_block: str = DEFAULT_DOCDB_BLOCK,
-    aws_block: str | None = None,
-    rds_block: str | None = None,
+    docdb_block: DocDbBlockName = DEFAULT_DOCDB_BLOCK,
+    aws_block: AwsBlockName | None = None,
+    rds_block: RdsBlockName | None = None,
 ) -> MetadataSyncSummary:
     """Synchronise a bucket's asset folders with DocDB (both ways) and export a summary table.
 
@@ -370,9 +377,10 @@ def sync_metadata(
 
     Args:
         request: Bucket, scope, directions, lookback and batching.
-        docdb_block: Name of the saved `DocDbApiCredentials` block.
+        docdb_block: The saved `DocDbApiCredentials` block, by name or picked in the run form.
         aws_block: Name of an `AwsCredentials` block for S3; defaults to the DocDB block's.
-        rds_block: Name of the saved `RdsCredentials` block; the export is skipped without it.
+        rds_block: The saved `RdsCredentials` block, by name or picked in the run form; the
+            export is skipped without it.
 
     Returns:
         Counts, vanished prefixes and checkpoint information.

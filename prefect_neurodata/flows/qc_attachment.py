@@ -25,10 +25,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 
 from prefect_neurodata.constants import DEFAULT_DOCDB_BLOCK
 from prefect_neurodata.errors import NeurodataError
@@ -39,6 +40,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_table,
 )
 from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
+from prefect_neurodata.flows.parameters import AwsBlockName, DocDbBlockName, S3Location
 from prefect_neurodata.tasks.common import chunks, load_docdb
 from prefect_neurodata.tasks.docdb import attach_qc_batch, check_docdb, resolve_assets
 from prefect_neurodata.tasks.s3 import read_json_uri
@@ -58,7 +60,7 @@ class AssetRef(BaseModel):
 
     id: str | None = Field(default=None, description="DocDB record _id.")
     name: str | None = Field(default=None, description="Asset name.")
-    location: str | None = Field(default=None, description="s3://bucket/prefix.")
+    location: S3Location | None = Field(default=None, description="s3://bucket/prefix.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> AssetRef:
@@ -88,6 +90,43 @@ EXAMPLE_EVALUATION: dict[str, Any] = {
 }
 
 
+_FORM_NAME: dict[str, Any] = {"type": "string", "minLength": 1}
+_FORM_STAGE: dict[str, Any] = {"type": "string", "enum": list(STAGES)}
+_FORM_MODALITY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "title": "Name", "description": "Modality name."},
+        "abbreviation": {"type": "string", "title": "Abbreviation", "description": "e.g. ecephys."},
+    },
+}
+
+
+def _form_list_of(properties: dict[str, Any]) -> dict[str, Any]:
+    """A form list whose items show ``properties`` as fields."""
+    return {"type": "array", "items": {"type": "object", "properties": properties}}
+
+
+_FORM_HISTORY = _form_list_of(
+    {
+        "evaluator": {"type": "string", "title": "Evaluator", "description": "Who decided."},
+        "status": {"type": "string", "title": "Status", "enum": list(STATUSES)},
+        "timestamp": {
+            "type": "string",
+            "title": "Timestamp",
+            "description": "ISO 8601, e.g. 2025-03-02T10:00:00Z.",
+        },
+    }
+)
+_FORM_METRICS = _form_list_of(
+    {
+        "name": {"type": "string", "title": "Name", "description": "Metric name."},
+        "value": {"title": "Value", "description": "The metric's value (any JSON)."},
+        "status_history": {"title": "Status history", **_FORM_HISTORY},
+    }
+)
+"""What the run form shows for the evaluation's fields (the form's schema only)."""
+
+
 class QcEvaluationInput(BaseModel):
     """One QC evaluation (aind-data-schema 1.x ``QCEvaluation``) or metric (2.x ``QCMetric``).
 
@@ -103,17 +142,24 @@ class QcEvaluationInput(BaseModel):
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_EVALUATION]})
 
-    name: str | None = Field(default=None, description="Name of the evaluation or metric.")
-    modality: dict[str, Any] | None = Field(
+    # The run form shows typed inputs (JSON-schema only): every generation needs a name, a
+    # modality and a stage, offered as a choice. Python accepts anything here so that
+    # `validate_evaluations` can name each problem with its index.
+    name: Annotated[str | None, WithJsonSchema(_FORM_NAME)] = Field(
+        default=None, description="Name of the evaluation or metric."
+    )
+    modality: Annotated[dict[str, Any] | None, WithJsonSchema(_FORM_MODALITY)] = Field(
         default=None, description='The modality, e.g. {"name": ..., "abbreviation": "ecephys"}.'
     )
-    stage: str | None = Field(default=None, description=f"One of {', '.join(STAGES)}.")
-    metrics: list[dict[str, Any]] | None = Field(
+    stage: Annotated[str | None, WithJsonSchema(_FORM_STAGE)] = Field(
+        default=None, description=f"One of {', '.join(STAGES)}."
+    )
+    metrics: Annotated[list[dict[str, Any]] | None, WithJsonSchema(_FORM_METRICS)] = Field(
         default=None,
         description="1.x: the metrics, each {name, value, status_history}.",
     )
     value: Any = Field(default=None, description="2.x: the metric's value (finite numbers).")
-    status_history: list[dict[str, Any]] | None = Field(
+    status_history: Annotated[list[dict[str, Any]] | None, WithJsonSchema(_FORM_HISTORY)] = Field(
         default=None,
         description=(
             f"2.x: [{{evaluator, status ({'/'.join(STATUSES)}), timestamp (ISO 8601)}}, ...]."
@@ -132,7 +178,11 @@ class QcAttachmentRequest(BaseModel):
     assets: list[AssetRef] = Field(description="Assets to attach the evaluations to.")
     evaluations: list[QcEvaluationInput] = Field(
         default_factory=list,
-        description="QC evaluations (aind-data-schema 1.x) or metrics (2.x) as JSON objects.",
+        description=(
+            "QC evaluations (aind-data-schema 1.x) or metrics (2.x): add one per evaluation "
+            "and fill in its fields."
+        ),
+        json_schema_extra={"examples": [[EXAMPLE_EVALUATION]]},
     )
     evaluations_file: str | None = Field(
         default=None,
@@ -398,8 +448,8 @@ def _run_name() -> str:
 @neurodata_flow("aind-qc-attachment", _run_name, max_workers=4)
 def attach_qc(
     request: QcAttachmentRequest,
-    docdb_block: str = DEFAULT_DOCDB_BLOCK,
-    aws_block: str | None = None,
+    docdb_block: DocDbBlockName = DEFAULT_DOCDB_BLOCK,
+    aws_block: AwsBlockName | None = None,
 ) -> QcSummary:
     """Validate QC evaluations, resolve the assets, attach what is not attached yet.
 
@@ -408,8 +458,8 @@ def attach_qc(
 
     Args:
         request: Assets and evaluations (inline or from a JSON file).
-        docdb_block: Name of the saved `DocDbApiCredentials` block (its version picks 1.x
-            evaluations or 2.x metrics).
+        docdb_block: The saved `DocDbApiCredentials` block, by name or picked in the run form
+            (its version picks 1.x evaluations or 2.x metrics).
         aws_block: Name of an `AwsCredentials` block for an ``s3://`` evaluations file;
             defaults to the DocDB block's.
 

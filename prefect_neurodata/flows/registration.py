@@ -34,6 +34,7 @@ from prefect_neurodata.flows._artifacts import (
     publish_table,
 )
 from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
+from prefect_neurodata.flows.parameters import AwsBlockName, BucketName, DocDbBlockName, S3Location
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
@@ -54,7 +55,7 @@ ARTIFACT_KEY = "asset-registration"
 class CodeOceanResult(BaseModel):
     """A Code Ocean result asset to register with ``register_co_result``."""
 
-    s3_location: str = Field(description="s3://bucket/prefix of the result.")
+    s3_location: S3Location = Field(description="s3://bucket/prefix of the result.")
     name: str = Field(min_length=1, description="Name of the result asset.")
     co_asset_id: str = Field(min_length=1, description="Code Ocean asset id.")
     co_computation_id: str = Field(min_length=1, description="Code Ocean computation id.")
@@ -63,10 +64,10 @@ class CodeOceanResult(BaseModel):
 class RegistrationRequest(BaseModel):
     """What to register. Give locations, or a bucket and asset prefixes, or both."""
 
-    locations: list[str] = Field(
+    locations: list[S3Location] = Field(
         default_factory=list, description="Asset locations, s3://bucket/prefix."
     )
-    bucket: str | None = Field(
+    bucket: BucketName | None = Field(
         default=None,
         description="Bucket of the prefixes below; without prefixes, every folder is scanned.",
     )
@@ -283,8 +284,8 @@ def _run_name() -> str:
 @neurodata_flow("aind-asset-registration", _run_name, max_workers=4)
 def register_assets(
     request: RegistrationRequest,
-    docdb_block: str = DEFAULT_DOCDB_BLOCK,
-    aws_block: str | None = None,
+    docdb_block: DocDbBlockName = DEFAULT_DOCDB_BLOCK,
+    aws_block: AwsBlockName | None = None,
 ) -> RegistrationSummary:
     """Register AIND assets that are in S3 but not yet in DocDB.
 
@@ -293,7 +294,7 @@ def register_assets(
 
     Args:
         request: Locations (or bucket + prefixes) and Code Ocean results to register.
-        docdb_block: Name of the saved `DocDbApiCredentials` block.
+        docdb_block: The saved `DocDbApiCredentials` block, by name or picked in the run form.
         aws_block: Name of an `AwsCredentials` block for S3; defaults to the DocDB block's.
 
     Returns:

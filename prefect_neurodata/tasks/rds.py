@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -13,6 +14,9 @@ from prefect_neurodata.tasks.retries import task_options
 
 MAX_IDENTIFIER_BYTES = 63
 """Postgres keeps identifiers to NAMEDATALEN - 1 = 63 bytes (longer ones are cut or refused)."""
+_IDENTIFIER_CHAR = "[A-Za-z0-9_]"
+EXPORT_TABLE_PATTERN = f"^{_IDENTIFIER_CHAR}{{1,{MAX_IDENTIFIER_BYTES}}}$"
+"""JSON-schema pattern of what `table_name_problem` accepts (for run forms)."""
 
 
 def table_name_problem(value: str) -> str | None:
@@ -24,7 +28,7 @@ def table_name_problem(value: str) -> str | None:
         table_name_problem("x" * 64)  # 'is 64 bytes long; Postgres identifiers ...'
         ```
     """
-    if not value or not value.replace("_", "a").isalnum() or not value.isascii():
+    if not re.fullmatch(f"{_IDENTIFIER_CHAR}+", value):
         return "must be letters, digits and _"
     size = len(value.encode())
     if size > MAX_IDENTIFIER_BYTES:

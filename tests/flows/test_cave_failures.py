@@ -166,6 +166,28 @@ def test_snapshot_with_the_service_down_says_to_rerun_later(
     assert_no_secret(artifacts, sandbox.env)
 
 
+def test_snapshot_failing_in_a_partition_names_the_table(
+    sandbox: Any, saved_cave_block: str, tmp_path: Path
+) -> None:
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+    version = cave_block(sandbox.env).get_client().materialize.most_recent_version()
+    # a file where the table's directory goes: the partition's write fails, after the checks
+    root = tmp_path / datastack / f"v{version}"
+    root.mkdir(parents=True)
+    (root / "neuron_tags").write_text("in the way")
+    state = snapshot_materialization(
+        SnapshotRequest(destination=str(tmp_path), version=version, tables=["neuron_tags"]),
+        cave_block=saved_cave_block,
+        return_state=True,
+    )
+    _, artifacts = failed_run(state, OSError)
+    report = artifacts[SNAPSHOT_FAILURE].data
+    assert "- table: `'neuron_tags (1 part(s))'`" in report
+    assert f"- version: `{version}`" in report and f"- datastack: `'{datastack}'`" in report
+    assert "keeps the tables already in the manifest" not in report  # not a service failure
+    assert "Run the flow again with the same parameters" in report  # the generic advice
+
+
 # ------------------------------------------------------------------------------ notices
 def test_snapshot_shows_table_owner_notices_and_is_named_after_the_datastack(
     sandbox: Any, saved_cave_block: str, tmp_path: Path

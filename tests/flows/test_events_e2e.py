@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
 from prefect_neurodata.relay import EventRelay
 from tests.flows.aind_helpers import (
@@ -96,8 +97,11 @@ def test_upload_to_s3_registers_the_asset(
         assert record["name"] == name
         assert record["subject"]["subject_id"] == name.split("_")[1]
 
+        # Filtered on the server: in a full session, more than one page of earlier flow runs
+        # would otherwise hide this deployment's run.
+        only_ours = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(limit=50)
+            runs = client.read_flow_runs(flow_run_filter=only_ours, limit=50)
         ours = [r for r in runs if r.deployment_id == deployment.id]
         assert ours, "no flow run of the registration deployment"
         assert [r.parameters["request"]["locations"] for r in ours] == [[location]]

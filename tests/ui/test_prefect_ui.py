@@ -4,8 +4,10 @@
 sandbox, saved blocks).
 
 It checks the deployments list, each deployment's run form (parameter titles and
-descriptions), starts the snapshot from its form, follows the run to completion and opens its
-artifacts. Screenshots (PNG) go to ``$NEURODATA_UI_SCREENSHOTS`` (default: the test's temporary
+descriptions, the QC evaluation's fields, a saved-block picker), that the snapshot form refuses
+a bad S3 destination before a run exists, starts the snapshot from its form with the CAVE block
+picked from the saved blocks, follows the run to completion and opens its artifacts.
+Screenshots (PNG) go to ``$NEURODATA_UI_SCREENSHOTS`` (default: the test's temporary
 directory). A page that lacks what is checked fails the test; nothing is skipped.
 """
 
@@ -33,6 +35,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 pytestmark = pytest.mark.flows
 
 # What each run form must show: parameter names/titles and descriptions from the flows.
+QC_EVALUATION_FIELDS = ("Name", "Modality", "Abbreviation", "Stage", "Metrics", "Status History")
+"""What one QC evaluation shows in the run form once added."""
 FORM_TEXT = {
     "registration": ["request", "docdb_block"],
     "qc": ["request", "Assets", "Evaluations", "docdb_block"],
@@ -155,8 +159,54 @@ def _flow_runs(ui: str, deployment_id: str) -> list[dict[str, Any]]:
     return response.json()
 
 
+def _button(driver: Any, text: str, index: int = 0) -> Any:
+    """The ``index``-th visible button labelled ``text`` (fails naming it when absent)."""
+    from selenium.webdriver.common.by import By
+
+    buttons = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == text]
+    visible = [b for b in buttons if b.is_displayed()]
+    if len(visible) <= index:
+        pytest.fail(f"{driver.current_url} has no button {text!r} number {index + 1}")
+    return visible[index]
+
+
+def _field_input(driver: Any, value: str) -> Any:
+    """The visible text input or textarea of the form that holds ``value``."""
+    from selenium.webdriver.common.by import By
+
+    for element in driver.find_elements(By.CSS_SELECTOR, "input, textarea"):
+        if element.is_displayed() and element.get_attribute("value") == value:
+            return element
+    pytest.fail(f"{driver.current_url} has no input holding {value!r}")
+
+
+def _pick_block(driver: Any, block_type: str, block_name: str) -> None:
+    """Switch a block parameter to the saved-block picker and pick ``block_name``."""
+    from selenium.webdriver.common.by import By
+
+    _button(driver, block_type).click()
+    pickers = driver.find_elements(By.CSS_SELECTOR, ".block-documents-select")
+    pickers = [picker for picker in pickers if picker.is_displayed()]
+    assert pickers, f"no saved-block picker after choosing {block_type}"
+    pickers[0].click()
+    deadline = time.monotonic() + 30
+    while True:
+        options = [
+            e
+            for e in driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{block_name}']")
+            if e.is_displayed()
+        ]
+        if options:
+            options[-1].click()
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the {block_type} picker does not offer the saved block {block_name!r}")
+        time.sleep(0.5)
+
+
 def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screenshots: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     specs = deployment_specs()
     browser.get(f"{demo_ui}/deployments")
@@ -167,15 +217,37 @@ def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screens
     for spec in specs:
         browser.get(f"{demo_ui}/deployments/deployment/{ids[spec.name]}/run")
         _page_text(browser, [spec.name, "Parameters", *FORM_TEXT[spec.key], "Submit"])
+        if spec.key == "qc":
+            # QC evaluations are typed: adding one shows its fields, the stage as a choice.
+            _button(browser, "Add item", 1).click()
+            _page_text(browser, [*QC_EVALUATION_FIELDS])
+            # Block parameters offer the saved blocks; the demo saved neurodata-docdb.
+            _pick_block(browser, "DocDbApiCredentials", "neurodata-docdb")
         browser.save_screenshot(str(screenshots / f"run-form-{spec.key}.png"))
 
-    # Start the snapshot from its form with the deployment's defaults, as a user would.
+    # The snapshot form refuses a bad S3 destination before a run exists...
     snapshot = next(s for s in specs if s.key == "snapshot")
+    scheduled = {r["id"] for r in _flow_runs(demo_ui, ids[snapshot.name])}  # the cron's runs
     browser.get(f"{demo_ui}/deployments/deployment/{ids[snapshot.name]}/run")
     _page_text(browser, ["Submit", "Destination"])
-    submit = next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Submit")
-    scheduled = {r["id"] for r in _flow_runs(demo_ui, ids[snapshot.name])}  # the cron's runs
-    submit.click()
+    default = snapshot.parameters["request"]["destination"]
+    destination = _field_input(browser, default)
+    destination.send_keys(Keys.CONTROL, "a")
+    destination.send_keys("s3://Bad_Bucket/snapshots")
+    _button(browser, "Submit").click()
+    _page_text(browser, ["does not match"])
+    browser.save_screenshot(str(screenshots / "run-form-snapshot-refused.png"))
+    time.sleep(2)
+    assert not [r for r in _flow_runs(demo_ui, ids[snapshot.name]) if r["id"] not in scheduled]
+    assert "/run" in browser.current_url, "the form left its page despite the bad destination"
+
+    # ...and, corrected and with the CAVE block picked from the saved blocks, it runs.
+    destination = _field_input(browser, "s3://Bad_Bucket/snapshots")
+    destination.send_keys(Keys.CONTROL, "a")
+    destination.send_keys(default)
+    _pick_block(browser, "CaveCredentials", snapshot.parameters["cave_block"])
+    browser.save_screenshot(str(screenshots / "run-form-snapshot.png"))
+    _button(browser, "Submit").click()
     # The UI creates the run and shows the deployment's runs; find the run it created.
     deadline = time.monotonic() + 60
     while not (
@@ -185,6 +257,7 @@ def test_deployments_forms_run_and_artifacts(demo_ui: str, browser: Any, screens
             pytest.fail(f"submitting the run form created no run: {browser.current_url}")
         time.sleep(0.5)
     (run,) = runs
+    assert "$ref" in run["parameters"]["cave_block"], run["parameters"]  # the picked block
     run_url = f"{demo_ui}/runs/flow-run/{run['id']}"
     deadline = time.monotonic() + 300
     while (state := (run := _flow_run(demo_ui, run["id"]))["state_type"]) not in FINAL_STATES:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from prefect_neurodata.clients.cave import (
     set_session_defaults,
 )
 from prefect_neurodata.clients.cave import endpoints as ep
+from prefect_neurodata.clients.cave.annotationengine import AnnotationClient
 from prefect_neurodata.clients.cave.base import (
+    SHARED_ARGS_DOC,
     AuthorizationError,
     BaseEncoder,
     ClientBase,
@@ -26,8 +30,14 @@ from prefect_neurodata.clients.cave.base import (
     _check_version_compatibility,
     handle_response,
 )
+from prefect_neurodata.clients.cave.chunkedgraph import ChunkedGraphClient, ChunkedGraphClientV1
+from prefect_neurodata.clients.cave.emannotationschemas import SchemaClient, SchemaClientLegacy
+from prefect_neurodata.clients.cave.infoservice import InfoServiceClient, InfoServiceClientV2
+from prefect_neurodata.clients.cave.jsonservice import JSONService, JSONServiceV1
+from prefect_neurodata.clients.cave.l2cache import L2CacheClient, L2CacheClientLegacy
+from prefect_neurodata.clients.cave.materializationengine import MaterializationClient
 from prefect_neurodata.clients.cave.session_config import patch_session, retry_policy
-from prefect_neurodata.clients.http import ServiceError
+from prefect_neurodata.clients.http import ServiceError, TransportConfig
 from tests.cave_helpers import (
     LOCAL,
     TOKEN,
@@ -332,3 +342,64 @@ def test_patch_session_mounts_pool_without_urllib3_retries() -> None:
     assert adapter._pool_maxsize == 17
     assert adapter._pool_block is True
     assert adapter.max_retries.total == 0
+
+
+def _documented_args(doc: str | None) -> list[str]:
+    """The names in the ``Args:`` section of a docstring, in their order."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    start = lines.index("Args:") + 1
+    names = []
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        match = re.match(r"^    (\w+)( \(.*\))?:", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+@pytest.mark.parametrize(
+    "documented",
+    [
+        JSONService,
+        SchemaClient,
+        L2CacheClient,
+        InfoServiceClient,
+        AnnotationClient,
+        ChunkedGraphClient,
+        MaterializationClient,
+        ClientBase,
+        ChunkedGraphClientV1,
+    ],
+    ids=lambda obj: obj.__name__,
+)
+def test_help_describes_every_argument_in_signature_order(documented) -> None:
+    # The shared arguments are written once (SHARED_ARGS_DOC) and composed into each docstring.
+    expected = list(inspect.signature(documented).parameters)
+    assert _documented_args(documented.__doc__) == expected
+    assert SHARED_ARGS_DOC["transport"][:40] in " ".join(documented.__doc__.split())
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [
+        (ClientBaseWithDatastack, ("stack",)),
+        (JSONServiceV1, (None,)),
+        (SchemaClientLegacy, ()),
+        (L2CacheClientLegacy, ("test_v1",)),
+        (InfoServiceClientV2, ("stack",)),
+        (ChunkedGraphClientV1, ()),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_seed_transport_arguments_of_a_subclient_override_its_transport(cls, extra) -> None:
+    base = TransportConfig(timeout=(1.5, 7.0), pool_maxsize=4, verify="/ca.pem")
+    seed = (LOCAL, AUTH, 1, {}, KEY, *extra)
+    kwargs = {"max_retries": 0, "pool_maxsize": 2, "pool_block": True, "transport": base}
+    client = cls(*seed, **kwargs)
+    transport = client.transport
+    assert transport.retry.max_retries == 0
+    assert (transport.pool_maxsize, transport.pool_block) == (2, True)
+    assert transport.timeout == (1.5, 7.0)
+    assert transport.verify == "/ca.pem"
+    assert client.session.headers["Authorization"] == AUTH["Authorization"]

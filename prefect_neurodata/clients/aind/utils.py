@@ -32,10 +32,23 @@ if TYPE_CHECKING:
 # ending with a letter or digit, no '..'. Buckets made before March 2018 in us-east-1 may also
 # hold upper case and '_' ("legacy" names): the drop-in client accepts those (the official one
 # checks nothing), while the flows, which create locations, hold new input to today's rule.
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_NAME = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_BUCKET_RE = re.compile(rf"^{_BUCKET_NAME}$")
 _LEGACY_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,61}[A-Za-z0-9]$")
 # Characters AWS advises against in keys (control characters, \ { } ^ % ` [ ] " < > ~ # |).
-_BAD_PREFIX_CHARS = re.compile(r"[\x00-\x1f\x7f\\{}^%`\[\]\"<>~#|]")
+_UNSAFE_KEY_CHARS = r'\x00-\x1f\x7f\\{}^%`\[\]"<>~#|'
+_BAD_PREFIX_CHARS = re.compile(f"[{_UNSAFE_KEY_CHARS}]")
+
+# The same rule as JSON-schema patterns, for run forms (Prefect validates a deployment's
+# parameters against them before a run exists). Both are written in the syntax Python's `re`
+# and JavaScript share. A pattern is a necessary condition: what it accepts, the functions
+# below may still refuse ('..' segments, over-long prefixes), never the other way round.
+S3_BUCKET_PATTERN = _BUCKET_RE.pattern
+"""JSON-schema pattern of a bucket name as `bucket_problem` accepts it (today's rule)."""
+S3_LOCATION_PATTERN = rf"^s3://{_BUCKET_NAME}/+[^{_UNSAFE_KEY_CHARS}/][^{_UNSAFE_KEY_CHARS}]*$"
+"""JSON-schema pattern of an asset location ``s3://bucket/prefix`` (`parse_s3_location`)."""
+S3_URI_OR_PATH_PATTERN = rf"^(?:s3://{_BUCKET_NAME}(?:/[^{_UNSAFE_KEY_CHARS}]*)?|(?!\w+://)\S.*)$"
+"""JSON-schema pattern of a destination: ``s3://bucket[/prefix]`` or a local path (no scheme)."""
 MAX_PREFIX_BYTES = 900
 """Asset prefixes stay well below S3's 1,024-byte key limit, leaving room for the files."""
 

@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 import webbrowser
@@ -40,9 +39,7 @@ import orjson
 from prefect_neurodata.clients.http import ServiceError, TransportConfig, decode_json, loads
 
 from . import endpoints as _endpoints
-from .base import new_http, resolve_transport, send_checked
-
-logger = logging.getLogger("prefect_neurodata.cave")
+from .base import logger, new_http, resolve_transport, send_checked
 
 default_token_location = "~/.cloudvolume/secrets"
 default_token_name = "cave-secret.json"

@@ -21,8 +21,11 @@ A subclient (chunkedgraph, materialize, annotation, ...) subclasses `ClientBase`
 
 Version handling:
 
-* `_api_endpoints` negotiates the API version (``api/versions``) and returns the merged
-  endpoint dict used by the factories (``ChunkedGraphClient(...)`` etc.).
+* `Service.connect` is the one body of every factory (``ChunkedGraphClient(...)`` etc.): it
+  negotiates the API version (``api/versions``, via `_api_endpoints`) and builds the client
+  with the merged endpoint dict and one `TransportConfig`; `SHARED_ARGS_DOC` describes the
+  arguments every factory and subclient shares, composed into their docstrings by
+  `document_shared_args`.
 * ``ClientBase.server_version`` is the service's software version (``get_version`` endpoint),
   fetched lazily on first use and cached; a 404 or a missing endpoint means None.
 * `check_version_compatibility` (caveclient's ``_check_version_compatibility``, kept as an

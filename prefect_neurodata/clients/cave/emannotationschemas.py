@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,11 +22,10 @@ from .base import (
     ClientBase,
     Service,
     document_shared_args,
+    logger,
     resolve_server_address,
     resolve_transport,
 )
-
-logger = logging.getLogger("prefect_neurodata.cave")
 
 SERVER_KEY = "emas_server_address"
 

@@ -2,9 +2,10 @@
 
 Templates are plain ``str.format`` strings. Each service has a *common* dict (version probes that
 exist whatever the API version) and one dict per API version; a client merges the common dict
-with the dict of the version it negotiated (see `base._api_endpoints`) and formats a template
+with the dict of the version it negotiated (see `base.Service.connect`) and formats a template
 with its ``default_url_mapping`` (``{<server key>: <server address>, ...}``) plus call-specific
-keys such as ``table_id`` or ``datastack_name``.
+keys such as ``table_id`` or ``datastack_name``. A version's dict is written as `_routes` of its
+URL prefix, so paths that several versions serve are written once.
 
 Server keys (placeholders naming the host):
 
@@ -25,6 +26,20 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+
+def _routes(prefix: str, paths: Mapping[str, str]) -> dict[str, str]:
+    """``{name: prefix + path}``: one API version's templates under its URL prefix.
+
+    Example:
+        ```python
+        assert _routes("{s}/api", {"info": "/info"}) == {"info": "{s}/api/info"}
+        ```
+    """
+    return {name: prefix + path for name, path in paths.items()}
+
+
 default_global_server_address = "https://global.daf-apis.com"
 """The global server (info, auth, schema, state) used when none is given or cached."""
 
@@ -37,20 +52,26 @@ fallback_ngl_url = "https://neuroglancer.neuvue.io/"
 annotation_common: dict[str, str] = {}
 
 anno_legacy = "{ae_server_address}/annotation"
-annotation_endpoints_legacy: dict[str, str] = {
-    "datasets": anno_legacy + "/datasets",
-    "table_names": anno_legacy + "/dataset/{dataset_name}",
-    "existing_annotation": anno_legacy + "/dataset/{dataset_name}/{table_name}/{annotation_id}",
-    "new_annotation": anno_legacy + "/dataset/{dataset_name}/{table_name}",
-}
+annotation_endpoints_legacy: dict[str, str] = _routes(
+    anno_legacy,
+    {
+        "datasets": "/datasets",
+        "table_names": "/dataset/{dataset_name}",
+        "existing_annotation": "/dataset/{dataset_name}/{table_name}/{annotation_id}",
+        "new_annotation": "/dataset/{dataset_name}/{table_name}",
+    },
+)
 
 anno_v2 = "{ae_server_address}/annotation/api/v2"
-annotation_endpoints_v2: dict[str, str] = {
-    "tables": anno_v2 + "/aligned_volume/{aligned_volume_name}/table",
-    "table_info": anno_v2 + "/aligned_volume/{aligned_volume_name}/table/{table_name}",
-    "annotations": anno_v2 + "/aligned_volume/{aligned_volume_name}/table/{table_name}/annotations",
-    "table_count": anno_v2 + "/aligned_volume/{aligned_volume_name}/table/{table_name}/count",
-}
+annotation_endpoints_v2: dict[str, str] = _routes(
+    anno_v2 + "/aligned_volume/{aligned_volume_name}/table",
+    {
+        "tables": "",
+        "table_info": "/{table_name}",
+        "annotations": "/{table_name}/annotations",
+        "table_count": "/{table_name}/count",
+    },
+)
 
 annotation_api_versions: dict[int, dict[str, str]] = {
     0: annotation_endpoints_legacy,
@@ -70,48 +91,58 @@ mat_v3_api = "{me_server_address}/materialize/api/v3"
 _mat_v2_ds = mat_v2_api + "/datastack/{datastack_name}"
 _mat_v3_ds = mat_v3_api + "/datastack/{datastack_name}"
 
+# Paths both API versions serve below their own datastack prefix.
+_mat_datastack_paths: dict[str, str] = {
+    "simple_query": "/version/{version}/table/{table_name}/query",
+    "join_query": "/version/{version}/query",
+    "versions": "/versions",
+    "version_metadata": "/version/{version}",
+    "metadata": "/version/{version}/table/{table_name}/metadata",
+    "versions_metadata": "/metadata",
+    "segmentation_metadata": "/table/{table_name}/segmentation_metadata",
+}
+# Served below the v2 prefix whatever the version: the v3 client keeps the v2 paths for
+# these (reference 1.5 / QUIRK 6).
+_mat_v2_paths_kept: dict[str, str] = {
+    **_routes(
+        _mat_v2_ds + "/version/{version}",
+        {"table_count": "/table/{table_name}/count", "tables": "/tables"},
+    ),
+    **_routes(
+        mat_v2_api + "/materialize/run",
+        {
+            "ingest_annotation_table": (
+                "/ingest_annotations/datastack/{datastack_name}/{table_name}"
+            ),
+            "lookup_supervoxel_ids": "/lookup_svid/datastack/{datastack_name}/{table_name}",
+        },
+    ),
+}
+
 materialization_endpoints_v2: dict[str, str] = {
-    "simple_query": _mat_v2_ds + "/version/{version}/table/{table_name}/query",
-    "join_query": _mat_v2_ds + "/version/{version}/query",
-    "table_count": _mat_v2_ds + "/version/{version}/table/{table_name}/count",
-    "versions": _mat_v2_ds + "/versions",
-    "version_metadata": _mat_v2_ds + "/version/{version}",
-    "tables": _mat_v2_ds + "/version/{version}/tables",
-    "metadata": _mat_v2_ds + "/version/{version}/table/{table_name}/metadata",
-    "versions_metadata": _mat_v2_ds + "/metadata",
-    "segmentation_metadata": _mat_v2_ds + "/table/{table_name}/segmentation_metadata",
-    "ingest_annotation_table": mat_v2_api
-    + "/materialize/run/ingest_annotations/datastack/{datastack_name}/{table_name}",
-    "lookup_supervoxel_ids": mat_v2_api
-    + "/materialize/run/lookup_svid/datastack/{datastack_name}/{table_name}",
-    "live_live_query": mat_v3_api + "/datastack/{datastack_name}/query",
+    **_routes(_mat_v2_ds, _mat_datastack_paths),
+    **_mat_v2_paths_kept,
+    "live_live_query": _mat_v3_ds + "/query",
 }
 
 materialization_endpoints_v3: dict[str, str] = {
-    "simple_query": _mat_v3_ds + "/version/{version}/table/{table_name}/query",
-    "join_query": _mat_v3_ds + "/version/{version}/query",
-    # The v3 client keeps the v2 paths for these two (reference 1.5 / QUIRK 6).
-    "table_count": _mat_v2_ds + "/version/{version}/table/{table_name}/count",
-    "tables": _mat_v2_ds + "/version/{version}/tables",
-    "versions": _mat_v3_ds + "/versions",
-    "version_metadata": _mat_v3_ds + "/version/{version}",
-    "metadata": _mat_v3_ds + "/version/{version}/table/{table_name}/metadata",
-    "all_tables_metadata": _mat_v3_ds + "/version/{version}/tables/metadata",
-    "versions_metadata": _mat_v3_ds + "/metadata",
-    "segmentation_metadata": _mat_v3_ds + "/table/{table_name}/segmentation_metadata",
-    "ingest_annotation_table": mat_v2_api
-    + "/materialize/run/ingest_annotations/datastack/{datastack_name}/{table_name}",
-    "lookup_supervoxel_ids": mat_v2_api
-    + "/materialize/run/lookup_svid/datastack/{datastack_name}/{table_name}",
-    "live_live_query": _mat_v3_ds + "/query",
-    "get_views": _mat_v3_ds + "/version/{version}/views",
-    "view_metadata": _mat_v3_ds + "/version/{version}/views/{view_name}/metadata",
-    "view_query": _mat_v3_ds + "/version/{version}/views/{view_name}/query",
-    "view_schema": _mat_v3_ds + "/version/{version}/views/{view_name}/schema",
-    "view_schemas": _mat_v3_ds + "/version/{version}/views/schemas",
-    "unique_string_values": _mat_v3_ds + "/table/{table_name}/unique_string_values",
-    "neuroglancer_annotation_path": _mat_v3_ds + "/table/{table_name}/precomputed",
-    "neuroglancer_segprop_path": _mat_v3_ds + "/version/{version}/table/{table_name}",
+    **_routes(
+        _mat_v3_ds,
+        {
+            **_mat_datastack_paths,
+            "all_tables_metadata": "/version/{version}/tables/metadata",
+            "live_live_query": "/query",
+            "get_views": "/version/{version}/views",
+            "view_metadata": "/version/{version}/views/{view_name}/metadata",
+            "view_query": "/version/{version}/views/{view_name}/query",
+            "view_schema": "/version/{version}/views/{view_name}/schema",
+            "view_schemas": "/version/{version}/views/schemas",
+            "unique_string_values": "/table/{table_name}/unique_string_values",
+            "neuroglancer_annotation_path": "/table/{table_name}/precomputed",
+            "neuroglancer_segprop_path": "/version/{version}/table/{table_name}",
+        },
+    ),
+    **_mat_v2_paths_kept,
 }
 
 materialization_api_versions: dict[int, dict[str, str]] = {
@@ -132,21 +163,23 @@ infoservice_common: dict[str, str] = {
 }
 
 info_v1 = "{i_server_address}/info/api"
-infoservice_endpoints_v1: dict[str, str] = {
-    "datasets": info_v1 + "/datasets",
-    "dataset_info": info_v1 + "/dataset/{dataset_name}",
-}
+infoservice_endpoints_v1: dict[str, str] = _routes(
+    info_v1, {"datasets": "/datasets", "dataset_info": "/dataset/{dataset_name}"}
+)
 
 info_v2 = "{i_server_address}/info/api/v2"
-infoservice_endpoints_v2: dict[str, str] = {
-    "datastacks": info_v2 + "/datastacks",
-    "datastack_info": info_v2 + "/datastack/full/{datastack_name}",
-    "aligned_volumes": info_v2 + "/aligned_volume",
-    "aligned_volume_info": info_v2 + "/aligned_volume/{aligned_volume_name}",
-    "aligned_volume_by_id": info_v2 + "/aligned_volume/id/{aligned_volume_id}",
-    "datastacks_from_aligned_volume": info_v2 + "/aligned_volume/{aligned_volume_name}/datastacks",
-    "image_sources": info_v2 + "/datastack/{datastack_name}/image_sources",
-}
+infoservice_endpoints_v2: dict[str, str] = _routes(
+    info_v2,
+    {
+        "datastacks": "/datastacks",
+        "datastack_info": "/datastack/full/{datastack_name}",
+        "aligned_volumes": "/aligned_volume",
+        "aligned_volume_info": "/aligned_volume/{aligned_volume_name}",
+        "aligned_volume_by_id": "/aligned_volume/id/{aligned_volume_id}",
+        "datastacks_from_aligned_volume": "/aligned_volume/{aligned_volume_name}/datastacks",
+        "image_sources": "/datastack/{datastack_name}/image_sources",
+    },
+)
 
 infoservice_api_versions: dict[int, dict[str, str]] = {
     1: infoservice_endpoints_v1,
@@ -160,14 +193,19 @@ auth_common: dict[str, str] = {}
 
 v1_auth = "{auth_server_address}/auth/api/v1"
 auth_endpoints_v1: dict[str, str] = {
-    "refresh_token": v1_auth + "/refresh_token",
-    "create_token": v1_auth + "/create_token",
-    "get_tokens": v1_auth + "/user/token",
-    "get_users": v1_auth + "/user",
-    "get_group_users": v1_auth + "/group/{group_id}/user",
+    **_routes(
+        v1_auth,
+        {
+            "refresh_token": "/refresh_token",
+            "create_token": "/create_token",
+            "get_tokens": "/user/token",
+            "get_users": "/user",
+            "get_group_users": "/group/{group_id}/user",
+            "user_cache": "/user/cache",
+            "service_table_dataset": "/service/{service_namespace}/table/{table_id}/dataset",
+        },
+    ),
     "user_tokens_page": "{auth_server_address}/sticky_auth/settings/tokens",
-    "user_cache": v1_auth + "/user/cache",
-    "service_table_dataset": v1_auth + "/service/{service_namespace}/table/{table_id}/dataset",
 }
 
 auth_api_versions: dict[int, dict[str, str]] = {1: auth_endpoints_v1}
@@ -179,19 +217,17 @@ schema_common: dict[str, str] = {
     "get_api_versions": "{emas_server_address}/schema/versions",
 }
 
+# Paths both API versions serve below their own prefix.
+_schema_paths: dict[str, str] = {"schema": "/type", "schema_definition": "/type/{schema_type}"}
+
 schema_v1 = "{emas_server_address}/schema"
-schema_endpoints_v1: dict[str, str] = {
-    "schema": schema_v1 + "/type",
-    "schema_definition": schema_v1 + "/type/{schema_type}",
-}
+schema_endpoints_v1: dict[str, str] = _routes(schema_v1, _schema_paths)
 
 schema_v2 = "{emas_server_address}/schema/api/v2"
-schema_endpoints_v2: dict[str, str] = {
-    "schema": schema_v2 + "/type",
-    "schema_definition": schema_v2 + "/type/{schema_type}",
-    "schema_definition_multi": schema_v2 + "/types",
-    "schema_definition_all": schema_v2 + "/types_all",
-}
+schema_endpoints_v2: dict[str, str] = _routes(
+    schema_v2,
+    {**_schema_paths, "schema_definition_multi": "/types", "schema_definition_all": "/types_all"},
+)
 
 schema_api_versions: dict[int, dict[str, str]] = {
     1: schema_endpoints_v1,
@@ -209,48 +245,58 @@ chunkedgraph_endpoints_common: dict[str, str] = {
 
 pcg_legacy = "{cg_server_address}/segmentation/1.0"
 chunkedgraph_endpoints_v0: dict[str, str] = {
-    "handle_root": pcg_legacy + "/{table_id}/graph/root",
-    "handle_children": pcg_legacy + "/segment/{node_id}/children",
-    "leaves_from_root": pcg_legacy + "/{table_id}/segment/{root_id}/leaves",
-    "merge_log": pcg_legacy + "/{table_id}/segment/{root_id}/merge_log",
-    "change_log": pcg_legacy + "/{table_id}/segment/{root_id}/change_log",
-    "contact_sites": pcg_legacy + "/{table_id}/segment/{root_id}/contact_sites",
+    **_routes(
+        pcg_legacy,
+        {
+            "handle_root": "/{table_id}/graph/root",
+            "handle_children": "/segment/{node_id}/children",
+            "leaves_from_root": "/{table_id}/segment/{root_id}/leaves",
+            "merge_log": "/{table_id}/segment/{root_id}/merge_log",
+            "change_log": "/{table_id}/segment/{root_id}/change_log",
+            "contact_sites": "/{table_id}/segment/{root_id}/contact_sites",
+        },
+    ),
     "cloudvolume_path": "graphene://" + pcg_legacy + "/{table_id}",
 }
 
 pcg_v1 = "{cg_server_address}/segmentation/api/v1"
 _pcg_t = pcg_v1 + "/table/{table_id}"
 chunkedgraph_endpoints_v1: dict[str, str] = {
-    "handle_root": _pcg_t + "/node/{supervoxel_id}/root",
-    "handle_roots": _pcg_t + "/roots",
-    "get_roots": _pcg_t + "/roots_binary",
-    "handle_children": _pcg_t + "/node/{node_id}/children",
-    "leaves_many": _pcg_t + "/node/leaves_many",
-    "leaves_from_root": _pcg_t + "/node/{root_id}/leaves",
-    "minimal_covering_nodes": _pcg_t + "/minimal_covering_nodes",
-    "do_merge": _pcg_t + "/merge",
-    "execute_split": _pcg_t + "/split",
-    "preview_split": _pcg_t + "/graph/split_preview",
-    "undo": _pcg_t + "/undo",
-    "redo": _pcg_t + "/redo",
-    # PyChunkedGraph serves the per-root history routes under ``/root/``.
-    "merge_log": _pcg_t + "/root/{root_id}/merge_log",
-    "change_log": _pcg_t + "/root/{root_id}/change_log",
-    "tabular_change_log": _pcg_t + "/tabular_change_log_many",
-    "handle_lineage_graph": _pcg_t + "/lineage_graph_multiple",
-    "past_id_mapping": _pcg_t + "/past_id_mapping",
-    "is_latest_roots": _pcg_t + "/is_latest_roots",
-    "root_timestamps": _pcg_t + "/root_timestamps",
-    "delta_roots": _pcg_t + "/delta_roots",
-    "valid_nodes": _pcg_t + "/valid_nodes",
-    "operation_details": _pcg_t + "/operation_details",
-    "user_operations": _pcg_t + "/user_operations",
-    "oldest_timestamp": _pcg_t + "/oldest_timestamp",
-    "find_path": _pcg_t + "/graph/find_path",
-    "lvl2_graph": _pcg_t + "/node/{root_id}/lvl2_graph",
-    "get_subgraph": _pcg_t + "/node/{root_id}/subgraph",
-    "contact_sites": _pcg_t + "/node/{root_id}/contact_sites",
-    "contact_sites_pairwise": _pcg_t + "/contact_sites_pair/{root_id_1}/{root_id_2}",
+    **_routes(
+        _pcg_t,
+        {
+            "handle_root": "/node/{supervoxel_id}/root",
+            "handle_roots": "/roots",
+            "get_roots": "/roots_binary",
+            "handle_children": "/node/{node_id}/children",
+            "leaves_many": "/node/leaves_many",
+            "leaves_from_root": "/node/{root_id}/leaves",
+            "minimal_covering_nodes": "/minimal_covering_nodes",
+            "do_merge": "/merge",
+            "execute_split": "/split",
+            "preview_split": "/graph/split_preview",
+            "undo": "/undo",
+            "redo": "/redo",
+            # PyChunkedGraph serves the per-root history routes under ``/root/``.
+            "merge_log": "/root/{root_id}/merge_log",
+            "change_log": "/root/{root_id}/change_log",
+            "tabular_change_log": "/tabular_change_log_many",
+            "handle_lineage_graph": "/lineage_graph_multiple",
+            "past_id_mapping": "/past_id_mapping",
+            "is_latest_roots": "/is_latest_roots",
+            "root_timestamps": "/root_timestamps",
+            "delta_roots": "/delta_roots",
+            "valid_nodes": "/valid_nodes",
+            "operation_details": "/operation_details",
+            "user_operations": "/user_operations",
+            "oldest_timestamp": "/oldest_timestamp",
+            "find_path": "/graph/find_path",
+            "lvl2_graph": "/node/{root_id}/lvl2_graph",
+            "get_subgraph": "/node/{root_id}/subgraph",
+            "contact_sites": "/node/{root_id}/contact_sites",
+            "contact_sites_pairwise": "/contact_sites_pair/{root_id_1}/{root_id_2}",
+        },
+    ),
     "remesh_level2_chunks": "{cg_server_address}/meshing/api/v1/table/{table_id}/remeshing",
     "cloudvolume_path": "graphene://" + pcg_v1 + "/{table_id}",
 }
@@ -266,11 +312,14 @@ chunkedgraph_api_versions: dict[int, dict[str, str]] = {
 l2cache_common: dict[str, str] = {}
 
 l2cache_v1 = "{l2cache_server_address}/l2cache/api/v1"
-l2cache_endpoints_v1: dict[str, str] = {
-    "l2cache_data": l2cache_v1 + "/table/{table_id}/attributes",
-    "l2cache_meta": l2cache_v1 + "/attribute_metadata",
-    "l2cache_table_mapping": l2cache_v1 + "/table_mapping",
-}
+l2cache_endpoints_v1: dict[str, str] = _routes(
+    l2cache_v1,
+    {
+        "l2cache_data": "/table/{table_id}/attributes",
+        "l2cache_meta": "/attribute_metadata",
+        "l2cache_table_mapping": "/table_mapping",
+    },
+)
 
 l2cache_api_versions: dict[int, dict[str, str]] = {1: l2cache_endpoints_v1}
 
@@ -279,25 +328,29 @@ l2cache_api_versions: dict[int, dict[str, str]] = {1: l2cache_endpoints_v1}
 # ---------------------------------------------------------------------------------------------
 jsonservice_common: dict[str, str] = {}
 
-json_legacy = "{json_server_address}/nglstate"
-jsonservice_endpoints_v0: dict[str, str] = {
-    "upload_state": json_legacy + "/post",
-    "get_state": json_legacy + "/{state_id}",
-    "get_state_raw": json_legacy + "/raw/{state_id}",
+# Paths both API versions serve below their own prefix.
+_state_paths: dict[str, str] = {
+    "upload_state": "/post",
+    "get_state": "/{state_id}",
+    "get_state_raw": "/raw/{state_id}",
 }
 
+json_legacy = "{json_server_address}/nglstate"
+jsonservice_endpoints_v0: dict[str, str] = _routes(json_legacy, _state_paths)
+
 json_v1 = "{json_server_address}/nglstate/api/v1"
-jsonservice_endpoints_v1: dict[str, str] = {
-    "upload_state": json_v1 + "/post",
-    "upload_state_w_id": json_v1 + "/post/{state_id}",
-    "get_state": json_v1 + "/{state_id}",
-    "get_state_raw": json_v1 + "/raw/{state_id}",
-    "get_properties": json_v1 + "/property/{state_id}/info",
-    "get_properties_raw": json_v1 + "/property/raw/{state_id}",
-    "upload_properties": json_v1 + "/property/post",
-    "upload_properties_w_id": json_v1 + "/property/post/{state_id}",
-    "get_version": json_v1 + "/version",
-}
+jsonservice_endpoints_v1: dict[str, str] = _routes(
+    json_v1,
+    {
+        **_state_paths,
+        "upload_state_w_id": "/post/{state_id}",
+        "get_properties": "/property/{state_id}/info",
+        "get_properties_raw": "/property/raw/{state_id}",
+        "upload_properties": "/property/post",
+        "upload_properties_w_id": "/property/post/{state_id}",
+        "get_version": "/version",
+    },
+)
 
 jsonservice_api_versions: dict[int, dict[str, str]] = {
     0: jsonservice_endpoints_v0,
@@ -317,17 +370,21 @@ skeletonservice_common: dict[str, str] = {
 }
 
 skeleton_v1 = "{skeleton_server_address}/skeletoncache/api/v1/{datastack_name}"
-skeletonservice_endpoints_v1: dict[str, str] = {
-    "skeleton_info": skeleton_v1 + "/precomputed/skeleton/info",
-    "skeleton_info_versioned": skeleton_v1 + "/precomputed/skeleton/{skvn}/info",
-    "get_skeleton_via_rid": skeleton_v1 + "/precomputed/skeleton/{skvn}/{root_id}/{output_format}",
-    "get_bulk_skeletons": skeleton_v1
-    + "/bulk/get_skeletons/{skvn}/{output_format}/{gen_missing_sks}/{root_ids}",
-    "get_cached_skeletons_bulk": skeleton_v1 + "/bulk/get_cached_skeletons/{skvn}/{output_format}",
-    "skeletons_exist": skeleton_v1 + "/precomputed/skeleton/exists",
-    "gen_bulk_skeletons": skeleton_v1 + "/bulk/gen_skeletons",
-    "get_refusal_list": skeleton_v1 + "/precomputed/skeleton/get_refusal_list",
-    "get_skeleton_token": skeleton_v1 + "/bulk/get_skeleton_token/{skvn}",
-}
+skeletonservice_endpoints_v1: dict[str, str] = _routes(
+    skeleton_v1,
+    {
+        "skeleton_info": "/precomputed/skeleton/info",
+        "skeleton_info_versioned": "/precomputed/skeleton/{skvn}/info",
+        "get_skeleton_via_rid": "/precomputed/skeleton/{skvn}/{root_id}/{output_format}",
+        "get_bulk_skeletons": (
+            "/bulk/get_skeletons/{skvn}/{output_format}/{gen_missing_sks}/{root_ids}"
+        ),
+        "get_cached_skeletons_bulk": "/bulk/get_cached_skeletons/{skvn}/{output_format}",
+        "skeletons_exist": "/precomputed/skeleton/exists",
+        "gen_bulk_skeletons": "/bulk/gen_skeletons",
+        "get_refusal_list": "/precomputed/skeleton/get_refusal_list",
+        "get_skeleton_token": "/bulk/get_skeleton_token/{skvn}",
+    },
+)
 
 skeletonservice_api_versions: dict[int, dict[str, str]] = {1: skeletonservice_endpoints_v1}

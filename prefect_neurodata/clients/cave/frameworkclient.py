@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,15 +36,13 @@ from prefect_neurodata.errors import NeurodataError
 
 from .annotationengine import AnnotationClient, AnnotationClientV2
 from .auth import AuthClient, default_token_file, default_token_location, write_json_private
-from .base import resolve_server_address, resolve_transport
+from .base import logger, resolve_server_address, resolve_transport
 from .chunkedgraph import ChunkedGraphClient, ChunkedGraphClientV1
 from .emannotationschemas import SchemaClient, SchemaClientLegacy
 from .infoservice import InfoServiceClient, InfoServiceClientV2
 from .jsonservice import JSONService, JSONServiceV1
 from .l2cache import L2CacheClient, L2CacheClientLegacy
 from .materializationengine import MaterializationClient, MaterializationClientV2
-
-logger = logging.getLogger("prefect_neurodata.cave")
 
 datastack_map_file = f"{default_token_location}/cave_datastack_to_server_map.json"
 """``{datastack: global server}`` written when a client names both (see `CAVEclient`)."""
@@ -144,33 +141,23 @@ class CAVEclient:
             server_address = get_datastack_server(datastack_name)
         elif server_address is not None and datastack_name is not None and write_server_cache:
             write_datastack_server(datastack_name, resolve_server_address(server_address))
+        # What the global and the datastack client take alike, named once.
+        shared: dict[str, Any] = {
+            "server_address": server_address,
+            "auth_token_file": auth_token_file,
+            "auth_token_key": auth_token_key,
+            "auth_token": auth_token,
+            "max_retries": max_retries,
+            "pool_maxsize": pool_maxsize,
+            "pool_block": pool_block,
+            "info_cache": info_cache,
+            "timeout": timeout,
+            "transport": transport,
+        }
         if global_only or datastack_name is None:
-            return CAVEclientGlobal(
-                server_address=server_address,
-                auth_token_file=auth_token_file,
-                auth_token_key=auth_token_key,
-                auth_token=auth_token,
-                max_retries=max_retries,
-                pool_maxsize=pool_maxsize,
-                pool_block=pool_block,
-                info_cache=info_cache,
-                timeout=timeout,
-                transport=transport,
-            )
+            return CAVEclientGlobal(**shared)
         return CAVEclientFull(
-            datastack_name=datastack_name,
-            server_address=server_address,
-            auth_token_file=auth_token_file,
-            auth_token_key=auth_token_key,
-            auth_token=auth_token,
-            max_retries=max_retries,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            desired_resolution=desired_resolution,
-            info_cache=info_cache,
-            version=version,
-            timeout=timeout,
-            transport=transport,
+            datastack_name, desired_resolution=desired_resolution, version=version, **shared
         )
 
 

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +31,6 @@ from .base import (
     resolve_transport,
 )
 from .format_utils import formatter
-
-logger = logging.getLogger("prefect_neurodata.cave")
 
 SERVER_KEY = "i_server_address"
 

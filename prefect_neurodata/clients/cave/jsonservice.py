@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -33,8 +32,6 @@ from .base import (
     resolve_server_address,
     resolve_transport,
 )
-
-logger = logging.getLogger("prefect_neurodata.cave")
 
 SERVER_KEY = "json_server_address"
 

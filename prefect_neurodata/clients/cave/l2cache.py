@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,12 +22,11 @@ from .base import (
     ClientBase,
     Service,
     document_shared_args,
+    logger,
     resolve_server_address,
     resolve_transport,
 )
 from .node_ids import valid_node_ids
-
-logger = logging.getLogger("prefect_neurodata.cave")
 
 SERVER_KEY = "l2cache_server_address"
 
