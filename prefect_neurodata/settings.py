@@ -37,7 +37,22 @@ def _default_ledger_dir() -> Path:
 
 class NeurodataSettings(BaseSettings):
     """Environment knobs of prefect-neurodata; each field reads the variable of its name in
-    upper case (``ledger_dir`` is ``NEURODATA_LEDGER_DIR``, ``aws_region`` is ``AWS_REGION``)."""
+    upper case (``neurodata_ledger_dir`` is ``NEURODATA_LEDGER_DIR``).
+
+    Attributes:
+        neurodata_ledger_dir: Annotation-upload ledgers for sources without a folder of their own.
+        neurodata_sqs_queue_url: The queue the event relay reads upload notifications from.
+        prefect_api_url: The Prefect API the event relay posts events to.
+        prefect_api_key: Prefect Cloud key, sent by the relay as a bearer token (secret).
+        prefect_api_auth_string: ``user:password`` of a self-hosted server's basic auth (secret).
+        aws_endpoint_url: Endpoint of every AWS service (moto in the sandbox).
+        aws_endpoint_url_s3: Endpoint of S3 alone; wins over ``aws_endpoint_url``.
+        aws_region: AWS region; ``aws_default_region`` when unset.
+        aws_default_region: The AWS CLI's older region variable.
+        aws_access_key_id: Access key id of S3 filesystems built without a block.
+        aws_secret_access_key: Its secret key (secret).
+        aws_session_token: Session token of temporary credentials (secret).
+    """
 
     model_config = SettingsConfigDict(
         env_ignore_empty=True, extra="ignore", frozen=True, use_attribute_docstrings=True
