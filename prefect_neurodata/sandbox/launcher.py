@@ -364,10 +364,10 @@ class Sandbox:
     def _processes(self) -> dict[str, ServiceProcess]:
         state = self._load_state() or {}
         known = {f.name for f in fields(ServiceProcess)}
-        # Keys this version does not know (a state file from an older launcher recorded
-        # ``start_ticks``) are dropped: pid and command line still identify the process.
+        # A state file from an older launcher has ``start_ticks`` instead of ``start_time``:
+        # unknown keys are dropped, and pid and command line still identify the process.
         return {
-            n: ServiceProcess(**{k: v for k, v in p.items() if k in known})
+            n: ServiceProcess(**{"start_time": None, **{k: v for k, v in p.items() if k in known}})
             for n, p in state.get("processes", {}).items()
         }
 

@@ -185,11 +185,18 @@ def _pick_block(driver: Any, block_type: str, block_name: str) -> None:
     from selenium.webdriver.common.by import By
 
     _button(driver, block_type).click()
-    pickers = driver.find_elements(By.CSS_SELECTOR, ".block-documents-select")
-    pickers = [picker for picker in pickers if picker.is_displayed()]
-    assert pickers, f"no saved-block picker after choosing {block_type}"
-    pickers[0].click()
     deadline = time.monotonic() + 30
+    while not (
+        pickers := [
+            picker
+            for picker in driver.find_elements(By.CSS_SELECTOR, ".block-documents-select")
+            if picker.is_displayed()
+        ]
+    ):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no saved-block picker after choosing {block_type}")
+        time.sleep(0.5)
+    pickers[0].click()
     while True:
         options = [
             e
