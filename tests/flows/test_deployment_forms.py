@@ -9,11 +9,13 @@ parameters, naming the field, before a run exists; a block works by name and pic
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials
 
 from prefect_neurodata.blocks import CaveCredentials, DocDbApiCredentials, RdsCredentials
@@ -53,7 +55,7 @@ BLOCK_SLUGS = {
 
 
 @pytest.fixture(scope="module")
-def deployed(prefect_api: str) -> dict[str, dict[str, Any]]:
+def deployed(prefect_api: str) -> Iterator[dict[str, dict[str, Any]]]:
     """The five deployments as the server stores them, by spec key."""
     ids = {d.name: d.apply() for d in runner_deployments()}
     out = {}
@@ -61,7 +63,12 @@ def deployed(prefect_api: str) -> dict[str, dict[str, Any]]:
         response = httpx.get(f"{prefect_api}/deployments/{ids[spec.name]}")
         response.raise_for_status()
         out[spec.key] = response.json()
-    return out
+    yield out
+    # Later tests serve these deployments themselves: leave no stale trigger or schedule behind.
+    with get_client(sync_client=True) as client:
+        for deployment_id in ids.values():
+            client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+            client.delete_deployment(deployment_id)
 
 
 def _definition(schema: dict[str, Any], ref: str) -> dict[str, Any]:

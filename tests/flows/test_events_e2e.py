@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,30 @@ def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> A
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
 
 
-def _deployment_ready() -> Any:
+def _deployment_ready(started: datetime, docdb_block: str) -> Any:
+    """The registration deployment once *this* serve process applied and polls it.
+
+    Other tests of the session may have applied the same deployment (with its automation and
+    another block name) to the same server: an event posted before serve.py re-applied it would
+    start a run nobody serves, with the wrong block.
+    """
     with get_client(sync_client=True) as client:
         try:
             deployment = client.read_deployment_by_name(DEPLOYMENT)
         except Exception:  # noqa: BLE001 - not created yet
             return None
+        if deployment.last_polled is None or deployment.last_polled < started:
+            return None
         automations = client.read_automations_by_name("asset uploaded to S3")
-        return deployment if automations else None
+        ours = [
+            automation
+            for automation in automations
+            if all(
+                (getattr(action, "parameters", None) or {}).get("docdb_block") == docdb_block
+                for action in automation.actions
+            )
+        ]
+        return deployment if automations and ours == automations else None
 
 
 def test_upload_to_s3_registers_the_asset(
@@ -56,6 +73,7 @@ def test_upload_to_s3_registers_the_asset(
     env = sandbox.env
     bucket = env["NEURODATA_S3_BUCKET"]
     log = (tmp_path / "serve.log").open("wb")
+    started = datetime.now(timezone.utc)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -72,7 +90,11 @@ def test_upload_to_s3_registers_the_asset(
         start_new_session=True,
     )
     try:
-        deployment = _wait(_deployment_ready, 90, "the served registration deployment")
+        deployment = _wait(
+            lambda: _deployment_ready(started, saved_docdb_block),
+            90,
+            "the served registration deployment",
+        )
         sqs = aws_credentials(env).get_client("sqs")
         # Earlier tests of the session wrote metadata to the same bucket; their notifications
         # are not this test's upload.
