@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .auth import User, require
 from .chunkedgraph import ChunkedGraph
-from .errors import PCGError
+from .errors import PCGError, parse_json_body
 
 PCG_VERSION = "2.21.1"
 router = APIRouter()
@@ -99,13 +99,7 @@ async def _body(request: Request) -> bytes:
 
 
 async def _json_body(request: Request) -> Any:
-    data = await _body(request)
-    if not data:
-        raise PCGError(400, "request needs a JSON body")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise PCGError(400, f"request body is not valid JSON: {exc}") from exc
+    return parse_json_body(await _body(request), PCGError)
 
 
 def _ids_field(body: Any, key: str) -> np.ndarray:
