@@ -22,10 +22,10 @@ Example:
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Annotated, Any
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, model_validator
 
 PREFECT_BLOCK_KEYS = frozenset(
     {"block_type_slug", "_block_document_id", "_block_document_name", "_is_anonymous"}
@@ -47,6 +47,20 @@ def unknown_field_message(block_name: str, unknown: list[str], known: list[str])
         f"{block_name} got unknown {noun} {', '.join(described)}; "
         f"its fields are: {', '.join(known)}"
     )
+
+
+def _service_url(value: str, info: ValidationInfo) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(
+            f"{info.field_name} must include the scheme (https:// or http://), got {value!r}"
+        )
+    return value
+
+
+ServiceUrl = Annotated[str, AfterValidator(_service_url)]
+"""A service's base URL as a block field: the scheme is required (``http://`` is allowed for
+loopback stand-ins) and a trailing ``/`` is dropped; the error names the field."""
 
 
 class NeurodataCredentialsBlock(CredentialsBlock):
@@ -86,3 +100,15 @@ class AindCredentialsBlock(NeurodataCredentialsBlock):
 
     _logo_url = AIND_LOGO_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
     _documentation_url = AIND_DOCS_URL  # type: ignore[assignment]  # Prefect types it HttpUrl; its own blocks assign str
+
+    def _values_for(self, credentials: type[BaseModel]) -> dict[str, Any]:
+        """This block's values of the fields a client credentials model shares with it.
+
+        The AIND database blocks name their fields as the seed's credentials models do, so the
+        client gets every setting the block holds and its own defaults for the rest.
+        """
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name in credentials.model_fields
+        }

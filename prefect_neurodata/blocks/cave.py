@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator
 
-from prefect_neurodata.blocks._base import NeurodataCredentialsBlock
+from prefect_neurodata.blocks._base import NeurodataCredentialsBlock, ServiceUrl
 
 if TYPE_CHECKING:
     from prefect_neurodata.clients.cave.frameworkclient import CAVEclientFull, CAVEclientGlobal
@@ -73,7 +73,7 @@ class CaveCredentials(NeurodataCredentialsBlock):
         "session settings of the clients built from it."
     )
 
-    server_address: str = Field(
+    server_address: ServiceUrl = Field(
         default="https://global.daf-apis.com",
         description="Global CAVE server (info, auth, schema, state) including the scheme.",
         title="Server address",
@@ -113,16 +113,6 @@ class CaveCredentials(NeurodataCredentialsBlock):
         description="Seconds to wait for a server's answer to one request.",
         title="Timeout (s)",
     )
-
-    @field_validator("server_address")
-    @classmethod
-    def _has_scheme(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError(
-                f"server_address must include the scheme (https:// or http://), got {value!r}"
-            )
-        return value
 
     @field_validator("desired_resolution")
     @classmethod

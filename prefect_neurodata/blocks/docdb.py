@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_aws import AwsCredentials
 from pydantic import Field, field_validator
 
-from prefect_neurodata.blocks._base import AindCredentialsBlock
+from prefect_neurodata.blocks._base import AindCredentialsBlock, ServiceUrl
 from prefect_neurodata.constants import DocDbVersion
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class DocDbApiCredentials(AindCredentialsBlock):
         "Location of the AIND DocDB REST API and the AWS credentials that sign its writes."
     )
 
-    host: str = Field(
+    host: ServiceUrl = Field(
         default="https://api.allenneuraldynamics.org",
         description="Base URL of the DocDB REST API including the scheme.",
         title="Host",
@@ -91,14 +91,6 @@ class DocDbApiCredentials(AindCredentialsBlock):
         description="AWS credentials that sign write requests (SigV4, execute-api).",
         title="AWS credentials",
     )
-
-    @field_validator("host")
-    @classmethod
-    def _host_has_scheme(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError(f"host must include the scheme (https:// or http://), got {value!r}")
-        return value
 
     @field_validator("version", mode="before")
     @classmethod

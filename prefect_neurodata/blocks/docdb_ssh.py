@@ -105,19 +105,5 @@ class DocumentDbSshCredentials(AindCredentialsBlock):
             DocumentDbSSHCredentials,
         )
 
-        credentials = DocumentDbSSHCredentials(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            database=self.database,
-            collection=self.collection,
-            ssh_local_bind_address=self.ssh_local_bind_address,
-            ssh_host=self.ssh_host,
-            ssh_port=self.ssh_port,
-            ssh_username=self.ssh_username,
-            ssh_password=self.ssh_password,
-            ssh_host_key=self.ssh_host_key,
-            ssh_known_hosts=self.ssh_known_hosts,
-        )
+        credentials = DocumentDbSSHCredentials(**self._values_for(DocumentDbSSHCredentials))
         return DocumentDbSSHClient(credentials=credentials)

@@ -62,11 +62,5 @@ class RdsCredentials(AindCredentialsBlock):
         """Build an ``rds_tables.Client`` for this database."""
         from prefect_neurodata.clients.aind.rds_tables import Client, RDSCredentials
 
-        credentials = RDSCredentials(
-            username=self.username,
-            password=self.password,
-            host=self.host,
-            port=self.port,
-            database=self.database,
-        )
+        credentials = RDSCredentials(**self._values_for(RDSCredentials))
         return Client(credentials=credentials, drivername=self.drivername)

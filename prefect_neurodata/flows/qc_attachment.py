@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from prefect import get_run_logger
@@ -259,19 +259,44 @@ def _field_problem(where: str, field: str, problem: str | None) -> list[str]:
     return [f"{where}.{field} {problem}"] if problem else []
 
 
-def _history_problems(where: str, history: Any) -> list[str]:
-    if not isinstance(history, list) or not history:
-        return [f"{where}.status_history must be a non-empty list"]
-    problems = []
-    for i, entry in enumerate(history):
-        here = f"{where}.status_history[{i}]"
-        shape = _object_problem(here, entry, STATUS_REQUIRED, "")
-        if shape:
-            problems.append(shape)
-            continue
-        problems += _field_problem(here, "status", _choice_problem(entry["status"], STATUSES))
-        problems += _field_problem(here, "timestamp", _timestamp_problem(entry["timestamp"]))
+def _object_list_problems(
+    where: str,
+    field: str,
+    items: Any,
+    required: Sequence[str],
+    missing_label: str,
+    item_problems: Callable[[str, dict[str, Any]], list[str]],
+) -> list[str]:
+    """Problems of ``<where>.<field>``: a non-empty list of objects with ``required`` keys.
+
+    Each item that has the keys is checked further by ``item_problems(path, item)``; the problems
+    come in item order.
+    """
+    if not isinstance(items, list) or not items:
+        return [f"{where}.{field} must be a non-empty list"]
+    problems: list[str] = []
+    for i, item in enumerate(items):
+        here = f"{where}.{field}[{i}]"
+        shape = _object_problem(here, item, required, missing_label)
+        problems += [shape] if shape else item_problems(here, item)
     return problems
+
+
+def _status_problems(here: str, entry: dict[str, Any]) -> list[str]:
+    return [
+        *_field_problem(here, "status", _choice_problem(entry["status"], STATUSES)),
+        *_field_problem(here, "timestamp", _timestamp_problem(entry["timestamp"])),
+    ]
+
+
+def _history_problems(where: str, history: Any) -> list[str]:
+    return _object_list_problems(
+        where, "status_history", history, STATUS_REQUIRED, "", _status_problems
+    )
+
+
+def _metric_problems(here: str, metric: dict[str, Any]) -> list[str]:
+    return _history_problems(here, metric["status_history"])
 
 
 def non_finite_values(value: Any, where: str) -> list[str]:
@@ -316,17 +341,14 @@ def validate_evaluations(evaluations: list[Any], version: str) -> list[str]:
         if "created" in evaluation:
             problems += _field_problem(label, "created", _timestamp_problem(evaluation["created"]))
         if version == "v1":
-            metrics = evaluation["metrics"]
-            if not isinstance(metrics, list) or not metrics:
-                problems.append(f"{label}.metrics must be a non-empty list")
-                continue
-            for m, metric in enumerate(metrics):
-                here = f"{label}.metrics[{m}]"
-                shape = _object_problem(here, metric, METRIC_REQUIRED, "required key(s) ")
-                if shape:
-                    problems.append(shape)
-                    continue
-                problems.extend(_history_problems(here, metric["status_history"]))
+            problems += _object_list_problems(
+                label,
+                "metrics",
+                evaluation["metrics"],
+                METRIC_REQUIRED,
+                "required key(s) ",
+                _metric_problems,
+            )
         else:
             problems.extend(_history_problems(label, evaluation["status_history"]))
     return problems

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 
 from prefect_neurodata.sandbox.cave import store
-from prefect_neurodata.sandbox.cave.errors import CaveHTTPError
+from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_json_body
 from prefect_neurodata.sandbox.cave.store import Field
 
 MAX_ANNOTATIONS = 10_000
@@ -78,13 +78,7 @@ def json_response(
 
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON (400 naming the problem otherwise)."""
-    raw = await request.body()
-    if not raw:
-        raise CaveHTTPError(400, "Request body must be JSON")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CaveHTTPError(400, f"Request body is not valid JSON: {exc}") from None
+    return parse_json_body(await request.body())
 
 
 def world_of(request: Request) -> Any:
@@ -154,6 +148,22 @@ def write_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
             "Unauthorized: The table can only be written to by "
             + _allowed_who(meta, "write_permission"),
         )
+
+
+def readable_meta(world: Any, user: Any, table_name: str) -> dict[str, Any]:
+    """Metadata of a live table the caller may read (404 / 401 otherwise)."""
+    with world.engine.connect() as conn:
+        meta = get_meta(conn, world, table_name)
+    read_check(world, user, meta)
+    return meta
+
+
+def writable_meta(world: Any, user: Any, table_name: str) -> dict[str, Any]:
+    """Metadata of a live table the caller may write (404 / 401 otherwise)."""
+    with world.engine.connect() as conn:
+        meta = get_meta(conn, world, table_name)
+    write_check(world, user, meta)
+    return meta
 
 
 # User objects come from part A's auth dependencies; read them defensively so that a dict or an
@@ -416,9 +426,7 @@ def _notice(value: Any) -> str | None:
 def insert_annotations(world: Any, user: Any, table_name: str, body: Any) -> list[int]:
     """Insert annotations; returns the new ids in input order."""
     annos = _annotation_list(body, "annotations")
-    with world.engine.connect() as conn:
-        meta = get_meta(conn, world, table_name)
-    write_check(world, user, meta)
+    meta = writable_meta(world, user, table_name)
     fields = store.table_fields(meta)
     rows: list[dict[str, Any]] = []
     supplied: list[int | None] = []
@@ -486,9 +494,7 @@ def _annotation_list(body: Any, key: str) -> list[Any]:
 def update_annotations(world: Any, user: Any, table_name: str, body: Any) -> dict[int, int]:
     """Update annotations one at a time (invalidate + insert); returns ``{old: new}``."""
     annos = _annotation_list(body, "annotations")
-    with world.engine.connect() as conn:
-        meta = get_meta(conn, world, table_name)
-    write_check(world, user, meta)
+    meta = writable_meta(world, user, table_name)
     fields = store.table_fields(meta)
     live = store.live_table(table_name, fields)
     mapping: dict[int, int] = {}
@@ -531,9 +537,7 @@ def delete_annotations(world: Any, user: Any, table_name: str, body: Any) -> lis
     ids = _annotation_list(body, "annotation_ids")
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise CaveHTTPError(400, "annotation_ids must be a list of integers")
-    with world.engine.connect() as conn:
-        meta = get_meta(conn, world, table_name)
-    write_check(world, user, meta)
+    meta = writable_meta(world, user, table_name)
     live = store.live_table(table_name, store.table_fields(meta))
     now = store.utcnow()
     with store.write_lock(table_name), world.engine.begin() as conn:
@@ -589,16 +593,16 @@ def get_annotations(
 # writes), resolved lazily so this module imports before auth.py exists.
 
 
-def _view(request: Request) -> Any:
-    return _resolve_user(request, "view")
+def _volume_caller(request: Request, aligned_volume: str, level: str) -> tuple[Any, Any]:
+    """World and caller of a route under ``/aligned_volume/{av}``, after the auth and 404 checks.
 
-
-def _edit(request: Request) -> Any:
-    return _resolve_user(request, "edit")
-
-
-def _resolve_user(request: Request, permission: str) -> Any:
-    return check_request(request, permission)
+    Authentication comes before the aligned volume check, as in the real service (an unknown
+    caller gets 401, not 404).
+    """
+    world = world_of(request)
+    user = check_request(request, level)
+    check_aligned_volume(world, aligned_volume)
+    return world, user
 
 
 def check_request(request: Request, level: str) -> Any:
@@ -614,9 +618,7 @@ def check_request(request: Request, level: str) -> Any:
 @router.get(PREFIX + "/table")
 def list_tables(request: Request, aligned_volume: str, filter_valid: str | None = None) -> Response:
     """``GET /table``: names of the aligned volume's tables."""
-    world = world_of(request)
-    _view(request)
-    check_aligned_volume(world, aligned_volume)
+    world, _ = _volume_caller(request, aligned_volume, "view")
     t = store.anno_tables
     stmt = sa.select(t.c.table_name).where(
         t.c.aligned_volume == aligned_volume, t.c.deleted.is_(None)
@@ -631,9 +633,7 @@ def list_tables(request: Request, aligned_volume: str, filter_valid: str | None 
 @router.post(PREFIX + "/table")
 async def post_table(request: Request, aligned_volume: str) -> Response:
     """``POST /table``: create a table; answers the plain-text table name."""
-    world = world_of(request)
-    user = _edit(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
     name = create_table(world, user, body)
     return Response(name, media_type="text/plain")
@@ -642,9 +642,7 @@ async def post_table(request: Request, aligned_volume: str) -> Response:
 @router.put(PREFIX + "/table")
 async def put_table(request: Request, aligned_volume: str) -> Response:
     """``PUT /table``: update a table's metadata (owner only)."""
-    world = world_of(request)
-    user = _edit(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("table_name"), str):
         raise CaveHTTPError(400, "Request body must be an object with 'table_name'")
@@ -684,21 +682,15 @@ async def put_table(request: Request, aligned_volume: str) -> Response:
 @router.get(PREFIX + "/table/{table_name}")
 def get_table(request: Request, aligned_volume: str, table_name: str) -> Response:
     """``GET /table/{t}``: table metadata, status 201 (the real quirk)."""
-    world = world_of(request)
-    user = _view(request)
-    check_aligned_volume(world, aligned_volume)
-    with world.engine.connect() as conn:
-        meta = get_meta(conn, world, table_name)
-    read_check(world, user, meta)
+    world, user = _volume_caller(request, aligned_volume, "view")
+    meta = readable_meta(world, user, table_name)
     return json_response(store.public_table_metadata(meta), 201, notice_headers(meta))
 
 
 @router.delete(PREFIX + "/table/{table_name}")
 def delete_table(request: Request, aligned_volume: str, table_name: str) -> Response:
     """``DELETE /table/{t}``: soft-delete a table (owner only); answers ``true``."""
-    world = world_of(request)
-    user = _edit(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "edit")
     with world.lock, world.engine.begin() as conn:
         meta = get_meta(conn, world, table_name)
         owner_check(user, meta, "delete it")
@@ -713,9 +705,7 @@ def delete_table(request: Request, aligned_volume: str, table_name: str) -> Resp
 @router.get(PREFIX + "/table/{table_name}/count")
 def table_count(request: Request, aligned_volume: str, table_name: str) -> Response:
     """``GET /table/{t}/count``: number of rows (including invalidated ones)."""
-    world = world_of(request)
-    user = _view(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "view")
     with world.engine.connect() as conn:
         meta = get_meta(conn, world, table_name)
         read_check(world, user, meta)
@@ -729,9 +719,7 @@ def get_annotations_route(
     request: Request, aligned_volume: str, table_name: str, annotation_ids: str = ""
 ) -> Response:
     """``GET /table/{t}/annotations?annotation_ids=1,2``: flattened rows."""
-    world = world_of(request)
-    user = _view(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "view")
     try:
         ids = [int(x) for x in annotation_ids.split(",") if x.strip()]
     except ValueError:
@@ -747,9 +735,7 @@ def get_annotations_route(
 @router.post(PREFIX + "/table/{table_name}/annotations")
 async def post_annotations(request: Request, aligned_volume: str, table_name: str) -> Response:
     """``POST /table/{t}/annotations``: insert; answers the new ids."""
-    world = world_of(request)
-    user = _edit(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
     return json_response(insert_annotations(world, user, table_name, body))
 
@@ -762,9 +748,7 @@ async def put_annotations(request: Request, aligned_volume: str, table_name: str
     ``update_annotation`` result (a ``{old_id: new_id}`` dict) in a list, and JSON turns the
     integer keys into strings.
     """
-    world = world_of(request)
-    user = _edit(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
     mapping = update_annotations(world, user, table_name, body)
     return json_response([{str(k): v} for k, v in mapping.items()])
@@ -775,8 +759,6 @@ async def delete_annotations_route(
     request: Request, aligned_volume: str, table_name: str
 ) -> Response:
     """``DELETE /table/{t}/annotations``: soft delete; answers ids."""
-    world = world_of(request)
-    user = _edit(request)
-    check_aligned_volume(world, aligned_volume)
+    world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
     return json_response(delete_annotations(world, user, table_name, body))

@@ -1461,48 +1461,44 @@ class ChunkedGraph:
 
     def undo(self, operation_id: int, user_id: int, timestamp: float | None = None) -> Operation:
         """Undo an operation as a new operation (new root ids; old ids never revive)."""
-        with self._lock:
-            target = self.get_operation(operation_id)
-            if target.undone:
-                raise PCGError(400, f"Operation {operation_id} is already undone")
-            added = [self._sv_edge(e) for e in target.removed_edges]
-            removed = [self._sv_edge(e) for e in target.added_edges]
-            added = [e for e in added if not self.graph.has_edge(*e)]
-            removed = [e for e in removed if self.graph.has_edge(*e)]
-            if not added and not removed:
-                raise PCGError(400, f"Operation {operation_id} cannot be undone: state superseded")
-            op = self._apply(
-                "undo",
-                added,
-                removed,
-                self._next_ts(timestamp),
-                user_id,
-                {"undo_operation_id": int(operation_id)},
-            )
-            target.undone = True
-            return op
+        return self._toggle(operation_id, user_id, timestamp, undo=True)
 
     def redo(self, operation_id: int, user_id: int, timestamp: float | None = None) -> Operation:
         """Redo an undone operation as a new operation."""
+        return self._toggle(operation_id, user_id, timestamp, undo=False)
+
+    def _toggle(
+        self, operation_id: int, user_id: int, timestamp: float | None, *, undo: bool
+    ) -> Operation:
+        """Undo (reverse the edges) or redo (re-apply them) as a new operation.
+
+        The edges that already match the graph are dropped, so an operation whose effect a later
+        edit superseded cannot be toggled.
+        """
+        kind, done = ("undo", "undone") if undo else ("redo", "redone")
         with self._lock:
             target = self.get_operation(operation_id)
-            if not target.undone:
-                raise PCGError(400, f"Operation {operation_id} has not been undone")
-            added = [self._sv_edge(e) for e in target.added_edges]
-            removed = [self._sv_edge(e) for e in target.removed_edges]
-            added = [e for e in added if not self.graph.has_edge(*e)]
-            removed = [e for e in removed if self.graph.has_edge(*e)]
+            if target.undone == undo:
+                state = "is already undone" if undo else "has not been undone"
+                raise PCGError(400, f"Operation {operation_id} {state}")
+            add, remove = (
+                (target.removed_edges, target.added_edges)
+                if undo
+                else (target.added_edges, target.removed_edges)
+            )
+            added = [e for e in map(self._sv_edge, add) if not self.graph.has_edge(*e)]
+            removed = [e for e in map(self._sv_edge, remove) if self.graph.has_edge(*e)]
             if not added and not removed:
-                raise PCGError(400, f"Operation {operation_id} cannot be redone: state superseded")
+                raise PCGError(400, f"Operation {operation_id} cannot be {done}: state superseded")
             op = self._apply(
-                "redo",
+                kind,
                 added,
                 removed,
                 self._next_ts(timestamp),
                 user_id,
-                {"redo_operation_id": int(operation_id)},
+                {f"{kind}_operation_id": int(operation_id)},
             )
-            target.undone = False
+            target.undone = undo
             return op
 
     def _sv_edge(self, edge: Any) -> tuple[int, int]:

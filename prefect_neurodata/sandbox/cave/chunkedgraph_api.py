@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .auth import User, require
 from .chunkedgraph import ChunkedGraph
-from .errors import PCGError
+from .errors import PCGError, parse_json_body
 
 PCG_VERSION = "2.21.1"
 router = APIRouter()
@@ -99,13 +99,7 @@ async def _body(request: Request) -> bytes:
 
 
 async def _json_body(request: Request) -> Any:
-    data = await _body(request)
-    if not data:
-        raise PCGError(400, "request needs a JSON body")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise PCGError(400, f"request body is not valid JSON: {exc}") from exc
+    return parse_json_body(await _body(request), PCGError)
 
 
 def _ids_field(body: Any, key: str) -> np.ndarray:
@@ -210,32 +204,44 @@ def handle_root(
     return _reply(request, {"root_id": int(root[0])})
 
 
+# Bulk lookups run in a worker thread: the real service answers them from many load-balanced
+# workers at once, while on the event loop one big lookup would hold every other request (and
+# its latency timer) until it is done, serving concurrent requests one after the other.
 @router.post(V1 + "/roots_binary")
 async def roots_binary(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Roots of raw little-endian uint64 ids; answers raw uint64 in the same order."""
     cg = _cg(request, table_id)
     data = await _body(request)
-    if len(data) % 8:
-        raise PCGError(400, f"body must be little-endian uint64 (got {len(data)} bytes)")
-    ids = np.frombuffer(data, dtype="<u8")
-    roots = cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
-    if not _bool(request, "fail_to_zero", True):
-        unknown = (roots == 0) & (ids != 0)
-        if unknown.any():
-            raise PCGError(400, f"Node {int(ids[np.argmax(unknown)])} does not exist")
-    out = Response(roots.astype("<u8").tobytes(), media_type="application/octet-stream")
-    return _maybe_gzip(request, out)
+
+    def answer() -> Response:
+        if len(data) % 8:
+            raise PCGError(400, f"body must be little-endian uint64 (got {len(data)} bytes)")
+        ids = np.frombuffer(data, dtype="<u8")
+        roots = cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
+        if not _bool(request, "fail_to_zero", True):
+            unknown = (roots == 0) & (ids != 0)
+            if unknown.any():
+                raise PCGError(400, f"Node {int(ids[np.argmax(unknown)])} does not exist")
+        out = Response(roots.astype("<u8").tobytes(), media_type="application/octet-stream")
+        return _maybe_gzip(request, out)
+
+    return await run_in_threadpool(answer)
 
 
 @router.post(V1 + "/roots")
 async def handle_roots(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Roots of ``{"node_ids": [...]}`` (JSON, or raw uint64 with ``as_binary``)."""
     cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "node_ids")
-    roots = cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
-    if _bool(request, "as_binary", False):
-        return Response(roots.astype("<u8").tobytes(), media_type="application/octet-stream")
-    return _reply(request, {"root_ids": _ids(roots)})
+    body = await _json_body(request)
+
+    def answer() -> Response:
+        ids = _ids_field(body, "node_ids")
+        roots = cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
+        if _bool(request, "as_binary", False):
+            return Response(roots.astype("<u8").tobytes(), media_type="application/octet-stream")
+        return _reply(request, {"root_ids": _ids(roots)})
+
+    return await run_in_threadpool(answer)
 
 
 @router.post(V1 + "/is_latest_roots")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
@@ -37,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from prefect_neurodata.sandbox.cave import annotation, store
 from prefect_neurodata.sandbox.cave import materialization_queries as queries
 from prefect_neurodata.sandbox.cave import materialization_versions as versions
-from prefect_neurodata.sandbox.cave.errors import CaveHTTPError
+from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_json_body
 
 # The seeding and the app reach versions through this module (``materialization.materialize``).
 from prefect_neurodata.sandbox.cave.materialization_versions import (  # noqa: F401
@@ -85,13 +84,9 @@ def _world(request: Request, datastack: str | None = None) -> Any:
 
 
 async def _body(request: Request) -> Any:
+    """The JSON body, or None when there is none (materialization bodies are optional)."""
     raw = await request.body()
-    if not raw.strip():
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CaveHTTPError(400, f"Request body is not valid JSON: {exc}") from None
+    return parse_json_body(raw) if raw.strip() else None
 
 
 # --------------------------------------------------------------------------- routes
@@ -164,13 +159,29 @@ def get_versions_metadata(
     return _json([versions.version_dict(r) for r in rows])
 
 
+def _valid_version(request: Request, datastack: str, version: int) -> tuple[Any, Any]:
+    """World and viewer of a request about a valid version (datastack, viewer, version checked)."""
+    world = _world(request, datastack)
+    user = _view(request)
+    versions.require_valid_version(world, version)
+    return world, user
+
+
+def _frozen_table(
+    request: Request, api: str, datastack: str, version: int, table_name: str
+) -> dict[str, Any]:
+    """The version's row of a frozen table the viewer may read."""
+    _api(api)
+    world, user = _valid_version(request, datastack, version)
+    queries.check_read(world, user, table_name)
+    return versions.mat_row(world, version, table_name, "table")
+
+
 @router.get(ME + "/api/{api}" + DS + "/version/{version}/tables")
 def list_mat_tables(request: Request, api: str, datastack: str, version: int) -> Response:
     """Table names frozen in a version."""
     _api(api)
-    world = _world(request, datastack)
-    _view(request)
-    versions.require_valid_version(world, version)
+    world, _ = _valid_version(request, datastack, version)
     rows = versions.mat_rows(world, version, "table")
     if not rows:
         raise CaveHTTPError(404, f"no tables found in version {version} of {datastack}")
@@ -182,12 +193,7 @@ def mat_table_count(
     request: Request, api: str, datastack: str, version: int, table_name: str
 ) -> Response:
     """Row count of a frozen table."""
-    _api(api)
-    world = _world(request, datastack)
-    user = _view(request)
-    versions.require_valid_version(world, version)
-    queries.check_read(world, user, table_name)
-    return _json(int(versions.mat_row(world, version, table_name, "table")["row_count"]))
+    return _json(int(_frozen_table(request, api, datastack, version, table_name)["row_count"]))
 
 
 @router.get(ME + "/api/{api}" + DS + "/version/{version}/table/{table_name}/metadata")
@@ -195,20 +201,13 @@ def mat_table_metadata(
     request: Request, api: str, datastack: str, version: int, table_name: str
 ) -> Response:
     """Metadata of a frozen table (reference section 4.2)."""
-    _api(api)
-    world = _world(request, datastack)
-    user = _view(request)
-    versions.require_valid_version(world, version)
-    queries.check_read(world, user, table_name)
-    return _json(versions.public_meta(versions.mat_row(world, version, table_name, "table")))
+    return _json(versions.public_meta(_frozen_table(request, api, datastack, version, table_name)))
 
 
 @router.get(ME + "/api/v3" + DS + "/version/{version}/tables/metadata")
 def all_tables_metadata(request: Request, datastack: str, version: int) -> Response:
     """Metadata of every frozen table of a version."""
-    world = _world(request, datastack)
-    _view(request)
-    versions.require_valid_version(world, version)
+    world, _ = _valid_version(request, datastack, version)
     return _json([versions.public_meta(r) for r in versions.mat_rows(world, version, "table")])
 
 
@@ -262,9 +261,7 @@ def _view_info(row: dict[str, Any]) -> dict[str, Any]:
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views")
 def get_views(request: Request, datastack: str, version: int) -> Response:
     """Views of a version: ``{name: {id, description, ...}}``."""
-    world = _world(request, datastack)
-    _view(request)
-    versions.require_valid_version(world, version)
+    world, _ = _valid_version(request, datastack, version)
     rows = versions.mat_rows(world, version, "view")
     return _json({r["table_name"]: _view_info(r) for r in rows})
 
@@ -272,9 +269,7 @@ def get_views(request: Request, datastack: str, version: int) -> Response:
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views/schemas")
 def get_view_schemas(request: Request, datastack: str, version: int) -> Response:
     """Column types of every view (404 ``{}`` without views)."""
-    world = _world(request, datastack)
-    _view(request)
-    versions.require_valid_version(world, version)
+    world, _ = _valid_version(request, datastack, version)
     rows = versions.mat_rows(world, version, "view")
     if not rows:
         return _json({}, 404)
@@ -284,9 +279,7 @@ def get_view_schemas(request: Request, datastack: str, version: int) -> Response
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views/{view_name}/metadata")
 def get_view_metadata(request: Request, datastack: str, version: int, view_name: str) -> Response:
     """Metadata of one view."""
-    world = _world(request, datastack)
-    _view(request)
-    versions.require_valid_version(world, version)
+    world, _ = _valid_version(request, datastack, version)
     row = versions.mat_row(world, version, view_name, "view")
     return _json({"table_name": view_name, **_view_info(row)})
 
@@ -319,9 +312,7 @@ def _view_schema(world: Any, version: int, view_name: str) -> dict[str, Any]:
 @router.get(ME + "/api/v3" + DS + "/version/{version}/views/{view_name}/schema")
 def get_view_schema(request: Request, datastack: str, version: int, view_name: str) -> Response:
     """Column types of one view."""
-    world = _world(request, datastack)
-    _view(request)
-    versions.require_valid_version(world, version)
+    world, _ = _valid_version(request, datastack, version)
     return _json(_view_schema(world, version, view_name))
 
 
@@ -372,9 +363,7 @@ def ingest_annotations(request: Request, datastack: str, table_name: str) -> Res
     """Accept an ingest request (edit + table write permission); no-op."""
     world = _world(request, datastack)
     user = _edit(request)
-    with world.engine.connect() as conn:
-        meta = annotation.get_meta(conn, world, table_name)
-    annotation.write_check(world, user, meta)
+    annotation.writable_meta(world, user, table_name)
     return _json(f"ingesting annotations from {table_name}")
 
 
@@ -386,9 +375,7 @@ async def lookup_svid(request: Request, datastack: str, table_name: str) -> Resp
     body = await _body(request) or {}
     if not isinstance(body, dict) or set(body) - {"annotation_ids"}:
         raise CaveHTTPError(400, "body must be {} or {'annotation_ids': [...]}")
-    with world.engine.connect() as conn:
-        meta = annotation.get_meta(conn, world, table_name)
-    annotation.write_check(world, user, meta)
+    meta = annotation.writable_meta(world, user, table_name)
     n = await run_in_threadpool(_relookup, world, meta, body.get("annotation_ids"))
     return _json(f"looked up supervoxels for {n} annotations in {table_name}")
 

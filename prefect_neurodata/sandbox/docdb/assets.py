@@ -27,6 +27,8 @@ from prefect_neurodata.sandbox.docdb.store import (
     run_mongo,
 )
 
+# Top-level core metadata files per aind-data-schema major version, in the order ``register``
+# reads them into a record (the seed writes the same files).
 CORE_FILES = {
     "v1": (
         "data_description",

@@ -28,30 +28,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+# The files the DocDB stand-in's ``register`` reads are the files the seed writes.
+from prefect_neurodata.sandbox.docdb.assets import CORE_FILES
+
 SCHEMA_URL = "https://raw.githubusercontent.com/AllenNeuralDynamics/aind-data-schema/main/src/aind_data_schema/core/{}.py"
 CO_RESULTS_BUCKET = "codeocean-s3datasetsbucket-1u41qdg42ur9"
 OTHER_BUCKETS = ("aind-ephys-data", "aind-ophys-data", "aind-private-data-prod-o5171v")
-V1_CORE_FILES = (
-    "subject",
-    "data_description",
-    "procedures",
-    "session",
-    "rig",
-    "processing",
-    "acquisition",
-    "instrument",
-    "quality_control",
-)
-V2_CORE_FILES = (
-    "subject",
-    "data_description",
-    "procedures",
-    "instrument",
-    "processing",
-    "acquisition",
-    "quality_control",
-    "model",
-)
 MIN_BYTES = 5_000
 
 # (platform abbreviation, platform name, modalities)
@@ -1179,5 +1161,5 @@ class RecordGenerator:
 
 def core_files(record: dict[str, Any], version: str) -> dict[str, Any]:
     """The core metadata blocks of ``record`` that are present, keyed by S3 file stem."""
-    names = V1_CORE_FILES if version == "v1" else V2_CORE_FILES
+    names = CORE_FILES["v1" if version == "v1" else "v2"]
     return {k: record[k] for k in names if record.get(k) is not None}

@@ -1,0 +1,105 @@
+"""The CAVE stand-in's roots routes serve concurrent lookups concurrently (in-process ASGI).
+
+A real chunkedgraph answers bulk lookups from many load-balanced workers; the stand-in runs
+each lookup in a worker thread so one big lookup does not hold the others on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from prefect_neurodata.sandbox.cave.app import build_fastapi
+from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph, WorldParams
+from prefect_neurodata.sandbox.cave.world import CaveConfig, CaveWorld
+
+CFG = CaveConfig(db_url="sqlite://")
+PARAMS = WorldParams(
+    seed=5,
+    n_neurons=30,
+    neuron_length=120,
+    n_merges=5,
+    n_splits=3,
+    base_timestamp=1_700_000_000.0,
+    history_span_s=10 * 86400.0,
+    chunks=(4, 4, 2),
+    chunk_size=(256, 256, 32),
+    cell_size=(32, 32, 4),
+)
+ROUTE = f"/segmentation/api/v1/table/{CFG.pcg_table}"
+AUTH = {"Authorization": f"Bearer {CFG.viewer_token}"}
+
+
+@pytest.fixture(scope="module")
+def world() -> CaveWorld:
+    world = CaveWorld(CFG)
+    world.chunkedgraph = ChunkedGraph.build(PARAMS, table_id=CFG.pcg_table)
+    return world
+
+
+async def _post_all(world: CaveWorld, requests: list[dict[str, Any]]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=build_fastapi(world))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cave") as client:
+        return list(await asyncio.gather(*(client.post(**r) for r in requests)))
+
+
+def test_roots_routes_serve_lookups_at_the_same_time(world: CaveWorld, monkeypatch) -> None:
+    model = world.chunkedgraph
+    assert model is not None
+    svs = model.sv_ids[::7]
+    expected = model.get_roots(svs)
+    # Every lookup waits until all three are under way: on the event loop the first one would
+    # block the others and the barrier would break (a 500), in worker threads they meet.
+    barrier = threading.Barrier(3, timeout=5)
+    lookup = ChunkedGraph.get_roots
+
+    def meet_then_lookup(self: ChunkedGraph, *args: Any, **kwargs: Any) -> np.ndarray:
+        barrier.wait()
+        return lookup(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChunkedGraph, "get_roots", meet_then_lookup)
+    binary = {"headers": {**AUTH, "Content-Type": "application/octet-stream"}}
+    body = orjson.dumps({"node_ids": [int(v) for v in svs]})
+    answers = asyncio.run(
+        _post_all(
+            world,
+            [
+                {"url": ROUTE + "/roots_binary", "content": svs.astype("<u8").tobytes(), **binary},
+                {"url": ROUTE + "/roots", "content": body, "headers": AUTH},
+                {"url": ROUTE + "/roots", "content": body, "headers": AUTH,
+                 "params": {"as_binary": "true"}},
+            ],
+        )
+    )  # fmt: skip
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text[:200] for r in answers]
+    assert np.frombuffer(answers[0].content, dtype="<u8").tolist() == expected.tolist()
+    assert answers[1].json() == {"root_ids": [int(v) for v in expected]}
+    assert np.frombuffer(answers[2].content, dtype="<u8").tolist() == expected.tolist()
+
+
+def test_roots_route_errors_unchanged_off_the_event_loop(world: CaveWorld) -> None:
+    svs = world.chunkedgraph.sv_ids[:3]  # type: ignore[union-attr]
+    unknown = np.array([int(svs[0]), 12345], dtype="<u8")
+    bad_length, strict, bad_key = asyncio.run(
+        _post_all(
+            world,
+            [
+                {"url": ROUTE + "/roots_binary", "content": b"123", "headers": AUTH},
+                {"url": ROUTE + "/roots_binary", "content": unknown.tobytes(), "headers": AUTH,
+                 "params": {"fail_to_zero": "false"}},
+                {"url": ROUTE + "/roots", "content": b'{"ids": [1]}', "headers": AUTH},
+            ],
+        )
+    )  # fmt: skip
+    assert bad_length.status_code == 400
+    assert "body must be little-endian uint64 (got 3 bytes)" in bad_length.json()["message"]
+    assert strict.status_code == 400
+    assert "Node 12345 does not exist" in strict.json()["message"]
+    assert bad_key.status_code == 400
+    assert "node_ids" in bad_key.json()["message"]
