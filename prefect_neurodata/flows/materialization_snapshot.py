@@ -12,10 +12,9 @@ where ``destination`` is a local directory or an ``s3://`` URI (``AWS_ENDPOINT_U
 
 * **Nothing truncated, bounded memory.** Each table is split into id ranges of about
   ``rows_per_part`` rows (one task and one file each; 250,000 by default, so a million-row
-  table is one task per thread); a task fetches its range in requests of about 100,000 rows,
-  the next one downloading while the last is streamed into a `pyarrow.parquet.ParquetWriter`
-  (the client splits any request the server cuts at its row limit), so memory holds a few
-  requests' rows whatever the table size.
+  table is one task per thread); a task fetches its range in requests of about 100,000 rows
+  streamed into a `pyarrow.parquet.ParquetWriter` (the client splits any request the server
+  cuts at its row limit), so memory holds a request's rows per thread whatever the table size.
 * **Verified.** Each table's row count is checked against the server's materialized count;
   every file's sha256 goes into the manifest.
 * **Idempotent.** Tables already in the manifest for this version whose files are all present
