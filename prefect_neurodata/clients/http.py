@@ -19,7 +19,8 @@ It gives each client the same behaviour on the wire:
 * one error type, `ServiceError`, a `requests.HTTPError` that carries the status, method, URL
   (with secrets redacted) and the server's own message;
 * fast JSON through orjson (`dumps`, `loads`, `decode_json`) that also understands UUIDs,
-  datetimes, numpy and pandas values, and names the field it cannot serialise;
+  datetimes, numpy and pandas values, and names the field it cannot serialise; bulk reads
+  decode with the cyclic garbage collector paused (`collection_paused`);
 * bounded concurrency for independent pages or partitions (`imap_bounded`, `map_bounded`).
 
 The pieces live in modules of their own and are re-exported here: `clients.retry` (the retry
@@ -49,7 +50,13 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from prefect_neurodata import __version__
-from prefect_neurodata.clients.codec import JSON_OPTIONS, dumps, encode_default, loads
+from prefect_neurodata.clients.codec import (
+    JSON_OPTIONS,
+    collection_paused,
+    dumps,
+    encode_default,
+    loads,
+)
 from prefect_neurodata.clients.concurrency import imap_bounded, map_bounded
 from prefect_neurodata.clients.retry import (
     IDEMPOTENT_METHODS,
@@ -76,6 +83,7 @@ __all__ = [
     "ServiceError",
     "Timeout",
     "TransportConfig",
+    "collection_paused",
     "decode_json",
     "dumps",
     "encode_default",

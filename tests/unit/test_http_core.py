@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import gc
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from prefect_neurodata.clients.http import (
     RetryPolicy,
     ServiceError,
     TransportConfig,
+    collection_paused,
     decode_json,
     dumps,
     imap_bounded,
@@ -361,3 +363,89 @@ def _custom_session() -> requests.Session:
 def test_transport_config_session_factory_is_used() -> None:
     session = TransportConfig(session_factory=_custom_session).new_session({"A": "b"})
     assert session.headers["X-Custom"] == "yes" and session.headers["A"] == "b"
+
+
+# -- collection_paused (issue 15 item 1: CPU of bulk decoding) ---------------------------------
+
+
+@pytest.fixture
+def collector_on() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.enable()
+    yield
+    if not was_enabled:
+        gc.disable()
+
+
+def test_collection_paused_switches_the_collector_off_and_back_on(collector_on: None) -> None:
+    with collection_paused():
+        assert not gc.isenabled()
+        with collection_paused():  # nested: still off
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # nothing left in the permanent generation
+
+
+def test_collection_paused_restores_the_collector_after_an_error(collector_on: None) -> None:
+    with pytest.raises(RuntimeError), collection_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_collection_paused_leaves_a_disabled_collector_disabled(collector_on: None) -> None:
+    gc.disable()
+    with collection_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+
+
+def test_collection_paused_promotes_what_it_built_to_the_oldest_generation(
+    collector_on: None,
+) -> None:
+    # The decoded result is long-lived: a young collection after the read does not walk it
+    # (without the promotion it would be young, and that collection would move it to gen 1).
+    with collection_paused():
+        result = loads(dumps([{"a": [i]} for i in range(20_000)]))
+    gc.collect(0)
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert id(result) in oldest and id(result[-1]) in oldest
+
+
+def test_collection_paused_keeps_a_process_freeze(collector_on: None) -> None:
+    kept = [[1], [2]]
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collection_paused():
+            pass
+        assert gc.get_freeze_count() == frozen  # not unfrozen by the promotion
+    finally:
+        gc.unfreeze()
+    assert kept
+
+
+def test_collection_paused_overlapping_threads_resume_after_the_last(collector_on: None) -> None:
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def first() -> None:
+        with collection_paused():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with collection_paused():
+            second_in.set()
+            first_out.wait(5)
+            seen["after the first ended"] = gc.isenabled()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == {"after the first ended": False}
+    assert gc.isenabled()
