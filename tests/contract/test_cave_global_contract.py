@@ -13,6 +13,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 from prefect_neurodata.clients.cave import (
     AuthException,
@@ -210,6 +211,54 @@ def test_bulk_roots_chunked_match_single_request(client, history, monkeypatch) -
     chunked = cg.get_roots(svs, timestamp=ts)
     assert whole.tolist() == chunked.tolist()
     assert whole[-1] == 0
+
+
+def test_bulk_roots_chunks_are_in_flight_together_on_the_stand_in(
+    client, history, sandbox, monkeypatch
+) -> None:
+    from prefect_neurodata.clients.cave import chunkedgraph
+
+    cg = client.chunkedgraph
+    svs = history["leaves"]
+    ts = dt.datetime.now(UTC)
+    whole = cg.get_roots(svs, timestamp=ts)
+    size = max(1, len(svs) // 4)
+    monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", size)
+    requests_sent = min(chunkedgraph.ROOTS_MAX_WORKERS, len(svs) // size)
+    assert requests_sent >= 4
+    stats_url = f"{cg.server_address}/__sandbox__/stats"
+    try:
+        # Each request waits 300 ms on the stand-in, so requests sent together overlap there;
+        # the stand-in's counters restart with this configuration.
+        sandbox.faults("cave", latency_ms=300)
+        chunked = cg.get_roots(svs, timestamp=ts)
+        stats = requests.get(stats_url, timeout=10).json()
+    finally:
+        sandbox.faults("cave")
+    assert chunked.dtype == np.uint64
+    assert chunked.tolist() == whole.tolist()
+    assert stats["requests"] == requests_sent
+    assert stats["in_flight_peak"] == requests_sent  # all of them on the stand-in at once
+
+
+def test_bulk_roots_chunked_under_faults_match_single_request(
+    client, history, sandbox, monkeypatch
+) -> None:
+    from prefect_neurodata.clients.cave import chunkedgraph
+
+    cg = client.chunkedgraph
+    svs = np.concatenate([history["leaves"], np.array([0], dtype=history["leaves"].dtype)])
+    ts = dt.datetime.now(UTC)
+    whole = cg.get_roots(svs, timestamp=ts)
+    monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", max(1, len(svs) // 4))
+    try:
+        sandbox.faults("cave", rate=0.5, statuses=[503, 502, 429], seed=5, retry_after=0)
+        for _ in range(3):
+            assert cg.get_roots(svs, timestamp=ts).tolist() == whole.tolist()
+        stats = requests.get(f"{cg.server_address}/__sandbox__/stats", timeout=10).json()
+    finally:
+        sandbox.faults("cave")
+    assert sum(stats["faults"].values()) > 0  # the faults did happen and were retried
 
 
 def test_hierarchy(client, history) -> None:

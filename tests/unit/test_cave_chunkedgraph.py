@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable
 
 import networkx as nx
@@ -103,9 +104,88 @@ def test_get_roots_chunks_concurrently_in_order_at_one_timestamp(
     svs = np.arange(1, 11, dtype=np.uint64)[::-1]
     roots = cg.get_roots(svs)
     assert roots.tolist() == (svs * np.uint64(10)).tolist()
-    assert len(cave_rsps.calls) == 4
+    assert len(cave_rsps.calls) == 3  # 10 // 3 chunks of at least 3 ids, all at once
     stamps = {query(c)["timestamp"][0] for c in cave_rsps.calls}
     assert len(stamps) == 1
+
+
+def test_get_roots_sends_every_chunk_at_once_in_input_order(cg, cave_rsps, monkeypatch) -> None:
+    monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", 3)
+    # All four chunks must be in flight together: sent one after the other, the first
+    # request would wait at the barrier alone and break it.
+    barrier = threading.Barrier(4, timeout=5)
+
+    def answer(request):
+        ids = np.frombuffer(request.body, dtype="<u8")
+        barrier.wait()
+        return 200, {}, (ids + np.uint64(BIG)).astype("<u8").tobytes()
+
+    cave_rsps.add_callback(responses.POST, f"{CG_V1}/roots_binary", callback=answer)
+    svs = np.array([9, 3, 14, 1, 12, 7, 2, 13, 5, 11, 4, 8, 6, 10], dtype=np.uint64)
+    roots = cg.get_roots(svs, timestamp=T0)
+    assert roots.dtype == np.uint64
+    assert roots.tolist() == [int(v) + BIG for v in svs]
+    bodies = [np.frombuffer(c.request.body, dtype="<u8").tolist() for c in cave_rsps.calls]
+    assert sorted(len(b) for b in bodies) == [3, 3, 4, 4]  # 14 // 3 = 4 near-equal chunks
+    assert sorted(bodies) == sorted(
+        [svs[:4].tolist(), svs[4:8].tolist(), svs[8:11].tolist(), svs[11:].tolist()]
+    )
+    for call in cave_rsps.calls:
+        assert query(call) == {"timestamp": [ts(T0)]}
+        assert call.request.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_get_roots_splits_from_twice_the_chunk_size_on(cg, cave_rsps, monkeypatch) -> None:
+    monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", 3)
+
+    def answer(request):
+        ids = np.frombuffer(request.body, dtype="<u8")
+        return 200, {}, (ids * np.uint64(2)).astype("<u8").tobytes()
+
+    cave_rsps.add_callback(responses.POST, f"{CG_V1}/roots_binary", callback=answer)
+    assert cg.get_roots([5, 4, 3, 2, 1]).tolist() == [10, 8, 6, 4, 2]
+    assert len(cave_rsps.calls) == 1  # under two chunks' worth: one request, as caveclient
+    cave_rsps.calls.reset()
+    assert cg.get_roots([6, 5, 4, 3, 2, 1]).tolist() == [12, 10, 8, 6, 4, 2]
+    assert sorted(len(c.request.body) // 8 for c in cave_rsps.calls) == [3, 3]
+
+
+def test_get_roots_chunks_grow_instead_of_waiting_for_a_second_wave(cave_rsps, monkeypatch) -> None:
+    add_cg_handshake(cave_rsps)
+    auth = AuthClient(token=TOKEN, server_address=LOCAL)
+    narrow = ChunkedGraphClient(LOCAL, table_name=TABLE, auth_client=auth, pool_maxsize=2)
+    cave_rsps.calls.reset()
+    monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", 1)
+    barrier = threading.Barrier(2, timeout=5)
+
+    def answer(request):
+        ids = np.frombuffer(request.body, dtype="<u8")
+        barrier.wait()
+        return 200, {}, (ids + np.uint64(1)).astype("<u8").tobytes()
+
+    cave_rsps.add_callback(responses.POST, f"{CG_V1}/roots_binary", callback=answer)
+    svs = list(range(1, 11))
+    assert narrow.get_roots(svs).tolist() == [v + 1 for v in svs]
+    assert sorted(len(c.request.body) // 8 for c in cave_rsps.calls) == [5, 5]
+
+
+def test_get_roots_retries_only_the_failed_chunk(cg, cave_rsps, monkeypatch) -> None:
+    monkeypatch.setattr(chunkedgraph, "ROOTS_CHUNK_SIZE", 3)
+    failed: list[list[int]] = []
+
+    def answer(request):
+        ids = np.frombuffer(request.body, dtype="<u8")
+        if 4 in ids.tolist() and not failed:
+            failed.append(ids.tolist())
+            return 503, {"Retry-After": "0"}, b"busy"
+        return 200, {}, (ids + np.uint64(100)).astype("<u8").tobytes()
+
+    cave_rsps.add_callback(responses.POST, f"{CG_V1}/roots_binary", callback=answer)
+    svs = [1, 2, 3, 4, 5, 6]
+    assert cg.get_roots(svs).tolist() == [101, 102, 103, 104, 105, 106]
+    bodies = [np.frombuffer(c.request.body, dtype="<u8").tolist() for c in cave_rsps.calls]
+    assert failed == [[4, 5, 6]]
+    assert sorted(bodies) == [[1, 2, 3], [4, 5, 6], [4, 5, 6]]  # only the failed chunk again
 
 
 def test_get_roots_retries_transient_failure(cg, cave_rsps) -> None:

@@ -57,12 +57,18 @@ logger = logging.getLogger("prefect_neurodata.cave")
 SERVER_KEY = "cg_server_address"
 
 ROOTS_CHUNK_SIZE = 250_000
-"""Distinct supervoxels per ``roots_binary`` request; bigger lookups are split into chunks
-fetched concurrently. (Measured against the stand-in: one request is cheapest up to a few
-hundred thousand ids, since the per-request latency dominates the server's work.)"""
+"""Least distinct supervoxels per ``roots_binary`` request of a split lookup. A lookup of at
+least twice this many ids is split into ``k = min(workers, n // ROOTS_CHUNK_SIZE)`` near-equal
+chunks, all sent at once (in input order, at one timestamp); smaller lookups go out as one
+request, as caveclient sends them. Measured against the sandbox at 0, 30 and 150 ms per
+request: below ~500,000 ids one request is as fast or faster; from there on, requests in
+flight together win, and at 150 ms every further wave of requests costs a whole round trip,
+so a lookup never waits for a second wave: past ``workers * ROOTS_CHUNK_SIZE`` ids the chunks
+grow instead."""
 
-ROOTS_MAX_WORKERS = 4
-"""Concurrent ``roots_binary`` requests of one `get_roots` call."""
+ROOTS_MAX_WORKERS = 8
+"""Most concurrent ``roots_binary`` requests of one `get_roots` call (also bounded by the
+client's ``pool_maxsize``)."""
 
 ROOTS_ACCEPT_ENCODING = "identity"
 """``Accept-Encoding`` of ``roots_binary`` requests. Raw uint64 answers are sent uncompressed:
@@ -181,6 +187,12 @@ def package_split_data(
         "sources": side(source_points, source_supervoxels, "source"),
         "sinks": side(sink_points, sink_supervoxels, "sink"),
     }
+
+
+def _roots_chunks(ids: np.ndarray, workers: int) -> list[np.ndarray]:
+    """Split a `get_roots` lookup into its concurrent requests (see `ROOTS_CHUNK_SIZE`)."""
+    count = min(workers, ids.size // ROOTS_CHUNK_SIZE)
+    return np.array_split(ids, count) if count >= 2 else [ids]
 
 
 def _frame_from_to_json(data: Any) -> pd.DataFrame:
@@ -342,9 +354,14 @@ class ChunkedGraphClientV1(ClientBase):
 
         Ids that are all distinct and non-zero are sent in the caller's order (caveclient's
         bytes); otherwise each distinct non-zero id is looked up once (0 maps to 0 locally),
-        in ascending order. Lookups of more than
-        `ROOTS_CHUNK_SIZE` ids are split into chunks fetched concurrently, all at the same
-        timestamp.
+        in ascending order. A lookup of at least twice `ROOTS_CHUNK_SIZE` distinct ids is
+        split into up to `ROOTS_MAX_WORKERS` (and the client's ``pool_maxsize``) near-equal
+        chunks of at least `ROOTS_CHUNK_SIZE` ids, sent together at one timestamp and joined
+        in input order. Each chunk is a ``roots_binary`` request in caveclient's format, and a
+        transient failure of one chunk is retried on its own. (caveclient sends one request
+        whatever the size; when a round trip costs ~150 ms, as with the real services,
+        overlapping the chunks brings a multi-million-id lookup down to about one round trip
+        plus the largest chunk's work.)
 
         Args:
             supervoxel_ids: Supervoxel ids (list, array, Series).
@@ -377,10 +394,7 @@ class ChunkedGraphClientV1(ClientBase):
         if query.size == 0:
             return result
         url = self._url("get_roots")
-        chunks = [
-            query[start : start + ROOTS_CHUNK_SIZE]
-            for start in range(0, query.size, ROOTS_CHUNK_SIZE)
-        ]
+        chunks = _roots_chunks(query, self._roots_workers)
 
         def fetch(chunk: np.ndarray) -> np.ndarray:
             response = self._request(
