@@ -40,8 +40,11 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from prefect import get_run_logger
@@ -292,21 +295,36 @@ def run_snapshot(
             root, manifest, plan, request, futures, started, todo, aws, report
         )
         manifest_uri = manifest.write(root, aws)
-    rows_out = sorted(done + written, key=lambda r: r.table)
-    summary = SnapshotSummary(
-        datastack=datastack,
-        version=version,
-        version_timestamp=vmeta.get("time_stamp"),
-        manifest=manifest_uri,
-        rows=sum(r.rows for r in rows_out),
-        tables=rows_out,
-    )
-    report_snapshot(summary, root, manifest, notices)
+        rows_out = sorted(done + written, key=lambda r: r.table)
+        summary = SnapshotSummary(
+            datastack=datastack,
+            version=version,
+            version_timestamp=vmeta.get("time_stamp"),
+            manifest=manifest_uri,
+            rows=sum(r.rows for r in rows_out),
+            tables=rows_out,
+        )
+        # the artifacts (API round trips) are published while the claim is being released
+        published = _in_background(report_snapshot, summary, root, manifest, notices)
+    published.result()
     if problems:
         raise SnapshotVerificationError(
             "row counts differ from the server's:\n  " + "\n  ".join(problems)
         )
     return summary
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Start ``fn(*args)`` in a thread of its own, in a copy of this thread's context.
+
+    The copy carries the flow run's context, so what ``fn`` publishes (artifacts, logs) is
+    attached to this run. The returned future gives its result or raises its error.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodata-report")
+    try:
+        return pool.submit(contextvars.copy_context().run, fn, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def check_request(
@@ -388,11 +406,17 @@ def start_parts(
         started[table] = time.monotonic()
         ranges = plan.parts[table].ranges
         cuts = plan.parts[table].cuts or [[] for _ in ranges]
-        for index, (id_range, part_cuts) in enumerate(zip(ranges, cuts, strict=True)):
-            target = storage.join(root, table, f"part-{index:05d}.parquet")
-            name = f"snapshot {table} part {index + 1}/{len(ranges)} (ids {_span(id_range)})"
+        targets = [storage.join(root, table, f"part-{i:05d}.parquet") for i in range(len(ranges))]
+        names = {
+            target: f"snapshot {table} part {i + 1}/{len(ranges)} (ids {_span(id_range)})"
+            for i, (target, id_range) in enumerate(zip(targets, ranges, strict=True))
+        }
+        # One task variant per table, named per part from its target when the part starts:
+        # `with_options` costs milliseconds, too many to pay per part in the flow's thread.
+        part_task = snapshot_table_part.with_options(task_run_name=_run_name_of(names))
+        for target, id_range, part_cuts in zip(targets, ranges, cuts, strict=True):
             futures[table].append(
-                snapshot_table_part.with_options(task_run_name=name).submit(
+                part_task.submit(
                     cave_block,
                     datastack,
                     version,
@@ -405,6 +429,15 @@ def start_parts(
                 )
             )
     return futures, started
+
+
+def _run_name_of(names: dict[str, str]) -> Callable[..., str]:
+    """A ``task_run_name`` callable: the name of the part that writes ``parameters["target"]``."""
+
+    def run_name(parameters: dict[str, Any]) -> str:
+        return names[parameters["target"]]
+
+    return run_name
 
 
 def _span(id_range: list[int | None]) -> str:
