@@ -11,6 +11,8 @@ import gc
 import json
 import random
 import re
+import subprocess
+import sys
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -1222,3 +1224,17 @@ def test_500_is_retried_for_reads_and_upserts_but_not_for_registration():
 
 def test_default_retry_policy_includes_500():
     assert 500 in MetadataDbClient(host=HOST).retry.statuses
+
+
+def test_a_read_only_client_does_not_import_botocore() -> None:
+    # Issue 15: reads are unsigned; botocore (~15 ms) is imported on the first signed request.
+    code = (
+        "import sys\n"
+        "from prefect_neurodata.clients.aind.document_db import MetadataDbClient\n"
+        "MetadataDbClient(host='http://127.0.0.1:1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'boto3')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -10,12 +10,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 import requests
 import responses
+import urllib3
 
 from prefect_neurodata.clients.http import (
     HttpClient,
@@ -449,3 +452,97 @@ def test_collection_paused_overlapping_threads_resume_after_the_last(collector_o
         thread.join(10)
     assert seen == {"after the first ended": False}
     assert gc.isenabled()
+
+
+# -- reading bodies (issue 15 item 1: CPU per record of bulk reads) ----------------------------
+
+
+class _BodyServer:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 answering every request with ``body``; the
+    first ``truncate`` answers announce the whole body but stop after 10 bytes and close."""
+
+    def __init__(self, body: bytes, truncate: int = 0) -> None:
+        self.body, self.truncate = body, truncate
+        self.connections = 0
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.server.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}/pages"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with conn, conn.makefile("rb") as reader:
+                while self._answer(conn, reader):
+                    pass
+
+    def _answer(self, conn: socket.socket, reader: Any) -> bool:
+        if not reader.readline():
+            return False
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n".encode()
+        if self.truncate:
+            self.truncate -= 1
+            conn.sendall(head + self.body[:10])
+            return False
+        conn.sendall(head + self.body)
+        return True
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        self.server.close()
+
+
+def test_a_body_is_read_in_one_piece_and_the_connection_reused() -> None:
+    body = dumps([{"_id": f"{i:08d}", "blob": "x" * 300} for i in range(10_000)])  # ~3.4 MB
+    server = _BodyServer(body)
+    reads: list[int | None] = []
+    original = urllib3.response.HTTPResponse.read
+
+    def counting_read(self: Any, amt: int | None = None, *args: Any, **kwargs: Any) -> bytes:
+        reads.append(amt)
+        return original(self, amt, *args, **kwargs)
+
+    try:
+        http = HttpClient(timeout=(2, 10))
+        with mock.patch.object(urllib3.response.HTTPResponse, "read", counting_read):
+            first = http.request("GET", server.url)
+        assert first.content == body and decode_json(first)[-1]["_id"] == "00009999"
+        # requests' own unstreamed read takes 10 KB at a time: ~340 reads for this body.
+        assert len(reads) <= 2
+        second = http.request("GET", server.url)
+        assert second.content == body
+        assert server.connections == 1  # the first connection went back to the pool
+        streamed = http.request("GET", server.url, stream=True)
+        assert streamed.raw.read() == body  # stream=True still leaves the body to the caller
+    finally:
+        server.close()
+
+
+def test_a_body_cut_short_is_read_again() -> None:
+    body = dumps({"records": list(range(5_000))})
+    server = _BodyServer(body, truncate=1)
+    sleeps: list[float] = []
+    try:
+        http = HttpClient(retry=RetryPolicy(max_retries=2), sleep=sleeps.append, timeout=(2, 5))
+        assert decode_json(http.request("GET", server.url)) == {"records": list(range(5_000))}
+        assert len(sleeps) == 1 and server.connections == 2
+        http.close()  # (the server answers one connection at a time)
+        server.truncate = 1
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            HttpClient(retry=RetryPolicy(max_retries=0), timeout=(2, 5)).request("GET", server.url)
+    finally:
+        server.close()

@@ -13,9 +13,6 @@ from typing import Any
 import numpy as np
 import orjson
 import requests
-from botocore.auth import SigV4Auth as _BotocoreSigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.exceptions import NoCredentialsError
 
 from prefect_neurodata.clients import http
 
@@ -177,6 +174,12 @@ class SigV4Auth(requests.auth.AuthBase):
         return self.region or getattr(self.boto_session, "region_name", None)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        # botocore is imported on the first signed request: reads are unsigned, and importing
+        # it cost a read-only client ~15 ms at start.
+        from botocore.auth import SigV4Auth as _BotocoreSigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import NoCredentialsError
+
         credentials = self.boto_session.get_credentials()
         if credentials is None:
             raise NoCredentialsError()
