@@ -10,15 +10,22 @@ Starts (or reuses) a CAVE stand-in seeded with ``--synapses`` synapses and a Pre
 * ``loop``: the same work with our clients and no Prefect: one
   ``iter_query_table_partitions`` stream into one ParquetWriter, then sha256 of the file.
 
+Each child makes ``--calls`` calls of its work, each to a new destination and measured on its
+own: the **first call** pays what a fresh process pays once (Prefect's engine and API client
+start, lazily imported modules such as FastAPI's encoder, the first CAVE client, the claim's
+limit), the later ones show the **steady state** of a long-lived process (a worker serving
+runs, a notebook). Both are reported, each with its spread over ``--reps`` children.
+
 Prints rows/s, wall time, CPU time and the child's own peak memory above its post-import
-baseline (``VmHWM`` reset after imports; ``ru_maxrss`` would report the peak of the parent
-forked before ``exec``), and the Prefect overhead (flow time / loop time).
+baseline (``VmHWM`` reset before each call; ``ru_maxrss`` would report the peak of the parent
+forked before ``exec``), and the Prefect overhead (flow time / loop time) for the first call
+and for the steady state, with the load average (2 shared cores make single runs noisy).
 
 Example:
     ```bash
     .venv/bin/python bench/flows_cave.py                      # 1,000,000 synapses
     .venv/bin/python bench/flows_cave.py --workdir /tmp/b --keep   # keep the sandbox for reruns
-    .venv/bin/python bench/flows_cave.py --synapses 4000000 --reps 3
+    .venv/bin/python bench/flows_cave.py --synapses 4000000 --reps 3 --calls 4
     ```
 """
 
@@ -58,8 +65,20 @@ def _measured(work: Any) -> dict[str, Any]:
     return result
 
 
-def child_flow(env: dict[str, str], dest: str, rows_per_part: int) -> dict[str, Any]:
-    """Run the snapshot flow (in this child process) and report."""
+def _calls(work: Any, dest: str, calls: int) -> list[dict[str, Any]]:
+    """``work(dest_i)`` ``calls`` times in this process, each to its own directory, measured."""
+    results = []
+    for index in range(max(1, calls)):
+        target = Path(dest) / f"call-{index}"
+        results.append(_measured(lambda target=target: work(str(target))))
+        shutil.rmtree(target, ignore_errors=True)  # untimed: disk stays bounded at 10M rows
+    return results
+
+
+def child_flow(
+    env: dict[str, str], dest: str, rows_per_part: int | None, calls: int = 1
+) -> list[dict[str, Any]]:
+    """Run the snapshot flow ``calls`` times (in this child process) and report each call."""
     # Imports are excluded from the timing on both sides (as in the client drivers): the
     # engine modules a first flow call would otherwise import inside the timed region.
     import prefect.flow_engine  # noqa: F401
@@ -79,9 +98,14 @@ def child_flow(env: dict[str, str], dest: str, rows_per_part: int) -> dict[str, 
         token=env["NEURODATA_CAVE_TOKEN"],
     ).save("bench-cave", overwrite=True)
 
-    def work() -> dict[str, Any]:
+    size = {} if rows_per_part is None else {"rows_per_part": rows_per_part}
+
+    def work(target: str) -> dict[str, Any]:
+        request = SnapshotRequest.model_validate(
+            {"destination": target, "tables": ["synapses"], **size}
+        )
         state = snapshot_materialization(
-            SnapshotRequest(destination=dest, tables=["synapses"], rows_per_part=rows_per_part),
+            request,
             cave_block="bench-cave",
             return_state=True,
         )
@@ -94,9 +118,10 @@ def child_flow(env: dict[str, str], dest: str, rows_per_part: int) -> dict[str, 
         }
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        result = _measured(work)
-    result["setup_seconds"] = _setup_seconds(result.pop("flow_run_id"))
-    return result
+        results = _calls(work, dest, calls)
+    for result in results:
+        result["setup_seconds"] = _setup_seconds(result.pop("flow_run_id"))
+    return results
 
 
 def _setup_seconds(flow_run_id: str) -> float:
@@ -115,7 +140,7 @@ def _setup_seconds(flow_run_id: str) -> float:
     return (min(starts) - flow_run.start_time).total_seconds()
 
 
-def child_loop(env: dict[str, str], dest: str) -> dict[str, Any]:
+def child_loop(env: dict[str, str], dest: str, calls: int = 1) -> list[dict[str, Any]]:
     """The same work with the clients only: stream every partition into one Parquet file."""
     import hashlib
 
@@ -130,9 +155,9 @@ def child_loop(env: dict[str, str], dest: str) -> dict[str, Any]:
         write_server_cache=False,
     )
 
-    def work() -> dict[str, Any]:
+    def work(target: str) -> dict[str, Any]:
         version = client.materialize.most_recent_version()
-        path = Path(dest) / "synapses.parquet"
+        path = Path(target) / "synapses.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = None
         rows = 0
@@ -155,10 +180,12 @@ def child_loop(env: dict[str, str], dest: str) -> dict[str, Any]:
                 digest.update(block)
         return {"rows": rows, "files": 1, "bytes": path.stat().st_size}
 
-    return _measured(work)
+    return _calls(work, dest, calls)
 
 
 def _run_child(mode: str, env: dict[str, str], dest: str, extra: list[str]) -> dict[str, Any]:
+    """One child process of ``mode``: its first call, with the later calls (if any) under
+    ``"later"`` (``extra`` may hold ``--calls N`` and ``--rows-per-part N``)."""
     command = [sys.executable, __file__, "--child", mode, "--dest", dest, *extra]
     out = subprocess.run(
         command,
@@ -169,7 +196,8 @@ def _run_child(mode: str, env: dict[str, str], dest: str, extra: list[str]) -> d
     )
     if out.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    first, *later = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**first, "later": later}
 
 
 def _seeded_rows(env: dict[str, str]) -> int:
@@ -194,29 +222,40 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docs)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--synapses", type=int, default=1_000_000)
-    parser.add_argument("--rows-per-part", type=int, default=100_000)
+    parser.add_argument(
+        "--rows-per-part", type=int, default=None, help="flow partition size (default: the flow's)"
+    )
     parser.add_argument("--workdir", default=None, help="sandbox workdir (default: temporary)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running")
     parser.add_argument(
         "--reps", type=int, default=1, help="repetitions, loop and flow alternately (median shown)"
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        help="calls per child process: the first, then the steady state (default 3; a child "
+        "started without it, e.g. by bench/flows.py, makes 1)",
     )
     parser.add_argument("--child", choices=["flow", "loop"], help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
+        args.calls = args.calls or 1
         env = json.loads(os.environ["NEURODATA_BENCH_ENV"])
         if args.child == "flow":
-            result = child_flow(env, args.dest, args.rows_per_part)
+            results = child_flow(env, args.dest, args.rows_per_part, args.calls)
         else:
-            result = child_loop(env, args.dest)
-        print(json.dumps(result))
+            results = child_loop(env, args.dest, args.calls)
+        print(json.dumps(results))
         return 0
 
     from prefect_neurodata.sandbox.launcher import Sandbox
     from prefect_neurodata.sandbox.seed import seed_cave
     from tests.fixtures.prefect import run_prefect_server
 
+    args.calls = args.calls or 3
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-cave-"))
     sandbox = Sandbox(workdir, services=("cave",), detach=args.keep, start_timeout=180)
     rows = sandbox.status()
@@ -224,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if started:
         sandbox.up()
     env = sandbox.env
+    extra = ["--calls", str(args.calls)]
+    if args.rows_per_part is not None:
+        extra += ["--rows-per-part", str(args.rows_per_part)]
     try:
         if _seeded_rows(env) != args.synapses:
             t0 = time.perf_counter()
@@ -236,50 +278,63 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeded {args.synapses:,} synapses in {time.perf_counter() - t0:.0f} s")
         with run_prefect_server(workdir / "prefect-home") as api_url:
             runs: dict[str, list[dict[str, Any]]] = {"loop": [], "flow": []}
-            for _ in range(max(1, args.reps)):
-                for mode in runs:
+            for rep in range(max(1, args.reps)):
+                for mode in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
                     dest = tempfile.mkdtemp(prefix=f"snap-{mode}-", dir=workdir)
-                    runs[mode].append(
-                        _run_child(
-                            mode,
-                            {**env, "PREFECT_API_URL": api_url},
-                            dest,
-                            ["--rows-per-part", str(args.rows_per_part)],
-                        )
-                    )
+                    env_api = {**env, "PREFECT_API_URL": api_url}
+                    runs[mode].append(_run_child(mode, env_api, dest, extra))
                     shutil.rmtree(dest, ignore_errors=True)
     finally:
         if started and not args.keep:
             sandbox.down()
-
-    load = os.getloadavg()
-    print(f"\nsnapshot of the synapse table ({args.synapses:,} rows), {os.cpu_count()} cores, "
-          f"{args.reps} rep(s), load average now "
-          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")  # fmt: skip
-    print(f"{'':6} {'rows':>10} {'seconds':>8} {'spread':>11} {'rows/s':>9} {'peak RSS MB':>12} "
-          f"{'baseline MB':>12} {'files':>6} {'MB on disk':>10}")  # fmt: skip
-    median: dict[str, dict[str, Any]] = {}
+    report(runs, args)
     for mode, reps in runs.items():
-        reps = sorted(reps, key=lambda r: r["seconds"])
-        r = median[mode] = reps[len(reps) // 2]
-        spread = f"{reps[0]['seconds']:.1f}-{reps[-1]['seconds']:.1f}"
-        print(
-            f"{mode:6} {r['rows']:>10,} {r['seconds']:>8.1f} {spread:>11} "
-            f"{r['rows'] / r['seconds']:>9,.0f} {r['peak_mb']:>12.0f} {r['baseline_mb']:>12.0f} "
-            f"{r['files']:>6} {r['bytes'] / 1e6:>10.1f}  (CPU {r['cpu_seconds']:.1f} s, "
-            f"work {r['work_mb']:.0f} MB"
-            + (
-                f", set-up {r['setup_seconds']:.2f} s before the first partition)"
-                if "setup_seconds" in r
-                else ")"
-            )
-        )
-    overhead = median["flow"]["seconds"] / median["loop"]["seconds"]
-    print(f"\nflow / plain loop time (medians): {overhead:.2f}x (flow: {args.rows_per_part:,}-row "
-          "partition tasks on 4 threads; loop: one stream, no Prefect)")  # fmt: skip
-    for mode, reps in runs.items():
-        assert all(r["rows"] == args.synapses for r in reps), (mode, reps)
+        for r in reps:
+            assert all(c["rows"] == args.synapses for c in [r, *r["later"]]), (mode, r)
     return 0
+
+
+def _median(results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The median call of ``results`` (by wall time) and the spread ``min-max``."""
+    ordered = sorted(results, key=lambda r: r["seconds"])
+    spread = f"{ordered[0]['seconds']:.2f}-{ordered[-1]['seconds']:.2f}"
+    return ordered[len(ordered) // 2], spread
+
+
+def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    """Print the first-call and steady-state rows of both sides, and the two overheads."""
+    load = os.getloadavg()
+    parts = f"{args.rows_per_part:,}-row" if args.rows_per_part else "default-size"
+    print(f"\nsnapshot of the synapse table ({args.synapses:,} rows), {os.cpu_count()} cores, "
+          f"{args.reps} rep(s) x {args.calls} call(s), load average now "
+          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")  # fmt: skip
+    print(f"{'':13} {'calls':>5} {'seconds':>8} {'spread':>11} {'rows/s':>9} {'CPU s':>6} "
+          f"{'peak RSS MB':>12} {'work MB':>8} {'files':>6} {'MB on disk':>10}")  # fmt: skip
+    medians: dict[tuple[str, str], float] = {}
+    for mode, reps in runs.items():
+        phases = {
+            "first": list(reps),
+            "steady": [c for r in reps for c in r["later"]],
+        }
+        for phase, results in phases.items():
+            if not results:
+                continue
+            r, spread = _median(results)
+            medians[(mode, phase)] = r["seconds"]
+            setup = r.get("setup_seconds")
+            print(
+                f"{mode + ' ' + phase:13} {len(results):>5} {r['seconds']:>8.2f} {spread:>11} "
+                f"{r['rows'] / r['seconds']:>9,.0f} {r['cpu_seconds']:>6.2f} "
+                f"{r['peak_mb']:>12.0f} {r['work_mb']:>8.0f} {r['files']:>6} "
+                f"{r['bytes'] / 1e6:>10.1f}"
+                + (f"  (set-up {setup:.2f} s before the first partition)" if setup else "")
+            )
+    print(f"\nflow / plain loop time (medians; flow: {parts} partition tasks on 4 threads, "
+          "loop: one stream, no Prefect):")  # fmt: skip
+    for phase in ("first", "steady"):
+        if (f := medians.get(("flow", phase))) and (loop := medians.get(("loop", phase))):
+            print(f"  {phase:6} call{'s' if phase == 'steady' else ''}: {f / loop:.2f}x "
+                  f"({(f / loop - 1) * 100:+.0f} %)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ default), the flow writes every row of each table under
 where ``destination`` is a local directory or an ``s3://`` URI (``AWS_ENDPOINT_URL`` honoured).
 
 * **Nothing truncated, bounded memory.** Each table is split into id ranges of about
-  ``rows_per_part`` rows (one task each); a task streams its range from the server partition
-  by partition into a `pyarrow.parquet.ParquetWriter` (the client splits any range the server
-  cuts at its row limit), so memory holds a few partitions whatever the table size.
+  ``rows_per_part`` rows (one task and one file each; 250,000 by default, so a million-row
+  table is one task per thread); a task fetches its range in requests of about 100,000 rows
+  streamed into a `pyarrow.parquet.ParquetWriter` (the client splits any request the server
+  cuts at its row limit), so memory holds a request's rows per thread whatever the table size.
 * **Verified.** Each table's row count is checked against the server's materialized count;
   every file's sha256 goes into the manifest.
 * **Idempotent.** Tables already in the manifest for this version whose files are all present
@@ -386,7 +387,8 @@ def start_parts(
     for table in todo:
         started[table] = time.monotonic()
         ranges = plan.parts[table].ranges
-        for index, id_range in enumerate(ranges):
+        cuts = plan.parts[table].cuts or [[] for _ in ranges]
+        for index, (id_range, part_cuts) in enumerate(zip(ranges, cuts, strict=True)):
             target = storage.join(root, table, f"part-{index:05d}.parquet")
             name = f"snapshot {table} part {index + 1}/{len(ranges)} (ids {_span(id_range)})"
             futures[table].append(
@@ -399,6 +401,7 @@ def start_parts(
                     target,
                     request.desired_resolution,
                     aws_block,
+                    part_cuts,
                 )
             )
     return futures, started

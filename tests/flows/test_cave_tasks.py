@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from prefect import flow
 
+from prefect_neurodata.clients.cave.materializationengine import MaterializationClientV2
 from prefect_neurodata.clients.http import ServiceError
 from prefect_neurodata.tasks import cave as cave_tasks
+from prefect_neurodata.tasks import cave_materialization
 from prefect_neurodata.tasks.retries import is_transient_error
 from tests.flows.cave_helpers import client_for
 
@@ -136,3 +140,46 @@ def test_plan_snapshot_names_unknown_and_private_tables(
         cave_tasks.plan_snapshot.fn(saved_cave_block, datastack, None, ["no_such_table"])
     with pytest.raises(cave_tasks.CaveInputError, match=r"version 9999 does not exist"):
         cave_tasks.plan_snapshot.fn(saved_cave_block, datastack, 9999, ["synapses"])
+
+
+def test_snapshot_part_fetches_its_range_in_the_planned_requests(
+    sandbox: Any, saved_cave_block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 15: a partition task fetches its range as one request per planned piece (so a
+    # range above the row limit is never fetched cut first), and writes the same rows as one
+    # request for the whole range would.
+    datastack = sandbox.env["NEURODATA_CAVE_DATASTACK"]
+    monkeypatch.setattr(cave_materialization, "REQUEST_ROWS", 400)
+    plan = cave_tasks.plan_snapshot.fn(saved_cave_block, datastack, None, ["synapses"], 2000)
+    version = int(plan.version["version"])
+    table = plan.parts["synapses"]
+    assert len(table.cuts) == len(table.ranges) >= 2
+    share = table.rows / len(table.ranges)
+    for (lo, hi), cuts in zip(table.ranges, table.cuts, strict=True):
+        bounds = [lo or 0, *cuts, hi if hi is not None else max(cuts[-1:] or [0]) + 1]
+        assert bounds == sorted(set(bounds)), (lo, hi, cuts)  # increasing, inside the range
+        assert len(cuts) + 1 >= share / 400  # pieces of about REQUEST_ROWS rows
+    calls: list[dict[str, Any]] = []
+    real = MaterializationClientV2.iter_query_table_partitions
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaterializationClientV2, "iter_query_table_partitions", counted)
+    id_range, cuts = table.ranges[0], table.cuts[0]
+    assert cuts
+    pieces = cave_tasks.snapshot_table_part.fn(
+        saved_cave_block, datastack, version, "synapses", id_range,
+        str(tmp_path / "pieces.parquet"), cuts=cuts,
+    )  # fmt: skip
+    assert len(calls) == len(cuts) + 1
+    calls.clear()
+    whole = cave_tasks.snapshot_table_part.fn(
+        saved_cave_block, datastack, version, "synapses", id_range, str(tmp_path / "whole.parquet")
+    )
+    assert len(calls) == 1
+    assert pieces["rows"] == whole["rows"] > 0
+    written = pq.read_table(pieces["path"]).sort_by("id")
+    assert written.equals(pq.read_table(whole["path"]).sort_by("id"))
+    assert written.column("id").to_pylist() == sorted(set(written.column("id").to_pylist()))

@@ -67,7 +67,48 @@ def test_factory_negotiates_v1(cave_rsps) -> None:
     assert client.api_version == 1
     assert client.table_name == TABLE
     assert client.default_url_mapping == {"cg_server_address": LOCAL, "table_id": TABLE}
-    assert path(cave_rsps.calls[0]) == f"{LOCAL}/segmentation/api/versions"
+    # The API versions and the server version are asked together: either may land first.
+    assert sorted(path(c) for c in cave_rsps.calls) == [
+        f"{LOCAL}/segmentation/api/version",
+        f"{LOCAL}/segmentation/api/versions",
+    ]
+
+
+def test_factory_asks_api_versions_and_server_version_at_once(cave_rsps) -> None:
+    # Both answers wait for each other: asked one after the other, the barrier would break.
+    barrier = threading.Barrier(2, timeout=5)
+
+    def answer(body: str):
+        def callback(request):
+            barrier.wait()
+            return 200, {}, body
+
+        return callback
+
+    cave_rsps.add_callback(responses.GET, f"{LOCAL}/segmentation/api/versions", answer("[0, 1]"))
+    cave_rsps.add_callback(responses.GET, f"{LOCAL}/segmentation/api/version", answer('"2.21.1"'))
+    auth = AuthClient(token=TOKEN, server_address=LOCAL)
+    client = ChunkedGraphClient(LOCAL, table_name=TABLE, auth_client=auth)
+    assert client.api_version == 1
+    assert str(client.server_version) == "2.21.1"
+    assert len(cave_rsps.calls) == 2
+    for call in cave_rsps.calls:
+        assert_auth(call)
+
+
+@pytest.mark.parametrize("status", [500, 401])
+def test_factory_raises_the_server_version_error_when_built(cave_rsps, status) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/versions", json=[0, 1])
+    cave_rsps.get(f"{LOCAL}/segmentation/api/version", status=status, json={"message": "no"})
+    with pytest.raises(ServiceError) as info:
+        ChunkedGraphClient(LOCAL, table_name=TABLE, max_retries=0)
+    assert info.value.status_code == status
+
+
+def test_factory_unknown_server_version_is_none(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/segmentation/api/versions", json=[0, 1])
+    cave_rsps.get(f"{LOCAL}/segmentation/api/version", status=404)
+    assert ChunkedGraphClient(LOCAL, table_name=TABLE).server_version is None
 
 
 # -- roots ---------------------------------------------------------------------------------------

@@ -16,22 +16,11 @@ import orjson
 import pytest
 
 from prefect_neurodata.sandbox.cave.app import build_fastapi
-from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph, WorldParams
+from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph
 from prefect_neurodata.sandbox.cave.world import CaveConfig, CaveWorld
+from tests.unit.test_sandbox_cave_chunkedgraph import PARAMS  # the small test world
 
 CFG = CaveConfig(db_url="sqlite://")
-PARAMS = WorldParams(
-    seed=5,
-    n_neurons=30,
-    neuron_length=120,
-    n_merges=5,
-    n_splits=3,
-    base_timestamp=1_700_000_000.0,
-    history_span_s=10 * 86400.0,
-    chunks=(4, 4, 2),
-    chunk_size=(256, 256, 32),
-    cell_size=(32, 32, 4),
-)
 ROUTE = f"/segmentation/api/v1/table/{CFG.pcg_table}"
 AUTH = {"Authorization": f"Bearer {CFG.viewer_token}"}
 

@@ -586,7 +586,7 @@ class Service(Generic[ClientT]):
             ValueError: No API version is supported by both sides, or an unknown version was
                 asked.
         """
-        auth_header = _auth_header_of(auth_client)
+        auth_header = auth_header_of(auth_client)
         endpoints, chosen = _api_endpoints(
             api_version,
             self.server_key,
@@ -840,17 +840,7 @@ class ClientBase:
         if template is None:
             return None
         url = template.format_map(self._default_url_mapping)
-        try:
-            value = self._json("GET", url, log_warning=False)
-        except ServiceError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
-        try:
-            return Version(str(value))
-        except InvalidVersion:
-            logger.warning("server at %s reports an unparsable version", self._server_address)
-            return None
+        return fetch_server_version(self._http, url, self._server_address)
 
 
 class ClientBaseWithDataset(ClientBase):
@@ -913,7 +903,41 @@ class ClientBaseWithDatastack(ClientBase):
         return self._datastack_name
 
 
-def _auth_header_of(auth_client: Any) -> dict[str, str]:
+def fetch_server_version(http: HttpClient, url: str, server_address: str) -> Version | None:
+    """The software version a service reports at its ``get_version`` endpoint ``url``.
+
+    Args:
+        http: The `HttpClient` to ask with (carrying the token).
+        url: The formatted ``get_version`` URL.
+        server_address: The server, named in the warning about an unparsable version.
+
+    Returns:
+        The version; None when the service has no such endpoint (404) or its answer does not
+        parse as a version.
+
+    Raises:
+        ServiceError: Any other error status after retries (401/403: `AuthorizationError`).
+
+    Example:
+        ```python
+        http = new_http({"Authorization": "Bearer ..."}, resolve_transport(None))
+        fetch_server_version(http, "http://127.0.0.1:9000/segmentation/api/version", "...")
+        ```
+    """
+    try:
+        value = decode_json(send_checked(http, "GET", url, log_warning=False))
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            return None
+        raise
+    try:
+        return Version(str(value))
+    except InvalidVersion:
+        logger.warning("server at %s reports an unparsable version", server_address)
+        return None
+
+
+def auth_header_of(auth_client: Any) -> dict[str, str]:
     """The request header of an `AuthClient` (``{}`` for None)."""
     if auth_client is None:
         return {}

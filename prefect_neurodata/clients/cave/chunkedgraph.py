@@ -32,11 +32,14 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any
 
 import networkx as nx
 import numpy as np
 import pandas as pd
+from packaging.version import Version
 
 from prefect_neurodata.clients.http import TransportConfig, decode_json, loads, map_bounded
 
@@ -45,8 +48,11 @@ from .base import (
     ApiVersion,
     ClientBase,
     Service,
+    auth_header_of,
     check_version_compatibility,
     document_shared_args,
+    fetch_server_version,
+    new_http,
     resolve_server_address,
     resolve_transport,
 )
@@ -76,6 +82,12 @@ on the fast links between compute and CAVE servers gzip costs the server more ti
 saves on the wire. Set to ``"gzip"`` for slow links."""
 
 _UTC = dt.timezone.utc
+
+_ASKED_VERSION: ContextVar[tuple[str, Future[Version | None]] | None] = ContextVar(
+    "chunkedgraph_asked_version", default=None
+)
+"""The server version `ChunkedGraphClient` is asking for while it negotiates the API version:
+``(server_address, future)``, taken by the client it builds."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +262,21 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
     address = resolve_server_address(server_address)
     config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
     options = {"timestamp": timestamp, "table_name": table_name, "over_client": over_client}
-    return SERVICE.connect(address, auth_client, api_version, config, **options)
+    # caveclient asks the API versions, then (building the client) the server version. The two
+    # answers do not depend on each other, so both questions go out at once: one round trip
+    # instead of two. The client takes the answer, or its error, when it is built.
+    url = _endpoints.chunkedgraph_endpoints_common["get_version"].format(**{SERVER_KEY: address})
+    http = new_http(auth_header_of(auth_client), config)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="cg-version") as pool:
+            asked = pool.submit(fetch_server_version, http, url, address)
+            token = _ASKED_VERSION.set((address, asked))
+            try:
+                return SERVICE.connect(address, auth_client, api_version, config, **options)
+            finally:
+                _ASKED_VERSION.reset(token)
+    finally:
+        http.close()
 
 
 @document_shared_args
@@ -293,8 +319,13 @@ class ChunkedGraphClientV1(ClientBase):
         self._default_url_mapping["table_id"] = table_name
         self._roots_workers = max(1, min(ROOTS_MAX_WORKERS, self.transport.pool_maxsize))
         # Fetched now, as caveclient 5.25 does, so version-guarded arguments (bounds=) are
-        # checked against the server the client was built for.
-        self._server_version = self._get_version()
+        # checked against the server the client was built for; `ChunkedGraphClient` has
+        # already asked, at the same time as the API versions.
+        asked = _ASKED_VERSION.get()
+        if asked is not None and asked[0] == server_address:
+            self._server_version = asked[1].result()
+        else:
+            self._server_version = self._get_version()
 
     # -- properties ---------------------------------------------------------------------------
     @property
