@@ -47,6 +47,38 @@ def read_env(path: str) -> dict[str, str]:
     return out
 
 
+def open_sandbox(
+    env_file: str | None, workdir: str | None, synapses: int
+) -> tuple[dict[str, str], Any]:
+    """``(env, sandbox)``: a running sandbox's env file (sandbox None), or a new CAVE-only
+    sandbox seeded with ``synapses`` synapses (stop it with ``sandbox.down()``)."""
+    if env_file:
+        return read_env(env_file), None
+    from prefect_neurodata.sandbox.launcher import Sandbox
+
+    workdir = workdir or tempfile.mkdtemp(prefix="cave-bench-")
+    sandbox = Sandbox(workdir, services=("cave",), start_timeout=180)
+    sandbox.up()
+    env = sandbox.env
+    print(f"seeding {synapses:,} synapses ...", flush=True)
+    requests.post(
+        f"{env['NEURODATA_CAVE_LOCAL_URL']}/__sandbox__/seed",
+        json={"synapses": synapses, "seed": 1},
+        timeout=1800,
+    ).raise_for_status()
+    return env, sandbox
+
+
+def sandbox_client(env: dict[str, str]) -> Any:
+    """A fresh `CAVEclient` of the sandbox's datastack (no metadata cached between calls)."""
+    return CAVEclient(
+        env["NEURODATA_CAVE_DATASTACK"],
+        server_address=env["NEURODATA_CAVE_GLOBAL_URL"],
+        auth_token=env["NEURODATA_CAVE_TOKEN"],
+        write_server_cache=False,
+    )
+
+
 def timed(label: str, fn: Callable[[], Any], repeat: int) -> tuple[float, int]:
     seconds: list[float] = []
     rows = 0
@@ -73,22 +105,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="sandbox workdir (default: a temporary directory)")
     args = parser.parse_args()
 
-    sandbox = None
-    if args.env:
-        env = read_env(args.env)
-    else:
-        from prefect_neurodata.sandbox.launcher import Sandbox
-
-        workdir = args.workdir or tempfile.mkdtemp(prefix="cave-bench-")
-        sandbox = Sandbox(workdir, services=("cave",), start_timeout=180)
-        sandbox.up()
-        env = sandbox.env
-        print(f"seeding {args.rows:,} synapses ...", flush=True)
-        requests.post(
-            f"{env['NEURODATA_CAVE_LOCAL_URL']}/__sandbox__/seed",
-            json={"synapses": args.rows, "seed": 1},
-            timeout=1800,
-        ).raise_for_status()
+    env, sandbox = open_sandbox(args.env, args.workdir, args.rows)
     try:
         local = env["NEURODATA_CAVE_LOCAL_URL"]
         requests.put(
@@ -96,12 +113,7 @@ def main() -> None:
         ).raise_for_status()
 
         def client() -> Any:
-            return CAVEclient(
-                env["NEURODATA_CAVE_DATASTACK"],
-                server_address=env["NEURODATA_CAVE_GLOBAL_URL"],
-                auth_token=env["NEURODATA_CAVE_TOKEN"],
-                write_server_cache=False,
-            )
+            return sandbox_client(env)
 
         def full() -> int:
             # a fresh client each time: metadata caches and the learned limit do not carry over

@@ -132,6 +132,10 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 _pause_lock = threading.Lock()
 _pause_depth = 0
 _resume_collection = False
+PROMOTE_AFTER = 100_000
+"""Tracked objects that must have been created during a pause for `collection_paused` to
+move the young generations to the oldest one when it ends. About one full DocDB page holds
+that many. A smaller read leaves them young, so its few objects are collected as usual."""
 
 
 @contextlib.contextmanager
@@ -151,14 +155,17 @@ def collection_paused() -> Iterator[None]:
       Reference counting still frees everything as usual.
     * Pauses nest and may overlap across threads. Collection resumes when the last one ends,
       and only if it was on when the first one began.
-    * On resume, every tracked object goes to the oldest generation
-      (`gc.freeze` then `gc.unfreeze`, which only splices lists). The result then counts as the
-      long-lived data it is, and the next young collection does not walk all of it again. This
-      is skipped when the process has frozen objects of its own (for example before a fork),
-      because `gc.unfreeze` would release them too.
+    * On resume after a big read (at least `PROMOTE_AFTER` tracked objects created), every
+      tracked object goes to the oldest generation (`gc.freeze` then `gc.unfreeze`, which only
+      splices lists). The result then counts as the long-lived data it is, and the next young
+      collection does not walk all of it again. Small reads skip this, so a program that makes
+      many small reads keeps its usual young collections. It is also skipped when the process
+      has frozen objects of its own (for example before a fork), because `gc.unfreeze` would
+      release them too.
 
     Costs: while a read runs, cyclic garbage made by other threads waits until collection
-    resumes. Objects that were young when collection resumes wait for the next full collection.
+    resumes. After a big read, objects that were young when collection resumed wait for the
+    next full collection.
 
     Example:
         >>> import gc
@@ -179,7 +186,7 @@ def collection_paused() -> Iterator[None]:
         with _pause_lock:
             _pause_depth -= 1
             if _pause_depth == 0 and _resume_collection:
-                if gc.get_freeze_count() == 0:
+                if gc.get_count()[0] >= PROMOTE_AFTER and gc.get_freeze_count() == 0:
                     gc.freeze()
                     gc.unfreeze()
                 gc.enable()

@@ -20,6 +20,7 @@ import requests
 import responses
 import urllib3
 
+from prefect_neurodata.clients.codec import PROMOTE_AFTER
 from prefect_neurodata.clients.http import (
     HttpClient,
     RetryPolicy,
@@ -409,10 +410,20 @@ def test_collection_paused_promotes_what_it_built_to_the_oldest_generation(
     # The decoded result is long-lived: a young collection after the read does not walk it
     # (without the promotion it would be young, and that collection would move it to gen 1).
     with collection_paused():
-        result = loads(dumps([{"a": [i]} for i in range(20_000)]))
+        result = loads(dumps([{"a": [i]} for i in range(PROMOTE_AFTER)]))
     gc.collect(0)
     oldest = {id(o) for o in gc.get_objects(generation=2)}
     assert id(result) in oldest and id(result[-1]) in oldest
+
+
+def test_collection_paused_leaves_a_small_read_young(collector_on: None) -> None:
+    # A program making many small reads keeps its young collections: nothing is promoted.
+    gc.collect()
+    with collection_paused():
+        result = loads(dumps([[i] for i in range(500)]))
+    assert gc.get_count()[0] >= 500  # still counted as young (a promotion resets the count)
+    gc.collect(0)
+    assert id(result) in {id(o) for o in gc.get_objects(generation=1)}
 
 
 def test_collection_paused_keeps_a_process_freeze(collector_on: None) -> None:
