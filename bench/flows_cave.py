@@ -16,10 +16,12 @@ start, lazily imported modules such as FastAPI's encoder, the first CAVE client,
 limit), the later ones show the **steady state** of a long-lived process (a worker serving
 runs, a notebook). Both are reported, each with its spread over ``--reps`` children.
 
-Prints rows/s, wall time, CPU time and the child's own peak memory above its post-import
-baseline (``VmHWM`` reset before each call; ``ru_maxrss`` would report the peak of the parent
-forked before ``exec``), and the Prefect overhead (flow time / loop time) for the first call
-and for the steady state, with the load average (2 shared cores make single runs noisy).
+Prints rows/s, wall time, CPU time (the child's, and as "API CPU s" the Prefect server's during
+the call: work the flow adds on these shared cores that a remote server would do elsewhere),
+the child's own peak memory above its post-import baseline (``VmHWM`` reset before each call;
+``ru_maxrss`` would report the peak of the parent forked before ``exec``), and the Prefect
+overhead (flow time / loop time) for the first call and for the steady state, with the load
+average (2 shared cores make single runs noisy).
 
 Example:
     ```bash
@@ -51,18 +53,51 @@ def _measured(work: Any) -> dict[str, Any]:
     """Run ``work()`` -> dict, adding wall and CPU seconds and this process's own peak memory."""
     from bench._driver_common import PeakMemory, cpu_seconds
 
+    server = _prefect_server()
     memory = PeakMemory()
     memory.start()
     cpu = cpu_seconds()
+    server_cpu = _cpu_of(server)
     t0 = time.perf_counter()
     result = work()
     result["seconds"] = time.perf_counter() - t0
     result["cpu_seconds"] = cpu_seconds() - cpu
+    result["server_cpu_seconds"] = _cpu_of(server) - server_cpu
     mem = memory.result()
     result.update(
         baseline_mb=mem["base_rss_mb"], peak_mb=mem["peak_rss_mb"], work_mb=mem["work_rss_mb"]
     )
     return result
+
+
+def _prefect_server() -> Any:
+    """The Prefect server process the bench started (its pid is in the environment), or None."""
+    import psutil
+
+    pid = os.environ.get("NEURODATA_BENCH_PREFECT_PID")
+    return psutil.Process(int(pid)) if pid else None
+
+
+def _cpu_of(process: Any) -> float:
+    """User + system CPU seconds of ``process`` and its children (0 for None)."""
+    if process is None:
+        return 0.0
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _listener_pid(api_url: str) -> int | None:
+    """The pid of the process listening on the port of ``api_url`` (the Prefect server)."""
+    import psutil
+
+    port = int(api_url.rsplit(":", 1)[1].split("/", 1)[0])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            return conn.pid
+    return None
 
 
 def _calls(work: Any, dest: str, calls: int) -> list[dict[str, Any]]:
@@ -278,10 +313,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeded {args.synapses:,} synapses in {time.perf_counter() - t0:.0f} s")
         with run_prefect_server(workdir / "prefect-home") as api_url:
             runs: dict[str, list[dict[str, Any]]] = {"loop": [], "flow": []}
+            server_pid = _listener_pid(api_url)
             for rep in range(max(1, args.reps)):
                 for mode in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
                     dest = tempfile.mkdtemp(prefix=f"snap-{mode}-", dir=workdir)
                     env_api = {**env, "PREFECT_API_URL": api_url}
+                    if server_pid is not None:  # the server shares these cores: show its share
+                        env_api["NEURODATA_BENCH_PREFECT_PID"] = str(server_pid)
                     runs[mode].append(_run_child(mode, env_api, dest, extra))
                     shutil.rmtree(dest, ignore_errors=True)
     finally:
@@ -309,7 +347,8 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
           f"{args.reps} rep(s) x {args.calls} call(s), load average now "
           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")  # fmt: skip
     print(f"{'':13} {'calls':>5} {'seconds':>8} {'spread':>11} {'rows/s':>9} {'CPU s':>6} "
-          f"{'peak RSS MB':>12} {'work MB':>8} {'files':>6} {'MB on disk':>10}")  # fmt: skip
+          f"{'API CPU s':>9} {'peak RSS MB':>12} {'work MB':>8} {'files':>6} "
+          f"{'MB on disk':>10}")  # fmt: skip
     medians: dict[tuple[str, str], float] = {}
     for mode, reps in runs.items():
         phases = {
@@ -325,7 +364,8 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
             print(
                 f"{mode + ' ' + phase:13} {len(results):>5} {r['seconds']:>8.2f} {spread:>11} "
                 f"{r['rows'] / r['seconds']:>9,.0f} {r['cpu_seconds']:>6.2f} "
-                f"{r['peak_mb']:>12.0f} {r['work_mb']:>8.0f} {r['files']:>6} "
+                f"{r.get('server_cpu_seconds', 0.0):>9.2f} {r['peak_mb']:>12.0f} "
+                f"{r['work_mb']:>8.0f} {r['files']:>6} "
                 f"{r['bytes'] / 1e6:>10.1f}"
                 + (f"  (set-up {setup:.2f} s before the first partition)" if setup else "")
             )
