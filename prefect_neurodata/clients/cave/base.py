@@ -57,7 +57,9 @@ import json
 import logging
 import re
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
@@ -935,6 +937,45 @@ def fetch_server_version(http: HttpClient, url: str, server_address: str) -> Ver
     except InvalidVersion:
         logger.warning("server at %s reports an unparsable version", server_address)
         return None
+
+
+@contextmanager
+def asked_meanwhile(
+    auth_client: Any,
+    transport: TransportConfig,
+    questions: Mapping[str, Callable[[HttpClient], Any]],
+) -> Iterator[dict[str, Future[Any]]]:
+    """Send independent start-up questions while the caller negotiates the API version.
+
+    A client factory asks the API versions first and the client it builds asks more (server
+    version, version list) one after the other; when their answers do not depend on each
+    other, asking them at the same time saves a round trip each at realistic latency. Each
+    question runs in its own worker thread with one session carrying ``auth_client``'s token;
+    its answer or error waits in its future, so the client can raise it where it always did.
+
+    Args:
+        auth_client: An `AuthClient` (its token is sent), or None for no auth.
+        transport: The settings of the requests (`resolve_transport`).
+        questions: ``{name: ask}``; ``ask(http)`` sends the question through ``http``.
+
+    Yields:
+        ``{name: future}``, all submitted; on exit every question has been answered.
+
+    Example:
+        ```python
+        url = "http://127.0.0.1:9000/materialize/version"
+        ask = functools.partial(fetch_server_version, url=url, server_address=url)
+        with asked_meanwhile(None, resolve_transport(None), {"version": ask}) as asked:
+            ...  # negotiate the API version here
+        asked["version"].result()
+        ```
+    """
+    http = new_http(auth_header_of(auth_client), transport)
+    try:
+        with ThreadPoolExecutor(max(1, len(questions)), thread_name_prefix="cave-start") as pool:
+            yield {name: pool.submit(ask, http) for name, ask in questions.items()}
+    finally:
+        http.close()
 
 
 def auth_header_of(auth_client: Any) -> dict[str, str]:

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import Any
 
@@ -48,11 +49,10 @@ from .base import (
     ApiVersion,
     ClientBase,
     Service,
-    auth_header_of,
+    asked_meanwhile,
     check_version_compatibility,
     document_shared_args,
     fetch_server_version,
-    new_http,
     resolve_server_address,
     resolve_transport,
 )
@@ -266,17 +266,13 @@ def ChunkedGraphClient(  # noqa: N802 - seed name
     # answers do not depend on each other, so both questions go out at once: one round trip
     # instead of two. The client takes the answer, or its error, when it is built.
     url = _endpoints.chunkedgraph_endpoints_common["get_version"].format(**{SERVER_KEY: address})
-    http = new_http(auth_header_of(auth_client), config)
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="cg-version") as pool:
-            asked = pool.submit(fetch_server_version, http, url, address)
-            token = _ASKED_VERSION.set((address, asked))
-            try:
-                return SERVICE.connect(address, auth_client, api_version, config, **options)
-            finally:
-                _ASKED_VERSION.reset(token)
-    finally:
-        http.close()
+    ask = functools.partial(fetch_server_version, url=url, server_address=address)
+    with asked_meanwhile(auth_client, config, {"version": ask}) as asked:
+        token = _ASKED_VERSION.set((address, asked["version"]))
+        try:
+            return SERVICE.connect(address, auth_client, api_version, config, **options)
+        finally:
+            _ASKED_VERSION.reset(token)
 
 
 @document_shared_args

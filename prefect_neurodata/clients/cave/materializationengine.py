@@ -37,8 +37,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextvars import ContextVar
 from typing import Any, cast
 
 import numpy as np
@@ -48,7 +51,7 @@ import requests
 from packaging.version import Version
 
 from prefect_neurodata.clients.concurrency import TTLMemo
-from prefect_neurodata.clients.http import TransportConfig, decode_json, dumps, loads
+from prefect_neurodata.clients.http import HttpClient, TransportConfig, decode_json, dumps, loads
 
 from . import endpoints as _endpoints
 from ._arrow import (
@@ -83,9 +86,12 @@ from .base import (
     ClientBase,
     ServerIncompatibilityError,
     Service,
+    asked_meanwhile,
     check_version_compatibility,
     document_shared_args,
+    fetch_server_version,
     resolve_transport,
+    send_checked,
 )
 from .node_ids import valid_node_ids
 
@@ -398,7 +404,8 @@ def MaterializationClient(  # noqa: N802 - seed name
         cg_client: The chunkedgraph client used by live queries.
         synapse_table: Default table for `synapse_query`.
         api_version: 2, 3, or "latest" (asks the server; falls back to 2).
-        version: Materialization version queried by default (None: the most recent).
+        version: Materialization version queried by default (None: the most recent; its list
+            is asked while the API version is negotiated, as is the server version).
         desired_resolution: Default resolution of returned positions (e.g. ``[4, 4, 40]``).
 
     Returns:
@@ -407,9 +414,56 @@ def MaterializationClient(  # noqa: N802 - seed name
     config = resolve_transport(transport, verify, max_retries, pool_maxsize, pool_block)
     options = {"cg_client": cg_client, "synapse_table": synapse_table, "version": version}
     options.update(over_client=over_client, desired_resolution=desired_resolution)
-    return SERVICE.connect(
-        server_address, auth_client, api_version, config, datastack_name, **options
-    )
+    # The server version and (without a fixed version) the version list do not depend on the
+    # API versions answer, so they are asked at the same time: one round trip before the
+    # first query instead of three. The list is asked below the prefix of the API version
+    # asked for, or of the newest one (what a current server negotiates); the client built
+    # takes each answer, or raises its error, where it would have asked itself.
+    address = server_address.rstrip("/")
+    mapping = {SERVER_KEY: address, "datastack_name": datastack_name}
+    known = _endpoints.materialization_api_versions
+    newest = api_version if api_version in known else max(known)
+    questions: dict[str, Callable[[HttpClient], Any]] = {
+        "server_version": functools.partial(
+            fetch_server_version,
+            url=_endpoints.materialization_common["get_version"].format_map(mapping),
+            server_address=address,
+        )
+    }
+    if version is None and datastack_name:
+        versions_url = known[newest]["versions"]
+        questions["versions"] = functools.partial(
+            _ask_versions, url=versions_url.format_map(mapping)
+        )
+    with asked_meanwhile(auth_client, config, questions) as asked:
+        token = _ASKED_AT_START.set(_AskedAtStart(server_address, datastack_name, newest, asked))
+        try:
+            return SERVICE.connect(
+                server_address, auth_client, api_version, config, datastack_name, **options
+            )
+        finally:
+            _ASKED_AT_START.reset(token)
+
+
+def _ask_versions(http: HttpClient, url: str) -> list[int]:
+    """The valid versions at ``url``, asked as `MaterializationClientV2.get_versions` does."""
+    return decode_json(send_checked(http, "GET", url, params={"expired": False}))
+
+
+@dataclasses.dataclass(frozen=True)
+class _AskedAtStart:
+    """What `MaterializationClient` asked while negotiating, for the client it builds."""
+
+    server_address: str
+    datastack_name: str | None
+    api_version: int
+    """The API version whose URLs the questions used."""
+    answers: Mapping[str, Future[Any]]
+
+
+_ASKED_AT_START: ContextVar[_AskedAtStart | None] = ContextVar(
+    "materialization_asked_at_start", default=None
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +529,20 @@ class MaterializationClientV2(ClientBase):
         self._meta_cache = TTLMemo(METADATA_TTL)
         self._tables_manager: TableManager | None = None
         self._views_manager: ViewManager | None = None
+        # Answers `MaterializationClient` asked for this client while it negotiated; each is
+        # taken once, where this client would have asked itself (errors are raised there).
+        asked = _ASKED_AT_START.get()
+        self._asked: dict[str, Future[Any]] = {}
+        if asked is not None and (asked.server_address, asked.datastack_name) == (
+            server_address,
+            datastack_name,
+        ):
+            self._asked = {
+                name: future
+                for name, future in asked.answers.items()
+                # the version list was asked below one API version's prefix: take it only if so
+                if name != "versions" or api_version == asked.api_version
+            }
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -564,6 +632,15 @@ class MaterializationClientV2(ClientBase):
             self._views_manager = ViewManager(self, views, schemas)
         return self._views_manager
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A future does not pickle: a copy (pickle, deepcopy) asks for itself what the
+        # original was answered at start.
+        return {**self.__dict__, "_asked": {}}
+
+    def _get_version(self) -> Version | None:
+        asked = self._asked.pop("server_version", None)
+        return asked.result() if asked is not None else super()._get_version()
+
     def _schema_client(self) -> Any:
         """The schema service client of the `CAVEclient` this client belongs to."""
         if self.fc is None:
@@ -612,7 +689,12 @@ class MaterializationClientV2(ClientBase):
 
     def get_versions(self, datastack_name: str | None = None, expired: bool = False) -> list[int]:
         """The materialization versions available (valid ones unless ``expired=True``)."""
-        url = self._url("versions", datastack_name=self._ds(datastack_name))
+        ds = self._ds(datastack_name)
+        if not expired and ds == self.datastack_name:
+            asked = self._asked.pop("versions", None)
+            if asked is not None:
+                return asked.result()
+        url = self._url("versions", datastack_name=ds)
         return self._json("GET", url, params={"expired": expired})
 
     def get_versions_metadata(
