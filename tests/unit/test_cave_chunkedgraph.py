@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -772,3 +774,14 @@ def test_a_server_id_beyond_int64_raises_instead_of_wrapping(cg, cave_rsps) -> N
         cg.get_leaves(5)
     with pytest.raises(ValueError, match=rf"answered node id {2**64 - 1}, which does not fit"):
         cg.get_subgraph(5, [[0, 1], [0, 1], [0, 1]])
+
+
+def test_client_start_does_not_import_networkx() -> None:
+    # networkx costs ~80 ms to import; only lineage graphs (as_nx_graph=True) need it.
+    code = (
+        "import sys\n"
+        "from prefect_neurodata.clients.cave import CAVEclient\n"
+        "print('networkx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

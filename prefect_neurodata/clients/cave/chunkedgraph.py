@@ -35,9 +35,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 import pandas as pd
 from packaging.version import Version
@@ -57,6 +56,9 @@ from .base import (
     resolve_transport,
 )
 from .node_ids import int64_ids, valid_node_id, valid_node_ids
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 logger = logging.getLogger("prefect_neurodata.cave")
 
@@ -770,6 +772,10 @@ class ChunkedGraphClientV1(ClientBase):
                 if link["source"] not in bad and link["target"] not in bad
             ]
         if as_nx_graph:
+            # imported here: networkx takes ~80 ms to import, paid by every client start
+            # (a CAVEclient imports this module) though only lineage graphs need it
+            import networkx as nx
+
             return nx.node_link_graph(r, directed=True, edges="links")
         return r
 
