@@ -11,10 +11,11 @@ default), the flow writes every row of each table under
 where ``destination`` is a local directory or an ``s3://`` URI (``AWS_ENDPOINT_URL`` honoured).
 
 * **Nothing truncated, bounded memory.** Each table is split into id ranges of about
-  ``rows_per_part`` rows (one task and one file each; 250,000 by default, so a million-row
-  table is one task per thread); a task fetches its range in requests of about 100,000 rows
-  streamed into a `pyarrow.parquet.ParquetWriter` (the client splits any request the server
-  cuts at its row limit), so memory holds a request's rows per thread whatever the table size.
+  ``rows_per_part`` rows (one Parquet file each; 250,000 by default), dealt into at most one
+  task per thread of the flow (4), each writing its consecutive parts one after the other; a
+  part is fetched in requests of about 100,000 rows streamed into a
+  `pyarrow.parquet.ParquetWriter` (the client splits any request the server cuts at its row
+  limit), so memory holds a request's rows per thread whatever the table size.
 * **Verified.** Each table's row count is checked against the server's materialized count;
   every file's sha256 goes into the manifest.
 * **Idempotent.** Tables already in the manifest for this version whose files are all present
@@ -48,6 +49,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
@@ -77,10 +80,11 @@ from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import (
     DEFAULT_ROWS_PER_PART,
     CaveInputError,
+    SnapshotPart,
     SnapshotPlan,
     load_cave,
     plan_snapshot,
-    snapshot_table_part,
+    snapshot_table_parts,
 )
 from prefect_neurodata.tasks.claims import exclusive
 from prefect_neurodata.tasks.snapshot_manifest import (
@@ -90,6 +94,9 @@ from prefect_neurodata.tasks.snapshot_manifest import (
 )
 
 ARTIFACT_KEY = "cave-materialization-snapshot"
+
+TASK_THREADS = 4
+"""Threads of the flow's task runner: tables' parts are written by at most this many tasks each."""
 
 
 class SnapshotRequest(BaseModel):
@@ -115,7 +122,7 @@ class SnapshotRequest(BaseModel):
         default=DEFAULT_ROWS_PER_PART,
         ge=1_000,
         le=1_000_000,
-        description="Rows per Parquet part file (one task each).",
+        description="Rows per Parquet part file (a table's parts are shared by 4 tasks).",
     )
 
     @field_validator("destination")
@@ -219,7 +226,7 @@ def _run_name() -> str:
     return f"snapshot {datastack_label()} {f'v{version}' if version else 'latest'}"
 
 
-@neurodata_flow("cave-materialization-snapshot", _run_name, max_workers=4)
+@neurodata_flow("cave-materialization-snapshot", _run_name, max_workers=TASK_THREADS)
 def snapshot_materialization(
     request: SnapshotRequest,
     cave_block: CaveBlockName = DEFAULT_CAVE_BLOCK,
@@ -397,8 +404,15 @@ def start_parts(
     todo: list[str],
     aws_block: str | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
-    """Submit one task per planned id range of every table to write; ``(futures, started)``."""
+    """Submit the part-writing tasks of every table to write; ``(futures, started)``.
+
+    On the flow's thread pool a table's parts (one file each) are dealt into one task of
+    consecutive parts per thread, so every thread writes a share of the table and the flow
+    pays one task run per thread, not one per file (see `snapshot_table_parts`). On a
+    distributed task runner (Dask) each part is a task of its own, to spread over the workers.
+    """
     storage.ensure_dir(root)
+    slots = _task_slots()
     version = int(plan.version["version"])
     started: dict[str, float] = {}
     futures: dict[str, list[Any]] = defaultdict(list)
@@ -406,36 +420,70 @@ def start_parts(
         started[table] = time.monotonic()
         ranges = plan.parts[table].ranges
         cuts = plan.parts[table].cuts or [[] for _ in ranges]
-        targets = [storage.join(root, table, f"part-{i:05d}.parquet") for i in range(len(ranges))]
-        names = {
-            target: f"snapshot {table} part {i + 1}/{len(ranges)} (ids {_span(id_range)})"
-            for i, (target, id_range) in enumerate(zip(targets, ranges, strict=True))
-        }
-        # One task variant per table, named per part from its target when the part starts:
-        # `with_options` costs milliseconds, too many to pay per part in the flow's thread.
-        part_task = snapshot_table_part.with_options(task_run_name=_run_name_of(names))
-        for target, id_range, part_cuts in zip(targets, ranges, cuts, strict=True):
+        parts = [
+            SnapshotPart(
+                id_range=id_range,
+                target=storage.join(root, table, f"part-{i:05d}.parquet"),
+                cuts=part_cuts,
+            )
+            for i, (id_range, part_cuts) in enumerate(zip(ranges, cuts, strict=True))
+        ]
+        groups = _deal(parts, slots or len(parts))
+        names = {group[0].target: _group_name(table, parts, group) for group in groups}
+        # One task variant per table, named per group from its first target when it starts:
+        # `with_options` costs milliseconds, too many to pay per task in the flow's thread.
+        task = snapshot_table_parts.with_options(task_run_name=_run_name_of(names))
+        for group in groups:
             futures[table].append(
-                part_task.submit(
+                task.submit(
                     cave_block,
                     datastack,
                     version,
                     table,
-                    id_range,
-                    target,
+                    group,
                     request.desired_resolution,
                     aws_block,
-                    part_cuts,
                 )
             )
     return futures, started
 
 
+def _task_slots() -> int | None:
+    """Threads of this flow run's thread-pool task runner; None for any other runner."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    if not isinstance(runner, ThreadPoolTaskRunner):
+        return None
+    # Prefect keeps the pool size private; a runner without it gets the flow's own default
+    threads = getattr(runner, "_max_workers", TASK_THREADS)
+    return threads if isinstance(threads, int) and 0 < threads < 1024 else None
+
+
+def _deal(parts: list[SnapshotPart], tasks: int) -> list[list[SnapshotPart]]:
+    """``parts`` cut into at most ``tasks`` runs of consecutive parts, sizes differing by one."""
+    count = min(len(parts), tasks)
+    size, extra = divmod(len(parts), count)
+    groups, start = [], 0
+    for index in range(count):
+        stop = start + size + (1 if index < extra else 0)
+        groups.append(parts[start:stop])
+        start = stop
+    return groups
+
+
+def _group_name(table: str, parts: list[SnapshotPart], group: list[SnapshotPart]) -> str:
+    """``snapshot synapses parts 5-8/16 (ids 1000000-1999999)`` (``part 1/1`` for one part)."""
+    first, last = parts.index(group[0]) + 1, parts.index(group[-1]) + 1
+    numbers = f"part {first}" if first == last else f"parts {first}-{last}"
+    span = _span([group[0].id_range[0], group[-1].id_range[1]])
+    return f"snapshot {table} {numbers}/{len(parts)} (ids {span})"
+
+
 def _run_name_of(names: dict[str, str]) -> Callable[..., str]:
-    """A ``task_run_name`` callable: the name of the part that writes ``parameters["target"]``."""
+    """A ``task_run_name`` callable: the name of the group whose first part is ``parts[0]``."""
 
     def run_name(parameters: dict[str, Any]) -> str:
-        return names[parameters["target"]]
+        return names[parameters["parts"][0].target]
 
     return run_name
 
@@ -468,8 +516,8 @@ def finish_tables(
     expected = {table: plan.parts[table].rows for table in todo}
     for table in todo:
         if report is not None:
-            report.inputs["table"] = f"{table} ({len(futures[table])} part(s))"
-        parts = [f.result() for f in futures[table]]
+            report.inputs["table"] = f"{table} ({len(plan.parts[table].ranges)} part(s))"
+        parts = [part for f in futures[table] for part in f.result()]
         files = [p for p in parts if p["path"]]
         rows = sum(p["rows"] for p in parts)
         if rows != expected[table]:

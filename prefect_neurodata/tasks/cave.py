@@ -69,6 +69,7 @@ from prefect_neurodata.tasks.cave_common import (
 )
 from prefect_neurodata.tasks.cave_materialization import (
     DEFAULT_ROWS_PER_PART,
+    SnapshotPart,
     SnapshotPlan,
     TablePlan,
     count_version_rows,
@@ -77,6 +78,7 @@ from prefect_neurodata.tasks.cave_materialization import (
     plan_table_partitions,
     resolve_materialization_version,
     snapshot_table_part,
+    snapshot_table_parts,
 )
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "CaveInputError",
     "CavePermissionError",
     "ChunkReconcileError",
+    "SnapshotPart",
     "SnapshotPlan",
     "TablePlan",
     "cave_client",
@@ -110,6 +113,7 @@ __all__ = [
     "reconcile_chunk",
     "resolve_materialization_version",
     "snapshot_table_part",
+    "snapshot_table_parts",
     "table_permission_problem",
     "upload_annotation_chunk",
 ]

@@ -74,9 +74,12 @@ def test_snapshot_artifacts_show_tables_partitions_and_checksums(
     summary = state.result()
     flow_run, artifacts, tasks = run_record(state.state_details.flow_run_id)
     assert flow_run.name == f"snapshot {sandbox.env['NEURODATA_CAVE_DATASTACK']} latest"
-    parts = [t for t in tasks if t.startswith("snapshot synapses part ")]
-    assert parts and f"/{len(parts)} (ids " in parts[0]
+    parts = sorted(t for t in tasks if t.startswith("snapshot synapses part"))
     manifest = json.loads(Path(summary.manifest).read_text())
+    # each task names the parts it wrote out of the table's planned parts, and its id span
+    planned = {int(t.split("/", 1)[1].split(" ", 1)[0]) for t in parts}
+    assert len(planned) == 1 and planned.pop() >= len(manifest["tables"]["synapses"]["files"])
+    assert all(" (ids " in t for t in parts), parts
     markdown = artifacts["cave-materialization-snapshot-manifest"].data
     assert "file://" not in markdown and f"`{summary.manifest}`" in markdown
     for item in manifest["tables"]["synapses"]["files"]:

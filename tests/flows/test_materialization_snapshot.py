@@ -92,8 +92,58 @@ def test_partitions_start_after_one_set_up_task(
     assert [t.task_key.rsplit("-", 1)[0] for t in set_up] == ["plan_snapshot"], [
         t.name for t in set_up
     ]
-    assert len(parts) >= max(2, sum(t.files for t in summary.tables))
+    assert len(parts) >= 2
     assert all(p.start_time >= set_up[0].end_time for p in parts)
+
+
+def _part_numbers(name: str) -> tuple[list[int], int]:
+    """``([5, 6, 7, 8], 16)`` from ``snapshot synapses parts 5-8/16 (ids ...)``."""
+    numbers, planned = name.split(" (ids ", 1)[0].rsplit(" ", 1)[1].split("/")
+    first, _, last = numbers.partition("-")
+    return list(range(int(first), int(last or first) + 1)), int(planned)
+
+
+@pytest.mark.parametrize("threads", [4, 2])
+def test_a_tables_parts_are_dealt_into_one_task_per_thread(
+    sandbox: Any, saved_cave_block: str, tmp_path: Path, threads: int
+) -> None:
+    # issue 15: a task run costs Prefect work in the flow and on the server, so the parts of a
+    # table (one file each) are written by one task per thread of the flow's pool, not one each.
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    flow = snapshot_materialization.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=threads)
+    )
+    state = flow(
+        SnapshotRequest(destination=str(tmp_path), tables=["synapses"], rows_per_part=1000),
+        cave_block=saved_cave_block,
+        return_state=True,
+    )
+    summary = state.result()
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=runs)
+    names = [t.name for t in tasks if t.name.startswith("snapshot synapses part")]
+    dealt = sorted(_part_numbers(name) for name in names)
+    planned = {total for _, total in dealt}
+    assert len(planned) == 1
+    total = planned.pop()
+    assert total > threads  # more parts than threads, so some task writes several
+    assert len(names) == threads, names
+    # consecutive parts, every planned part exactly once, shares differing by at most one
+    assert [n for numbers, _ in dealt for n in numbers] == list(range(1, total + 1))
+    sizes = [len(numbers) for numbers, _ in dealt]
+    assert max(sizes) - min(sizes) <= 1
+    (table,) = summary.tables
+    assert table.rows == table.expected_rows and 2 <= table.files <= total
+    root = Path(summary.manifest).parent
+    files = _manifest(root)["tables"]["synapses"]["files"]
+    every_part = [f"synapses/part-{i:05d}.parquet" for i in range(total)]
+    assert [f["path"] for f in files] == [p for p in every_part if (root / p).exists()]
+    assert sum(f["rows"] for f in files) == table.rows
+    for item in files:
+        assert hashlib.sha256((root / item["path"]).read_bytes()).hexdigest() == item["sha256"]
+        assert pq.read_table(root / item["path"]).num_rows == item["rows"]
 
 
 def test_rerun_skips_intact_tables_and_redoes_damaged_ones(
