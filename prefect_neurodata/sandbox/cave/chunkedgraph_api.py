@@ -140,10 +140,15 @@ def _reply(request: Request, obj: Any, status: int = 200, headers: dict | None =
     if _bool(request, "int64_as_str", False):
         obj = _stringify_ints(obj)
     body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    return _maybe_gzip(request, Response(body, status, headers, media_type="application/json"))
+    return maybe_gzip(request, Response(body, status, headers, media_type="application/json"))
 
 
-def _maybe_gzip(request: Request, response: Response) -> Response:
+def maybe_gzip(request: Request, response: Response) -> Response:
+    """``response`` gzipped (fast level) when the request accepts gzip and the body is worth it.
+
+    The PyChunkedGraph and L2 cache services compress their replies alike, so both stand-ins
+    send theirs through here.
+    """
     if "gzip" in request.headers.get("accept-encoding", "") and len(response.body) > 512:
         response.body = gzip.compress(response.body, compresslevel=1)
         response.headers["Content-Encoding"] = "gzip"
@@ -269,7 +274,7 @@ async def roots_binary(table_id: str, request: Request, user: User = Depends(_vi
             unknown = (roots == 0) & (ids != 0)
             if unknown.any():
                 raise PCGError(400, f"Node {int(ids[np.argmax(unknown)])} does not exist")
-        return _maybe_gzip(request, _uint64_reply(roots))
+        return maybe_gzip(request, _uint64_reply(roots))
 
     return await run_in_threadpool(answer)
 
