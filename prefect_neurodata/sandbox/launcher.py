@@ -61,6 +61,8 @@ from typing import Any
 
 import psutil
 
+from prefect_neurodata.sandbox.cave import DEFAULT_DATASTACK
+
 SERVICES: tuple[str, ...] = ("mongo", "aws", "docdb", "cave")
 """The services ``up`` starts by default."""
 OPTIONAL_SERVICES: tuple[str, ...] = ("postgres",)
@@ -76,7 +78,7 @@ ENV_FILE = "sandbox.env"
 SEED_FILE = "seed.json"
 CAVE_MODULE = "prefect_neurodata.sandbox.cave"
 DOCDB_FACTORY = "prefect_neurodata.sandbox.docdb.app:create_app"
-CAVE_DATASTACK = "minnie_sandbox"
+CAVE_DATASTACK = DEFAULT_DATASTACK
 DATASTACK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 STOP_TIMEOUT = 15.0
 

@@ -45,6 +45,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from prefect_neurodata.constants import DocDbVersion
+from prefect_neurodata.sandbox.cave import SEED_WORLD_LIMITS
 from prefect_neurodata.sandbox.launcher import (
     CAVE_DATASTACK,
     DATASTACK_NAME,
@@ -136,7 +137,7 @@ class SandboxConfig:
             raise ValueError(
                 f"s3_assets must be <= records ({self.records}), got {self.s3_assets!r}"
             )
-        for name, low, high in (("neurons", 2, 5_000), ("neuron_length", 10, 10_000)):
+        for name, (low, high) in SEED_WORLD_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 
 from prefect_neurodata.sandbox.cave import store
-from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_json_body
+from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_int_list, parse_json_body
 from prefect_neurodata.sandbox.cave.store import Field
 
 MAX_ANNOTATIONS = 10_000
@@ -720,12 +720,10 @@ def get_annotations_route(
 ) -> Response:
     """``GET /table/{t}/annotations?annotation_ids=1,2``: flattened rows."""
     world, user = _volume_caller(request, aligned_volume, "view")
-    try:
-        ids = [int(x) for x in annotation_ids.split(",") if x.strip()]
-    except ValueError:
-        raise CaveHTTPError(
-            400, f"annotation_ids must be comma-separated integers, got {annotation_ids!r}"
-        ) from None
+    ids = parse_int_list(
+        annotation_ids,
+        f"annotation_ids must be comma-separated integers, got {annotation_ids!r}",
+    )
     if not ids:
         raise CaveHTTPError(400, "annotation_ids is required")
     items, meta = get_annotations(world, user, table_name, ids)

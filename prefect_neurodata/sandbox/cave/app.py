@@ -49,7 +49,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import auth, chunkedgraph_api, info, l2cache, schemas, state
+from . import SEED_WORLD_LIMITS, auth, chunkedgraph_api, info, l2cache, schemas, state
 from .chunkedgraph import WorldParams
 from .errors import CaveHTTPError, PCGError
 from .world import CaveConfig, CaveWorld
@@ -245,7 +245,7 @@ def seed_world(world: CaveWorld, body: dict[str, Any]) -> dict[str, Any]:
             if kind is int and (int(value) != value or value < 0):
                 raise CaveHTTPError(400, f"seed field {key!r} must be an int >= 0, got {value!r}")
             values[key] = kind(value)
-    for key, low, high in (("neurons", 2, 5000), ("neuron_length", 10, 10_000)):
+    for key, (low, high) in SEED_WORLD_LIMITS.items():
         if key in values and not low <= values[key] <= high:
             raise CaveHTTPError(
                 400, f"seed field {key!r} must be in [{low}, {high}], got {values[key]!r}"

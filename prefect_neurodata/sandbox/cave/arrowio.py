@@ -76,11 +76,16 @@ def pandas_metadata(schema: pa.Schema, plain_columns: Iterable[str] = ()) -> dic
     return {b"pandas": json.dumps(doc).encode()}
 
 
+def _accepted_encodings(accept_encoding: str) -> set[str]:
+    """The codings an ``Accept-Encoding`` value names, lower-case, without ``;q=`` weights."""
+    return {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+
+
 def ipc_codec(accept_encoding: str | None, ipc_compress: bool = True) -> str | None:
     """The IPC buffer codec the real server picks from ``Accept-Encoding``."""
     if not ipc_compress or not accept_encoding:
         return None
-    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+    accepted = _accepted_encodings(accept_encoding)
     if "zstd" in accepted:
         return "zstd"
     if "lz4" in accepted:
@@ -92,7 +97,7 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     """True when the client accepts an HTTP-level gzip body."""
     if not accept_encoding:
         return False
-    return "gzip" in {p.split(";")[0].strip().lower() for p in accept_encoding.split(",")}
+    return "gzip" in _accepted_encodings(accept_encoding)
 
 
 def encode_stream(

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from .errors import CaveHTTPError
+from .errors import CaveHTTPError, parse_int_list
 
 if TYPE_CHECKING:
     from .world import CaveConfig
@@ -466,12 +466,7 @@ def get_users(
     if id is None:
         wanted = [u.id for u in reg.users]
     else:
-        try:
-            wanted = [int(x) for x in id.split(",") if x.strip()]
-        except ValueError as exc:
-            raise CaveHTTPError(
-                400, f"id must be a comma-separated list of ints, got {id!r}"
-            ) from exc
+        wanted = parse_int_list(id, f"id must be a comma-separated list of ints, got {id!r}")
     private = user.admin or user.service_account
     return [u.public_record(private) for i in wanted if (u := reg.user_by_id(i)) is not None]
 

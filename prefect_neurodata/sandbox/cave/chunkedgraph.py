@@ -43,6 +43,7 @@ from typing import Any, overload
 import networkx as nx
 import numpy as np
 
+from . import DEFAULT_PCG_TABLE, VOXEL_RESOLUTION
 from .errors import PCGError
 
 LAYER_ID_BITS = 8
@@ -266,8 +267,8 @@ class ChunkedGraph:
     def __init__(
         self,
         params: WorldParams,
-        table_id: str = "minnie_sandbox_pcg",
-        resolution: Sequence[float] = (4.0, 4.0, 40.0),
+        table_id: str = DEFAULT_PCG_TABLE,
+        resolution: Sequence[float] = VOXEL_RESOLUTION,
     ) -> None:
         self.params = params
         self.table_id = table_id
@@ -301,8 +302,8 @@ class ChunkedGraph:
     def build(
         cls,
         params: WorldParams,
-        table_id: str = "minnie_sandbox_pcg",
-        resolution: Sequence[float] = (4.0, 4.0, 40.0),
+        table_id: str = DEFAULT_PCG_TABLE,
+        resolution: Sequence[float] = VOXEL_RESOLUTION,
     ) -> ChunkedGraph:
         """Generate the world (neurons, supervoxels, edges, roots) and its edit history.
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import networkx as nx
 import numpy as np
@@ -32,6 +33,7 @@ V1 = "/segmentation/api/v1/table/{table_id}"
 _view = require("view", namespace="table")
 _edit = require("edit", namespace="table")
 _admin = require("admin", namespace="table")
+_Number = TypeVar("_Number", int, float)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -54,24 +56,44 @@ def _bool(request: Request, name: str, default: bool) -> bool:
     raise PCGError(400, f"{name} must be a boolean, got {raw!r}")
 
 
-def _float(request: Request, name: str, default: float | None = None) -> float | None:
+def _number(
+    request: Request,
+    name: str,
+    parse: Callable[[str], _Number],
+    expected: str,
+    default: _Number | None,
+) -> _Number | None:
+    """Query parameter ``name`` read by ``parse``; missing or empty gives ``default``.
+
+    Args:
+        request: The request whose query string is read.
+        name: The parameter.
+        parse: Converts the raw text; its ``ValueError`` answers 400.
+        expected: What the 400 message says the value must be.
+        default: The value of a missing or empty parameter.
+    """
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise PCGError(400, f"{name} must be a float POSIX timestamp, got {raw!r}") from exc
+        raise PCGError(400, f"{name} must be {expected}, got {raw!r}") from exc
+
+
+def _float(request: Request, name: str, default: float | None = None) -> float | None:
+    """Query parameter ``name`` as float POSIX seconds (``default`` when missing or empty)."""
+    return _number(request, name, float, "a float POSIX timestamp", default)
 
 
 def _int(request: Request, name: str, default: int | None = None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise PCGError(400, f"{name} must be an integer, got {raw!r}") from exc
+    """Query parameter ``name`` as an integer (``default`` when missing or empty)."""
+    return _number(request, name, int, "an integer", default)
+
+
+def _leaf_layer(request: Request) -> int:
+    """``stop_layer`` of a leaves lookup: missing, empty or 0 mean supervoxels (layer 1)."""
+    return _int(request, "stop_layer", 1) or 1
 
 
 def _bounds(request: Request) -> np.ndarray | None:
@@ -118,10 +140,15 @@ def _reply(request: Request, obj: Any, status: int = 200, headers: dict | None =
     if _bool(request, "int64_as_str", False):
         obj = _stringify_ints(obj)
     body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    return _maybe_gzip(request, Response(body, status, headers, media_type="application/json"))
+    return maybe_gzip(request, Response(body, status, headers, media_type="application/json"))
 
 
-def _maybe_gzip(request: Request, response: Response) -> Response:
+def maybe_gzip(request: Request, response: Response) -> Response:
+    """``response`` gzipped (fast level) when the request accepts gzip and the body is worth it.
+
+    The PyChunkedGraph and L2 cache services compress their replies alike, so both stand-ins
+    send theirs through here.
+    """
     if "gzip" in request.headers.get("accept-encoding", "") and len(response.body) > 512:
         response.body = gzip.compress(response.body, compresslevel=1)
         response.headers["Content-Encoding"] = "gzip"
@@ -145,6 +172,17 @@ def _ids(arr: Any) -> list[int]:
     return [int(v) for v in np.asarray(arr, dtype=np.uint64).tolist()]
 
 
+def _roots_at(request: Request, cg: ChunkedGraph, ids: Any) -> np.ndarray:
+    """Roots of ``ids`` at the request's ``timestamp`` (default now), or their ancestors at
+    its ``stop_layer``: the query parameters every root lookup reads."""
+    return cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
+
+
+def _uint64_reply(ids: np.ndarray) -> Response:
+    """``ids`` as raw little-endian uint64 bytes (the binary form of the root lookups)."""
+    return Response(ids.astype("<u8").tobytes(), media_type="application/octet-stream")
+
+
 def _points(raw: Any, cg: ChunkedGraph, name: str) -> list[list[float]]:
     """``[[id, x_nm, y_nm, z_nm], ...]`` -> ``[[id, x_vx, y_vx, z_vx], ...]``."""
     if not isinstance(raw, list) or not raw:
@@ -160,6 +198,20 @@ def _points(raw: Any, cg: ChunkedGraph, name: str) -> list[list[float]]:
             raise PCGError(400, f"{name} entries must be numbers, got {p!r}") from exc
         out.append([node, *xyz.tolist()])
     return out
+
+
+def _two_points(body: Any, cg: ChunkedGraph, shape_error: str, name: str) -> list[list[float]]:
+    """The two ``[node_id, x_nm, y_nm, z_nm]`` points of a merge or path body, in voxels.
+
+    Args:
+        body: The parsed JSON body.
+        cg: The chunkedgraph (its resolution converts nm to voxels).
+        shape_error: The 400 message when ``body`` is not a list of exactly two entries.
+        name: What the points are called in the messages about one entry.
+    """
+    if not isinstance(body, list) or len(body) != 2:
+        raise PCGError(400, shape_error)
+    return _points(body, cg, name)
 
 
 def _iso(ts: float) -> str:
@@ -200,7 +252,7 @@ def handle_root(
     cg = _cg(request, table_id)
     if node_id and not cg.node_exists(node_id):
         raise PCGError(400, f"Node {node_id} does not exist")
-    root = cg.get_roots([node_id], _float(request, "timestamp"), _int(request, "stop_layer"))
+    root = _roots_at(request, cg, [node_id])
     return _reply(request, {"root_id": int(root[0])})
 
 
@@ -217,13 +269,12 @@ async def roots_binary(table_id: str, request: Request, user: User = Depends(_vi
         if len(data) % 8:
             raise PCGError(400, f"body must be little-endian uint64 (got {len(data)} bytes)")
         ids = np.frombuffer(data, dtype="<u8")
-        roots = cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
+        roots = _roots_at(request, cg, ids)
         if not _bool(request, "fail_to_zero", True):
             unknown = (roots == 0) & (ids != 0)
             if unknown.any():
                 raise PCGError(400, f"Node {int(ids[np.argmax(unknown)])} does not exist")
-        out = Response(roots.astype("<u8").tobytes(), media_type="application/octet-stream")
-        return _maybe_gzip(request, out)
+        return maybe_gzip(request, _uint64_reply(roots))
 
     return await run_in_threadpool(answer)
 
@@ -236,9 +287,9 @@ async def handle_roots(table_id: str, request: Request, user: User = Depends(_vi
 
     def answer() -> Response:
         ids = _ids_field(body, "node_ids")
-        roots = cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
+        roots = _roots_at(request, cg, ids)
         if _bool(request, "as_binary", False):
-            return Response(roots.astype("<u8").tobytes(), media_type="application/octet-stream")
+            return _uint64_reply(roots)
         return _reply(request, {"root_ids": _ids(roots)})
 
     return await run_in_threadpool(answer)
@@ -276,14 +327,14 @@ def children(
 def leaves(table_id: str, node_id: int, request: Request, user: User = Depends(_view)) -> Response:
     """Supervoxels (or ``stop_layer`` nodes) under a node, optionally within ``bounds``."""
     cg = _cg(request, table_id)
-    stop = _int(request, "stop_layer", 1) or 1
+    stop = _leaf_layer(request)
     return _reply(request, {"leaf_ids": _ids(cg.get_leaves(node_id, _bounds(request), stop))})
 
 
 async def _leaves_many(table_id: str, request: Request) -> Response:
     cg = _cg(request, table_id)
     ids = _ids_field(await _json_body(request), "node_ids")
-    stop = _int(request, "stop_layer", 1) or 1
+    stop = _leaf_layer(request)
     bounds = _bounds(request)
     return _reply(request, {str(int(n)): _ids(cg.get_leaves(int(n), bounds, stop)) for n in ids})
 
@@ -312,7 +363,7 @@ async def minimal_covering_nodes(
     l2 = np.unique(cg.get_roots(ids, None, 2))
     l2 = l2[l2 != 0]
     if _bool(request, "as_array", True):
-        return Response(l2.astype("<u8").tobytes(), media_type="application/octet-stream")
+        return _uint64_reply(l2)
     return _reply(request, _ids(l2))
 
 
@@ -393,10 +444,12 @@ def _op_reply(request: Request, op: Any) -> Response:
 async def merge(table_id: str, request: Request, user: User = Depends(_edit)) -> Response:
     """Merge two objects at two points ``[[id, x, y, z], [id, x, y, z]]`` (nm)."""
     cg = _cg(request, table_id)
-    body = await _json_body(request)
-    if not isinstance(body, list) or len(body) != 2:
-        raise PCGError(400, "merge body must be exactly two points [node_id, x, y, z]")
-    points = _points(body, cg, "merge points")
+    points = _two_points(
+        await _json_body(request),
+        cg,
+        "merge body must be exactly two points [node_id, x, y, z]",
+        "merge points",
+    )
     dist = _int(request, "chebyshev_distance", 3)
     world = request.app.state.world
 
@@ -525,8 +578,13 @@ async def tabular_change_log_many(
     )
 
 
-def _lineage_json(g: nx.DiGraph) -> dict[str, Any]:
-    return nx.node_link_data(g, edges="links")
+def _lineage_reply(request: Request, cg: ChunkedGraph, root_ids: Any) -> Response:
+    """Lineage graph of ``root_ids`` within the request's ``timestamp_past``/``_future``, as
+    node-link JSON with ``links`` (the key the real service writes)."""
+    g = cg.lineage_graph(
+        root_ids, _float(request, "timestamp_past"), _float(request, "timestamp_future")
+    )
+    return _reply(request, nx.node_link_data(g, edges="links"))
 
 
 @router.post(V1 + "/lineage_graph_multiple")
@@ -535,11 +593,7 @@ async def lineage_graph_multiple(
 ) -> Response:
     """Lineage graph (node-link JSON with ``links``) of several roots."""
     cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "root_ids")
-    g = cg.lineage_graph(
-        ids, _float(request, "timestamp_past"), _float(request, "timestamp_future")
-    )
-    return _reply(request, _lineage_json(g))
+    return _lineage_reply(request, cg, _ids_field(await _json_body(request), "root_ids"))
 
 
 @router.get(V1 + "/root/{root_id}/lineage_graph")
@@ -547,11 +601,7 @@ def lineage_graph(
     table_id: str, root_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Lineage graph of one root."""
-    cg = _cg(request, table_id)
-    g = cg.lineage_graph(
-        [root_id], _float(request, "timestamp_past"), _float(request, "timestamp_future")
-    )
-    return _reply(request, _lineage_json(g))
+    return _lineage_reply(request, _cg(request, table_id), [root_id])
 
 
 @router.get(V1 + "/past_id_mapping")
@@ -682,10 +732,12 @@ def oldest_timestamp(table_id: str, request: Request, user: User = Depends(_view
 async def find_path(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Shortest L2 path between two points of one root."""
     cg = _cg(request, table_id)
-    body = await _json_body(request)
-    if not isinstance(body, list) or len(body) != 2:
-        raise PCGError(400, "find_path body must be two points [root_id, x, y, z]")
-    pts = _points(body, cg, "find_path points")
+    pts = _two_points(
+        await _json_body(request),
+        cg,
+        "find_path body must be two points [root_id, x, y, z]",
+        "find_path points",
+    )
     if int(pts[0][0]) != int(pts[1][0]):
         raise PCGError(400, "find_path points must belong to the same root")
     return _reply(request, cg.find_path(int(pts[0][0]), pts[0][1:], pts[1][1:]))

@@ -65,6 +65,23 @@ class PCGError(CaveHTTPError):
         self.body = None  # filled in at render time (needs the request timing)
 
 
+def parse_int_list(raw: str, message: str) -> list[int]:
+    """Comma-separated integers of a query parameter (blank items skipped), or a 400.
+
+    Args:
+        raw: The parameter's text, e.g. ``"1,2, 3"``.
+        message: The 400 message when an item is not an integer (the service's wording).
+
+    Example:
+        >>> parse_int_list("1, 2,,3", "ids must be integers")
+        [1, 2, 3]
+    """
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise CaveHTTPError(400, message) from None
+
+
 def parse_json_body(raw: bytes, error: type[CaveHTTPError] = CaveHTTPError) -> Any:
     """A request body parsed as JSON, or ``error(400, ...)`` saying why it is not.
 

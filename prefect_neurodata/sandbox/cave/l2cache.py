@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from .auth import User, current_user, require
 from .chunkedgraph import ChunkedGraph
+from .chunkedgraph_api import maybe_gzip
 from .errors import CaveHTTPError
 
 ATTRIBUTE_METADATA: dict[str, str] = dict(ChunkedGraph.L2_ATTRIBUTES)
@@ -29,13 +30,7 @@ _view = require("view", namespace="table")
 
 
 def _reply(request: Request, obj: Any) -> Response:
-    body = orjson.dumps(obj)
-    resp = Response(body, media_type="application/json")
-    if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 512:
-        resp.body = gzip.compress(body, compresslevel=1)
-        resp.headers["Content-Encoding"] = "gzip"
-        resp.headers["Content-Length"] = str(len(resp.body))
-    return resp
+    return maybe_gzip(request, Response(orjson.dumps(obj), media_type="application/json"))
 
 
 @router.get(_L + "/attribute_metadata")

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from . import DEFAULT_DATASTACK, DEFAULT_PCG_TABLE, VOXEL_RESOLUTION
 from .chunkedgraph import ChunkedGraph, OperationRecord, WorldParams
 
 ENV_PREFIX = "NEURODATA_SANDBOX_"
@@ -81,12 +82,12 @@ class CaveConfig:
     local_url: str | None = None
     faults: str | None = None
     auth_disabled: bool = False
-    datastack: str = "minnie_sandbox"
-    aligned_volume: str = "minnie_sandbox_av"
+    datastack: str = DEFAULT_DATASTACK
+    aligned_volume: str = f"{DEFAULT_DATASTACK}_av"
     aligned_volume_id: int = 1
-    pcg_table: str = "minnie_sandbox_pcg"
-    auth_dataset: str = "minnie_sandbox"
-    voxel_resolution: tuple[float, float, float] = (4.0, 4.0, 40.0)
+    pcg_table: str = DEFAULT_PCG_TABLE
+    auth_dataset: str = DEFAULT_DATASTACK
+    voxel_resolution: tuple[float, float, float] = VOXEL_RESOLUTION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CaveConfig:

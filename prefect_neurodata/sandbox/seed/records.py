@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -405,18 +405,45 @@ class RecordGenerator:
         rec: dict[str, Any],
         plan: AssetPlan,
         rng: random.Random,
-        add_item: Any,
+        *,
+        procs: list[dict[str, Any]],
+        parameters_of: Callable[[dict[str, Any]], dict[str, Any]],
+        new_proc: Callable[[], dict[str, Any]],
+        qc_entries: list[dict[str, Any]] | None,
+        new_qc_entry: Callable[[], dict[str, Any]],
     ) -> None:
-        """Grow ``rec`` towards its target size with realistic repeated blocks."""
+        """Grow ``rec`` towards its target size with realistic repeated blocks.
+
+        A large deficit is mostly filled by one bulk array in the last process's parameters
+        (as real records carry probe channel maps); the rest by extra processes and, when the
+        record has quality control, extra QC entries, half and half. The draws happen in this
+        order for both schema versions, so a seed always gives the same records.
+
+        Args:
+            rec: The record, grown in place.
+            plan: Its plan (``target_bytes``).
+            rng: The record's random stream.
+            procs: The record's list of data processes (non-empty).
+            parameters_of: The parameters dict of one process.
+            new_proc: Draws one more process.
+            qc_entries: The record's list of QC evaluations or metrics; ``None`` without QC.
+            new_qc_entry: Draws one more QC entry.
+        """
         size = json_size(rec)
         deficit = plan.target_bytes - size
         if deficit > 20_000:
             arr = self._bulk_array(rng, int(deficit * 0.85))
-            add_item("bulk", arr)
+            parameters_of(procs[-1])["channel_positions"] = arr
             size += json_size(arr) + 40
         guard = 0
         while size < plan.target_bytes and guard < 5_000:
-            size += add_item("item", None)
+            if qc_entries is not None and rng.random() < 0.5:
+                entry = new_qc_entry()
+                qc_entries.append(entry)
+            else:
+                entry = new_proc()
+                procs.append(entry)
+            size += json_size(entry) + 1
             guard += 1
 
     # ------------------------------------------------------------------ identity
@@ -854,23 +881,19 @@ class RecordGenerator:
     ) -> None:
         if rec["processing"] is None:
             rec["processing"] = self._v1_processing(rng, plan, name, name, proc_type, pipeline)
-        procs = rec["processing"]["processing_pipeline"]["data_processes"]
-
-        def add(kind: str, payload: Any) -> int:
-            if kind == "bulk":
-                procs[-1]["parameters"]["channel_positions"] = payload
-                return 0
-            if rec["quality_control"] is not None and rng.random() < 0.5:
-                ev = self._v1_evaluation(rng, modalities, when, rng.randint(3, 8))
-                rec["quality_control"]["evaluations"].append(ev)
-                return json_size(ev) + 1
-            proc = self._v1_process(
+        qc = rec["quality_control"]
+        self._pad(
+            rec,
+            plan,
+            rng,
+            procs=rec["processing"]["processing_pipeline"]["data_processes"],
+            parameters_of=lambda proc: proc["parameters"],
+            new_proc=lambda: self._v1_process(
                 rng, proc_type, pipeline, plan.acquired, f"/data/{name}", "/results", 24
-            )
-            procs.append(proc)
-            return json_size(proc) + 1
-
-        self._pad(rec, plan, rng, add)
+            ),
+            qc_entries=None if qc is None else qc["evaluations"],
+            new_qc_entry=lambda: self._v1_evaluation(rng, modalities, when, rng.randint(3, 8)),
+        )
 
     # ------------------------------------------------------------------ v2
     def _v2(
@@ -1137,21 +1160,19 @@ class RecordGenerator:
         when: datetime,
         experimenters: list[str],
     ) -> None:
-        procs = rec["processing"]["data_processes"]
-
-        def add(kind: str, payload: Any) -> int:
-            if kind == "bulk":
-                procs[-1]["code"]["parameters"]["channel_positions"] = payload
-                return 0
-            if rec["quality_control"] is not None and rng.random() < 0.5:
-                metric = self._v2_metric(rng, modalities, when, experimenters)
-                rec["quality_control"]["metrics"].append(metric)
-                return json_size(metric) + 1
-            proc = self._v2_process(rng, proc_type, pipeline, plan.acquired, "/results", 24)
-            procs.append(proc)
-            return json_size(proc) + 1
-
-        self._pad(rec, plan, rng, add)
+        qc = rec["quality_control"]
+        self._pad(
+            rec,
+            plan,
+            rng,
+            procs=rec["processing"]["data_processes"],
+            parameters_of=lambda proc: proc["code"]["parameters"],
+            new_proc=lambda: self._v2_process(
+                rng, proc_type, pipeline, plan.acquired, "/results", 24
+            ),
+            qc_entries=None if qc is None else qc["metrics"],
+            new_qc_entry=lambda: self._v2_metric(rng, modalities, when, experimenters),
+        )
         if rec["quality_control"] is not None:
             statuses: dict[str, str] = {}
             for m in rec["quality_control"]["metrics"]:
