@@ -6,7 +6,8 @@ the harness and a direct run measure the same workload):
 * ``loop``: our CAVE client only, every id-range partition of the synapse table streamed into
   one Parquet file (4 partitions in flight), then its sha256;
 * ``flow``: `snapshot_materialization` of the same table through a real Prefect server (started
-  here on 127.0.0.1, heartbeats off; 4 task threads).
+  here on 127.0.0.1 with its database in the sandbox's PostgreSQL, as `bench/flows_cave.py`
+  explains; heartbeats off; 4 task threads).
 
 For each synapse count of ``--snapshot-rows`` the CAVE stand-in is re-seeded, then the pair
 runs ``--reps`` times alternately (loop first on odd repetitions, flow first on even ones), each
@@ -55,10 +56,10 @@ def run(
     from bench import flows_cave
     from bench.harness import Cell, log, write_partial
     from prefect_neurodata.sandbox.seed import seed_cave
-    from tests.fixtures.prefect import run_prefect_server
 
     cells = []
-    with run_prefect_server(workdir / "prefect-home") as api_url:
+    postgres_url = env.get("NEURODATA_POSTGRES_URL")
+    with flows_cave.prefect_server(workdir / "prefect-home", postgres_url) as api_url:
         for synapses in args.snapshot_rows:
             t0 = time.perf_counter()
             seed_cave(

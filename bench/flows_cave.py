@@ -23,6 +23,13 @@ the child's own peak memory above its post-import baseline (``VmHWM`` reset befo
 overhead (flow time / loop time) for the first call and for the steady state, with the load
 average (2 shared cores make single runs noisy).
 
+The Prefect server keeps its database in PostgreSQL (the sandbox's), as a server that takes
+overlapping runs should: on SQLite (``--prefect-database sqlite``, Prefect's default) a task's
+tag-concurrency call often meets "database is locked" while the server is still writing the
+previous run's task runs and events; the server answers 503 and Prefect's client waits about
+2 s before it retries, which shows up as a bimodal set-up time that is the database's, not
+the flow's.
+
 Example:
     ```bash
     .venv/bin/python bench/flows_cave.py                      # 1,000,000 synapses
@@ -34,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +50,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +107,41 @@ def _listener_pid(api_url: str) -> int | None:
         if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
             return conn.pid
     return None
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, postgres_url: str | None = None) -> Iterator[str]:
+    """A Prefect server on 127.0.0.1 for the bench; yields its API URL.
+
+    With ``postgres_url`` (the sandbox's PostgreSQL) its database is a fresh ``prefect_bench``
+    database there, else SQLite under ``home`` (see the module docs for why it matters).
+    """
+    from tests.fixtures.prefect import run_prefect_server
+
+    if postgres_url is None:
+        with run_prefect_server(home) as api_url:
+            yield api_url
+        return
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS prefect_bench WITH (FORCE)"))
+        conn.execute(sa.text("CREATE DATABASE prefect_bench"))
+    engine.dispose()
+    url = sa.engine.make_url(postgres_url).set(drivername="postgresql+asyncpg")
+    key = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    before = os.environ.get(key)
+    # the server process takes its settings from this process's environment
+    os.environ[key] = url.set(database="prefect_bench").render_as_string(hide_password=False)
+    try:
+        with run_prefect_server(home) as api_url:
+            yield api_url
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _calls(work: Any, dest: str, calls: int) -> list[dict[str, Any]]:
@@ -272,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         help="calls per child process: the first, then the steady state (default 3; a child "
         "started without it, e.g. by bench/flows.py, makes 1)",
     )
+    parser.add_argument(
+        "--prefect-database",
+        choices=["postgres", "sqlite"],
+        default="postgres",
+        help="the Prefect server's database (default postgres, see the module docs)",
+    )
     parser.add_argument("--child", choices=["flow", "loop"], help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -288,16 +338,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect_neurodata.sandbox.launcher import Sandbox
     from prefect_neurodata.sandbox.seed import seed_cave
-    from tests.fixtures.prefect import run_prefect_server
 
     args.calls = args.calls or 3
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-cave-"))
-    sandbox = Sandbox(workdir, services=("cave",), detach=args.keep, start_timeout=180)
+    on_postgres = args.prefect_database == "postgres"
+    services = ("cave", "postgres") if on_postgres else ("cave",)
+    sandbox = Sandbox(workdir, services=services, detach=args.keep, start_timeout=180)
     rows = sandbox.status()
     started = not (rows and all(r["healthy"] for r in rows))
     if started:
         sandbox.up()
     env = sandbox.env
+    if on_postgres and "NEURODATA_POSTGRES_URL" not in env:
+        parser.error(
+            f"the sandbox kept in {workdir} runs without PostgreSQL: use another --workdir "
+            "or --prefect-database sqlite"
+        )
     extra = ["--calls", str(args.calls)]
     if args.rows_per_part is not None:
         extra += ["--rows-per-part", str(args.rows_per_part)]
@@ -311,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 admin_token=env["NEURODATA_CAVE_ADMIN_TOKEN"],
             )
             print(f"seeded {args.synapses:,} synapses in {time.perf_counter() - t0:.0f} s")
-        with run_prefect_server(workdir / "prefect-home") as api_url:
+        postgres_url = env["NEURODATA_POSTGRES_URL"] if on_postgres else None
+        with prefect_server(workdir / "prefect-home", postgres_url) as api_url:
             runs: dict[str, list[dict[str, Any]]] = {"loop": [], "flow": []}
             server_pid = _listener_pid(api_url)
             for rep in range(max(1, args.reps)):
@@ -344,6 +401,7 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
     load = os.getloadavg()
     parts = f"{args.rows_per_part:,}-row" if args.rows_per_part else "default-size"
     print(f"\nsnapshot of the synapse table ({args.synapses:,} rows), {os.cpu_count()} cores, "
+          f"Prefect server on {getattr(args, 'prefect_database', 'sqlite')}, "
           f"{args.reps} rep(s) x {args.calls} call(s), load average now "
           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")  # fmt: skip
     print(f"{'':13} {'calls':>5} {'seconds':>8} {'spread':>11} {'rows/s':>9} {'CPU s':>6} "

@@ -192,10 +192,12 @@ def ensure_official_venv() -> Path:
 # -- sandbox and data -----------------------------------------------------------------------
 
 
-def start_sandbox(workdir: Path, mongo_limit_gb: float = 0.0) -> Any:
-    from prefect_neurodata.sandbox.launcher import Sandbox
+def start_sandbox(workdir: Path, mongo_limit_gb: float = 0.0, postgres: bool = False) -> Any:
+    """Start the sandbox's stand-ins (and PostgreSQL, for the flows' Prefect server)."""
+    from prefect_neurodata.sandbox.launcher import SERVICES, Sandbox
 
-    sandbox = Sandbox(workdir, start_timeout=300)
+    services = (*SERVICES, "postgres") if postgres else SERVICES
+    sandbox = Sandbox(workdir, services=services, start_timeout=300)
     log(f"starting the sandbox in {workdir} ...")
     sandbox.up()
     if mongo_limit_gb:
@@ -476,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(),
     }
     bench_client = [w for w in args.chosen if not w.startswith("flows.")]
-    sandbox = start_sandbox(workdir / "sandbox", args.mongo_limit_gb)
+    need_flows = any(w.startswith("flows.") for w in args.chosen)
+    sandbox = start_sandbox(workdir / "sandbox", args.mongo_limit_gb, postgres=need_flows)
     try:
         meta["memory_probe"] = calibrate_memory(work, args.timeout, python)
         for scale in args.scales if bench_client else []:
