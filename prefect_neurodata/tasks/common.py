@@ -7,6 +7,7 @@ Retry rules live in `prefect_neurodata.tasks.retries`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TypeVar, cast
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_rds",
     "parse_s3_location",
     "prefix_problem",
+    "utc_now_iso",
     "validate_locations",
 ]
 
@@ -77,6 +79,11 @@ def load_aws(
     if docdb is None:
         raise ValueError("either an AWS credentials block or a DocDB block is needed for S3")
     return load_docdb(docdb).aws_credentials
+
+
+def utc_now_iso() -> str:
+    """The current time in UTC as an ISO 8601 string (``+00:00`` offset), as records keep it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
