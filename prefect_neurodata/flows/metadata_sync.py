@@ -70,6 +70,7 @@ from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
+    load_aws,
     load_docdb,
     load_rds,
 )
@@ -218,7 +219,7 @@ def check_backends(
         ValueError: Naming the backend that cannot be reached or used.
     """
     block = load_docdb(docdb_block)
-    s3 = AwsCredentials.load(aws_block) if aws_block else block.aws_credentials
+    s3 = load_aws(aws_block, block)
     rds = load_rds(rds_block) if (rds_block and request.export_table) else None
     check_bucket(s3, request.bucket)
     check_docdb(block)

@@ -36,6 +36,7 @@ from typing_extensions import Self
 
 from prefect_neurodata.clients.http import dumps, loads
 from prefect_neurodata.settings import NeurodataSettings
+from prefect_neurodata.tasks.common import block_or_saved
 
 CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -54,9 +55,7 @@ def join(base: str, *parts: str) -> str:
 
 def load_aws(block: str | AwsCredentials | None) -> AwsCredentials | None:
     """The `AwsCredentials` block itself, the saved block of that name, or None (environment)."""
-    if block is None or isinstance(block, AwsCredentials):
-        return block
-    return AwsCredentials.load(block)
+    return None if block is None else block_or_saved(AwsCredentials, block)
 
 
 def _endpoint_kwargs(endpoint: str | None) -> dict[str, object]:
