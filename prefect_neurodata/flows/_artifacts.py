@@ -16,6 +16,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.context import FlowRunContext
+from pydantic import BaseModel
 
 MAX_TABLE_ROWS = 2000
 """Rows shown in one table artifact; larger tables are cut with a note (the UI chokes)."""
@@ -128,6 +129,22 @@ def failure_report(
         action = report.advice(exc) if report.advice is not None else None
         publish_failure(key, title, exc, report.inputs, sections=report.sections, action=action)
         raise
+
+
+def request_inputs(request: BaseModel, **block_names: str | None) -> dict[str, Any]:
+    """The inputs a failure report names for a flow that takes one request model and blocks.
+
+    The request shows only what the caller set (defaults left out, so the report stays short
+    and points at the choices that were made); blocks are named, never loaded, so no secret
+    reaches the artifact.
+
+    Example:
+        ```python
+        with failure_report(KEY, "QC attachment", request_inputs(request, docdb_block=name)):
+            ...
+        ```
+    """
+    return {"request": request.model_dump(exclude_defaults=True), **block_names}
 
 
 def publish_failure(

@@ -57,6 +57,7 @@ from prefect_neurodata.flows._artifacts import (
     markdown_counts,
     publish_markdown,
     publish_table,
+    request_inputs,
 )
 from prefect_neurodata.flows._names import neurodata_flow, request_value
 from prefect_neurodata.flows.parameters import (
@@ -70,6 +71,7 @@ from prefect_neurodata.tasks.claims import SYNC_CONFIG, exclusive
 from prefect_neurodata.tasks.common import (
     bucket_problem,
     chunks,
+    load_aws,
     load_docdb,
     load_rds,
 )
@@ -218,7 +220,7 @@ def check_backends(
         ValueError: Naming the backend that cannot be reached or used.
     """
     block = load_docdb(docdb_block)
-    s3 = AwsCredentials.load(aws_block) if aws_block else block.aws_credentials
+    s3 = load_aws(aws_block, block)
     rds = load_rds(rds_block) if (rds_block and request.export_table) else None
     check_bucket(s3, request.bucket)
     check_docdb(block)
@@ -389,11 +391,7 @@ def sync_metadata(
         ValueError: Invalid input, or a bucket, DocDB or RDS database that cannot be reached
             or used with the blocks' credentials, before any write.
     """
-    inputs = {
-        "request": request.model_dump(exclude_defaults=True),
-        "docdb_block": docdb_block,
-        "rds_block": rds_block,
-    }
+    inputs = request_inputs(request, docdb_block=docdb_block, rds_block=rds_block)
     with failure_report(ARTIFACT_KEY, "Metadata sync", inputs):
         block, s3, rds = check_backends(request, docdb_block, aws_block, rds_block)
         ident = sync_id(block, request)

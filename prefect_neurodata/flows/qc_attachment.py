@@ -38,6 +38,7 @@ from prefect_neurodata.flows._artifacts import (
     markdown_counts,
     publish_markdown,
     publish_table,
+    request_inputs,
 )
 from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
 from prefect_neurodata.flows.parameters import AwsBlockName, DocDbBlockName, S3Location
@@ -493,7 +494,7 @@ def attach_qc(
             assets, or an unreachable DocDB, before any write.
         QcAttachmentFailed: The API rejected some attachments (after the artifact is out).
     """
-    inputs = {"request": request.model_dump(exclude_defaults=True), "docdb_block": docdb_block}
+    inputs = request_inputs(request, docdb_block=docdb_block)
     with failure_report(ARTIFACT_KEY, "QC attachment", inputs):
         plan = plan_qc(request, docdb_block, aws_block)
         get_run_logger().info(

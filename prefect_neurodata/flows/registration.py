@@ -32,6 +32,7 @@ from prefect_neurodata.flows._artifacts import (
     markdown_counts,
     publish_markdown,
     publish_table,
+    request_inputs,
 )
 from prefect_neurodata.flows._names import first_and_count, neurodata_flow, request_value
 from prefect_neurodata.flows.parameters import AwsBlockName, BucketName, DocDbBlockName, S3Location
@@ -305,7 +306,7 @@ def register_assets(
             unreachable DocDB, before any write; the message names every problem.
         RegistrationFailed: The API rejected some registrations (after the artifact is out).
     """
-    inputs = {"request": request.model_dump(exclude_defaults=True), "docdb_block": docdb_block}
+    inputs = request_inputs(request, docdb_block=docdb_block)
     with failure_report(ARTIFACT_KEY, "Asset registration", inputs):
         aws = aws_block or _nested_aws(docdb_block)
         plan = plan_registration(request, docdb_block, aws)

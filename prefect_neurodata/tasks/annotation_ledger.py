@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import os
 import time
@@ -37,10 +36,10 @@ from typing import Any, Literal
 
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect_aws import AwsCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from prefect_neurodata.clients.http import dumps, loads
 from prefect_neurodata.tasks import storage
+from prefect_neurodata.tasks.common import utc_now_iso
 
 __all__ = [
     "ChunkEntry",
@@ -57,10 +56,8 @@ __all__ = [
 HEADER_NAME = "ledger.json"
 
 
-class LedgerHeader(BaseModel):
+class LedgerHeader(storage.JsonDocument):
     """What a ledger is about (written once, before the first chunk)."""
-
-    model_config = ConfigDict(extra="allow")
 
     key: str = Field(description="Content hash of source, datastack, table, mode, chunk size.")
     source: str
@@ -71,13 +68,11 @@ class LedgerHeader(BaseModel):
     chunk_size: int
     rows: int
     chunks: int
-    created: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    created: str = Field(default_factory=utc_now_iso)
 
 
-class ChunkEntry(BaseModel):
+class ChunkEntry(storage.JsonDocument):
     """The state of one chunk of an upload."""
-
-    model_config = ConfigDict(extra="allow")
 
     status: Literal["pending", "done"]
     chunk: int
@@ -122,10 +117,7 @@ def entry_uri(ledger_dir: str, chunk_index: int) -> str:
 
 def read_header(ledger_dir: str, aws: AwsCredentials | None = None) -> LedgerHeader | None:
     """The ledger's header, or None before the first run wrote it."""
-    uri = header_uri(ledger_dir)
-    if not storage.exists(uri, aws):
-        return None
-    return LedgerHeader.model_validate(loads(storage.read_bytes(uri, aws)))
+    return LedgerHeader.read_document(header_uri(ledger_dir), aws)
 
 
 def write_header(
@@ -136,7 +128,7 @@ def write_header(
     existing = read_header(ledger_dir, aws)
     if existing is not None:
         return existing
-    storage.write_bytes_atomic(header_uri(ledger_dir), dumps(header.model_dump()), aws)
+    header.write_document(header_uri(ledger_dir), aws)
     return header
 
 
@@ -144,23 +136,19 @@ def read_entry(
     ledger_dir: str, chunk_index: int, aws: AwsCredentials | None = None
 ) -> ChunkEntry | None:
     """The entry of a chunk, or None if the chunk was never started."""
-    uri = entry_uri(ledger_dir, chunk_index)
-    if not storage.exists(uri, aws):
-        return None
-    return ChunkEntry.model_validate(loads(storage.read_bytes(uri, aws)))
+    return ChunkEntry.read_document(entry_uri(ledger_dir, chunk_index), aws)
 
 
 def write_entry(
     ledger_dir: str, entry: ChunkEntry | Mapping[str, Any], aws: AwsCredentials | None = None
 ) -> ChunkEntry:
     """Write (replace) a chunk's entry atomically; return it as a `ChunkEntry`."""
-    model = entry if isinstance(entry, ChunkEntry) else ChunkEntry.model_validate(dict(entry))
+    model = ChunkEntry.coerce(entry)
     if model.status == "pending" and model.started is None:
         model.started = time.time()
     if model.status == "done" and model.finished is None:
         model.finished = time.time()
-    payload = model.model_dump(exclude_none=True)
-    storage.write_bytes_atomic(entry_uri(ledger_dir, model.chunk), dumps(payload), aws)
+    model.write_document(entry_uri(ledger_dir, model.chunk), aws, exclude_none=True)
     return model
 
 

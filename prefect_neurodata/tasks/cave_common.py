@@ -37,7 +37,7 @@ from prefect_neurodata.blocks.cave import CaveCredentials
 from prefect_neurodata.clients.cave import frameworkclient as _frameworkclient  # noqa: F401
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.tasks.annotation_ledger import current_run
-from prefect_neurodata.tasks.common import load_saved
+from prefect_neurodata.tasks.common import block_or_saved, load_saved
 from prefect_neurodata.tasks.retries import task_options
 
 # (The client package loads its modules, and pandas, lazily; the import of ``frameworkclient``
@@ -103,11 +103,9 @@ _CLIENTS_MAX = 8
 
 def load_cave(block: Cave) -> CaveCredentials:
     """The CAVE block itself, or the saved block of that name (read once per flow run)."""
-    if isinstance(block, CaveCredentials):
-        return block
     scope = current_run()
-    if scope is None:
-        return load_saved(CaveCredentials, block)
+    if isinstance(block, CaveCredentials) or scope is None:
+        return block_or_saved(CaveCredentials, block)
     key = (scope, block)
     with _BLOCKS_LOCK:
         cached = _BLOCKS.get(key)

@@ -159,6 +159,16 @@ def _ranges(cuts: list[int]) -> list[list[int | None]]:
     return [[bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
+def _part_ranges(rows: int, rows_per_part: int, id_end: int) -> list[list[int | None]]:
+    """The id ranges of a table's Parquet parts: about ``rows_per_part`` rows each.
+
+    The id span ``[0, id_end)`` is cut evenly, assuming its ``rows`` spread evenly over it
+    (ids grow from 1); the first range is open below and the last open above, so together
+    they cover every id, even one added after ``id_end`` was probed.
+    """
+    return _ranges(_even_cuts(0, id_end, max(1, math.ceil(rows / rows_per_part))))
+
+
 def table_partitions(
     client: Any,
     table: str,
@@ -173,8 +183,7 @@ def table_partitions(
         total = int(client.materialize.get_annotation_count(table, version=version))
     if total <= rows_per_part:
         return [[None, None]]
-    hi = _id_span_end(client, table, version, total)
-    return _ranges(_even_cuts(0, hi, math.ceil(total / rows_per_part)))
+    return _part_ranges(total, rows_per_part, _id_span_end(client, table, version, total))
 
 
 def table_plan(
@@ -198,8 +207,7 @@ def table_plan(
     if rows <= min(rows_per_part, REQUEST_ROWS):
         return TablePlan(rows=rows, ranges=[[None, None]], cuts=[[]])
     end = _id_span_end(client, table, version, rows)
-    parts = max(1, math.ceil(rows / rows_per_part))
-    ranges = _ranges(_even_cuts(0, end, parts) if parts > 1 else [])
+    ranges = _part_ranges(rows, rows_per_part, end)
     cuts = []
     for lo, hi in ranges:
         start, stop = lo or 0, end if hi is None else hi

@@ -7,6 +7,7 @@ Retry rules live in `prefect_neurodata.tasks.retries`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TypeVar, cast
 
@@ -24,13 +25,16 @@ from prefect_neurodata.clients.aind.utils import (
 
 __all__ = [
     "S3Location",
+    "block_or_saved",
     "bucket_problem",
     "chunks",
     "load_aws",
     "load_docdb",
     "load_rds",
+    "load_saved",
     "parse_s3_location",
     "prefix_problem",
+    "utc_now_iso",
     "validate_locations",
 ]
 
@@ -52,31 +56,46 @@ def load_saved(block_type: type[B], name: str) -> B:
     return cast(B, block_type.load(name))
 
 
+def block_or_saved(block_type: type[B], block: B | str) -> B:
+    """``block`` itself when it is a ``block_type``, else the saved block of that name.
+
+    Flows and tasks take either a block or, better, its saved name (a name is a small,
+    secret-free parameter); this is the one place that tells the two apart.
+
+    Example:
+        ```python
+        rds = block_or_saved(RdsCredentials, "neurodata-rds")
+        ```
+    """
+    if isinstance(block, block_type):
+        return block
+    return load_saved(block_type, cast(str, block))
+
+
 def load_docdb(block: str | DocDbApiCredentials) -> DocDbApiCredentials:
     """The DocDB block itself, or the saved block of that name."""
-    if isinstance(block, DocDbApiCredentials):
-        return block
-    return load_saved(DocDbApiCredentials, block)
+    return block_or_saved(DocDbApiCredentials, block)
 
 
 def load_rds(block: str | RdsCredentials) -> RdsCredentials:
     """The RDS block itself, or the saved block of that name."""
-    if isinstance(block, RdsCredentials):
-        return block
-    return load_saved(RdsCredentials, block)
+    return block_or_saved(RdsCredentials, block)
 
 
 def load_aws(
     aws: str | AwsCredentials | None, docdb: str | DocDbApiCredentials | None = None
 ) -> AwsCredentials:
     """AWS credentials for S3: the given block (or its name), else the DocDB block's own."""
-    if isinstance(aws, AwsCredentials):
-        return aws
-    if aws:
-        return load_saved(AwsCredentials, aws)
+    if isinstance(aws, AwsCredentials) or aws:
+        return block_or_saved(AwsCredentials, aws)
     if docdb is None:
         raise ValueError("either an AWS credentials block or a DocDB block is needed for S3")
     return load_docdb(docdb).aws_credentials
+
+
+def utc_now_iso() -> str:
+    """The current time in UTC as an ISO 8601 string (``+00:00`` offset), as records keep it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:

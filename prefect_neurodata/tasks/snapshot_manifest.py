@@ -22,23 +22,18 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from prefect_aws import AwsCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_neurodata.clients.http import dumps, loads
 from prefect_neurodata.tasks import storage
+from prefect_neurodata.tasks.common import utc_now_iso
 
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "Manifest", "SnapshotFile", "TableEntry"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "neurodata-cave-snapshot/1"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 class SnapshotFile(BaseModel):
@@ -65,7 +60,7 @@ class TableEntry(BaseModel):
     reference_table: str | None = None
     desired_resolution: list[float] | None = None
     arrow_schema: list[dict[str, str]] = Field(default_factory=list)
-    snapshotted_at: str = Field(default_factory=_now)
+    snapshotted_at: str = Field(default_factory=utc_now_iso)
     files: list[SnapshotFile] = Field(default_factory=list)
 
     @property
@@ -74,10 +69,8 @@ class TableEntry(BaseModel):
         return sum(f.bytes for f in self.files)
 
 
-class Manifest(BaseModel):
+class Manifest(storage.JsonDocument):
     """A version's snapshot: what was written, from where, with checksums."""
-
-    model_config = ConfigDict(extra="allow")
 
     format: str = MANIFEST_FORMAT
     datastack: str
@@ -97,17 +90,12 @@ class Manifest(BaseModel):
     @classmethod
     def read(cls, root: str, aws: AwsCredentials | None = None) -> Manifest | None:
         """The manifest under ``root``, or None."""
-        uri = cls.uri(root)
-        if not storage.exists(uri, aws):
-            return None
-        return cls.model_validate(loads(storage.read_bytes(uri, aws)))
+        return cls.read_document(cls.uri(root), aws)
 
     def write(self, root: str, aws: AwsCredentials | None = None) -> str:
         """Write the manifest atomically; return its location."""
-        self.updated = self.updated or _now()
-        uri = self.uri(root)
-        storage.write_bytes_atomic(uri, dumps(self.model_dump(mode="json")), aws)
-        return uri
+        self.updated = self.updated or utc_now_iso()
+        return self.write_document(self.uri(root), aws)
 
     def is_intact(
         self,
@@ -130,5 +118,5 @@ class Manifest(BaseModel):
         """Record a finished table (replacing an earlier entry) and stamp ``updated``."""
         model = entry if isinstance(entry, TableEntry) else TableEntry.model_validate(entry)
         self.tables[table] = model
-        self.updated = _now()
+        self.updated = utc_now_iso()
         return model

@@ -24,13 +24,19 @@ import hashlib
 import os
 import posixpath
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 from prefect_aws import AwsCredentials
+from pydantic import BaseModel, ConfigDict
+from typing_extensions import Self
 
+from prefect_neurodata.clients.http import dumps, loads
 from prefect_neurodata.settings import NeurodataSettings
+from prefect_neurodata.tasks.common import block_or_saved
 
 CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -49,9 +55,7 @@ def join(base: str, *parts: str) -> str:
 
 def load_aws(block: str | AwsCredentials | None) -> AwsCredentials | None:
     """The `AwsCredentials` block itself, the saved block of that name, or None (environment)."""
-    if block is None or isinstance(block, AwsCredentials):
-        return block
-    return AwsCredentials.load(block)
+    return None if block is None else block_or_saved(AwsCredentials, block)
 
 
 def _endpoint_kwargs(endpoint: str | None) -> dict[str, object]:
@@ -184,3 +188,64 @@ def scratch_dir(target_uri: str) -> Path:
     import tempfile
 
     return Path(tempfile.gettempdir())
+
+
+class JsonDocument(BaseModel):
+    """A typed JSON document kept whole in one file, local or ``s3://``.
+
+    The one home of the rules the flows' checkpoints (snapshot manifests, annotation ledgers)
+    share: unknown keys are kept (a document written by a newer version still reads, and
+    rewrites with them), a missing file reads as None, and a write replaces the file atomically
+    (`write_bytes_atomic`), so a run killed midway leaves the previous document.
+
+    Example:
+        ```python
+        class Progress(JsonDocument):
+            done: int = 0
+
+        Progress(done=3).write_document("/tmp/progress.json")
+        assert Progress.read_document("/tmp/progress.json") == Progress(done=3)
+        ```
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def coerce(cls, value: Self | Mapping[str, Any]) -> Self:
+        """``value`` itself when it is one, else a mapping validated as one.
+
+        Raises:
+            pydantic.ValidationError: The mapping is not a valid document.
+        """
+        return value if isinstance(value, cls) else cls.model_validate(dict(value))
+
+    @classmethod
+    def parse_document(cls, data: bytes) -> Self:
+        """The document encoded as JSON in ``data``.
+
+        Raises:
+            ValueError: ``data`` is not JSON, or not a valid document (pydantic's
+                ``ValidationError`` is a ``ValueError``).
+        """
+        return cls.model_validate(loads(data))
+
+    @classmethod
+    def read_document(cls, uri: str, aws: AwsCredentials | None = None) -> Self | None:
+        """The document stored at ``uri``, or None when there is no file there."""
+        if not exists(uri, aws):
+            return None
+        return cls.parse_document(read_bytes(uri, aws))
+
+    def write_document(
+        self, uri: str, aws: AwsCredentials | None = None, *, exclude_none: bool = False
+    ) -> str:
+        """Replace the file at ``uri`` with this document atomically; return ``uri``.
+
+        Args:
+            uri: Local path or ``s3://`` URI of the file.
+            aws: Credentials for S3; None for the AWS environment.
+            exclude_none: Leave out the fields that are None (smaller files when most are).
+        """
+        payload = self.model_dump(mode="json", exclude_none=exclude_none)
+        write_bytes_atomic(uri, dumps(payload), aws)
+        return uri

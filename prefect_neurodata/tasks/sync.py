@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from prefect_neurodata.blocks.docdb import DocDbApiCredentials
 from prefect_neurodata.clients.http import map_bounded
 from prefect_neurodata.tasks.claims import ASSET_LOCATION, claim
-from prefect_neurodata.tasks.common import load_aws, load_docdb
+from prefect_neurodata.tasks.common import load_aws, load_docdb, utc_now_iso
 from prefect_neurodata.tasks.docdb import other_version_locations, register_locations
 from prefect_neurodata.tasks.retries import TransientBatchError, task_options
 from prefect_neurodata.tasks.s3 import (
@@ -485,7 +485,7 @@ class SyncCheckpoint:
                 generation=state.generation + 1 if state else 1,
                 status="running",
                 cutoff=cutoff,
-                started=_now(),
+                started=utc_now_iso(),
                 request=request,
             )
         self.save(running)
@@ -494,7 +494,9 @@ class SyncCheckpoint:
     def finish(self, state: SyncState) -> None:
         """Mark the generation complete."""
         self.save(
-            state.model_copy(update={"status": "complete", "started": None, "finished": _now()})
+            state.model_copy(
+                update={"status": "complete", "started": None, "finished": utc_now_iso()}
+            )
         )
 
     def marker_key(self, generation: int, prefixes: list[str]) -> str:
@@ -511,7 +513,3 @@ class SyncCheckpoint:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.root}/gen-{generation}/"):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return [BatchResult.model_validate(read_json(self.s3, self.bucket, k)) for k in keys]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()

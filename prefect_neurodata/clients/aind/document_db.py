@@ -371,8 +371,10 @@ class Client:
         skip: int = 0,
     ) -> list[dict]:
         """``GET .../find``: one page; the server may return fewer than ``limit`` records."""
-        params = self._read_params(filter_query, projection, sort, limit, skip)
-        return self._get_json(f"{self._base_url}/find", params)
+        records, _ = self._read_page(
+            f"{self._base_url}/find", filter_query, projection, sort, limit, skip
+        )
+        return records
 
     def _get_records(
         self,
@@ -383,8 +385,37 @@ class Client:
         skip: int = 0,
     ) -> list[dict]:
         """Legacy ``GET`` of the bare collection URL (413 when the result is too large)."""
+        records, _ = self._read_page(self._base_url, filter_query, projection, sort, limit, skip)
+        return records
+
+    def _read_page(
+        self,
+        url: str,
+        filter_query: dict | None,
+        projection: dict | None,
+        sort: dict | None,
+        limit: int,
+        skip: int,
+    ) -> tuple[list[dict], int]:
+        """One page of records from a read endpoint, with its size on the wire.
+
+        The one reader behind `_find_records`, `_get_records` and `_find_sized`: the
+        endpoints differ only in their URL.
+
+        Args:
+            url: The read endpoint (``.../find`` or the bare collection URL).
+            filter_query: Filter to apply; None for all records.
+            projection: Subset of fields to return; None for all fields.
+            sort: Sort order; None for the server's natural order.
+            limit: Maximum number of records; 0 for as many as the server sends.
+            skip: Number of matching records to skip.
+
+        Returns:
+            ``(records, bytes of the response body)``.
+        """
         params = self._read_params(filter_query, projection, sort, limit, skip)
-        return self._get_json(self._base_url, params)
+        response = self._http.request("GET", url, params=params)
+        return http.decode_json(response), len(response.content)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -558,9 +589,9 @@ class Client:
         self, filter_query: dict, projection: dict | None, limit: int, skip: int
     ) -> tuple[list[dict], int]:
         """One ``find`` page sorted by ``_id`` and its size on the wire in bytes."""
-        params = self._read_params(filter_query, projection, _ID_SORT, limit, skip)
-        response = self._http.request("GET", f"{self._base_url}/find", params=params)
-        return http.decode_json(response), len(response.content)
+        return self._read_page(
+            f"{self._base_url}/find", filter_query, projection, _ID_SORT, limit, skip
+        )
 
     def _keyset_pages(
         self,

@@ -100,12 +100,10 @@ def get_name_from_id(client: MetadataDbClient, _id: str) -> str:
         name = get_name_from_id(client, _id="0b1f...")
         ```
     """
-    records = client.retrieve_docdb_records(
-        filter_query={"_id": _id}, projection={"name": 1}, limit=1
-    )
-    if len(records) == 0:
+    record = _first_match(client, "_id", _id, {"name": 1})
+    if record is None:
         raise ValueError(f"No record found with _id {_id}")
-    return records[0]["name"]
+    return record["name"]
 
 
 def get_record_by_name(client: MetadataDbClient, name: str) -> dict[str, Any] | None:
