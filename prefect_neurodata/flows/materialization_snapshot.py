@@ -428,7 +428,7 @@ def start_parts(
             )
             for i, (id_range, part_cuts) in enumerate(zip(ranges, cuts, strict=True))
         ]
-        groups = _deal(parts, slots or len(parts))
+        groups = deal_parts(parts, slots or len(parts))
         names = {group[0].target: _group_name(table, parts, group) for group in groups}
         # One task variant per table, named per group from its first target when it starts:
         # `with_options` costs milliseconds, too many to pay per task in the flow's thread.
@@ -459,7 +459,7 @@ def _task_slots() -> int | None:
     return threads if isinstance(threads, int) and 0 < threads < 1024 else None
 
 
-def _deal(parts: list[SnapshotPart], tasks: int) -> list[list[SnapshotPart]]:
+def deal_parts(parts: list[SnapshotPart], tasks: int) -> list[list[SnapshotPart]]:
     """``parts`` cut into at most ``tasks`` runs of consecutive parts, sizes differing by one."""
     count = min(len(parts), tasks)
     size, extra = divmod(len(parts), count)

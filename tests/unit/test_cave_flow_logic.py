@@ -212,3 +212,22 @@ def test_fast_validator_declines_schemas_it_does_not_cover() -> None:
     schema = json.loads(json.dumps(SYNAPSE_SCHEMA))
     schema["definitions"]["SynapseSchema"]["properties"]["size"]["minimum"] = 0
     assert fast_validator(schema) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.integers(min_value=1, max_value=120), tasks=st.integers(min_value=1, max_value=16))
+def test_snapshot_parts_are_dealt_in_order_into_even_shares(parts: int, tasks: int) -> None:
+    # issue 15: a table's parts go to at most one task per thread, each a run of consecutive
+    # parts, every part exactly once, shares differing by at most one part
+    from prefect_neurodata.flows.materialization_snapshot import deal_parts
+    from prefect_neurodata.tasks.cave import SnapshotPart
+
+    planned = [
+        SnapshotPart(id_range=[i * 10 or None, (i + 1) * 10], target=f"part-{i:05d}.parquet")
+        for i in range(parts)
+    ]
+    groups = deal_parts(planned, tasks)
+    assert len(groups) == min(parts, tasks)
+    assert [part for group in groups for part in group] == planned
+    sizes = [len(group) for group in groups]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
