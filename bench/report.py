@@ -36,6 +36,7 @@ CURVE_COLUMNS = (
     ("loop_s", "loop s"),
     ("flow_s", "flow s"),
     ("overhead", "overhead"),
+    ("steady_overhead", "steady overhead"),
     ("loop_rate", "loop rows/s"),
     ("flow_rate", "flow rows/s"),
     ("loop_cpu", "CPU loop s"),
@@ -191,7 +192,26 @@ def _flow_row(cell: dict[str, Any]) -> dict[str, Any]:
         f"Prefect overhead {100 * overhead:+.1f} % (target < 15 %); loop "
         f"{loop['min_s']:.2f}-{loop['max_s']:.2f} s, flow {flow['min_s']:.2f}-{flow['max_s']:.2f} s"
     )
+    steady = {side: _steady(cell["runs"][side]) for side in ("loop", "flow")}
+    if steady["loop"] and steady["flow"]:
+        loop_s, flow_s = statistics.median(steady["loop"]), statistics.median(steady["flow"])
+        row["steady_overhead"] = flow_s / loop_s - 1
+        row["notes"].append(
+            f"steady state (later calls in the same process): loop {loop_s:.2f} s "
+            f"[{min(steady['loop']):.2f}-{max(steady['loop']):.2f}], flow {flow_s:.2f} s "
+            f"[{min(steady['flow']):.2f}-{max(steady['flow']):.2f}], overhead "
+            f"{100 * row['steady_overhead']:+.1f} %"
+        )
     return row
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:+.1f} %"
+
+
+def _steady(runs: list[dict[str, Any]]) -> list[float]:
+    """Seconds of the later calls of every successful run of a side (empty if none made)."""
+    return [s for r in runs if r.get("ok") for s in r.get("extra", {}).get("steady_seconds", [])]
 
 
 def _spread(side: dict[str, Any]) -> str:
@@ -257,6 +277,7 @@ def _curve(rows: list[dict[str, Any]], markdown: bool) -> str:
                 _spread(loop),
                 _spread(flow),
                 f"{100 * row['overhead']:+.1f} %",
+                _percent(row.get("steady_overhead")),
                 f"{loop['rows'] / loop['seconds']:,.0f}",
                 f"{flow['rows'] / flow['seconds']:,.0f}",
                 f"{loop['cpu']:.1f}",
