@@ -271,3 +271,40 @@ def test_missing_permission_fails_before_any_write(
 def test_bad_destination_is_rejected_by_the_parameter_model() -> None:
     with pytest.raises(ValueError, match="only local paths and s3://"):
         SnapshotRequest(destination="gs://bucket/x")
+
+
+def test_a_retried_part_task_writes_only_the_parts_it_had_not_finished(
+    sandbox: Any, saved_cave_block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 15: a task writes several parts; a transient failure in its second part retries
+    # the task run, which must not fetch and write its first part again.
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from prefect_neurodata.tasks import cave_materialization
+
+    real = cave_materialization.write_table_part
+    writes: list[str] = []
+    failed: list[str] = []
+
+    def flaky(client: Any, version: int, table: str, part: Any, *args: Any) -> dict[str, Any]:
+        name = Path(part.target).name
+        writes.append(name)
+        if name == "part-00001.parquet" and not failed:
+            failed.append(name)
+            raise requests.ConnectionError("connection reset (injected)")
+        return real(client, version, table, part, *args)
+
+    monkeypatch.setattr(cave_materialization, "write_table_part", flaky)
+    flow = snapshot_materialization.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    summary = flow(
+        SnapshotRequest(destination=str(tmp_path), tables=["synapses"], rows_per_part=1000),
+        cave_block=saved_cave_block,
+    )
+    (table,) = summary.tables
+    assert failed == ["part-00001.parquet"] and table.rows == table.expected_rows
+    # one task (one thread) wrote every part; after the retry part 0 was not written again
+    assert writes.count("part-00000.parquet") == 1
+    assert writes.count("part-00001.parquet") == 2
+    assert len(writes) == len(set(writes)) + 1
+    files = _manifest(Path(summary.manifest).parent)["tables"]["synapses"]["files"]
+    assert sum(f["rows"] for f in files) == table.rows
