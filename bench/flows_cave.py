@@ -116,32 +116,14 @@ def prefect_server(home: Path, postgres_url: str | None = None) -> Iterator[str]
     With ``postgres_url`` (the sandbox's PostgreSQL) its database is a fresh ``prefect_bench``
     database there, else SQLite under ``home`` (see the module docs for why it matters).
     """
-    from tests.fixtures.prefect import run_prefect_server
+    from tests.fixtures.prefect import run_prefect_server, run_prefect_server_on_postgres
 
     if postgres_url is None:
         with run_prefect_server(home) as api_url:
             yield api_url
         return
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS prefect_bench WITH (FORCE)"))
-        conn.execute(sa.text("CREATE DATABASE prefect_bench"))
-    engine.dispose()
-    url = sa.engine.make_url(postgres_url).set(drivername="postgresql+asyncpg")
-    key = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
-    before = os.environ.get(key)
-    # the server process takes its settings from this process's environment
-    os.environ[key] = url.set(database="prefect_bench").render_as_string(hide_password=False)
-    try:
-        with run_prefect_server(home) as api_url:
-            yield api_url
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+    with run_prefect_server_on_postgres(home, postgres_url, "prefect_bench") as (api_url, _):
+        yield api_url
 
 
 def _calls(work: Any, dest: str, calls: int) -> list[dict[str, Any]]:

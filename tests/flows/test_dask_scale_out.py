@@ -25,7 +25,7 @@ from prefect_neurodata.flows.materialization_snapshot import (
     SnapshotRequest,
     snapshot_materialization,
 )
-from tests.fixtures.prefect import run_prefect_server
+from tests.fixtures.prefect import run_prefect_server_on_postgres
 
 pytestmark = pytest.mark.flows
 
@@ -88,21 +88,10 @@ def _files(manifest_path: str, table: str) -> list[tuple[str, int, str]]:
 @pytest.fixture(scope="module")
 def postgres_prefect(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A Prefect server whose database is PostgreSQL; yields (API URL, SQLAlchemy URL)."""
-    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS prefect_scale_out"))
-        conn.execute(sa.text("CREATE DATABASE prefect_scale_out"))
-    engine.dispose()
-    url = sa.engine.make_url(postgres_url).set(database="prefect_scale_out")
-    asyncpg_url = url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", asyncpg_url)
-        server = run_prefect_server(tmp_path_factory.mktemp("prefect-pg-home"))
-        api_url = server.__enter__()
-    try:
-        yield api_url, url.render_as_string(hide_password=False)
-    finally:
-        server.__exit__(None, None, None)
+    with run_prefect_server_on_postgres(
+        tmp_path_factory.mktemp("prefect-pg-home"), postgres_url, "prefect_scale_out"
+    ) as urls:
+        yield urls
 
 
 def test_snapshot_on_dask_with_a_postgres_backed_server(
