@@ -37,7 +37,7 @@ from prefect_neurodata.clients.cave.jsonservice import JSONService, JSONServiceV
 from prefect_neurodata.clients.cave.l2cache import L2CacheClient, L2CacheClientLegacy
 from prefect_neurodata.clients.cave.materializationengine import MaterializationClient
 from prefect_neurodata.clients.cave.session_config import patch_session, retry_policy
-from prefect_neurodata.clients.http import ServiceError, TransportConfig
+from prefect_neurodata.clients.http import RetryPolicy, ServiceError, TransportConfig
 from tests.cave_helpers import (
     LOCAL,
     TOKEN,
@@ -100,6 +100,27 @@ def test_api_endpoints_falls_back_when_server_cannot_say(cave_rsps) -> None:
         fallback_version=2,
     )
     assert version == 2
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_api_endpoints_raises_a_transient_failure_instead_of_falling_back(
+    cave_rsps, status: int
+) -> None:
+    # A 5xx that outlasted the retries is an outage, not "this server has no version list":
+    # falling back to API 2 built a V2 client that failed later (no get_tables_metadata).
+    cave_rsps.get(f"{LOCAL}/materialize/api/versions", status=status, json={"message": "down"})
+    with pytest.raises(requests.HTTPError) as raised:
+        _api_endpoints(
+            "latest",
+            "me_server_address",
+            LOCAL,
+            ep.materialization_common,
+            ep.materialization_api_versions,
+            AUTH,
+            fallback_version=2,
+            transport=TransportConfig(retry=RetryPolicy(max_retries=0)),
+        )
+    assert raised.value.response is not None and raised.value.response.status_code == status
 
 
 def test_api_endpoints_without_common_version_raises(cave_rsps) -> None:

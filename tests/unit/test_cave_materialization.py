@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import requests
 import responses
 from responses import matchers
 
@@ -926,9 +927,14 @@ def test_factory_negotiates_version() -> None:
     responses.get(f"{ME}/materialize/api/versions", json=[2, 3])
     client = MaterializationClient(ME, DS, api_version="latest")
     assert isinstance(client, MaterializationClientV3) and client.api_version == 3
-    responses.replace(responses.GET, f"{ME}/materialize/api/versions", status=503)
+    # a server without the lookup falls back to API 2, as caveclient does
+    responses.replace(responses.GET, f"{ME}/materialize/api/versions", status=404)
     fallback = MaterializationClient(ME, DS, max_retries=0)
     assert type(fallback) is MaterializationClientV2 and fallback.api_version == 2
+    # a failing one (503 after the retries) is an outage, not an answer: no silent V2 client
+    responses.replace(responses.GET, f"{ME}/materialize/api/versions", status=503)
+    with pytest.raises(requests.HTTPError, match="503"):
+        MaterializationClient(ME, DS, max_retries=0)
 
 
 def test_plan_and_split_ranges_cover_every_id() -> None:

@@ -73,6 +73,7 @@ from prefect_neurodata.clients.http import (
     Timeout,
     TransportConfig,
     decode_json,
+    is_transient,
     loads,
     redact_url,
 )
@@ -385,8 +386,10 @@ def _api_endpoints(
     """Choose the API version and return ``(endpoints, api_version)``.
 
     With ``api_version="latest"``, the service's ``get_api_versions`` endpoint is asked; the
-    highest version both sides support wins. When the service cannot say, ``fallback_version``
-    (or else the client's highest version) is used.
+    highest version both sides support wins. When the service cannot say (no such endpoint, an
+    answer that is not a version list, no connection), ``fallback_version`` (or else the
+    client's highest version) is used; a 429 or 5xx answer that outlasted the retries is raised
+    instead.
 
     Args:
         api_version: An int, or "latest".
@@ -400,6 +403,7 @@ def _api_endpoints(
 
     Raises:
         ValueError: No API version is supported by both sides, or an unknown version was asked.
+        requests.HTTPError: The version lookup was answered 429 or 5xx (see `is_transient`).
     """
     client_versions = set(endpoint_versions)
     if api_version == "latest":
@@ -412,6 +416,12 @@ def _api_endpoints(
                 transport if transport is not None else session_config.default_transport(),
             )
         except (requests.RequestException, AuthException, ValueError, TypeError) as exc:
+            if isinstance(exc, requests.HTTPError) and is_transient(exc):
+                # a server that answers 429/5xx is there but failing, which says nothing about
+                # its versions: falling back would build a client for another API version
+                # (other URLs and methods) that fails later, far from the cause. Unreachable
+                # servers still fall back, as caveclient does (its own tests rely on it).
+                raise
             logger.debug("API version lookup at %s failed: %s", redact_url(server_address), exc)
             server_versions = None
         if server_versions is None:
