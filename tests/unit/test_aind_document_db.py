@@ -1000,6 +1000,25 @@ def _record_of_size(index: int, metric: int) -> dict:
     return record
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, "x", None, True, {"b": 2.5}], "c": (1.0, 2.0)},
+        {"a": [1, {"b": float("nan")}]},
+        {"a": (1.0, float("inf"))},
+        {"a": {"b": np.float32("-inf")}},
+        {"trace": np.array([0.0, np.nan])},
+        {"trace": np.array([0.0, 1.0])},
+        {"ok": np.int64(3), "when": dt.datetime(2024, 1, 1), "id": uuid.UUID(int=1)},
+        [float("-inf")],
+        float("nan"),
+        "nan",
+    ],
+)
+def test_holds_non_finite_agrees_with_first_non_finite(value: Any) -> None:
+    assert _wire.holds_non_finite(value) == (_wire.first_non_finite(value) is not None)
+
+
 @responses.activate
 def test_upsert_list_chunking_matches_the_reference_example():
     responses.post(f"{BASE}/bulk_write", json={"ok": 1, "writeErrors": []})
