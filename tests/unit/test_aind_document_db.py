@@ -1102,6 +1102,41 @@ def test_upsert_list_failed_chunk_names_ids_after_other_chunks_finish():
 
 
 @responses.activate
+def test_upsert_list_bodies_are_built_per_request_at_most_max_workers_in_flight():
+    import threading
+    import time
+
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def bulk(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return 200, {}, json.dumps({"ok": 1, "writeErrors": []})
+
+    responses.add_callback("POST", f"{BASE}/bulk_write", callback=bulk)
+    client = make_client(max_workers=2)
+    records = [_record_of_size(i, 2000) for i in range(12)]
+    answers = client.upsert_list_of_docdb_records(records, max_payload_size=4000)
+    assert len(answers) == 6 and 1 <= peak[0] <= 2
+    bodies = sorted(call.request.body for call in responses.calls)
+    expected = sorted(
+        b"["
+        + b",".join(
+            b'{"UpdateOne":{"filter":{"_id":"id%d"},"update":{"$set":%s},"upsert":"True"}}'
+            % (i, _wire.encode(records[i]))
+            for i in pair
+        )
+        + b"]"
+        for pair in ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11))
+    )
+    assert bodies == expected  # byte for byte the official client's operations
+
+
+@responses.activate
 def test_upsert_list_retries_transient_chunk_failures():
     responses.post(f"{BASE}/bulk_write", status=504)
     responses.post(f"{BASE}/bulk_write", json={"ok": 1, "writeErrors": []})
