@@ -811,6 +811,35 @@ def test_fetch_records_by_filter_list_chunks_dedupes_and_splits_on_413():
 
 
 @responses.activate
+def test_fetch_records_by_filter_list_values_distinct_as_on_the_wire():
+    responses.post(f"{BASE}/aggregate", json=[])
+    client = make_client()
+    client.fetch_records_by_filter_list("name", ["b", "a", "b", "c", "a"])
+    client.fetch_records_by_filter_list("n", [1, 1.0, True, "1", 1, uuid.UUID(int=1)])
+    client.fetch_records_by_filter_list("name", [str(uuid.UUID(int=1)), uuid.UUID(int=1)])
+    sent = [json.loads(c.request.body)[0]["$match"] for c in responses.calls]
+    assert sent == [
+        {"name": {"$in": ["b", "a", "c"]}},
+        {"n": {"$in": [1, 1.0, True, "1", str(uuid.UUID(int=1))]}},
+        {"name": {"$in": [str(uuid.UUID(int=1))]}},
+    ]
+    with pytest.raises(TypeError, match=r"filter_values\[1\]"):
+        client.fetch_records_by_filter_list("name", ["ok", "bad \ud800"])
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_fetch_records_by_filter_list_drops_records_repeated_across_chunks():
+    def aggregate(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        values = json.loads(request.body)[0]["$match"]["k"]["$in"]
+        return 200, {}, json.dumps([{"_id": "same"}, {"_id": 7}, {"_id": {"v": values[0]}}])
+
+    responses.add_callback("POST", f"{BASE}/aggregate", callback=aggregate)
+    records = make_client().fetch_records_by_filter_list("k", ["x", "y"], chunk_size=1)
+    assert records == [{"_id": "same"}, {"_id": 7}, {"_id": {"v": "x"}}, {"_id": {"v": "y"}}]
+
+
+@responses.activate
 def test_build_location_map():
     docs = make_docs(4)
     FakeDocDB(docs).install()

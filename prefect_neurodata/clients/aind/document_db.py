@@ -169,6 +169,40 @@ def filter_list_pipeline(
     return pipeline
 
 
+def _distinct_values(filter_values: list[Any]) -> list[Any]:
+    """``filter_values`` without repeats (equal when their JSON is), first occurrences kept.
+
+    Names and ids are plain strings, and two strings are equal exactly when their JSON is: then
+    the strings themselves are the keys, which spares encoding each one (most of a filter
+    list's client CPU). Other values, and strings orjson refuses (lone surrogates), go through
+    `_wire.identity_key`, which also names a value that cannot be sent.
+    """
+    if all(type(value) is str for value in filter_values):
+        try:
+            "".join(filter_values).encode()
+        except UnicodeEncodeError:
+            pass  # the path below names the offending value
+        else:
+            return list(dict.fromkeys(filter_values))
+    values: list[Any] = []
+    seen: set[str] = set()
+    for index, value in enumerate(filter_values):
+        key = _wire.identity_key(value, what=f"filter_values[{index}]")
+        if key not in seen:
+            seen.add(key)
+            values.append(value)
+    return values
+
+
+def _decoded_key(value: Any) -> str | tuple[str]:
+    """A key of a value decoded from JSON, equal exactly when the values' JSON is.
+
+    A decoded value whose JSON is a string is a `str`, so a string is its own key; any other
+    value is keyed by its JSON text inside a tuple, which never equals a string.
+    """
+    return value if type(value) is str else (_wire.identity_key(value),)
+
+
 def filter_list_chunk_size(projection: dict | None) -> int:
     """Values per ``$in`` request of ``fetch_records_by_filter_list`` (whole records are bigger).
 
@@ -801,13 +835,7 @@ class Client:
         Returns:
             The matching records.
         """
-        values: list[Any] = []
-        seen: set[str] = set()
-        for index, value in enumerate(filter_values):
-            key = _wire.identity_key(value, what=f"filter_values[{index}]")
-            if key not in seen:
-                seen.add(key)
-                values.append(value)
+        values = _distinct_values(filter_values)
         if chunk_size is None:
             chunk_size = filter_list_chunk_size(projection)
         if chunk_size <= 0:
@@ -823,11 +851,11 @@ class Client:
         if len(pages) == 1:
             records = pages[0]
         else:
-            records, ids = [], set[str]()
+            records, ids = [], set[str | tuple[str]]()
             for page in pages:
                 for record in page:
                     marker = record.get("_id")
-                    marker_key = _wire.identity_key(marker) if marker is not None else None
+                    marker_key = _decoded_key(marker) if marker is not None else None
                     if marker_key is not None and marker_key in ids:
                         continue
                     if marker_key is not None:
