@@ -338,6 +338,10 @@ def run_driver(
     cmd = [str(python[side]), str(DRIVERS[side]), str(spec_path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PYTHONUNBUFFERED"] = "1"
+    if side == "ours":
+        # The checkout this bench runs from, not whichever one the venv installed editable:
+        # a worktree measures its own clients.
+        env["PYTHONPATH"] = str(REPO)
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd,

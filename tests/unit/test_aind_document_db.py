@@ -811,6 +811,35 @@ def test_fetch_records_by_filter_list_chunks_dedupes_and_splits_on_413():
 
 
 @responses.activate
+def test_fetch_records_by_filter_list_values_distinct_as_on_the_wire():
+    responses.post(f"{BASE}/aggregate", json=[])
+    client = make_client()
+    client.fetch_records_by_filter_list("name", ["b", "a", "b", "c", "a"])
+    client.fetch_records_by_filter_list("n", [1, 1.0, True, "1", 1, uuid.UUID(int=1)])
+    client.fetch_records_by_filter_list("name", [str(uuid.UUID(int=1)), uuid.UUID(int=1)])
+    sent = [json.loads(c.request.body)[0]["$match"] for c in responses.calls]
+    assert sent == [
+        {"name": {"$in": ["b", "a", "c"]}},
+        {"n": {"$in": [1, 1.0, True, "1", str(uuid.UUID(int=1))]}},
+        {"name": {"$in": [str(uuid.UUID(int=1))]}},
+    ]
+    with pytest.raises(TypeError, match=r"filter_values\[1\]"):
+        client.fetch_records_by_filter_list("name", ["ok", "bad \ud800"])
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_fetch_records_by_filter_list_drops_records_repeated_across_chunks():
+    def aggregate(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        values = json.loads(request.body)[0]["$match"]["k"]["$in"]
+        return 200, {}, json.dumps([{"_id": "same"}, {"_id": 7}, {"_id": {"v": values[0]}}])
+
+    responses.add_callback("POST", f"{BASE}/aggregate", callback=aggregate)
+    records = make_client().fetch_records_by_filter_list("k", ["x", "y"], chunk_size=1)
+    assert records == [{"_id": "same"}, {"_id": 7}, {"_id": {"v": "x"}}, {"_id": {"v": "y"}}]
+
+
+@responses.activate
 def test_build_location_map():
     docs = make_docs(4)
     FakeDocDB(docs).install()
@@ -1000,6 +1029,25 @@ def _record_of_size(index: int, metric: int) -> dict:
     return record
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, "x", None, True, {"b": 2.5}], "c": (1.0, 2.0)},
+        {"a": [1, {"b": float("nan")}]},
+        {"a": (1.0, float("inf"))},
+        {"a": {"b": np.float32("-inf")}},
+        {"trace": np.array([0.0, np.nan])},
+        {"trace": np.array([0.0, 1.0])},
+        {"ok": np.int64(3), "when": dt.datetime(2024, 1, 1), "id": uuid.UUID(int=1)},
+        [float("-inf")],
+        float("nan"),
+        "nan",
+    ],
+)
+def test_holds_non_finite_agrees_with_first_non_finite(value: Any) -> None:
+    assert _wire.holds_non_finite(value) == (_wire.first_non_finite(value) is not None)
+
+
 @responses.activate
 def test_upsert_list_chunking_matches_the_reference_example():
     responses.post(f"{BASE}/bulk_write", json={"ok": 1, "writeErrors": []})
@@ -1080,6 +1128,41 @@ def test_upsert_list_failed_chunk_names_ids_after_other_chunks_finish():
     assert len(responses.calls) == 4  # every chunk was attempted
     assert "3 of 8 records did not land" in str(info.value)
     assert isinstance(info.value, requests.HTTPError)
+
+
+@responses.activate
+def test_upsert_list_bodies_are_built_per_request_at_most_max_workers_in_flight():
+    import threading
+    import time
+
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def bulk(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return 200, {}, json.dumps({"ok": 1, "writeErrors": []})
+
+    responses.add_callback("POST", f"{BASE}/bulk_write", callback=bulk)
+    client = make_client(max_workers=2)
+    records = [_record_of_size(i, 2000) for i in range(12)]
+    answers = client.upsert_list_of_docdb_records(records, max_payload_size=4000)
+    assert len(answers) == 6 and 1 <= peak[0] <= 2
+    bodies = sorted(call.request.body for call in responses.calls)
+    expected = sorted(
+        b"["
+        + b",".join(
+            b'{"UpdateOne":{"filter":{"_id":"id%d"},"update":{"$set":%s},"upsert":"True"}}'
+            % (i, _wire.encode(records[i]))
+            for i in pair
+        )
+        + b"]"
+        for pair in ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11))
+    )
+    assert bodies == expected  # byte for byte the official client's operations
 
 
 @responses.activate
