@@ -88,8 +88,8 @@ def test_api_endpoints_picks_highest_common_version(cave_rsps) -> None:
     assert_auth(cave_rsps.calls[0])
 
 
-def test_api_endpoints_falls_back_when_server_cannot_say(cave_rsps) -> None:
-    cave_rsps.get(f"{LOCAL}/materialize/api/versions", status=404, json={"message": "nope"})
+def _materialization_version() -> int:
+    """The materialization API version `_api_endpoints` picks (no retries, fallback 2)."""
     _, version = _api_endpoints(
         "latest",
         "me_server_address",
@@ -98,8 +98,14 @@ def test_api_endpoints_falls_back_when_server_cannot_say(cave_rsps) -> None:
         ep.materialization_api_versions,
         AUTH,
         fallback_version=2,
+        transport=TransportConfig(retry=RetryPolicy(max_retries=0)),
     )
-    assert version == 2
+    return version
+
+
+def test_api_endpoints_falls_back_when_server_cannot_say(cave_rsps) -> None:
+    cave_rsps.get(f"{LOCAL}/materialize/api/versions", status=404, json={"message": "nope"})
+    assert _materialization_version() == 2
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -110,16 +116,7 @@ def test_api_endpoints_raises_a_transient_failure_instead_of_falling_back(
     # falling back to API 2 built a V2 client that failed later (no get_tables_metadata).
     cave_rsps.get(f"{LOCAL}/materialize/api/versions", status=status, json={"message": "down"})
     with pytest.raises(requests.HTTPError) as raised:
-        _api_endpoints(
-            "latest",
-            "me_server_address",
-            LOCAL,
-            ep.materialization_common,
-            ep.materialization_api_versions,
-            AUTH,
-            fallback_version=2,
-            transport=TransportConfig(retry=RetryPolicy(max_retries=0)),
-        )
+        _materialization_version()
     assert raised.value.response is not None and raised.value.response.status_code == status
 
 
