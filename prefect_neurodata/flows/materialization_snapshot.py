@@ -428,8 +428,11 @@ def start_parts(
             )
             for i, (id_range, part_cuts) in enumerate(zip(ranges, cuts, strict=True))
         ]
-        groups = deal_parts(parts, slots or len(parts))
-        names = {group[0].target: _group_name(table, parts, group) for group in groups}
+        names: dict[str, str] = {}
+        groups, first = deal_parts(parts, slots or len(parts)), 1
+        for group in groups:
+            names[group[0].target] = _group_name(table, group, first, len(parts))
+            first += len(group)
         # One task variant per table, named per group from its first target when it starts:
         # `with_options` costs milliseconds, too many to pay per task in the flow's thread.
         task = snapshot_table_parts.with_options(task_run_name=_run_name_of(names))
@@ -471,12 +474,13 @@ def deal_parts(parts: list[SnapshotPart], tasks: int) -> list[list[SnapshotPart]
     return groups
 
 
-def _group_name(table: str, parts: list[SnapshotPart], group: list[SnapshotPart]) -> str:
-    """``snapshot synapses parts 5-8/16 (ids 1000000-1999999)`` (``part 1/1`` for one part)."""
-    first, last = parts.index(group[0]) + 1, parts.index(group[-1]) + 1
+def _group_name(table: str, group: list[SnapshotPart], first: int, total: int) -> str:
+    """``snapshot synapses parts 5-8/16 (ids 1000000-1999999)`` (``part 1/1`` for one part);
+    ``first`` is the group's first part number (from 1), ``total`` the table's part count."""
+    last = first + len(group) - 1
     numbers = f"part {first}" if first == last else f"parts {first}-{last}"
     span = _span([group[0].id_range[0], group[-1].id_range[1]])
-    return f"snapshot {table} {numbers}/{len(parts)} (ids {span})"
+    return f"snapshot {table} {numbers}/{total} (ids {span})"
 
 
 def _run_name_of(names: dict[str, str]) -> Callable[..., str]:
