@@ -112,3 +112,18 @@ def test_staged_annotations_round_trip(client: CAVEclient, table: str) -> None:
     updates.add(id=ids[0], pt_position=point(0), tag="updated")
     mapping = ann.upload_staged_annotations(updates)
     assert list(mapping) == [str(ids[0])]
+
+
+def test_overlapping_batches_map_each_new_id_to_its_row(client: CAVEclient, table: str) -> None:
+    ann = client.annotation
+    assert ann.batches_in_flight > 1
+    stage = ann.stage_annotations(table)
+    n = 3_000
+    for i in range(n):
+        stage.add(pt_position=point(i), tag=f"row{i}")
+    before = ann.get_annotation_count(table)
+    ids = ann.upload_staged_annotations(stage, batch_size=250)  # 12 batches, 4 at a time
+    assert len(ids) == n and len(set(ids)) == n
+    assert ann.get_annotation_count(table) == before + n  # every row landed exactly once
+    fetched = {a["id"]: a["tag"] for a in ann.get_annotation(table, ids)}
+    assert [fetched[i] for i in ids] == [f"row{i}" for i in range(n)]

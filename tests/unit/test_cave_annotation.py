@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -259,6 +261,9 @@ def ids_callback(request: Any) -> tuple[int, dict[str, str], str]:
 @responses.activate
 def test_post_annotation_batches_at_10000() -> None:
     client = make_client()
+    # One batch at a time, so this counting server hands out ids in input order; with
+    # overlapping batches the ids still map row by row (test_batches_after_the_first_overlap_...).
+    client.batches_in_flight = 1
     ids_callback.next = 1  # type: ignore[attr-defined]
     responses.add_callback(
         responses.POST,
@@ -328,6 +333,116 @@ def test_failed_later_batch_with_a_server_error_was_not_written() -> None:
         )
     assert info.value.not_done == range(3, 5) and len(info.value.uncertain) == 0
     assert "bad field" in str(info.value)
+
+
+class BatchServer:
+    """A `responses` callback for the annotations URL that answers each batch with ids
+    ``1000 + row`` (rows are tagged with their input position), fails the batches holding
+    ``fail_rows`` with ``fail_status``, and records how many batches were under way at once."""
+
+    def __init__(self, fail_rows: set[int] = frozenset(), fail_status: int = 422) -> None:
+        self.fail_rows = fail_rows
+        self.fail_status = fail_status
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+        self.alone_at_first = False
+        self.batches: list[list[int]] = []
+
+    def __call__(self, request: Any) -> tuple[int, dict[str, str], str]:
+        rows = [int(a["tag"]) for a in json.loads(request.body)["annotations"]]
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            if rows[0] == 0:
+                self.alone_at_first = self.in_flight == 1
+            self.batches.append(rows)
+        # Long enough for the client to start every batch its window allows before one ends.
+        time.sleep(0.05)
+        with self.lock:
+            self.in_flight -= 1
+        if self.fail_rows & set(rows):
+            return self.fail_status, {}, json.dumps({"message": "refused"})
+        return 200, {}, json.dumps([1000 + row for row in rows])
+
+
+def tagged(n: int) -> list[dict[str, str]]:
+    return [{"tag": str(i)} for i in range(n)]
+
+
+@responses.activate
+def test_batches_after_the_first_overlap_and_ids_keep_the_input_order() -> None:
+    client = make_client()
+    assert client.batches_in_flight == 4
+    server = BatchServer()
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    ids = client._write(
+        "POST", "t", tagged(19), key="annotations", aligned_volume_name=None, batch_size=2
+    )
+    assert [i for answer in ids for i in answer] == [1000 + row for row in range(19)]
+    assert server.alone_at_first  # the first batch is a probe: nothing else is under way
+    assert server.peak == 4
+    assert sorted(row for batch in server.batches for row in batch) == list(range(19))
+
+
+@responses.activate
+def test_one_batch_in_flight_sends_them_one_after_the_other() -> None:
+    client = make_client()
+    client.batches_in_flight = 1
+    server = BatchServer()
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    assert client.post_annotation("t", tagged(25_000)) == [1000 + row for row in range(25_000)]
+    assert server.peak == 1
+    assert [batch[0] for batch in server.batches] == [0, 10_000, 20_000]
+
+
+@responses.activate
+def test_a_failed_batch_among_overlapping_ones_reports_every_batch_that_landed() -> None:
+    client = make_client()
+    client.batches_in_flight = 2
+    server = BatchServer(fail_rows={4})
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    with pytest.raises(AnnotationUploadError) as info:
+        client._write(
+            "POST", "t", tagged(10), key="annotations", aligned_volume_name=None, batch_size=2
+        )
+    err = info.value
+    # Rows 0-3 landed before the failure of rows 4-5, and rows 6-7 were already under way;
+    # nothing was started after the failure.
+    assert err.done == [0, 1, 2, 3, 6, 7]
+    assert err.not_done == [4, 5, 8, 9]
+    assert len(err.uncertain) == 0
+    assert err.result == [1000, 1001, 1002, 1003, 1006, 1007]
+    assert err.status_code == 422
+    assert "failed at rows 4-5: rows 0-3, 6-7 were written, rows 4-5, 8-9 were not" in str(err)
+    assert sorted(row for batch in server.batches for row in batch) == list(range(8))
+
+
+@responses.activate
+def test_a_gateway_error_among_overlapping_batches_leaves_only_its_rows_uncertain() -> None:
+    client = make_client()
+    server = BatchServer(fail_rows={2}, fail_status=502)
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    with pytest.raises(AnnotationUploadError) as info:
+        client._write(
+            "POST", "t", tagged(9), key="annotations", aligned_volume_name=None, batch_size=2
+        )
+    err = info.value
+    assert err.uncertain == range(2, 4)
+    assert err.done == [0, 1, 4, 5, 6, 7, 8]  # the window of four was under way
+    assert len(err.not_done) == 0
+    assert "rows 2-3 may or may not have been written" in str(err)
+
+
+@responses.activate
+def test_a_refused_first_batch_stops_the_write_before_any_other_batch() -> None:
+    client = make_client()
+    server = BatchServer(fail_rows={0}, fail_status=403)
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    with pytest.raises(requests.HTTPError) as info:
+        client.post_annotation("t", tagged(30_000))
+    assert not isinstance(info.value, AnnotationUploadError)  # nothing was written
+    assert len(server.batches) == 1
 
 
 @responses.activate
@@ -455,6 +570,7 @@ def test_post_and_update_annotation_df() -> None:
 @responses.activate
 def test_post_annotation_df_sends_25000_rows_in_3_posts_in_order() -> None:
     client = make_client()
+    client.batches_in_flight = 1  # a counting server: see test_post_annotation_batches_at_10000
     ids_callback.next = 1  # type: ignore[attr-defined]
     responses.add_callback(
         responses.POST,

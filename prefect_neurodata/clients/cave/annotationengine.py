@@ -9,6 +9,10 @@ What is better than the seed:
   Everything is validated before the first batch is sent, so bad input fails before anything
   is written, with the row and field named; each batch's body is then built and serialised
   just before it is sent, so only one batch's bytes are held at a time.
+* The first batch is sent alone (a refused table or schema fails before anything else is
+  sent); the rest go `WRITE_BATCHES_IN_FLIGHT` at a time, so a large upload waits on the
+  service's latency about once per window instead of once per batch. Set
+  ``client.annotation.batches_in_flight = 1`` for one batch after the other.
 * Writes are never retried blindly (a lost answer to a POST could otherwise duplicate rows). If
   a later batch fails, `AnnotationUploadError` says which rows landed (with their new ids) and
   which did not; staged annotations remember what was uploaded, so re-running
@@ -27,11 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -80,6 +87,12 @@ PERMISSIONS = ("PRIVATE", "GROUP", "PUBLIC")
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_]+[a-z0-9_]*$")
 
 _UNSURE_STATUSES = frozenset({502, 504})
+
+WRITE_BATCHES_IN_FLIGHT = 4
+"""Batches of one write call under way at once after the first (capped by the pool size).
+
+A 100,000-row upload is 10 requests; each waits on the service's latency (100-200 ms behind
+a load balancer) as well as its insert, so overlapping them hides most of the waiting."""
 
 _URL_IDS_CHARS = 6000  # keeps ``?annotation_ids=...`` (commas sent as %2C) under line limits
 
@@ -254,6 +267,9 @@ class AnnotationClientV2(ClientBase):
         )
         self._aligned_volume_name = aligned_volume_name
         self._schema_client = schema_client
+        self.batches_in_flight = max(1, min(WRITE_BATCHES_IN_FLIGHT, self.transport.pool_maxsize))
+        """Batches of one write sent at once after the first; 1 sends them one after the
+        other, so new ids follow the input order as with caveclient."""
 
     @property
     def aligned_volume_name(self) -> str | None:
@@ -528,7 +544,10 @@ class AnnotationClientV2(ClientBase):
         """Send ``records`` in batches, each body built and serialised just before it is sent.
 
         A list is checked in full (every batch is serialised and dropped) before the first
-        request; a `_FrameRows` was checked when it was built.
+        request; a `_FrameRows` was checked when it was built. The first batch goes alone,
+        so a request the service refuses outright (no table, no permission, a schema error)
+        fails before anything else is sent; the rest go up to `batches_in_flight` at a time
+        (`_sent_batches`). Answers and ``on_batch`` calls come in batch order.
         """
         total = len(records)
         batches = chunk_ranges(total, batch_size)
@@ -550,69 +569,126 @@ class AnnotationClientV2(ClientBase):
             check_sendable(records, f"{method} to {table_name!r}")
             for rows in batches:
                 body(rows)
+
+        def send(rows: range) -> requests.Response:
+            # A ValueError here means the body could not be built: the batch was not sent.
+            data = body(rows)
+            return self._request(
+                method,
+                url,
+                data=data,
+                headers={"Content-Type": "application/json"},
+                idempotent=False,
+            )
+
+        written: list[range] = []
         results: list[Any] = []
-        for index, rows in enumerate(batches):
-            try:
-                data = body(rows)
-            except ValueError as exc:
-                # Only when a check up front missed a value; earlier batches did land.
-                if index == 0:
-                    raise
-                raise self._upload_error(method, table_name, rows, total, results, exc) from exc
-            try:
-                response = self._request(
-                    method,
-                    url,
-                    data=data,
-                    headers={"Content-Type": "application/json"},
-                    idempotent=False,
-                )
-            except requests.RequestException as exc:
-                if index == 0:
-                    raise
-                raise self._upload_error(method, table_name, rows, total, results, exc) from exc
-            del data
-            answer = decode_json(response) if response.content else None
+        failed: list[tuple[range, Exception]] = []
+        for rows, outcome in self._sent_batches(send, batches):
+            if isinstance(outcome, Exception):
+                failed.append((rows, outcome))
+                continue
+            answer = decode_json(outcome) if outcome.content else None
+            written.append(rows)
             results.append(answer)
             if on_batch is not None:
                 on_batch(rows, answer)
+        if failed:
+            first_rows, first_error = failed[0]
+            if first_rows.start == 0:
+                raise first_error  # nothing was sent after it: the seed's plain error
+            raise self._upload_error(
+                method, table_name, total, written, failed, results
+            ) from first_error
         return results
+
+    def _sent_batches(
+        self, send: Callable[[range], requests.Response], batches: Sequence[range]
+    ) -> Iterator[tuple[range, requests.Response | Exception]]:
+        """Send each batch once and yield ``(rows, response or error)`` in batch order.
+
+        The first batch is sent alone; then up to `batches_in_flight` are under way at once,
+        which hides the service's per-request latency (each batch is still sent exactly once:
+        writes are never retried blindly). After a failure no further batch is started, and
+        the batches already under way are waited for and yielded, so the caller learns the
+        fate of every batch that was sent.
+        """
+
+        def attempt(rows: range) -> requests.Response | Exception:
+            try:
+                return send(rows)
+            except (ValueError, requests.RequestException) as exc:
+                return exc
+
+        if not batches:
+            return
+        first = attempt(batches[0])
+        yield batches[0], first
+        if isinstance(first, Exception):
+            return
+        rest = iter(batches[1:])
+        if self.batches_in_flight <= 1:
+            for rows in rest:
+                outcome = attempt(rows)
+                yield rows, outcome
+                if isinstance(outcome, Exception):
+                    return
+            return
+        window: deque[tuple[range, Future[requests.Response | Exception]]] = deque()
+        stopped = False
+        with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix="neurodata") as pool:
+
+            def refill() -> None:
+                while not stopped and len(window) < self.batches_in_flight:
+                    rows = next(rest, None)
+                    if rows is None:
+                        return
+                    window.append((rows, pool.submit(attempt, rows)))
+
+            refill()
+            while window:
+                rows, future = window.popleft()
+                outcome = future.result()
+                stopped = stopped or isinstance(outcome, Exception)
+                yield rows, outcome
+                refill()
 
     @staticmethod
     def _upload_error(
         method: str,
         table_name: str,
-        rows: range,
         total: int,
+        written: list[range],
+        failed: list[tuple[range, Exception]],
         results: list[Any],
-        exc: Exception,
     ) -> AnnotationUploadError:
-        status = getattr(exc, "status_code", None)
+        """The error of a write whose batches after the first did not all land.
+
+        ``done`` and ``not_done`` are ranges when the written rows are a prefix of the input
+        (always so with one batch in flight), else sorted lists of row positions.
+        """
+        first_rows, first_error = failed[0]
         # A gateway error or a lost answer says nothing about whether the backend applied the
         # batch; any other error (or a body that could not be built) means it did not.
-        unsure = isinstance(exc, requests.RequestException) and (
-            status in _UNSURE_STATUSES
-            or (status is None and not isinstance(exc, requests.ConnectTimeout))
-        )
-        done = range(0, rows.start)
-        uncertain = rows if unsure else range(rows.start, rows.start)
-        not_done = range(rows.stop if unsure else rows.start, total)
-        fate = (
-            f"rows {rows.start}-{rows.stop - 1} may or may not have been written, "
-            if unsure
-            else ""
-        )
+        done = _compact(_rows_of(written))
+        uncertain = _compact(_rows_of(rows for rows, exc in failed if _unsure(exc)))
+        settled = {*done, *uncertain}
+        not_done = _compact(p for p in range(total) if p not in settled)
+        fates = [f"rows {_spans(done)} were written"]
+        if uncertain:
+            fates.append(f"rows {_spans(uncertain)} may or may not have been written")
+        if not_done:
+            fates.append(f"rows {_spans(not_done)} were not")
         return AnnotationUploadError(
             f"{method} of annotations to {table_name!r} failed at rows "
-            f"{rows.start}-{rows.stop - 1}: rows 0-{rows.start - 1} were written, "
-            f"{fate}rows {not_done.start}-{total - 1} were not ({exc})",
+            f"{first_rows.start}-{first_rows.stop - 1}: {', '.join(fates)} ({first_error})",
             table_name=table_name,
             done=done,
             not_done=not_done,
             uncertain=uncertain,
             result=_merge(results),
-            status_code=status,
-            response=getattr(exc, "response", None),
+            status_code=getattr(first_error, "status_code", None),
+            response=getattr(first_error, "response", None),
         )
 
     def post_annotation(
@@ -852,6 +928,39 @@ class AnnotationClientV2(ClientBase):
                 mapping.update(update_id_map(answer, old_ids[rows.start : rows.stop]))
             return mapping
         return _merge(results)
+
+
+def _unsure(exc: Exception) -> bool:
+    """Whether a failed write may still have been applied (a gateway error or a lost answer)."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, requests.RequestException) and (
+        status in _UNSURE_STATUSES
+        or (status is None and not isinstance(exc, requests.ConnectTimeout))
+    )
+
+
+def _rows_of(batches: Iterable[range]) -> list[int]:
+    return [position for rows in batches for position in rows]
+
+
+def _compact(positions: Iterable[int]) -> range | list[int]:
+    """Sorted row positions as a `range` when they are consecutive, else as a list."""
+    ordered = sorted(positions)
+    if not ordered:
+        return range(0)
+    if ordered[-1] - ordered[0] + 1 == len(ordered):
+        return range(ordered[0], ordered[-1] + 1)
+    return ordered
+
+
+def _spans(positions: range | list[int]) -> str:
+    """``0-9999, 20000-29999``: sorted positions as runs of consecutive rows."""
+    runs: list[str] = []
+    for _, run in itertools.groupby(enumerate(positions), lambda pair: pair[1] - pair[0]):
+        members = [position for _, position in run]
+        first, last = members[0], members[-1]
+        runs.append(f"{first}-{last}" if last != first else f"{first}")
+    return ", ".join(runs)
 
 
 def _merge(results: list[Any]) -> Any:
