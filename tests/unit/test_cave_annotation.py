@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -338,12 +337,20 @@ def test_failed_later_batch_with_a_server_error_was_not_written() -> None:
 class BatchServer:
     """A `responses` callback for the annotations URL that answers each batch with ids
     ``1000 + row`` (rows are tagged with their input position), fails the batches holding
-    ``fail_rows`` with ``fail_status``, and records how many batches were under way at once."""
+    ``fail_rows`` with ``fail_status``, and records how many batches were under way at once.
 
-    def __init__(self, fail_rows: set[int] = frozenset(), fail_status: int = 422) -> None:
+    Every batch after the first waits (up to 2 s) until ``together`` batches have been seen
+    under way at once, so the overlap is observed however slowly the threads are scheduled;
+    a client that does not overlap makes each batch wait out the 2 s and ``peak`` stays 1.
+    """
+
+    def __init__(
+        self, fail_rows: set[int] = frozenset(), fail_status: int = 422, together: int = 4
+    ) -> None:
         self.fail_rows = fail_rows
         self.fail_status = fail_status
-        self.lock = threading.Lock()
+        self.together = together
+        self.changed = threading.Condition()
         self.in_flight = 0
         self.peak = 0
         self.alone_at_first = False
@@ -351,15 +358,15 @@ class BatchServer:
 
     def __call__(self, request: Any) -> tuple[int, dict[str, str], str]:
         rows = [int(a["tag"]) for a in json.loads(request.body)["annotations"]]
-        with self.lock:
+        with self.changed:
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
+            self.batches.append(rows)
+            self.changed.notify_all()
             if rows[0] == 0:
                 self.alone_at_first = self.in_flight == 1
-            self.batches.append(rows)
-        # Long enough for the client to start every batch its window allows before one ends.
-        time.sleep(0.05)
-        with self.lock:
+            else:
+                self.changed.wait_for(lambda: self.peak >= self.together, timeout=2)
             self.in_flight -= 1
         if self.fail_rows & set(rows):
             return self.fail_status, {}, json.dumps({"message": "refused"})
@@ -389,7 +396,7 @@ def test_batches_after_the_first_overlap_and_ids_keep_the_input_order() -> None:
 def test_one_batch_in_flight_sends_them_one_after_the_other() -> None:
     client = make_client()
     client.batches_in_flight = 1
-    server = BatchServer()
+    server = BatchServer(together=1)
     responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
     assert client.post_annotation("t", tagged(25_000)) == [1000 + row for row in range(25_000)]
     assert server.peak == 1
@@ -400,7 +407,7 @@ def test_one_batch_in_flight_sends_them_one_after_the_other() -> None:
 def test_a_failed_batch_among_overlapping_ones_reports_every_batch_that_landed() -> None:
     client = make_client()
     client.batches_in_flight = 2
-    server = BatchServer(fail_rows={4})
+    server = BatchServer(fail_rows={4}, together=2)
     responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
     with pytest.raises(AnnotationUploadError) as info:
         client._write(
