@@ -377,6 +377,16 @@ def tagged(n: int) -> list[dict[str, str]]:
     return [{"tag": str(i)} for i in range(n)]
 
 
+def failed_write(client: AnnotationClientV2, server: BatchServer, n: int) -> AnnotationUploadError:
+    """The error of posting ``n`` tagged rows in batches of 2 to ``server``."""
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    with pytest.raises(AnnotationUploadError) as info:
+        client._write(
+            "POST", "t", tagged(n), key="annotations", aligned_volume_name=None, batch_size=2
+        )
+    return info.value
+
+
 @responses.activate
 def test_batches_after_the_first_overlap_and_ids_keep_the_input_order() -> None:
     client = make_client()
@@ -408,12 +418,7 @@ def test_a_failed_batch_among_overlapping_ones_reports_every_batch_that_landed()
     client = make_client()
     client.batches_in_flight = 2
     server = BatchServer(fail_rows={4}, together=2)
-    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
-    with pytest.raises(AnnotationUploadError) as info:
-        client._write(
-            "POST", "t", tagged(10), key="annotations", aligned_volume_name=None, batch_size=2
-        )
-    err = info.value
+    err = failed_write(client, server, 10)
     # Rows 0-3 landed before the failure of rows 4-5, and rows 6-7 were already under way;
     # nothing was started after the failure.
     assert err.done == [0, 1, 2, 3, 6, 7]
@@ -427,14 +432,7 @@ def test_a_failed_batch_among_overlapping_ones_reports_every_batch_that_landed()
 
 @responses.activate
 def test_a_gateway_error_among_overlapping_batches_leaves_only_its_rows_uncertain() -> None:
-    client = make_client()
-    server = BatchServer(fail_rows={2}, fail_status=502)
-    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
-    with pytest.raises(AnnotationUploadError) as info:
-        client._write(
-            "POST", "t", tagged(9), key="annotations", aligned_volume_name=None, batch_size=2
-        )
-    err = info.value
+    err = failed_write(make_client(), BatchServer(fail_rows={2}, fail_status=502), 9)
     assert err.uncertain == range(2, 4)
     assert err.done == [0, 1, 4, 5, 6, 7, 8]  # the window of four was under way
     assert len(err.not_done) == 0
