@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Set
 from decimal import Decimal
 from typing import Any
 
@@ -345,7 +346,7 @@ class BatchServer:
     """
 
     def __init__(
-        self, fail_rows: set[int] = frozenset(), fail_status: int = 422, together: int = 4
+        self, fail_rows: Set[int] = frozenset(), fail_status: int = 422, together: int = 4
     ) -> None:
         self.fail_rows = fail_rows
         self.fail_status = fail_status
