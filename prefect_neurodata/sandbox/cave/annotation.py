@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from prefect_neurodata.sandbox.cave import store
 from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_int_list, parse_json_body
@@ -77,8 +78,12 @@ def json_response(
 
 
 async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON (400 naming the problem otherwise)."""
-    return parse_json_body(await request.body())
+    """The request body parsed as JSON (400 naming the problem otherwise).
+
+    Parsed in a worker thread: a 10,000-annotation body takes milliseconds to decode, time in
+    which the event loop could not answer any other request.
+    """
+    return await run_in_threadpool(parse_json_body, await request.body())
 
 
 def world_of(request: Request) -> Any:
@@ -635,7 +640,7 @@ async def post_table(request: Request, aligned_volume: str) -> Response:
     """``POST /table``: create a table; answers the plain-text table name."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    name = create_table(world, user, body)
+    name = await run_in_threadpool(create_table, world, user, body)
     return Response(name, media_type="text/plain")
 
 
@@ -644,6 +649,12 @@ async def put_table(request: Request, aligned_volume: str) -> Response:
     """``PUT /table``: update a table's metadata (owner only)."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
+    meta = await run_in_threadpool(update_table_metadata, world, user, body)
+    return json_response(store.public_table_metadata(meta))
+
+
+def update_table_metadata(world: Any, user: Any, body: Any) -> dict[str, Any]:
+    """Apply a ``PUT /table`` body (owner only); returns the table's new metadata row."""
     if not isinstance(body, dict) or not isinstance(body.get("table_name"), str):
         raise CaveHTTPError(400, "Request body must be an object with 'table_name'")
     unknown = set(body) - {"table_name", "metadata"}
@@ -675,8 +686,7 @@ async def put_table(request: Request, aligned_volume: str) -> Response:
                 .where(store.anno_tables.c.id == meta["id"])
                 .values(**values)
             )
-        meta = get_meta(conn, world, body["table_name"])
-    return json_response(store.public_table_metadata(meta))
+        return get_meta(conn, world, body["table_name"])
 
 
 @router.get(PREFIX + "/table/{table_name}")
@@ -735,7 +745,8 @@ async def post_annotations(request: Request, aligned_volume: str, table_name: st
     """``POST /table/{t}/annotations``: insert; answers the new ids."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    return json_response(insert_annotations(world, user, table_name, body))
+    ids = await run_in_threadpool(insert_annotations, world, user, table_name, body)
+    return json_response(ids)
 
 
 @router.put(PREFIX + "/table/{table_name}/annotations")
@@ -748,7 +759,7 @@ async def put_annotations(request: Request, aligned_volume: str, table_name: str
     """
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    mapping = update_annotations(world, user, table_name, body)
+    mapping = await run_in_threadpool(update_annotations, world, user, table_name, body)
     return json_response([{str(k): v} for k, v in mapping.items()])
 
 
@@ -759,4 +770,5 @@ async def delete_annotations_route(
     """``DELETE /table/{t}/annotations``: soft delete; answers ids."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    return json_response(delete_annotations(world, user, table_name, body))
+    deleted = await run_in_threadpool(delete_annotations, world, user, table_name, body)
+    return json_response(deleted)
