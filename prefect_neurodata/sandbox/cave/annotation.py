@@ -23,6 +23,8 @@ validation, as the reference (sections 1.4, 5.2, 5.3) describes AnnotationEngine
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import operator
 from typing import Any
 
 import numpy as np
@@ -242,6 +244,13 @@ def validation_errors(world: Any, schema_type: str, annotation: Any) -> list[str
     return list(world.schemas.validate(schema_type, annotation))
 
 
+@functools.cache
+def position_columns(point: str) -> tuple[str, str, str]:
+    """The live-table columns ``<point>_position_x/y/z`` of a point field (built once per name:
+    the insert path asks for them for every row)."""
+    return (f"{point}_position_x", f"{point}_position_y", f"{point}_position_z")
+
+
 def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -> dict[str, Any]:
     """Nested schema dict -> live-table column values (unknown keys dropped, ids discarded).
 
@@ -255,8 +264,11 @@ def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -
             row[f.name] = None if uid is None else int(uid)
         elif f.kind in ("bound_point", "point"):
             pos = value.get("position") if isinstance(value, dict) else None
-            for i, axis in enumerate("xyz"):
-                row[f"{f.name}_position_{axis}"] = None if pos is None else float(pos[i])
+            x, y, z = position_columns(f.name)
+            if pos is None:
+                row[x] = row[y] = row[z] = None
+            else:
+                row[x], row[y], row[z] = float(pos[0]), float(pos[1]), float(pos[2])
         elif f.kind == "int":
             row[f.name] = None if value is None else int(value)
         elif f.kind == "float":
@@ -273,7 +285,7 @@ def nest(fields: list[Field], row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields:
         if f.kind in ("bound_point", "point"):
-            pos = [row.get(f"{f.name}_position_{a}") for a in "xyz"]
+            pos = [row.get(column) for column in position_columns(f.name)]
             if any(p is None for p in pos):
                 continue
             out[f.name] = {"position": [_num(p) for p in pos]}
@@ -301,7 +313,8 @@ def lookup_supervoxels(
     )
     seg_res = np.asarray(world.config.voxel_resolution, float)
     for f in bound:
-        pts = np.array([[r[f"{f.name}_position_{a}"] for a in "xyz"] for r in rows], float)
+        position_of = operator.itemgetter(*position_columns(f.name))
+        pts = np.array([position_of(r) for r in rows], float)
         if cg is None:
             svids = np.ones(len(rows), dtype=np.int64)  # lookup pending (sentinel 1)
         else:
@@ -468,11 +481,15 @@ def insert_annotations(world: Any, user: Any, table_name: str, body: Any) -> lis
         )
         ids = [s if s is not None else next(fresh) for s in supplied]
         for r, ident in zip(rows, ids, strict=True):
-            r.update(id=ident, created=now, deleted=None, superceded_id=None, valid=True)
-        if rows:
-            conn.execute(live.insert(), rows)
+            r["id"] = ident
+        store.insert_rows(conn, live, rows, _new_row_state(now))
         _touch(conn, meta, now)
     return ids
+
+
+def _new_row_state(now: dt.datetime) -> dict[str, Any]:
+    """The book-keeping columns of a freshly written annotation row."""
+    return {"created": now, "deleted": None, "superceded_id": None, "valid": True}
 
 
 def _ids_avoiding(conn: sa.Connection, live: sa.Table, n: int, avoid: set[int]) -> list[int]:
@@ -525,8 +542,8 @@ def update_annotations(world: Any, user: Any, table_name: str, body: Any) -> dic
             lookup_supervoxels(world, meta, fields, [row])
             new_id = next_ids(conn, live, 1)[0]
             now = store.utcnow()
-            row.update(id=new_id, created=now, deleted=None, superceded_id=None, valid=True)
-            conn.execute(live.insert(), [row])
+            row["id"] = new_id
+            store.insert_rows(conn, live, [row], _new_row_state(now))
             conn.execute(
                 sa.update(live)
                 .where(live.c.id == old_id)
