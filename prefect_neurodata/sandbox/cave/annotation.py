@@ -82,8 +82,8 @@ def json_response(
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON (400 naming the problem otherwise).
 
-    Parsed in a worker thread: a 10,000-annotation body takes milliseconds to decode, time in
-    which the event loop could not answer any other request.
+    Parsed in a worker thread: a 10,000-annotation body takes tens of milliseconds to decode,
+    time in which the event loop could not answer any other request.
     """
     return await run_in_threadpool(parse_json_body, await request.body())
 
@@ -575,6 +575,42 @@ def delete_annotations(world: Any, user: Any, table_name: str, body: Any) -> lis
     return sorted(int(i) for i in found)
 
 
+def update_table_metadata(world: Any, user: Any, body: Any) -> dict[str, Any]:
+    """Apply a ``PUT /table`` body (owner only); returns the table's new metadata row."""
+    if not isinstance(body, dict) or not isinstance(body.get("table_name"), str):
+        raise CaveHTTPError(400, "Request body must be an object with 'table_name'")
+    unknown = set(body) - {"table_name", "metadata"}
+    if unknown:
+        raise CaveHTTPError(400, f"Unknown field(s) in request body: {sorted(unknown)}")
+    md = body.get("metadata") or {}
+    if not isinstance(md, dict):
+        raise CaveHTTPError(400, "metadata must be an object")
+    bad = set(md) - _UPDATABLE
+    if bad:
+        raise CaveHTTPError(400, f"metadata field(s) {sorted(bad)} cannot be updated")
+    for key in ("read_permission", "write_permission"):
+        if key in md and md[key] not in PERMISSIONS:
+            raise CaveHTTPError(
+                400, f"metadata.{key} must be one of {list(PERMISSIONS)}, got {md[key]!r}"
+            )
+    with world.lock, world.engine.begin() as conn:
+        meta = get_meta(conn, world, body["table_name"])
+        owner_check(user, meta, "update its metadata")
+        values = dict(md)
+        if "notice_text" in values:
+            values["notice_text"] = _notice(values["notice_text"])
+        if "user_id" in values:
+            values["user_id"] = str(values["user_id"])
+        if values:
+            values["last_modified"] = store.utcnow()
+            conn.execute(
+                sa.update(store.anno_tables)
+                .where(store.anno_tables.c.id == meta["id"])
+                .values(**values)
+            )
+        return get_meta(conn, world, body["table_name"])
+
+
 def get_annotations(
     world: Any, user: Any, table_name: str, ids: list[int]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -668,42 +704,6 @@ async def put_table(request: Request, aligned_volume: str) -> Response:
     body = await read_json(request)
     meta = await run_in_threadpool(update_table_metadata, world, user, body)
     return json_response(store.public_table_metadata(meta))
-
-
-def update_table_metadata(world: Any, user: Any, body: Any) -> dict[str, Any]:
-    """Apply a ``PUT /table`` body (owner only); returns the table's new metadata row."""
-    if not isinstance(body, dict) or not isinstance(body.get("table_name"), str):
-        raise CaveHTTPError(400, "Request body must be an object with 'table_name'")
-    unknown = set(body) - {"table_name", "metadata"}
-    if unknown:
-        raise CaveHTTPError(400, f"Unknown field(s) in request body: {sorted(unknown)}")
-    md = body.get("metadata") or {}
-    if not isinstance(md, dict):
-        raise CaveHTTPError(400, "metadata must be an object")
-    bad = set(md) - _UPDATABLE
-    if bad:
-        raise CaveHTTPError(400, f"metadata field(s) {sorted(bad)} cannot be updated")
-    for key in ("read_permission", "write_permission"):
-        if key in md and md[key] not in PERMISSIONS:
-            raise CaveHTTPError(
-                400, f"metadata.{key} must be one of {list(PERMISSIONS)}, got {md[key]!r}"
-            )
-    with world.lock, world.engine.begin() as conn:
-        meta = get_meta(conn, world, body["table_name"])
-        owner_check(user, meta, "update its metadata")
-        values = dict(md)
-        if "notice_text" in values:
-            values["notice_text"] = _notice(values["notice_text"])
-        if "user_id" in values:
-            values["user_id"] = str(values["user_id"])
-        if values:
-            values["last_modified"] = store.utcnow()
-            conn.execute(
-                sa.update(store.anno_tables)
-                .where(store.anno_tables.c.id == meta["id"])
-                .values(**values)
-            )
-        return get_meta(conn, world, body["table_name"])
 
 
 @router.get(PREFIX + "/table/{table_name}")
