@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
+from prefect_neurodata.sandbox.cave import store
 from tests.integration._cave_helpers import DATASTACK, CaveServer, arrow_frame, running_server
 
 SEED = {"synapses": 500, "neurons": 20, "neuron_length": 80, "merges": 2, "splits": 1}
@@ -146,6 +151,87 @@ def test_post_get_count_and_supervoxels(cave: CaveServer) -> None:
     assert frame["pt_supervoxel_id"].astype(np.int64).tolist()[:25] == svs.astype(np.int64).tolist()
     roots = cave.world.chunkedgraph.get_roots(svs).astype(np.int64)
     assert frame["pt_root_id"].astype(np.int64).tolist()[:25] == roots.tolist()
+
+
+def _raw_rows(cave: CaveServer, table_name: str) -> list[dict[str, Any]]:
+    """Every stored row of a live table as the database holds it (no SQLAlchemy type decoding)."""
+    with cave.world.engine.connect() as conn:
+        result = conn.exec_driver_sql(f"SELECT * FROM {store.sql_name(table_name)} ORDER BY id")
+        return [dict(zip(result.keys(), row, strict=True)) for row in result]
+
+
+def test_post_stores_every_column(cave: CaveServer) -> None:
+    name = _new_table(cave)
+    url = f"{_base(cave)}/table/{name}/annotations"
+    pos, svs = _points(cave, 6, seed=3)
+    annos = _tags(pos)
+    annos[0]["tag"] = ""
+    annos[1]["id"] = 40  # supplied ids are kept; fresh ids start above the largest one
+    annos[2]["pt"]["supervoxel_id"] = 1  # discarded: looked up from the position
+    annos[3]["id"] = 5
+    annos[4]["pt"]["position"] = [float(v) for v in pos[4]]
+    annos[5]["extra_key"] = "dropped"
+    ids = cave.post(url, json={"annotations": annos}).json()
+    assert ids == [41, 40, 42, 5, 43, 44]
+    rows = _raw_rows(cave, name)
+    created = rows[0]["created"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", created)
+    by_id = sorted(zip(ids, annos, pos.tolist(), svs.tolist(), strict=True))
+    assert rows == [
+        {
+            "id": ident,
+            "created": created,
+            "deleted": None,
+            "superceded_id": None,
+            "valid": 1,
+            "pt_position_x": float(p[0]),
+            "pt_position_y": float(p[1]),
+            "pt_position_z": float(p[2]),
+            "pt_supervoxel_id": int(sv),
+            "tag": anno["tag"],
+        }
+        for ident, anno, p, sv in by_id
+    ]
+    # The same rows written through SQLAlchemy's own executemany are stored identically.
+    fields = store.table_fields(_table_meta(cave, name))
+    twin = store.live_table(f"{name}_twin", fields)
+    with cave.world.engine.begin() as conn:
+        twin.create(conn)
+        typed = conn.execute(sa.select(store.live_table(name, fields))).mappings().all()
+        conn.execute(twin.insert(), [dict(row) for row in typed])
+    assert _raw_rows(cave, f"{name}_twin") == rows
+
+
+def _table_meta(cave: CaveServer, table_name: str) -> dict[str, Any]:
+    """The metadata row of an annotation table, read from the stand-in's database."""
+    with cave.world.engine.connect() as conn:
+        meta = store.table_meta_row(conn, cave.world.config.aligned_volume, table_name)
+    assert meta is not None
+    return meta
+
+
+def test_concurrent_posts_to_one_table(cave: CaveServer) -> None:
+    name = _new_table(cave)
+    url = f"{_base(cave)}/table/{name}/annotations"
+    pos, _ = _points(cave, 3000, seed=4)
+    batches = [
+        [{"pt": {"position": [int(v) for v in p]}, "tag": f"b{b}_{i}"} for i, p in enumerate(part)]
+        for b, part in enumerate(np.array_split(pos, 3))
+    ]
+    with ThreadPoolExecutor(len(batches)) as pool:
+        answers = list(pool.map(lambda annos: cave.post(url, json={"annotations": annos}), batches))
+    assert [r.status_code for r in answers] == [200] * len(batches)
+    id_lists = [r.json() for r in answers]
+    for ids in id_lists:  # each POST got one unbroken run of ids
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert sorted(i for ids in id_lists for i in ids) == list(range(1, 3001))
+    expected = {
+        ident: anno["tag"]
+        for ids, annos in zip(id_lists, batches, strict=True)
+        for ident, anno in zip(ids, annos, strict=True)
+    }
+    assert {row["id"]: row["tag"] for row in _raw_rows(cave, name)} == expected
+    assert cave.get(f"{_base(cave)}/table/{name}/count").json() == 3000
 
 
 def test_post_validation_and_limits(cave: CaveServer) -> None:

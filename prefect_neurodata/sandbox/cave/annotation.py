@@ -23,12 +23,15 @@ validation, as the reference (sections 1.4, 5.2, 5.3) describes AnnotationEngine
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import operator
 from typing import Any
 
 import numpy as np
 import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from prefect_neurodata.sandbox.cave import store
 from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_int_list, parse_json_body
@@ -77,8 +80,12 @@ def json_response(
 
 
 async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON (400 naming the problem otherwise)."""
-    return parse_json_body(await request.body())
+    """The request body parsed as JSON (400 naming the problem otherwise).
+
+    Parsed in a worker thread: a 10,000-annotation body takes tens of milliseconds to decode,
+    time in which the event loop could not answer any other request.
+    """
+    return await run_in_threadpool(parse_json_body, await request.body())
 
 
 def world_of(request: Request) -> Any:
@@ -237,6 +244,13 @@ def validation_errors(world: Any, schema_type: str, annotation: Any) -> list[str
     return list(world.schemas.validate(schema_type, annotation))
 
 
+@functools.cache
+def position_columns(point: str) -> tuple[str, str, str]:
+    """The live-table columns ``<point>_position_x/y/z`` of a point field (built once per name:
+    the insert path asks for them for every row)."""
+    return (f"{point}_position_x", f"{point}_position_y", f"{point}_position_z")
+
+
 def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -> dict[str, Any]:
     """Nested schema dict -> live-table column values (unknown keys dropped, ids discarded).
 
@@ -250,8 +264,11 @@ def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -
             row[f.name] = None if uid is None else int(uid)
         elif f.kind in ("bound_point", "point"):
             pos = value.get("position") if isinstance(value, dict) else None
-            for i, axis in enumerate("xyz"):
-                row[f"{f.name}_position_{axis}"] = None if pos is None else float(pos[i])
+            x, y, z = position_columns(f.name)
+            if pos is None:
+                row[x] = row[y] = row[z] = None
+            else:
+                row[x], row[y], row[z] = float(pos[0]), float(pos[1]), float(pos[2])
         elif f.kind == "int":
             row[f.name] = None if value is None else int(value)
         elif f.kind == "float":
@@ -268,7 +285,7 @@ def nest(fields: list[Field], row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields:
         if f.kind in ("bound_point", "point"):
-            pos = [row.get(f"{f.name}_position_{a}") for a in "xyz"]
+            pos = [row.get(column) for column in position_columns(f.name)]
             if any(p is None for p in pos):
                 continue
             out[f.name] = {"position": [_num(p) for p in pos]}
@@ -296,7 +313,8 @@ def lookup_supervoxels(
     )
     seg_res = np.asarray(world.config.voxel_resolution, float)
     for f in bound:
-        pts = np.array([[r[f"{f.name}_position_{a}"] for a in "xyz"] for r in rows], float)
+        position_of = operator.itemgetter(*position_columns(f.name))
+        pts = np.array([position_of(r) for r in rows], float)
         if cg is None:
             svids = np.ones(len(rows), dtype=np.int64)  # lookup pending (sentinel 1)
         else:
@@ -463,11 +481,15 @@ def insert_annotations(world: Any, user: Any, table_name: str, body: Any) -> lis
         )
         ids = [s if s is not None else next(fresh) for s in supplied]
         for r, ident in zip(rows, ids, strict=True):
-            r.update(id=ident, created=now, deleted=None, superceded_id=None, valid=True)
-        if rows:
-            conn.execute(live.insert(), rows)
+            r["id"] = ident
+        store.insert_rows(conn, live, rows, _new_row_state(now))
         _touch(conn, meta, now)
     return ids
+
+
+def _new_row_state(now: dt.datetime) -> dict[str, Any]:
+    """The book-keeping columns of a freshly written annotation row."""
+    return {"created": now, "deleted": None, "superceded_id": None, "valid": True}
 
 
 def _ids_avoiding(conn: sa.Connection, live: sa.Table, n: int, avoid: set[int]) -> list[int]:
@@ -520,8 +542,8 @@ def update_annotations(world: Any, user: Any, table_name: str, body: Any) -> dic
             lookup_supervoxels(world, meta, fields, [row])
             new_id = next_ids(conn, live, 1)[0]
             now = store.utcnow()
-            row.update(id=new_id, created=now, deleted=None, superceded_id=None, valid=True)
-            conn.execute(live.insert(), [row])
+            row["id"] = new_id
+            store.insert_rows(conn, live, [row], _new_row_state(now))
             conn.execute(
                 sa.update(live)
                 .where(live.c.id == old_id)
@@ -551,6 +573,42 @@ def delete_annotations(world: Any, user: Any, table_name: str, body: Any) -> lis
         conn.execute(sa.update(live).where(live.c.id.in_(found)).values(deleted=now, valid=False))
         _touch(conn, meta, now)
     return sorted(int(i) for i in found)
+
+
+def update_table_metadata(world: Any, user: Any, body: Any) -> dict[str, Any]:
+    """Apply a ``PUT /table`` body (owner only); returns the table's new metadata row."""
+    if not isinstance(body, dict) or not isinstance(body.get("table_name"), str):
+        raise CaveHTTPError(400, "Request body must be an object with 'table_name'")
+    unknown = set(body) - {"table_name", "metadata"}
+    if unknown:
+        raise CaveHTTPError(400, f"Unknown field(s) in request body: {sorted(unknown)}")
+    md = body.get("metadata") or {}
+    if not isinstance(md, dict):
+        raise CaveHTTPError(400, "metadata must be an object")
+    bad = set(md) - _UPDATABLE
+    if bad:
+        raise CaveHTTPError(400, f"metadata field(s) {sorted(bad)} cannot be updated")
+    for key in ("read_permission", "write_permission"):
+        if key in md and md[key] not in PERMISSIONS:
+            raise CaveHTTPError(
+                400, f"metadata.{key} must be one of {list(PERMISSIONS)}, got {md[key]!r}"
+            )
+    with world.lock, world.engine.begin() as conn:
+        meta = get_meta(conn, world, body["table_name"])
+        owner_check(user, meta, "update its metadata")
+        values = dict(md)
+        if "notice_text" in values:
+            values["notice_text"] = _notice(values["notice_text"])
+        if "user_id" in values:
+            values["user_id"] = str(values["user_id"])
+        if values:
+            values["last_modified"] = store.utcnow()
+            conn.execute(
+                sa.update(store.anno_tables)
+                .where(store.anno_tables.c.id == meta["id"])
+                .values(**values)
+            )
+        return get_meta(conn, world, body["table_name"])
 
 
 def get_annotations(
@@ -635,7 +693,7 @@ async def post_table(request: Request, aligned_volume: str) -> Response:
     """``POST /table``: create a table; answers the plain-text table name."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    name = create_table(world, user, body)
+    name = await run_in_threadpool(create_table, world, user, body)
     return Response(name, media_type="text/plain")
 
 
@@ -644,38 +702,7 @@ async def put_table(request: Request, aligned_volume: str) -> Response:
     """``PUT /table``: update a table's metadata (owner only)."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("table_name"), str):
-        raise CaveHTTPError(400, "Request body must be an object with 'table_name'")
-    unknown = set(body) - {"table_name", "metadata"}
-    if unknown:
-        raise CaveHTTPError(400, f"Unknown field(s) in request body: {sorted(unknown)}")
-    md = body.get("metadata") or {}
-    if not isinstance(md, dict):
-        raise CaveHTTPError(400, "metadata must be an object")
-    bad = set(md) - _UPDATABLE
-    if bad:
-        raise CaveHTTPError(400, f"metadata field(s) {sorted(bad)} cannot be updated")
-    for key in ("read_permission", "write_permission"):
-        if key in md and md[key] not in PERMISSIONS:
-            raise CaveHTTPError(
-                400, f"metadata.{key} must be one of {list(PERMISSIONS)}, got {md[key]!r}"
-            )
-    with world.lock, world.engine.begin() as conn:
-        meta = get_meta(conn, world, body["table_name"])
-        owner_check(user, meta, "update its metadata")
-        values = dict(md)
-        if "notice_text" in values:
-            values["notice_text"] = _notice(values["notice_text"])
-        if "user_id" in values:
-            values["user_id"] = str(values["user_id"])
-        if values:
-            values["last_modified"] = store.utcnow()
-            conn.execute(
-                sa.update(store.anno_tables)
-                .where(store.anno_tables.c.id == meta["id"])
-                .values(**values)
-            )
-        meta = get_meta(conn, world, body["table_name"])
+    meta = await run_in_threadpool(update_table_metadata, world, user, body)
     return json_response(store.public_table_metadata(meta))
 
 
@@ -735,7 +762,8 @@ async def post_annotations(request: Request, aligned_volume: str, table_name: st
     """``POST /table/{t}/annotations``: insert; answers the new ids."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    return json_response(insert_annotations(world, user, table_name, body))
+    ids = await run_in_threadpool(insert_annotations, world, user, table_name, body)
+    return json_response(ids)
 
 
 @router.put(PREFIX + "/table/{table_name}/annotations")
@@ -748,7 +776,7 @@ async def put_annotations(request: Request, aligned_volume: str, table_name: str
     """
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    mapping = update_annotations(world, user, table_name, body)
+    mapping = await run_in_threadpool(update_annotations, world, user, table_name, body)
     return json_response([{str(k): v} for k, v in mapping.items()])
 
 
@@ -759,4 +787,5 @@ async def delete_annotations_route(
     """``DELETE /table/{t}/annotations``: soft delete; answers ids."""
     world, user = _volume_caller(request, aligned_volume, "edit")
     body = await read_json(request)
-    return json_response(delete_annotations(world, user, table_name, body))
+    deleted = await run_in_threadpool(delete_annotations, world, user, table_name, body)
+    return json_response(deleted)

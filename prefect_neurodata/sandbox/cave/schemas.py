@@ -166,6 +166,9 @@ _TYPE_MSG = {
 
 
 def _is_int(v: Any) -> bool:
+    # Plain ints first: the ABC check below costs a microsecond, paid per value of every row.
+    if type(v) is int:
+        return True
     if isinstance(v, bool):
         return False
     if isinstance(v, numbers.Integral):
@@ -180,6 +183,11 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
+    # Plain ints and floats first: the ABC check below costs a microsecond, paid per coordinate.
+    if type(v) is int:
+        return True
+    if type(v) is float:
+        return v == v  # NaN is not a valid number here
     if isinstance(v, bool):
         return False
     if isinstance(v, numbers.Real):
@@ -311,18 +319,22 @@ class SchemaRegistry:
         }
 
 
+_POINT_KEYS = frozenset({"position"})
+_BOUND_POINT_KEYS = frozenset({"position", "supervoxel_id", "root_id"})
+
+
 def _point_errors(value: Any, bound: bool) -> Any:
     if not isinstance(value, dict):
         return {"_schema": ["Invalid input type."]}
     errors: dict[str, Any] = {}
-    allowed = {"position", "supervoxel_id", "root_id"} if bound else {"position"}
+    allowed = _BOUND_POINT_KEYS if bound else _POINT_KEYS
     for key in value:
         if key not in allowed:
             errors[key] = ["Unknown field."]
     pos = value.get("position")
     if pos is None:
         errors["position"] = [_MISSING]
-    elif not isinstance(pos, list | tuple) or len(pos) != 3 or not all(_is_number(v) for v in pos):
+    elif not isinstance(pos, list | tuple) or len(pos) != 3 or not all(map(_is_number, pos)):
         errors["position"] = ["Position must have exactly 3 numbers."]
     if bound:
         for key in ("supervoxel_id", "root_id"):

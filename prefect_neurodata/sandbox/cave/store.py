@@ -31,10 +31,11 @@ works the same on SQLite and Postgres: dropping an expired version is one ``DELE
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,6 +259,54 @@ def live_table(table_name: str, fields: list[Field]) -> sa.Table:
         table = sa.Table(key[0], md, *cols)
         _table_cache[key] = table
         return table
+
+
+def insert_rows(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    common: Mapping[str, Any],
+) -> None:
+    """Insert ``rows`` into ``table`` in one executemany, each completed by the ``common`` values.
+
+    Every column of ``table`` must be named by either each row or ``common``. On SQLite the rows
+    reach the driver as tuples: SQLAlchemy's executemany builds and type-processes a parameter
+    dict per row, about 15 µs a row, five times the driver's own work. The columns' bind
+    processors (SQLite's DateTime to text, Boolean to 0/1, Float coercion) still run, on
+    ``common`` once, so the stored values are the same. Other databases keep SQLAlchemy's path:
+    its batched multi-row INSERTs save the network round trip per row that a driver-level
+    executemany would make.
+
+    Args:
+        conn: Connection inside the caller's transaction.
+        table: The table to insert into.
+        rows: Per-row column values.
+        common: Values shared by every row (e.g. ``created``).
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(table.insert(), [{**row, **common} for row in rows])
+        return
+    # Built column by column: one C-level pass per column instead of Python work per value.
+    columns: list[Iterable[Any]] = []
+    for column in table.columns:
+        processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+        if column.key in common:
+            value = common[column.key]
+            bound = value if processor is None else processor(value)
+            columns.append(itertools.repeat(bound, len(rows)))
+        else:
+            values = [row[column.key] for row in rows]
+            columns.append(values if processor is None else list(map(processor, values)))
+    quote = dialect.identifier_preparer
+    names = ", ".join(quote.quote(column.name) for column in table.columns)
+    marks = ", ".join("?" * len(table.columns))
+    conn.exec_driver_sql(
+        f"INSERT INTO {quote.format_table(table)} ({names}) VALUES ({marks})",
+        list(zip(*columns, strict=True)),
+    )
 
 
 def forget_table(table_name: str) -> None:
