@@ -798,3 +798,29 @@ def test_upload_needs_a_table_name() -> None:
         client.upload_staged_annotations(stage)
     with pytest.raises(ValueError, match="table_name or a schema_name"):
         client.stage_annotations()
+
+
+@responses.activate
+def test_a_body_that_cannot_be_built_stops_the_overlapping_batches_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_neurodata.clients.cave import annotationengine
+
+    encode = annotationengine._encode_batch
+
+    def refuse_the_third_batch(key: str, part: Any, start: int, table: str) -> bytes:
+        if start == 20_000:
+            raise ValueError("row 20000: value cannot be sent")
+        return encode(key, part, start, table)
+
+    monkeypatch.setattr(annotationengine, "_encode_batch", refuse_the_third_batch)
+    server = BatchServer(together=1)
+    responses.add_callback(responses.POST, f"{BASE}/table/t/annotations", callback=server)
+    df = pd.DataFrame({"tag": [str(i) for i in range(50_000)]})
+    with pytest.raises(AnnotationUploadError) as info:
+        make_client().post_annotation_df("t", df, position_columns=[])
+    err = info.value
+    assert err.done == range(0, 20_000)
+    assert err.not_done == range(20_000, 50_000) and len(err.uncertain) == 0
+    assert "value cannot be sent" in str(err)
+    assert [batch[0] for batch in server.batches] == [0, 10_000]  # nothing sent after it

@@ -570,9 +570,7 @@ class AnnotationClientV2(ClientBase):
             for rows in batches:
                 body(rows)
 
-        def send(rows: range) -> requests.Response:
-            # A ValueError here means the body could not be built: the batch was not sent.
-            data = body(rows)
+        def send(data: bytes) -> requests.Response:
             return self._request(
                 method,
                 url,
@@ -584,7 +582,7 @@ class AnnotationClientV2(ClientBase):
         written: list[range] = []
         results: list[Any] = []
         failed: list[tuple[range, Exception]] = []
-        for rows, outcome in self._sent_batches(send, batches):
+        for rows, outcome in self._sent_batches(body, send, batches):
             if isinstance(outcome, Exception):
                 failed.append((rows, outcome))
                 continue
@@ -603,21 +601,33 @@ class AnnotationClientV2(ClientBase):
         return results
 
     def _sent_batches(
-        self, send: Callable[[range], requests.Response], batches: Sequence[range]
+        self,
+        build: Callable[[range], bytes],
+        send: Callable[[bytes], requests.Response],
+        batches: Sequence[range],
     ) -> Iterator[tuple[range, requests.Response | Exception]]:
         """Send each batch once and yield ``(rows, response or error)`` in batch order.
 
         The first batch is sent alone; then up to `batches_in_flight` are under way at once,
         which hides the service's per-request latency (each batch is still sent exactly once:
-        writes are never retried blindly). After a failure no further batch is started, and
-        the batches already under way are waited for and yielded, so the caller learns the
-        fate of every batch that was sent.
+        writes are never retried blindly). Bodies are built one at a time in the calling
+        thread, just before their batch is handed to a sender, so memory holds one batch's
+        annotations plus the serialised bytes of the batches in flight. After a failure no
+        further batch is started, and the batches already under way are waited for and
+        yielded, so the caller learns the fate of every batch that was sent. A ``ValueError``
+        from ``build`` is the failure of a batch that was not sent.
         """
 
         def attempt(rows: range) -> requests.Response | Exception:
             try:
-                return send(rows)
+                return send(build(rows))
             except (ValueError, requests.RequestException) as exc:
+                return exc
+
+        def post(data: bytes) -> requests.Response | Exception:
+            try:
+                return send(data)
+            except requests.RequestException as exc:
                 return exc
 
         if not batches:
@@ -639,11 +649,18 @@ class AnnotationClientV2(ClientBase):
         with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix="neurodata") as pool:
 
             def refill() -> None:
+                nonlocal stopped
                 while not stopped and len(window) < self.batches_in_flight:
                     rows = next(rest, None)
                     if rows is None:
                         return
-                    window.append((rows, pool.submit(attempt, rows)))
+                    unsent: Future[requests.Response | Exception] = Future()
+                    try:
+                        window.append((rows, pool.submit(post, build(rows))))
+                    except ValueError as exc:
+                        unsent.set_result(exc)
+                        window.append((rows, unsent))
+                        stopped = True
 
             refill()
             while window:
