@@ -8,7 +8,8 @@ What is better than the seed:
 * Writes go out in batches of at most 10,000 annotations (the server's limit, 413 above it).
   Everything is validated before the first batch is sent, so bad input fails before anything
   is written, with the row and field named; each batch's body is then built and serialised
-  just before it is sent, so only one batch's bytes are held at a time.
+  just before it is sent, so memory holds one batch's annotations and the bytes of the
+  batches in flight.
 * The first batch is sent alone (a refused table or schema fails before anything else is
   sent); the rest go `WRITE_BATCHES_IN_FLIGHT` at a time, so a large upload waits on the
   service's latency about once per window instead of once per batch. Set
