@@ -37,9 +37,7 @@ import logging
 import math
 import re
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -48,7 +46,14 @@ import orjson
 import pandas as pd
 import requests
 
-from prefect_neurodata.clients.http import ServiceError, TransportConfig, decode_json, dumps, loads
+from prefect_neurodata.clients.http import (
+    ServiceError,
+    TransportConfig,
+    decode_json,
+    dumps,
+    imap_bounded,
+    loads,
+)
 from prefect_neurodata.errors import NeurodataError
 
 from . import endpoints as _endpoints
@@ -609,67 +614,50 @@ class AnnotationClientV2(ClientBase):
     ) -> Iterator[tuple[range, requests.Response | Exception]]:
         """Send each batch once and yield ``(rows, response or error)`` in batch order.
 
-        The first batch is sent alone; then up to `batches_in_flight` are under way at once,
-        which hides the service's per-request latency (each batch is still sent exactly once:
-        writes are never retried blindly). Bodies are built one at a time in the calling
-        thread, just before their batch is handed to a sender, so memory holds one batch's
-        annotations plus the serialised bytes of the batches in flight. After a failure no
-        further batch is started, and the batches already under way are waited for and
-        yielded, so the caller learns the fate of every batch that was sent. A ``ValueError``
-        from ``build`` is the failure of a batch that was not sent.
+        The first batch is sent alone; then up to `batches_in_flight` are under way at once
+        (`imap_bounded`), which hides the service's per-request latency (each batch is still
+        sent exactly once: writes are never retried blindly). Bodies are built one at a time
+        in the calling thread, just before their batch is handed to a sender, so memory holds
+        one batch's annotations plus the serialised bytes of the batches in flight. After a
+        failure no further batch is started, and the batches already under way are waited for
+        and yielded, so the caller learns the fate of every batch that was sent. A
+        ``ValueError`` from ``build`` is the failure of a batch that was not sent.
         """
-
-        def attempt(rows: range) -> requests.Response | Exception:
-            try:
-                return send(build(rows))
-            except (ValueError, requests.RequestException) as exc:
-                return exc
-
-        def post(data: bytes) -> requests.Response | Exception:
-            try:
-                return send(data)
-            except requests.RequestException as exc:
-                return exc
-
-        if not batches:
-            return
-        first = attempt(batches[0])
-        yield batches[0], first
-        if isinstance(first, Exception):
-            return
-        rest = iter(batches[1:])
-        if self.batches_in_flight <= 1:
-            for rows in rest:
-                outcome = attempt(rows)
-                yield rows, outcome
-                if isinstance(outcome, Exception):
-                    return
-            return
-        window: deque[tuple[range, Future[requests.Response | Exception]]] = deque()
         stopped = False
-        with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix="neurodata") as pool:
 
-            def refill() -> None:
-                nonlocal stopped
-                while not stopped and len(window) < self.batches_in_flight:
-                    rows = next(rest, None)
-                    if rows is None:
-                        return
-                    unsent: Future[requests.Response | Exception] = Future()
-                    try:
-                        window.append((rows, pool.submit(post, build(rows))))
-                    except ValueError as exc:
-                        unsent.set_result(exc)
-                        window.append((rows, unsent))
-                        stopped = True
+        def bodies() -> Iterator[tuple[range, bytes | ValueError]]:
+            # Consumed by `imap_bounded` in the calling thread, one batch ahead of each send.
+            for rows in batches:
+                if stopped:
+                    return
+                try:
+                    yield rows, build(rows)
+                except ValueError as exc:
+                    yield rows, exc
+                    return
 
-            refill()
-            while window:
-                rows, future = window.popleft()
-                outcome = future.result()
-                stopped = stopped or isinstance(outcome, Exception)
-                yield rows, outcome
-                refill()
+        def post(
+            item: tuple[range, bytes | ValueError],
+        ) -> tuple[range, requests.Response | Exception]:
+            rows, data = item
+            if isinstance(data, ValueError):
+                return rows, data
+            try:
+                return rows, send(data)
+            except requests.RequestException as exc:
+                return rows, exc
+
+        pending = bodies()
+        first = next(pending, None)
+        if first is None:
+            return
+        rows, outcome = post(first)
+        yield rows, outcome
+        if isinstance(outcome, Exception):
+            return
+        for rows, result in imap_bounded(post, pending, max_workers=self.batches_in_flight):
+            stopped = stopped or isinstance(result, Exception)
+            yield rows, result
 
     @staticmethod
     def _upload_error(
