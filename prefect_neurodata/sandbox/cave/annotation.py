@@ -23,7 +23,6 @@ validation, as the reference (sections 1.4, 5.2, 5.3) describes AnnotationEngine
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import operator
 from typing import Any
 
@@ -244,13 +243,6 @@ def validation_errors(world: Any, schema_type: str, annotation: Any) -> list[str
     return list(world.schemas.validate(schema_type, annotation))
 
 
-@functools.cache
-def position_columns(point: str) -> tuple[str, str, str]:
-    """The live-table columns ``<point>_position_x/y/z`` of a point field (built once per name:
-    the insert path asks for them for every row)."""
-    return (f"{point}_position_x", f"{point}_position_y", f"{point}_position_z")
-
-
 def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -> dict[str, Any]:
     """Nested schema dict -> live-table column values (unknown keys dropped, ids discarded).
 
@@ -264,7 +256,7 @@ def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -
             row[f.name] = None if uid is None else int(uid)
         elif f.kind in ("bound_point", "point"):
             pos = value.get("position") if isinstance(value, dict) else None
-            x, y, z = position_columns(f.name)
+            x, y, z = store.position_columns(f.name)
             if pos is None:
                 row[x] = row[y] = row[z] = None
             else:
@@ -285,7 +277,7 @@ def nest(fields: list[Field], row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields:
         if f.kind in ("bound_point", "point"):
-            pos = [row.get(column) for column in position_columns(f.name)]
+            pos = [row.get(column) for column in store.position_columns(f.name)]
             if any(p is None for p in pos):
                 continue
             out[f.name] = {"position": [_num(p) for p in pos]}
@@ -313,7 +305,7 @@ def lookup_supervoxels(
     )
     seg_res = np.asarray(world.config.voxel_resolution, float)
     for f in bound:
-        position_of = operator.itemgetter(*position_columns(f.name))
+        position_of = operator.itemgetter(*store.position_columns(f.name))
         pts = np.array([position_of(r) for r in rows], float)
         if cg is None:
             svids = np.ones(len(rows), dtype=np.int64)  # lookup pending (sentinel 1)
@@ -638,7 +630,7 @@ def get_annotations(
         }
         for f in fields:
             if f.kind in ("bound_point", "point"):
-                pos = [r[f"{f.name}_position_{a}"] for a in "xyz"]
+                pos = [r[column] for column in store.position_columns(f.name)]
                 item[f"{f.name}_position"] = None if pos[0] is None else [_num(p) for p in pos]
             else:
                 item[f.name] = r[f.name]

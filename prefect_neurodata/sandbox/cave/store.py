@@ -31,6 +31,7 @@ works the same on SQLite and Postgres: dropping an expired version is one ``DELE
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import re
 import threading
@@ -212,13 +213,20 @@ def sql_name(table_name: str) -> str:
     return f"anno__{table_name}"
 
 
+@functools.cache
+def position_columns(point: str) -> tuple[str, str, str]:
+    """The live-table columns ``<point>_position_x/y/z`` of a point field (built once per name:
+    the insert path asks for them for every row)."""
+    return (f"{point}_position_x", f"{point}_position_y", f"{point}_position_z")
+
+
 def live_columns(fields: list[Field]) -> list[tuple[str, str]]:
     """(column, kind) of the annotation columns, in schema order (kinds: int, float, str, bool,
     pos for position components, sv for supervoxel ids)."""
     cols: list[tuple[str, str]] = []
     for f in fields:
         if f.kind in ("bound_point", "point"):
-            cols += [(f"{f.name}_position_{a}", "pos") for a in "xyz"]
+            cols += [(column, "pos") for column in position_columns(f.name)]
             if f.kind == "bound_point":
                 cols.append((f"{f.name}_supervoxel_id", "sv"))
         else:
