@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import sqlalchemy as sa
 
 from prefect_neurodata.sandbox.cave.app import build_fastapi
 from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph
@@ -92,3 +93,29 @@ def test_roots_route_errors_unchanged_off_the_event_loop(world: CaveWorld) -> No
     assert "Node 12345 does not exist" in strict.json()["message"]
     assert bad_key.status_code == 400
     assert "node_ids" in bad_key.json()["message"]
+
+
+def test_in_memory_world_gives_each_thread_its_own_transaction() -> None:
+    """With ``sqlite://`` one thread's rollback does not undo another thread's open writes."""
+    world = CaveWorld(CaveConfig(db_url="sqlite://"))
+    scratch = sa.Table("scratch", sa.MetaData(), sa.Column("n", sa.Integer))
+    scratch.create(world.engine)
+    inserted, rolled_back = threading.Event(), threading.Event()
+
+    def other_thread_rolls_back() -> None:
+        inserted.wait(10)
+        with world.engine.connect() as conn:
+            conn.execute(sa.select(scratch)).all()
+            conn.rollback()
+        rolled_back.set()
+
+    thread = threading.Thread(target=other_thread_rolls_back)
+    thread.start()
+    with world.engine.connect() as conn:
+        conn.execute(scratch.insert().values(n=1))
+        inserted.set()
+        assert rolled_back.wait(10), "the other thread could not use the database"
+        conn.commit()
+    thread.join(10)
+    with world.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(scratch)).scalar() == 1

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,9 @@ class CaveConfig:
     """Configuration of the CAVE stand-in.
 
     Args:
-        db_url: SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg2://...``).
+        db_url: SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg2://...``). The
+            default ``sqlite://`` is a throwaway database in a private temporary file, removed
+            with the world's engine.
         workdir: Directory for the default SQLite file and other state.
         admin_token: Token of the superadmin user (id 1).
         user_token: Token of an ordinary user with view+edit on the dataset (id 2).
@@ -280,12 +284,16 @@ class CaveWorld:
 
 def _make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
-        from sqlalchemy.pool import StaticPool
-
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+        scratch = None
         if url in ("sqlite://", "sqlite:///:memory:"):
-            kwargs["poolclass"] = StaticPool
-        engine = sa.create_engine(url, **kwargs)
+            # An in-memory SQLite database lives in one connection, which every thread would
+            # then share: one request's rollback would undo another's writes. A private file
+            # that goes with the engine gives each thread its own connection, as on disk.
+            scratch = tempfile.TemporaryDirectory(prefix="cave-sandbox-")
+            url = f"sqlite:///{scratch.name}/cave.sqlite"
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        if scratch is not None:
+            weakref.finalize(engine, scratch.cleanup)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
