@@ -7,7 +7,7 @@ One manifest per version, next to the Parquet parts it lists::
 
 It is rewritten atomically after each table, so a run killed midway keeps the tables it
 finished; a table whose files all exist with their recorded sha256 is not written again
-(`Manifest.intact_tables`). Runs on the same version and destination never write it at the same
+(`Manifest.is_intact`). Runs on the same version and destination never write it at the same
 time: the snapshot flow holds the snapshot's claim (`prefect_neurodata.tasks.claims.exclusive`).
 
 Example:
