@@ -52,6 +52,8 @@ fault config keys (JSON object; '{}' turns faults off):
                instead of reaching the service (a faulted write did not happen)
   statuses     HTTP statuses to answer with (default [429, 500, 502, 503, 504])
   drop_rate    probability (0-1) that the connection is closed without any answer
+  lost_rate    probability (0-1) that the service carries the request out but the
+               client gets a 504 instead of its answer (a write that landed, answer lost)
   latency_ms   milliseconds added to every request (faulted ones too)
   seed         seeds the random draws: the same requests get the same faults each run
   retry_after  seconds in the Retry-After header of 429 and 503 answers (default 1)

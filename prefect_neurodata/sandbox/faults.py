@@ -12,12 +12,16 @@ Wrap any ASGI app (FastAPI, Starlette, ...) with :class:`FaultMiddleware` and it
 Configuration (JSON, from env ``NEURODATA_SANDBOX_FAULTS_<SERVICE>`` at start-up or the PUT):
 
 ``{"rate": 0.2, "statuses": [429, 500, 502, 503, 504], "latency_ms": 30, "drop_rate": 0.02,
-"seed": 7, "retry_after": 1}``
+"lost_rate": 0.05, "seed": 7, "retry_after": 1}``
 
 * ``rate``: probability that a request is answered with one of ``statuses`` (chosen uniformly)
   instead of reaching the app. The app never sees a faulted request, so a faulted write did not
   happen (a client may retry it safely).
 * ``drop_rate``: probability that the server closes the connection without any response.
+* ``lost_rate``: probability that a request reaches the app and is carried out in full, but the
+  client gets a 504 "Endpoint request timed out" instead of the app's answer: the write happened
+  and its answer was lost, as when API Gateway gives up on a Lambda that goes on to finish. This
+  is the failure that duplicates writes retried blindly; a client must reconcile, not resend.
 * ``latency_ms``: added before the answer of every non-admin request (faulted ones too). The
   wait does not hold the server: delayed requests wait side by side, so N concurrent requests
   take about one latency, not N. ``{"latency_ms": 150}`` models the real services (API Gateway +
@@ -64,7 +68,8 @@ GATEWAY_MESSAGES = {
     504: "Endpoint request timed out",
 }
 
-_KNOWN_KEYS = {"rate", "statuses", "latency_ms", "drop_rate", "seed", "retry_after"}
+_KNOWN_KEYS = {"rate", "statuses", "latency_ms", "drop_rate", "lost_rate", "seed", "retry_after"}
+LOST_ANSWER_STATUS = 504
 
 
 class FaultConfigError(ValueError):
@@ -79,6 +84,7 @@ class FaultConfig:
     statuses: tuple[int, ...] = TRANSIENT_STATUSES
     latency_ms: float = 0.0
     drop_rate: float = 0.0
+    lost_rate: float = 0.0
     seed: int | None = None
     retry_after: int = 1
     _given: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -86,7 +92,7 @@ class FaultConfig:
     @property
     def active(self) -> bool:
         """Whether this configuration changes any request at all."""
-        return self.rate > 0 or self.drop_rate > 0 or self.latency_ms > 0
+        return self.rate > 0 or self.drop_rate > 0 or self.lost_rate > 0 or self.latency_ms > 0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> FaultConfig:
@@ -105,7 +111,7 @@ class FaultConfig:
                 f"unknown fault config key(s) {unknown}; allowed: {sorted(_KNOWN_KEYS)}"
             )
         kwargs: dict[str, Any] = {}
-        for key in ("rate", "drop_rate"):
+        for key in ("rate", "drop_rate", "lost_rate"):
             if key in data:
                 kwargs[key] = _probability(key, data[key])
         if "latency_ms" in data:
@@ -241,7 +247,7 @@ class FaultMiddleware:
         with self._lock:
             self._config = cfg
             self._rng = random.Random(cfg.seed)
-            self._stats: dict[str, Any] = {"requests": 0, "faults": {}, "drops": 0}
+            self._stats: dict[str, Any] = {"requests": 0, "faults": {}, "drops": 0, "lost": 0}
             self._in_flight = 0
             self._in_flight_peak = 0
 
@@ -252,21 +258,24 @@ class FaultMiddleware:
                 "requests": self._stats["requests"],
                 "faults": {str(k): v for k, v in sorted(self._stats["faults"].items())},
                 "drops": self._stats["drops"],
+                "lost": self._stats["lost"],
                 "in_flight_peak": self._in_flight_peak,
             }
 
     def _decide(self) -> tuple[str, int | None]:
-        """Draw the fate of one request: ("pass"|"drop"|"fault", status)."""
+        """Draw the fate of one request: ("pass"|"drop"|"fault"|"lost", status)."""
         cfg = self._config
         with self._lock:
             self._stats["requests"] += 1
-            if cfg.rate <= 0 and cfg.drop_rate <= 0:
+            if cfg.rate <= 0 and cfg.drop_rate <= 0 and cfg.lost_rate <= 0:
                 return "pass", None
-            # Two draws per request whatever the outcome, so the sequence for a given seed does
-            # not depend on which branch earlier requests took.
+            # The same draws per request whatever the outcome, so the sequence for a given seed
+            # does not depend on which branch earlier requests took. The lost-answer draw is only
+            # made when that fault is on, so configurations without it keep their sequences.
             drop_draw = self._rng.random()
             fault_draw = self._rng.random()
             pick = self._rng.randrange(len(cfg.statuses))
+            lost_draw = self._rng.random() if cfg.lost_rate > 0 else 1.0
             if drop_draw < cfg.drop_rate:
                 self._stats["drops"] += 1
                 return "drop", None
@@ -274,6 +283,9 @@ class FaultMiddleware:
                 status = cfg.statuses[pick]
                 self._stats["faults"][status] = self._stats["faults"].get(status, 0) + 1
                 return "fault", status
+            if lost_draw < cfg.lost_rate:
+                self._stats["lost"] += 1
+                return "lost", LOST_ANSWER_STATUS
             return "pass", None
 
     # -- ASGI ----------------------------------------------------------------------------------
@@ -302,7 +314,9 @@ class FaultMiddleware:
         if fate == "drop":
             _drop_connection(send)
             return
-        if fate == "fault" and status is not None:
+        if fate == "lost":
+            await self.app(scope, receive, _discard)
+        if status is not None:
             body, content_type = self._error_body(status)
             headers = [(b"content-type", content_type.encode()), (b"x-sandbox-fault", b"1")]
             if status in (429, 503):
@@ -357,6 +371,10 @@ class FaultMiddleware:
             return
         # Other /__sandbox__/ routes belong to the wrapped app (never faulted either).
         await self.app(scope, receive, send)
+
+
+async def _discard(message: dict) -> None:
+    """An ASGI ``send`` that throws the app's answer away (a lost answer)."""
 
 
 def _drop_connection(send: Callable) -> None:

@@ -599,7 +599,7 @@ class Sandbox:
         Args:
             service: ``"docdb"`` or ``"cave"``.
             **config: The fault config (``rate``, ``statuses``, ``latency_ms``, ``drop_rate``,
-                ``seed``, ``retry_after``); none turns faults off.
+                ``lost_rate``, ``seed``, ``retry_after``); none turns faults off.
 
         Returns:
             The configuration the service now reports.

@@ -490,7 +490,8 @@ class NeurodataSandbox:
             service: ``"cave"`` (every CAVE service) or ``"docdb"`` (the DocDB REST API).
             **config: ``rate`` (share of requests that fail), ``statuses`` (drawn from, default
                 429/500/502/503/504), ``latency_ms``, ``drop_rate`` (connections closed without
-                an answer), ``seed``, ``retry_after`` (seconds, on 429/503).
+                an answer), ``lost_rate`` (requests carried out, then answered 504: the answer
+                is lost), ``seed``, ``retry_after`` (seconds, on 429/503).
 
         Returns:
             A :class:`FaultInjection` (a context manager).
@@ -519,7 +520,7 @@ class NeurodataSandbox:
         return tuple(sorted(self._faulted))
 
     def fault_stats(self, service: FaultService) -> dict[str, Any]:
-        """Counters of a stand-in's fault middleware (requests, faults by status, drops)."""
+        """Counters of a stand-in's fault middleware (requests, faults by status, drops, lost)."""
         url = self._admin_urls(service)[0]
         resp = self._session().get(f"{url}/__sandbox__/stats", timeout=10)
         resp.raise_for_status()

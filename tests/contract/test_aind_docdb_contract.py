@@ -367,3 +367,27 @@ def test_reads_and_idempotent_writes_survive_20_percent_faults(
     stats = requests.get(f"{env['NEURODATA_DOCDB_HOST']}/__sandbox__/stats", timeout=10).json()
     injected = sum(stats["faults"].values()) + stats["drops"]
     assert stats["requests"] > 30 and injected >= 0.1 * stats["requests"], stats
+
+
+def test_inserts_whose_answers_were_lost_land_once_and_report_done(
+    env, sandbox, scratch: AnalysisDbClient
+):
+    # The stand-in carries each of these requests out but may answer 504 instead: the write
+    # landed and its answer was lost. A retried insert then meets its own record.
+    sandbox.faults("docdb", lost_rate=0.3, seed=5)
+    try:
+        answers = [
+            scratch.insert_one_docdb_record({"_id": f"l-{i:02d}", "i": i}) for i in range(20)
+        ]
+        stats = requests.get(f"{env['NEURODATA_DOCDB_HOST']}/__sandbox__/stats", timeout=10).json()
+    finally:
+        sandbox.faults("docdb")
+    assert stats["lost"] >= 3, stats  # answers really were lost, inserts among them
+    assert [a.json() for a in answers] == [
+        {"acknowledged": True, "insertedId": f"l-{i:02d}"} for i in range(20)
+    ]
+    stored = scratch.retrieve_docdb_records()
+    assert [(r["_id"], r["i"]) for r in stored] == [(f"l-{i:02d}", i) for i in range(20)]
+    # A different record under a taken _id is still refused.
+    with pytest.raises(requests.HTTPError, match="E11000"):
+        scratch.insert_one_docdb_record({"_id": "l-00", "i": 99})

@@ -1321,3 +1321,44 @@ def test_a_read_only_client_does_not_import_botocore() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def _find_answers(stored: list[dict]) -> None:
+    responses.get(f"{BASE}/find", json=stored)
+
+
+DUPLICATE_ID = {
+    "error": "MongoServerError",
+    "detail": 'E11000 duplicate key error index: _id_ dup key: { _id: "a" }',
+    "code": 11000,
+}
+
+
+@responses.activate
+def test_insert_with_id_whose_answer_was_lost_is_reported_as_done():
+    responses.post(f"{BASE}/insert_one", status=504, json={"message": "Endpoint request timed out"})
+    responses.post(f"{BASE}/insert_one", status=400, json=DUPLICATE_ID)
+    _find_answers([{"_id": "a", "v": 1, "last_modified": "2025-01-01T00:00:00Z"}])
+    answer = make_client().insert_one_docdb_record({"_id": "a", "v": 1})
+    assert answer.status_code == 200
+    assert answer.json() == {"acknowledged": True, "insertedId": "a"}
+    assert [c.request.method for c in responses.calls] == ["POST", "POST", "GET"]
+    assert query(responses.calls[2]) == {"limit": "1", "skip": "0", "filter": '{"_id":"a"}'}
+
+
+@responses.activate
+def test_insert_with_id_over_a_different_record_still_raises_the_duplicate():
+    responses.post(f"{BASE}/insert_one", status=504, json={"message": "Endpoint request timed out"})
+    responses.post(f"{BASE}/insert_one", status=400, json=DUPLICATE_ID)
+    _find_answers([{"_id": "a", "v": 2}])
+    with pytest.raises(http.ServiceError, match="E11000") as info:
+        make_client().insert_one_docdb_record({"_id": "a", "v": 1})
+    assert info.value.status_code == 400
+
+
+@responses.activate
+def test_insert_with_id_refused_at_once_is_not_read_back():
+    responses.post(f"{BASE}/insert_one", status=400, json=DUPLICATE_ID)
+    with pytest.raises(http.ServiceError, match="E11000"):
+        make_client().insert_one_docdb_record({"_id": "a", "v": 1})
+    assert len(responses.calls) == 1  # a first-attempt duplicate is a real one

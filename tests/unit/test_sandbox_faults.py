@@ -39,6 +39,7 @@ def test_config_round_trip() -> None:
         "statuses": [429, 503],
         "latency_ms": 30,
         "drop_rate": 0.02,
+        "lost_rate": 0.05,
         "seed": 7,
         "retry_after": 1,
     }
@@ -53,6 +54,7 @@ def test_config_round_trip() -> None:
         ({"rate": 1.5}, "rate must be a number between 0 and 1, got 1.5"),
         ({"rate": "0.1"}, "rate must be a number between 0 and 1, got '0.1'"),
         ({"drop_rate": -0.1}, "drop_rate must be a number between 0 and 1, got -0.1"),
+        ({"lost_rate": 2}, "lost_rate must be a number between 0 and 1, got 2"),
         ({"statuses": [404]}, "statuses must be a non-empty list"),
         ({"statuses": []}, "statuses must be a non-empty list"),
         ({"latency_ms": -1}, "latency_ms must be a number >= 0, got -1"),
@@ -118,6 +120,15 @@ def test_drop_rate_proportion() -> None:
     fates = _fates({"drop_rate": 0.1, "seed": 5}, 4_000)
     drops = sum(1 for fate, _ in fates if fate == "drop")
     assert 300 < drops < 500
+
+
+def test_lost_rate_proportion_leaves_other_sequences_unchanged() -> None:
+    fates = _fates({"lost_rate": 0.1, "seed": 5}, 4_000)
+    lost = [status for fate, status in fates if fate == "lost"]
+    assert 300 < len(lost) < 500 and set(lost) == {504}
+    # Switched off, the lost-answer fault draws nothing: existing seeds keep their sequences.
+    plain = {"rate": 0.3, "drop_rate": 0.05, "seed": 11}
+    assert _fates({**plain, "lost_rate": 0.0}, 500) == _fates(plain, 500)
 
 
 # -- on a real uvicorn server -----------------------------------------------------------------
@@ -238,6 +249,18 @@ def test_drop_closes_connection_without_response(served) -> None:
     assert requests.get(url + "/__sandbox__/stats").json()["drops"] == 1
     requests.put(url + "/__sandbox__/faults", json={})
     assert requests.get(url + "/echo", timeout=5).status_code == 200
+
+
+def test_lost_answer_runs_the_request_then_answers_504(served) -> None:
+    url, _, seen = served
+    before = seen["/echo"]
+    requests.put(url + "/__sandbox__/faults", json={"lost_rate": 1.0, "seed": 1})
+    r = requests.post(url + "/echo", data=b"written", timeout=5)
+    assert (r.status_code, r.json()) == (504, {"message": "Endpoint request timed out"})
+    assert r.headers["x-sandbox-fault"] == "1"
+    assert seen["/echo"] == before + 1  # the app carried the request out; only its answer is lost
+    stats = requests.get(url + "/__sandbox__/stats").json()
+    assert (stats["lost"], stats["faults"], stats["drops"]) == (1, {}, 0)
 
 
 def test_invalid_put_keeps_previous_config(served) -> None:

@@ -78,6 +78,26 @@ sent along with it, is followed by concurrent ``_id`` ranges; an id page below i
 matching record. `Client.parallel_page_bytes` overrides it per client."""
 
 
+def _is_duplicate_key(exc: http.ServiceError) -> bool:
+    """Whether MongoDB refused a write as a duplicate key (E11000, code 11000)."""
+    if exc.status_code != 400 or exc.response is None:
+        return False
+    return "E11000" in exc.response.text  # MongoDB's message for this error starts with it
+
+
+def _acknowledged_insert(like: requests.Response | None, inserted_id: Any) -> requests.Response:
+    """The success answer ``insert_one`` would have given, for an insert whose answer was lost."""
+    answer = requests.Response()
+    answer.status_code = 200
+    answer.reason = "OK"
+    answer.headers["Content-Type"] = "application/json"
+    # requests keeps a read body in this attribute; filling it makes .json()/.content work.
+    answer._content = http.dumps({"acknowledged": True, "insertedId": inserted_id})
+    if like is not None:
+        answer.url, answer.request, answer.encoding = like.url, like.request, "utf-8"
+    return answer
+
+
 class BulkWriteFailed(requests.HTTPError, NeurodataError):
     """Some chunks of `Client.upsert_list_of_docdb_records` did not land.
 
@@ -883,6 +903,12 @@ class Client:
         A record without ``_id`` gets one from the server; such an insert is never retried
         after it may have reached the server, so it cannot be duplicated.
 
+        A record with ``_id`` is retried like any idempotent write. When an earlier attempt
+        landed but its answer was lost (a gateway 504 after the write), the retry meets the
+        server's duplicate-key error; the record is then read back, and if it is stored as sent,
+        the insert is reported as done (``{"acknowledged": true, "insertedId": ...}``) instead of
+        as a duplicate. A different record under that ``_id`` still raises.
+
         Args:
             record: The record.
 
@@ -892,12 +918,26 @@ class Client:
         if not isinstance(record, Mapping):
             raise TypeError(f"record must be a dict, got {type(record).__name__}")
         body = _wire.encode(record, what="record")
-        return self._signed(
-            "POST",
-            f"{self._base_url}/insert_one",
-            body,
-            idempotent=record.get("_id") is not None,
-        )
+        url = f"{self._base_url}/insert_one"
+        if record.get("_id") is None:
+            return self._signed("POST", url, body, idempotent=False)
+        try:
+            return self._signed("POST", url, body, idempotent=True)
+        except http.ServiceError as exc:
+            sent = http.loads(body)
+            if exc.attempts < 2 or not _is_duplicate_key(exc) or not self._stored_as(sent):
+                raise
+            logger.warning(
+                "insert_one: an earlier attempt stored _id %r but its answer was lost; "
+                "reporting the insert as done",
+                sent["_id"],
+            )
+            return _acknowledged_insert(exc.response, sent["_id"])
+
+    def _stored_as(self, sent: dict[str, Any]) -> bool:
+        """Whether the record under ``sent["_id"]`` holds every field of ``sent`` unchanged."""
+        stored = self._find_records({"_id": sent["_id"]}, limit=1)
+        return len(stored) == 1 and all(stored[0].get(k) == v for k, v in sent.items())
 
     def upsert_one_docdb_record(self, record: dict) -> requests.Response:
         """Upsert one record by ``_id`` (``POST .../update_one`` with ``$set``, signed).
