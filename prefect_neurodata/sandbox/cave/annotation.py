@@ -23,18 +23,37 @@ validation, as the reference (sections 1.4, 5.2, 5.3) describes AnnotationEngine
 from __future__ import annotations
 
 import datetime as dt
-import operator
 from typing import Any
 
-import numpy as np
-import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from prefect_neurodata.sandbox.cave import store
-from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_int_list, parse_json_body
-from prefect_neurodata.sandbox.cave.store import Field
+from prefect_neurodata.sandbox.cave.access import (
+    check_aligned_volume,
+    check_request,
+    get_meta,
+    json_response,
+    notice_headers,
+    owner_check,
+    read_check,
+    read_json,
+    readable_meta,
+    user_id_of,
+    world_of,
+    writable_meta,
+)
+from prefect_neurodata.sandbox.cave.annotation_schema import (
+    flatten,
+    is_reference_schema,
+    lookup_supervoxels,
+    nest,
+    schema_fields,
+    validation_errors,
+    whole_float_as_int,
+)
+from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_int_list
 
 MAX_ANNOTATIONS = 10_000
 PERMISSIONS = ("PRIVATE", "GROUP", "PUBLIC")
@@ -63,256 +82,7 @@ _UPDATABLE = {
 router = APIRouter()
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def json_response(
-    value: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    """JSON response encoded with orjson (non-string keys allowed)."""
-    return Response(
-        orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS),
-        status_code=status_code,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON (400 naming the problem otherwise).
-
-    Parsed in a worker thread: a 10,000-annotation body takes tens of milliseconds to decode,
-    time in which the event loop could not answer any other request.
-    """
-    return await run_in_threadpool(parse_json_body, await request.body())
-
-
-def world_of(request: Request) -> Any:
-    """The request's :class:`CaveWorld`, with this module's tables created."""
-    world = request.app.state.world
-    store.ensure_schema(world.engine)
-    return world
-
-
-def check_aligned_volume(world: Any, aligned_volume: str) -> None:
-    """404 unless ``aligned_volume`` is the world's aligned volume."""
-    if aligned_volume != world.config.aligned_volume:
-        raise CaveHTTPError(404, f"aligned volume {aligned_volume} not found")
-
-
-def get_meta(conn: sa.Connection, world: Any, table_name: str) -> dict[str, Any]:
-    """Metadata row of a live (not deleted) table, else 404."""
-    meta = store.table_meta_row(conn, world.config.aligned_volume, table_name)
-    if meta is None:
-        raise CaveHTTPError(404, f"table {table_name} not found in {world.config.aligned_volume}")
-    return meta
-
-
-def notice_headers(meta: dict[str, Any]) -> dict[str, str]:
-    """``Warning: Table Owner Notice: ...`` when the table has a notice."""
-    if meta.get("notice_text"):
-        return {"Warning": f"Table Owner Notice: {meta['notice_text']}"}
-    return {}
-
-
-def owner_check(user: Any, meta: dict[str, Any], action: str) -> None:
-    """401 unless the caller owns the table (or is a superadmin)."""
-    if _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
-        return
-    raise CaveHTTPError(
-        401, f"Unauthorized: only the owner of table {meta['table_name']} can {action}"
-    )
-
-
-def _permitted(world: Any, user: Any, meta: dict[str, Any], permission: str) -> bool:
-    """The table-level rule (PUBLIC / GROUP / PRIVATE) for one of its permission columns."""
-    perm = meta[permission]
-    if perm == "PUBLIC" or _is_admin(user) or str(meta["user_id"]) == str(_user_id(user)):
-        return True
-    return perm == "GROUP" and _shares_group(world, user, meta["user_id"])
-
-
-def _allowed_who(meta: dict[str, Any], permission: str) -> str:
-    return "members of the owner's groups" if meta[permission] == "GROUP" else "owner"
-
-
-def read_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
-    """Table-level read permission (PUBLIC / GROUP / PRIVATE); 401 when refused."""
-    if not _permitted(world, user, meta, "read_permission"):
-        raise CaveHTTPError(
-            401,
-            f"Unauthorized: The table {meta['table_name']} can only be read by "
-            + _allowed_who(meta, "read_permission"),
-        )
-
-
-def write_check(world: Any, user: Any, meta: dict[str, Any]) -> None:
-    """Table-level write permission (PUBLIC / GROUP / PRIVATE); 401 when refused."""
-    if not _permitted(world, user, meta, "write_permission"):
-        raise CaveHTTPError(
-            401,
-            "Unauthorized: The table can only be written to by "
-            + _allowed_who(meta, "write_permission"),
-        )
-
-
-def readable_meta(world: Any, user: Any, table_name: str) -> dict[str, Any]:
-    """Metadata of a live table the caller may read (404 / 401 otherwise)."""
-    with world.engine.connect() as conn:
-        meta = get_meta(conn, world, table_name)
-    read_check(world, user, meta)
-    return meta
-
-
-def writable_meta(world: Any, user: Any, table_name: str) -> dict[str, Any]:
-    """Metadata of a live table the caller may write (404 / 401 otherwise)."""
-    with world.engine.connect() as conn:
-        meta = get_meta(conn, world, table_name)
-    write_check(world, user, meta)
-    return meta
-
-
-# User objects come from part A's auth dependencies; read them defensively so that a dict or an
-# object both work.
-def _attr(user: Any, name: str, default: Any = None) -> Any:
-    if isinstance(user, dict):
-        return user.get(name, default)
-    return getattr(user, name, default)
-
-
-def _user_id(user: Any) -> Any:
-    return _attr(user, "id")
-
-
-def _is_admin(user: Any) -> bool:
-    return bool(_attr(user, "admin", False))
-
-
-def _shares_group(world: Any, user: Any, owner_id: Any) -> bool:
-    mine = set(_attr(user, "groups", []) or [])
-    owner = _owner_groups(world, owner_id)
-    return bool(mine & owner)
-
-
-def _owner_groups(world: Any, owner_id: Any) -> set[str]:
-    registry = world.auth
-    for name in ("user_by_id", "get_user", "user"):
-        fn = getattr(registry, name, None)
-        if callable(fn):
-            try:
-                owner = fn(int(owner_id))
-            except (KeyError, ValueError, TypeError):
-                return set()
-            return set(_attr(owner, "groups", []) or []) if owner is not None else set()
-    return set()
-
-
-# --------------------------------------------------------------------------- schema handling
-
-
-_KIND_MAP = {
-    "bound_point": "bound_point",
-    "point": "point",
-    "int": "int",
-    "bigint": "int",
-    "target_id": "int",
-    "user_id": "user",
-    "float": "float",
-    "str": "str",
-    "bool": "bool",
-}
-
-
-def schema_fields(world: Any, schema_type: str) -> list[Field]:
-    """Storage fields of a schema from part A's registry (``world.schemas.fields``)."""
-    if schema_type not in world.schemas:
-        raise CaveHTTPError(400, f"schema_type '{schema_type}' is not a known annotation schema")
-    return [
-        Field(f.name, _KIND_MAP.get(f.kind, "str"), bool(f.required))
-        for f in world.schemas.fields(schema_type)
-    ]
-
-
-def is_reference_schema(fields: list[Field]) -> bool:
-    """True when the schema has a ``target_id`` (reference annotation)."""
-    return any(f.name == "target_id" for f in fields)
-
-
-def validation_errors(world: Any, schema_type: str, annotation: Any) -> list[str]:
-    """Schema errors of one nested annotation (empty list = valid)."""
-    return list(world.schemas.validate(schema_type, annotation))
-
-
-def flatten(fields: list[Field], annotation: dict[str, Any], user: Any = None) -> dict[str, Any]:
-    """Nested schema dict -> live-table column values (unknown keys dropped, ids discarded).
-
-    ``user_id`` fields of ``*_user`` schemas are filled with the caller's id, never the client's.
-    """
-    row: dict[str, Any] = {}
-    for f in fields:
-        value = annotation.get(f.name)
-        if f.kind == "user":
-            uid = _user_id(user)
-            row[f.name] = None if uid is None else int(uid)
-        elif f.kind in ("bound_point", "point"):
-            pos = value.get("position") if isinstance(value, dict) else None
-            x, y, z = store.position_columns(f.name)
-            if pos is None:
-                row[x] = row[y] = row[z] = None
-            else:
-                row[x], row[y], row[z] = float(pos[0]), float(pos[1]), float(pos[2])
-        elif f.kind == "int":
-            row[f.name] = None if value is None else int(value)
-        elif f.kind == "float":
-            row[f.name] = None if value is None else float(value)
-        elif f.kind == "bool":
-            row[f.name] = None if value is None else bool(value)
-        else:
-            row[f.name] = None if value is None else str(value)
-    return row
-
-
-def nest(fields: list[Field], row: dict[str, Any]) -> dict[str, Any]:
-    """Live-table row -> nested schema dict (for merging partial updates)."""
-    out: dict[str, Any] = {}
-    for f in fields:
-        if f.kind in ("bound_point", "point"):
-            pos = [row.get(column) for column in store.position_columns(f.name)]
-            if any(p is None for p in pos):
-                continue
-            out[f.name] = {"position": [_num(p) for p in pos]}
-        elif row.get(f.name) is not None:
-            out[f.name] = row[f.name]
-    return out
-
-
-def _num(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def lookup_supervoxels(
-    world: Any, meta: dict[str, Any], fields: list[Field], rows: list[dict[str, Any]]
-) -> None:
-    """Fill ``<pt>_supervoxel_id`` from positions (table voxels -> segmentation voxels)."""
-    bound = [f for f in fields if f.kind == "bound_point"]
-    if not bound or not rows:
-        return
-    cg = world.chunkedgraph
-    table_res = np.array(
-        [meta["voxel_resolution_x"], meta["voxel_resolution_y"], meta["voxel_resolution_z"]], float
-    )
-    seg_res = np.asarray(world.config.voxel_resolution, float)
-    for f in bound:
-        position_of = operator.itemgetter(*store.position_columns(f.name))
-        pts = np.array([position_of(r) for r in rows], float)
-        if cg is None:
-            svids = np.ones(len(rows), dtype=np.int64)  # lookup pending (sentinel 1)
-        else:
-            svids = np.asarray(cg.lookup_supervoxels(pts * table_res / seg_res)).astype(np.int64)
-        for r, sv in zip(rows, svids.tolist(), strict=True):
-            r[f"{f.name}_supervoxel_id"] = sv
+router = APIRouter()
 
 
 def _bad_annotation(index: int, errors: list[str]) -> CaveHTTPError:
@@ -378,7 +148,7 @@ def create_table(world: Any, user: Any, body: Any) -> str:
     if not isinstance(table_md, dict):
         raise CaveHTTPError(400, "metadata.table_metadata must be an object")
     reference = table_md.get("reference_table")
-    owner = md.get("user_id") if md.get("user_id") is not None else _user_id(user)
+    owner = md.get("user_id") if md.get("user_id") is not None else user_id_of(user)
     now = store.utcnow()
     with world.lock, world.engine.begin() as conn:
         if is_reference_schema(fields):
@@ -631,7 +401,9 @@ def get_annotations(
         for f in fields:
             if f.kind in ("bound_point", "point"):
                 pos = [r[column] for column in store.position_columns(f.name)]
-                item[f"{f.name}_position"] = None if pos[0] is None else [_num(p) for p in pos]
+                item[f"{f.name}_position"] = (
+                    None if pos[0] is None else [whole_float_as_int(p) for p in pos]
+                )
             else:
                 item[f.name] = r[f.name]
         out.append(item)
@@ -653,16 +425,6 @@ def _volume_caller(request: Request, aligned_volume: str, level: str) -> tuple[A
     user = check_request(request, level)
     check_aligned_volume(world, aligned_volume)
     return world, user
-
-
-def check_request(request: Request, level: str) -> Any:
-    """Authenticate the caller and check ``level`` on the request's auth dataset (part A's
-    middle_auth emulation: 400/401/302/403 with the reference's bodies)."""
-    from prefect_neurodata.sandbox.cave import auth as auth_mod
-
-    user = auth_mod.authenticate(request)
-    auth_mod.check_permission(request, user, auth_mod.resolve_dataset(request), level)
-    return user
 
 
 @router.get(PREFIX + "/table")

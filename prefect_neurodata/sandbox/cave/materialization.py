@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from prefect_neurodata.sandbox.cave import annotation, store
+from prefect_neurodata.sandbox.cave import access, annotation_schema, store
 from prefect_neurodata.sandbox.cave import materialization_queries as queries
 from prefect_neurodata.sandbox.cave import materialization_versions as versions
 from prefect_neurodata.sandbox.cave.errors import CaveHTTPError, parse_json_body
@@ -53,7 +53,7 @@ router = APIRouter()
 
 
 def _json(value: Any, status_code: int = 200) -> Response:
-    return annotation.json_response(value, status_code)
+    return access.json_response(value, status_code)
 
 
 def _check_datastack(world: Any, datastack: str) -> None:
@@ -65,19 +65,19 @@ def _check_datastack(world: Any, datastack: str) -> None:
 
 
 def _view(request: Request) -> Any:
-    return annotation.check_request(request, "view")
+    return access.check_request(request, "view")
 
 
 def _edit(request: Request) -> Any:
-    return annotation.check_request(request, "edit")
+    return access.check_request(request, "edit")
 
 
 def _admin(request: Request) -> Any:
-    return annotation.check_request(request, "admin")
+    return access.check_request(request, "admin")
 
 
 def _world(request: Request, datastack: str | None = None) -> Any:
-    world = annotation.world_of(request)
+    world = access.world_of(request)
     if datastack is not None:
         _check_datastack(world, datastack)
     return world
@@ -336,8 +336,8 @@ def unique_string_values(request: Request, datastack: str, table_name: str) -> R
     user = _view(request)
     versions.expire_versions(world)
     with world.engine.connect() as conn:
-        meta = annotation.get_meta(conn, world, table_name)
-        annotation.read_check(world, user, meta)
+        meta = access.get_meta(conn, world, table_name)
+        access.read_check(world, user, meta)
         fields = store.table_fields(meta)
         live = store.live_table(table_name, fields)
         out: dict[str, list[str]] = {}
@@ -363,7 +363,7 @@ def ingest_annotations(request: Request, datastack: str, table_name: str) -> Res
     """Accept an ingest request (edit + table write permission); no-op."""
     world = _world(request, datastack)
     user = _edit(request)
-    annotation.writable_meta(world, user, table_name)
+    access.writable_meta(world, user, table_name)
     return _json(f"ingesting annotations from {table_name}")
 
 
@@ -375,7 +375,7 @@ async def lookup_svid(request: Request, datastack: str, table_name: str) -> Resp
     body = await _body(request) or {}
     if not isinstance(body, dict) or set(body) - {"annotation_ids"}:
         raise CaveHTTPError(400, "body must be {} or {'annotation_ids': [...]}")
-    meta = annotation.writable_meta(world, user, table_name)
+    meta = access.writable_meta(world, user, table_name)
     n = await run_in_threadpool(_relookup, world, meta, body.get("annotation_ids"))
     return _json(f"looked up supervoxels for {n} annotations in {table_name}")
 
@@ -393,7 +393,7 @@ def _relookup(world: Any, meta: dict[str, Any], ids: list[int] | None) -> int:
         stmt = stmt.where(live.c.id.in_(ids))
     with store.write_lock(meta["table_name"]), world.engine.begin() as conn:
         rows = [dict(r) for r in conn.execute(stmt).mappings().all()]
-        annotation.lookup_supervoxels(world, meta, fields, rows)
+        annotation_schema.lookup_supervoxels(world, meta, fields, rows)
         for r in rows:
             conn.execute(
                 sa.update(live)
@@ -409,7 +409,7 @@ def _relookup(world: Any, meta: dict[str, Any], ids: list[int] | None) -> int:
 @router.post("/__sandbox__/materialize")
 async def admin_materialize(request: Request) -> Response:
     """Create a version now: body ``{"timestamp"?, "days_to_expire"?, "expires_on"?}``."""
-    world = annotation.world_of(request)
+    world = access.world_of(request)
     _admin(request)
     body = await _body(request) or {}
     if not isinstance(body, dict):
@@ -435,7 +435,7 @@ async def admin_materialize(request: Request) -> Response:
 @router.post("/__sandbox__/versions/{version}/expire")
 def admin_expire(request: Request, version: int) -> Response:
     """Sandbox admin: expire a version now."""
-    world = annotation.world_of(request)
+    world = access.world_of(request)
     _admin(request)
     return _json(versions.expire_version(world, version))
 
@@ -444,7 +444,7 @@ def admin_expire(request: Request, version: int) -> Response:
 async def admin_query_limit(request: Request) -> Response:
     """Change the server row limit at runtime: ``{"limit": N}``; ``{"limit": null}`` restores the
     configured default. Returns ``{"limit": <effective limit>}``."""
-    world = annotation.world_of(request)
+    world = access.world_of(request)
     _admin(request)
     body = await _body(request)
     if not isinstance(body, dict) or set(body) != {"limit"}:
@@ -459,5 +459,5 @@ async def admin_query_limit(request: Request) -> Response:
 @router.get("/__sandbox__/query_limit")
 def admin_get_query_limit(request: Request) -> Response:
     """Sandbox: the effective row limit."""
-    world = annotation.world_of(request)
+    world = access.world_of(request)
     return _json({"limit": queries.limit_size(world)})

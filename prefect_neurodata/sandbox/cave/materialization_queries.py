@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from fastapi import Request, Response
 
-from prefect_neurodata.sandbox.cave import annotation, arrowio, query, store
+from prefect_neurodata.sandbox.cave import access, arrowio, query, store
 from prefect_neurodata.sandbox.cave import materialization_versions as versions
 from prefect_neurodata.sandbox.cave.errors import CaveHTTPError
 from prefect_neurodata.sandbox.cave.query import Source
@@ -74,7 +74,7 @@ def check_read(world: Any, user: Any, name: str) -> None:
     with world.engine.connect() as conn:
         meta = store.table_meta_row(conn, world.config.aligned_volume, name)
     if meta is not None:
-        annotation.read_check(world, user, meta)
+        access.read_check(world, user, meta)
 
 
 # --------------------------------------------------------------------------- responses
@@ -329,7 +329,7 @@ def run_live(request: Request, world: Any, user: Any, body: Any) -> Response:
     for name in names:
         check_read(world, user, name)
         with world.engine.connect() as conn:
-            meta = annotation.get_meta(conn, world, name)
+            meta = access.get_meta(conn, world, name)
         fields = store.table_fields(meta)
         metas.append(meta)
         frozen = _live_table(world, meta, fields, at)
