@@ -11,10 +11,8 @@ when the request accepts gzip; gzip request bodies are accepted. Reads need ``vi
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -25,7 +23,26 @@ from starlette.concurrency import run_in_threadpool
 
 from .auth import User, require
 from .chunkedgraph import ChunkedGraph
-from .errors import PCGError, parse_json_body
+from .chunkedgraph_requests import (
+    graph_of,
+    id_list,
+    ids_field,
+    iso_utc,
+    json_body,
+    json_reply,
+    leaf_layer,
+    maybe_gzip,
+    query_bool,
+    query_bounds,
+    query_float,
+    query_int,
+    raw_body,
+    roots_at,
+    two_points,
+    uint64_reply,
+    voxel_points,
+)
+from .errors import PCGError
 
 PCG_VERSION = "2.21.1"
 router = APIRouter()
@@ -33,189 +50,6 @@ V1 = "/segmentation/api/v1/table/{table_id}"
 _view = require("view", namespace="table")
 _edit = require("edit", namespace="table")
 _admin = require("admin", namespace="table")
-_Number = TypeVar("_Number", int, float)
-
-
-# ------------------------------------------------------------------------------ helpers
-def _cg(request: Request, table_id: str) -> ChunkedGraph:
-    world = request.app.state.world
-    if table_id != world.config.pcg_table:
-        raise PCGError(404, f"Table {table_id} not found")
-    return world.require_chunkedgraph()
-
-
-def _bool(request: Request, name: str, default: bool) -> bool:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    val = raw.strip().lower()
-    if val in ("true", "1", "yes", "t", "y"):
-        return True
-    if val in ("false", "0", "no", "f", "n", "none", ""):
-        return False
-    raise PCGError(400, f"{name} must be a boolean, got {raw!r}")
-
-
-def _number(
-    request: Request,
-    name: str,
-    parse: Callable[[str], _Number],
-    expected: str,
-    default: _Number | None,
-) -> _Number | None:
-    """Query parameter ``name`` read by ``parse``; missing or empty gives ``default``.
-
-    Args:
-        request: The request whose query string is read.
-        name: The parameter.
-        parse: Converts the raw text; its ``ValueError`` answers 400.
-        expected: What the 400 message says the value must be.
-        default: The value of a missing or empty parameter.
-    """
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise PCGError(400, f"{name} must be {expected}, got {raw!r}") from exc
-
-
-def _float(request: Request, name: str, default: float | None = None) -> float | None:
-    """Query parameter ``name`` as float POSIX seconds (``default`` when missing or empty)."""
-    return _number(request, name, float, "a float POSIX timestamp", default)
-
-
-def _int(request: Request, name: str, default: int | None = None) -> int | None:
-    """Query parameter ``name`` as an integer (``default`` when missing or empty)."""
-    return _number(request, name, int, "an integer", default)
-
-
-def _leaf_layer(request: Request) -> int:
-    """``stop_layer`` of a leaves lookup: missing, empty or 0 mean supervoxels (layer 1)."""
-    return _int(request, "stop_layer", 1) or 1
-
-
-def _bounds(request: Request) -> np.ndarray | None:
-    raw = request.query_params.get("bounds")
-    if raw is None or raw == "":
-        return None
-    try:
-        parts = [[float(v) for v in axis.split("-")] for axis in raw.split("_")]
-        arr = np.asarray(parts, dtype=np.float64)
-    except ValueError as exc:
-        raise PCGError(400, f"bounds must look like x0-x1_y0-y1_z0-z1, got {raw!r}") from exc
-    if arr.shape != (3, 2):
-        raise PCGError(400, f"bounds must look like x0-x1_y0-y1_z0-z1, got {raw!r}")
-    return arr
-
-
-async def _body(request: Request) -> bytes:
-    data = await request.body()
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        try:
-            data = gzip.decompress(data)
-        except OSError as exc:
-            raise PCGError(400, f"request body is not valid gzip: {exc}") from exc
-    return data
-
-
-async def _json_body(request: Request) -> Any:
-    return parse_json_body(await _body(request), PCGError)
-
-
-def _ids_field(body: Any, key: str) -> np.ndarray:
-    if not isinstance(body, dict) or key not in body:
-        raise PCGError(400, f"JSON body needs the key {key!r}")
-    unknown = sorted(set(body) - {key})
-    if unknown:
-        raise PCGError(400, f"unknown key {unknown[0]!r} in JSON body")
-    try:
-        return np.asarray([int(v) for v in body[key]], dtype=np.uint64)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise PCGError(400, f"{key} must be a list of uint64 ids: {exc}") from exc
-
-
-def _reply(request: Request, obj: Any, status: int = 200, headers: dict | None = None) -> Response:
-    if _bool(request, "int64_as_str", False):
-        obj = _stringify_ints(obj)
-    body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    return maybe_gzip(request, Response(body, status, headers, media_type="application/json"))
-
-
-def maybe_gzip(request: Request, response: Response) -> Response:
-    """``response`` gzipped (fast level) when the request accepts gzip and the body is worth it.
-
-    The PyChunkedGraph and L2 cache services compress their replies alike, so both stand-ins
-    send theirs through here.
-    """
-    if "gzip" in request.headers.get("accept-encoding", "") and len(response.body) > 512:
-        response.body = gzip.compress(response.body, compresslevel=1)
-        response.headers["Content-Encoding"] = "gzip"
-        response.headers["Content-Length"] = str(len(response.body))
-    return response
-
-
-def _stringify_ints(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _stringify_ints(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_stringify_ints(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [str(v) for v in obj.tolist()] if obj.dtype.kind in "iu" else obj.tolist()
-    if isinstance(obj, int | np.integer) and not isinstance(obj, bool):
-        return str(int(obj))
-    return obj
-
-
-def _ids(arr: Any) -> list[int]:
-    return [int(v) for v in np.asarray(arr, dtype=np.uint64).tolist()]
-
-
-def _roots_at(request: Request, cg: ChunkedGraph, ids: Any) -> np.ndarray:
-    """Roots of ``ids`` at the request's ``timestamp`` (default now), or their ancestors at
-    its ``stop_layer``: the query parameters every root lookup reads."""
-    return cg.get_roots(ids, _float(request, "timestamp"), _int(request, "stop_layer"))
-
-
-def _uint64_reply(ids: np.ndarray) -> Response:
-    """``ids`` as raw little-endian uint64 bytes (the binary form of the root lookups)."""
-    return Response(ids.astype("<u8").tobytes(), media_type="application/octet-stream")
-
-
-def _points(raw: Any, cg: ChunkedGraph, name: str) -> list[list[float]]:
-    """``[[id, x_nm, y_nm, z_nm], ...]`` -> ``[[id, x_vx, y_vx, z_vx], ...]``."""
-    if not isinstance(raw, list) or not raw:
-        raise PCGError(400, f"{name} must be a non-empty list of [node_id, x, y, z]")
-    out = []
-    for p in raw:
-        if not isinstance(p, list | tuple) or len(p) != 4:
-            raise PCGError(400, f"{name} entries must be [node_id, x, y, z], got {p!r}")
-        try:
-            node = int(p[0])
-            xyz = np.asarray([float(v) for v in p[1:]]) / cg.resolution
-        except (TypeError, ValueError) as exc:
-            raise PCGError(400, f"{name} entries must be numbers, got {p!r}") from exc
-        out.append([node, *xyz.tolist()])
-    return out
-
-
-def _two_points(body: Any, cg: ChunkedGraph, shape_error: str, name: str) -> list[list[float]]:
-    """The two ``[node_id, x_nm, y_nm, z_nm]`` points of a merge or path body, in voxels.
-
-    Args:
-        body: The parsed JSON body.
-        cg: The chunkedgraph (its resolution converts nm to voxels).
-        shape_error: The 400 message when ``body`` is not a list of exactly two entries.
-        name: What the points are called in the messages about one entry.
-    """
-    if not isinstance(body, list) or len(body) != 2:
-        raise PCGError(400, shape_error)
-    return _points(body, cg, name)
-
-
-def _iso(ts: float) -> str:
-    return str(dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc))
 
 
 # ------------------------------------------------------------------------------ common
@@ -234,13 +68,13 @@ def pcg_version() -> str:
 @router.get("/segmentation/table/{table_id}/info")
 def table_info(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """CloudVolume-style info of the PCG table."""
-    return _reply(request, _cg(request, table_id).info())
+    return json_reply(request, graph_of(request, table_id).info())
 
 
 @router.get("/segmentation/api/v1/table/{table_id}/info")
 def table_info_v1(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Same info under the V1 prefix (CloudVolume graphene paths)."""
-    return _reply(request, _cg(request, table_id).info())
+    return json_reply(request, graph_of(request, table_id).info())
 
 
 # ------------------------------------------------------------------------------ roots
@@ -249,11 +83,11 @@ def handle_root(
     table_id: str, node_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Root (or ``stop_layer`` node) of one node at ``timestamp``."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     if node_id and not cg.node_exists(node_id):
         raise PCGError(400, f"Node {node_id} does not exist")
-    root = _roots_at(request, cg, [node_id])
-    return _reply(request, {"root_id": int(root[0])})
+    root = roots_at(request, cg, [node_id])
+    return json_reply(request, {"root_id": int(root[0])})
 
 
 # Bulk lookups run in a worker thread: the real service answers them from many load-balanced
@@ -262,19 +96,19 @@ def handle_root(
 @router.post(V1 + "/roots_binary")
 async def roots_binary(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Roots of raw little-endian uint64 ids; answers raw uint64 in the same order."""
-    cg = _cg(request, table_id)
-    data = await _body(request)
+    cg = graph_of(request, table_id)
+    data = await raw_body(request)
 
     def answer() -> Response:
         if len(data) % 8:
             raise PCGError(400, f"body must be little-endian uint64 (got {len(data)} bytes)")
         ids = np.frombuffer(data, dtype="<u8")
-        roots = _roots_at(request, cg, ids)
-        if not _bool(request, "fail_to_zero", True):
+        roots = roots_at(request, cg, ids)
+        if not query_bool(request, "fail_to_zero", True):
             unknown = (roots == 0) & (ids != 0)
             if unknown.any():
                 raise PCGError(400, f"Node {int(ids[np.argmax(unknown)])} does not exist")
-        return maybe_gzip(request, _uint64_reply(roots))
+        return maybe_gzip(request, uint64_reply(roots))
 
     return await run_in_threadpool(answer)
 
@@ -282,15 +116,15 @@ async def roots_binary(table_id: str, request: Request, user: User = Depends(_vi
 @router.post(V1 + "/roots")
 async def handle_roots(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Roots of ``{"node_ids": [...]}`` (JSON, or raw uint64 with ``as_binary``)."""
-    cg = _cg(request, table_id)
-    body = await _json_body(request)
+    cg = graph_of(request, table_id)
+    body = await json_body(request)
 
     def answer() -> Response:
-        ids = _ids_field(body, "node_ids")
-        roots = _roots_at(request, cg, ids)
-        if _bool(request, "as_binary", False):
-            return _uint64_reply(roots)
-        return _reply(request, {"root_ids": _ids(roots)})
+        ids = ids_field(body, "node_ids")
+        roots = roots_at(request, cg, ids)
+        if query_bool(request, "as_binary", False):
+            return uint64_reply(roots)
+        return json_reply(request, {"root_ids": id_list(roots)})
 
     return await run_in_threadpool(answer)
 
@@ -298,19 +132,21 @@ async def handle_roots(table_id: str, request: Request, user: User = Depends(_vi
 @router.post(V1 + "/is_latest_roots")
 async def is_latest_roots(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Whether each id is a root that is current at ``timestamp``."""
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "node_ids")
-    latest = cg.is_latest_roots(ids, _float(request, "timestamp"))
-    return _reply(request, {"is_latest": [bool(v) for v in latest]})
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "node_ids")
+    latest = cg.is_latest_roots(ids, query_float(request, "timestamp"))
+    return json_reply(request, {"is_latest": [bool(v) for v in latest]})
 
 
 @router.post(V1 + "/root_timestamps")
 async def root_timestamps(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Creation (or, with ``latest``, last-valid) timestamps of roots in float seconds."""
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "node_ids")
-    ts = cg.get_root_timestamps(ids, _bool(request, "latest", False), _float(request, "timestamp"))
-    return _reply(request, {"timestamp": [float(v) for v in ts]})
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "node_ids")
+    ts = cg.get_root_timestamps(
+        ids, query_bool(request, "latest", False), query_float(request, "timestamp")
+    )
+    return json_reply(request, {"timestamp": [float(v) for v in ts]})
 
 
 # ------------------------------------------------------------------------------ hierarchy
@@ -319,24 +155,28 @@ def children(
     table_id: str, node_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Children of a node (empty for supervoxels)."""
-    cg = _cg(request, table_id)
-    return _reply(request, {"children_ids": _ids(cg.get_children(node_id))})
+    cg = graph_of(request, table_id)
+    return json_reply(request, {"children_ids": id_list(cg.get_children(node_id))})
 
 
 @router.get(V1 + "/node/{node_id}/leaves")
 def leaves(table_id: str, node_id: int, request: Request, user: User = Depends(_view)) -> Response:
     """Supervoxels (or ``stop_layer`` nodes) under a node, optionally within ``bounds``."""
-    cg = _cg(request, table_id)
-    stop = _leaf_layer(request)
-    return _reply(request, {"leaf_ids": _ids(cg.get_leaves(node_id, _bounds(request), stop))})
+    cg = graph_of(request, table_id)
+    stop = leaf_layer(request)
+    return json_reply(
+        request, {"leaf_ids": id_list(cg.get_leaves(node_id, query_bounds(request), stop))}
+    )
 
 
 async def _leaves_many(table_id: str, request: Request) -> Response:
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "node_ids")
-    stop = _leaf_layer(request)
-    bounds = _bounds(request)
-    return _reply(request, {str(int(n)): _ids(cg.get_leaves(int(n), bounds, stop)) for n in ids})
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "node_ids")
+    stop = leaf_layer(request)
+    bounds = query_bounds(request)
+    return json_reply(
+        request, {str(int(n)): id_list(cg.get_leaves(int(n), bounds, stop)) for n in ids}
+    )
 
 
 @router.post(V1 + "/node/leaves_many")
@@ -358,13 +198,13 @@ async def minimal_covering_nodes(
     table_id: str, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Smallest set of nodes covering the given nodes (their L2 nodes here), as uint64 bytes."""
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "node_ids")
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "node_ids")
     l2 = np.unique(cg.get_roots(ids, None, 2))
     l2 = l2[l2 != 0]
-    if _bool(request, "as_array", True):
-        return _uint64_reply(l2)
-    return _reply(request, _ids(l2))
+    if query_bool(request, "as_array", True):
+        return uint64_reply(l2)
+    return json_reply(request, id_list(l2))
 
 
 @router.get(V1 + "/node/{node_id}/subgraph")
@@ -372,8 +212,8 @@ def subgraph(
     table_id: str, node_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Supervoxel edges of a root with affinities and areas."""
-    cg = _cg(request, table_id)
-    return _reply(request, cg.subgraph(node_id, _bounds(request)))
+    cg = graph_of(request, table_id)
+    return json_reply(request, cg.subgraph(node_id, query_bounds(request)))
 
 
 @router.get(V1 + "/node/{node_id}/lvl2_graph")
@@ -381,10 +221,10 @@ def lvl2_graph(
     table_id: str, node_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """L2 edge graph of a root; ``Used-Bounds`` tells whether ``bounds`` was applied."""
-    cg = _cg(request, table_id)
-    bounds = _bounds(request)
+    cg = graph_of(request, table_id)
+    bounds = query_bounds(request)
     edges = cg.level2_graph(node_id, bounds)
-    return _reply(
+    return json_reply(
         request,
         {"edge_graph": edges},
         headers={"Used-Bounds": "True" if bounds is not None else "False"},
@@ -396,11 +236,11 @@ async def contact_sites(
     table_id: str, node_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Contact sites of a root with other roots (cells touching across a face)."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     r = cg.roots.get(node_id)
     if r is None:
         raise PCGError(400, f"{node_id} is not a valid root id")
-    bounds = _bounds(request)
+    bounds = query_bounds(request)
     idx = cg.in_bounds(r.members, bounds)
     member_labels = set(int(i) + 1 for i in idx)
     sites: dict[str, list[list[Any]]] = {}
@@ -418,7 +258,7 @@ async def contact_sites(
                 partner = int(cg.get_roots([cg.sv_ids[lab - 1]])[0])
                 pos = ((c + nb + 1) * cg.cell_size // 2 * cg.resolution).tolist()
                 sites.setdefault(str(partner), []).append([1, pos])
-    return _reply(
+    return json_reply(
         request,
         {"contact_sites": sites, "contact_site_metadata": {"root_id": node_id, "units": "nm"}},
     )
@@ -437,20 +277,22 @@ async def _locked(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _op_reply(request: Request, op: Any) -> Response:
-    return _reply(request, {"operation_id": op.id, "new_root_ids": [int(r) for r in op.new_roots]})
+    return json_reply(
+        request, {"operation_id": op.id, "new_root_ids": [int(r) for r in op.new_roots]}
+    )
 
 
 @router.post(V1 + "/merge")
 async def merge(table_id: str, request: Request, user: User = Depends(_edit)) -> Response:
     """Merge two objects at two points ``[[id, x, y, z], [id, x, y, z]]`` (nm)."""
-    cg = _cg(request, table_id)
-    points = _two_points(
-        await _json_body(request),
+    cg = graph_of(request, table_id)
+    points = two_points(
+        await json_body(request),
         cg,
         "merge body must be exactly two points [node_id, x, y, z]",
         "merge points",
     )
-    dist = _int(request, "chebyshev_distance", 3)
+    dist = query_int(request, "chebyshev_distance", 3)
     world = request.app.state.world
 
     def run() -> Any:
@@ -469,21 +311,23 @@ async def merge(table_id: str, request: Request, user: User = Depends(_edit)) ->
 
 
 async def _split_input(request: Request, cg: ChunkedGraph) -> tuple[list, list]:
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise PCGError(400, 'split body must be {"sources": [...], "sinks": [...]}')
     unknown = sorted(set(body) - {"sources", "sinks"})
     if unknown:
         raise PCGError(400, f"unknown key {unknown[0]!r} in split body")
-    return _points(body.get("sources"), cg, "sources"), _points(body.get("sinks"), cg, "sinks")
+    return voxel_points(body.get("sources"), cg, "sources"), voxel_points(
+        body.get("sinks"), cg, "sinks"
+    )
 
 
 @router.post(V1 + "/split")
 async def split(table_id: str, request: Request, user: User = Depends(_edit)) -> Response:
     """Split by min cut between sources and sinks (nm points)."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     sources, sinks = await _split_input(request, cg)
-    mincut = _bool(request, "mincut", True)
+    mincut = query_bool(request, "mincut", True)
     op = await _locked(request, cg.split, sources, sinks, user_id=user.id, mincut=mincut)
     return _op_reply(request, op)
 
@@ -491,13 +335,13 @@ async def split(table_id: str, request: Request, user: User = Depends(_edit)) ->
 @router.post(V1 + "/graph/split_preview")
 async def split_preview(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Components a split would produce."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     sources, sinks = await _split_input(request, cg)
-    return _reply(request, cg.preview_split(sources, sinks))
+    return json_reply(request, cg.preview_split(sources, sinks))
 
 
 async def _op_id(request: Request) -> int:
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or "operation_id" not in body:
         raise PCGError(400, 'body must be {"operation_id": n}')
     try:
@@ -509,7 +353,7 @@ async def _op_id(request: Request) -> int:
 @router.post(V1 + "/undo")
 async def undo(table_id: str, request: Request, user: User = Depends(_edit)) -> Response:
     """Undo an operation (mints new roots)."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     op_id = await _op_id(request)
     return _op_reply(request, await _locked(request, cg.undo, op_id, user_id=user.id))
 
@@ -517,7 +361,7 @@ async def undo(table_id: str, request: Request, user: User = Depends(_edit)) -> 
 @router.post(V1 + "/redo")
 async def redo(table_id: str, request: Request, user: User = Depends(_edit)) -> Response:
     """Redo an undone operation (mints new roots)."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     op_id = await _op_id(request)
     return _op_reply(request, await _locked(request, cg.redo, op_id, user_id=user.id))
 
@@ -525,8 +369,8 @@ async def redo(table_id: str, request: Request, user: User = Depends(_edit)) -> 
 @router.post("/meshing/api/v1/table/{table_id}/remeshing")
 async def remeshing(table_id: str, request: Request, user: User = Depends(_edit)) -> Response:
     """Accept a remeshing request (no meshes in the sandbox)."""
-    _cg(request, table_id)
-    _ids_field(await _json_body(request), "new_lvl2_ids")
+    graph_of(request, table_id)
+    ids_field(await json_body(request), "new_lvl2_ids")
     return Response(b"", media_type="application/json")
 
 
@@ -536,7 +380,7 @@ def merge_log(
     table_id: str, root_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Merges in a root's history."""
-    return _reply(request, _cg(request, table_id).merge_log(root_id))
+    return json_reply(request, graph_of(request, table_id).merge_log(root_id))
 
 
 @router.get(V1 + "/root/{root_id}/change_log")
@@ -544,8 +388,8 @@ def change_log(
     table_id: str, root_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Summary of a root's history (``n_splits``, ``n_mergers``, ``operations_ids`` ...)."""
-    cg = _cg(request, table_id)
-    return _reply(request, cg.change_log(root_id, _bool(request, "filtered", False)))
+    cg = graph_of(request, table_id)
+    return json_reply(request, cg.change_log(root_id, query_bool(request, "filtered", False)))
 
 
 def _change_log_json(world: Any, cg: ChunkedGraph, root_id: int, filtered: bool) -> str:
@@ -569,11 +413,11 @@ async def tabular_change_log_many(
     table_id: str, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Per-root change-log DataFrames as JSON strings (GET with a JSON body)."""
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "root_ids")
-    filtered = _bool(request, "filtered", True)
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "root_ids")
+    filtered = query_bool(request, "filtered", True)
     world = request.app.state.world
-    return _reply(
+    return json_reply(
         request, {str(int(r)): _change_log_json(world, cg, int(r), filtered) for r in ids}
     )
 
@@ -582,9 +426,9 @@ def _lineage_reply(request: Request, cg: ChunkedGraph, root_ids: Any) -> Respons
     """Lineage graph of ``root_ids`` within the request's ``timestamp_past``/``_future``, as
     node-link JSON with ``links`` (the key the real service writes)."""
     g = cg.lineage_graph(
-        root_ids, _float(request, "timestamp_past"), _float(request, "timestamp_future")
+        root_ids, query_float(request, "timestamp_past"), query_float(request, "timestamp_future")
     )
-    return _reply(request, nx.node_link_data(g, edges="links"))
+    return json_reply(request, nx.node_link_data(g, edges="links"))
 
 
 @router.post(V1 + "/lineage_graph_multiple")
@@ -592,8 +436,8 @@ async def lineage_graph_multiple(
     table_id: str, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Lineage graph (node-link JSON with ``links``) of several roots."""
-    cg = _cg(request, table_id)
-    return _lineage_reply(request, cg, _ids_field(await _json_body(request), "root_ids"))
+    cg = graph_of(request, table_id)
+    return _lineage_reply(request, cg, ids_field(await json_body(request), "root_ids"))
 
 
 @router.get(V1 + "/root/{root_id}/lineage_graph")
@@ -601,20 +445,20 @@ def lineage_graph(
     table_id: str, root_id: int, request: Request, user: User = Depends(_view)
 ) -> Response:
     """Lineage graph of one root."""
-    return _lineage_reply(request, _cg(request, table_id), [root_id])
+    return _lineage_reply(request, graph_of(request, table_id), [root_id])
 
 
 @router.get(V1 + "/past_id_mapping")
 async def past_id_mapping(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Past ids of roots at ``timestamp_past`` (GET with a JSON body)."""
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "root_ids")
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "root_ids")
     past, future = cg.past_id_mapping(
         ids,
-        _float(request, "timestamp_past", 0.0),
-        _float(request, "timestamp_future", time.time()),
+        query_float(request, "timestamp_past", 0.0),
+        query_float(request, "timestamp_future", time.time()),
     )
-    return _reply(
+    return json_reply(
         request,
         {
             "past_id_map": {str(k): v for k, v in past.items()},
@@ -626,23 +470,25 @@ async def past_id_mapping(table_id: str, request: Request, user: User = Depends(
 @router.get(V1 + "/delta_roots")
 def delta_roots(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Roots created and replaced by operations in ``(timestamp_past, timestamp_future]``."""
-    cg = _cg(request, table_id)
-    past = _float(request, "timestamp_past")
+    cg = graph_of(request, table_id)
+    past = query_float(request, "timestamp_past")
     if past is None:
         raise PCGError(400, "timestamp_past is required")
-    old, new = cg.delta_roots(past, _float(request, "timestamp_future", time.time()))
-    return _reply(request, {"old_roots": _ids(old), "new_roots": _ids(new)})
+    old, new = cg.delta_roots(past, query_float(request, "timestamp_future", time.time()))
+    return json_reply(request, {"old_roots": id_list(old), "new_roots": id_list(new)})
 
 
 @router.get(V1 + "/valid_nodes")
 async def valid_nodes(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Ids written within ``[start_timestamp, end_timestamp]`` (GET with a JSON body)."""
-    cg = _cg(request, table_id)
-    ids = _ids_field(await _json_body(request), "node_ids")
+    cg = graph_of(request, table_id)
+    ids = ids_field(await json_body(request), "node_ids")
     valid = cg.valid_nodes(
-        ids, _float(request, "start_timestamp"), _float(request, "end_timestamp", time.time())
+        ids,
+        query_float(request, "start_timestamp"),
+        query_float(request, "end_timestamp", time.time()),
     )
-    return _reply(request, {"valid_roots": _ids(valid)})
+    return json_reply(request, {"valid_roots": id_list(valid)})
 
 
 def _operation_details(cg: ChunkedGraph, op_id: int) -> dict[str, Any]:
@@ -650,8 +496,8 @@ def _operation_details(cg: ChunkedGraph, op_id: int) -> dict[str, Any]:
     d: dict[str, Any] = {
         "roots": [int(r) for r in op.new_roots],
         "user": str(op.user_id),
-        "timestamp": _iso(op.ts),
-        "operation_ts": _iso(op.ts),
+        "timestamp": iso_utc(op.ts),
+        "operation_ts": iso_utc(op.ts),
         "operation_status": 0,
         "operation_exception": "",
     }
@@ -676,7 +522,7 @@ def _operation_details(cg: ChunkedGraph, op_id: int) -> dict[str, Any]:
 @router.get(V1 + "/operation_details")
 def operation_details(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Operation-log entries keyed by operation id string (``operation_ids`` is a JSON list)."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     raw = request.query_params.get("operation_ids")
     if raw is None:
         raise PCGError(400, "operation_ids is required")
@@ -684,17 +530,17 @@ def operation_details(table_id: str, request: Request, user: User = Depends(_vie
         op_ids = [int(v) for v in orjson.loads(raw)]
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise PCGError(400, f"operation_ids must be a JSON list of ints, got {raw!r}") from exc
-    return _reply(request, {str(i): _operation_details(cg, i) for i in op_ids})
+    return json_reply(request, {str(i): _operation_details(cg, i) for i in op_ids})
 
 
 @router.get(V1 + "/user_operations")
 def user_operations(table_id: str, request: Request, user: User = Depends(_admin)) -> Response:
     """Operations of a user in a time window as ``DataFrame.to_json()`` (superadmin)."""
-    cg = _cg(request, table_id)
-    user_id = _int(request, "user_id")
-    start = _float(request, "start_time", 0.0) or 0.0
-    end = _float(request, "end_time", time.time())
-    include_undone = _bool(request, "include_undone", False)
+    cg = graph_of(request, table_id)
+    user_id = query_int(request, "user_id")
+    start = query_float(request, "start_time", 0.0) or 0.0
+    end = query_float(request, "end_time", time.time())
+    include_undone = query_bool(request, "include_undone", False)
     rows = []
     for op in cg.operations:
         if user_id is not None and user_id > 0 and op.user_id != user_id:
@@ -716,28 +562,28 @@ def user_operations(table_id: str, request: Request, user: User = Depends(_admin
         rows, columns=["operation_id", "timestamp", "user_id", "operation_type", "is_undone"]
     )
     df["timestamp"] = pd.to_datetime(df["timestamp"].astype(float), unit="s", utc=True)
-    return _reply(request, orjson.loads(df.to_json()))
+    return json_reply(request, orjson.loads(df.to_json()))
 
 
 @router.get(V1 + "/oldest_timestamp")
 def oldest_timestamp(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Earliest operation timestamp minus 0.5 s, as ISO text."""
-    cg = _cg(request, table_id)
+    cg = graph_of(request, table_id)
     delimiter = request.query_params.get("delimiter", " ")
     iso = dt.datetime.fromtimestamp(cg.oldest_timestamp(), tz=dt.timezone.utc).isoformat(delimiter)
-    return _reply(request, {"iso": iso})
+    return json_reply(request, {"iso": iso})
 
 
 @router.post(V1 + "/graph/find_path")
 async def find_path(table_id: str, request: Request, user: User = Depends(_view)) -> Response:
     """Shortest L2 path between two points of one root."""
-    cg = _cg(request, table_id)
-    pts = _two_points(
-        await _json_body(request),
+    cg = graph_of(request, table_id)
+    pts = two_points(
+        await json_body(request),
         cg,
         "find_path body must be two points [root_id, x, y, z]",
         "find_path points",
     )
     if int(pts[0][0]) != int(pts[1][0]):
         raise PCGError(400, "find_path points must belong to the same root")
-    return _reply(request, cg.find_path(int(pts[0][0]), pts[0][1:], pts[1][1:]))
+    return json_reply(request, cg.find_path(int(pts[0][0]), pts[0][1:], pts[1][1:]))

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from .auth import User, current_user, require
 from .chunkedgraph import ChunkedGraph
-from .chunkedgraph_api import maybe_gzip
+from .chunkedgraph_requests import maybe_gzip
 from .errors import CaveHTTPError
 
 ATTRIBUTE_METADATA: dict[str, str] = dict(ChunkedGraph.L2_ATTRIBUTES)
