@@ -600,7 +600,7 @@ def warm_docdb(
 
     A real DocumentDB serves this working set from memory and answers an indexed filter in
     milliseconds; the stand-in keeps the encoded records and the answers MongoDB computed (see
-    ``sandbox/docdb/store.py``) until a write, and the first read of each kind fills them. Both
+    ``sandbox/docdb/id_index.py``) until a write, and the first read of each kind fills them. Both
     sides warm their own requests (the official client's differ from ours).
     """
     for workload in ("docdb.retrieve_all", "docdb.retrieve_filtered"):

@@ -27,7 +27,9 @@ from secantus import SecantusDBServer
 
 from prefect_neurodata.sandbox.docdb.app import create_app
 from prefect_neurodata.sandbox.docdb.config import DocDBConfig
-from prefect_neurodata.sandbox.docdb.store import _id_bounds, _id_direction, _IdList
+from prefect_neurodata.sandbox.docdb.id_index import IdList as _IdList
+from prefect_neurodata.sandbox.docdb.id_index import id_bounds as _id_bounds
+from prefect_neurodata.sandbox.docdb.id_index import id_direction as _id_direction
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 
 from prefect_neurodata.sandbox.docdb.config import DocDBConfig
-from prefect_neurodata.sandbox.docdb.store import PageTooLarge, dumps, encode_capped
+from prefect_neurodata.sandbox.docdb.pages import PageTooLarge, dumps, encode_capped
 
 
 def test_config_from_env_and_secret_hidden() -> None:

@@ -72,7 +72,7 @@ overflow is cut short (fewer than ``limit`` records), as the production ``/find`
 client continues with ``skip``. Like a server with an ``_id`` index, ``find`` with an empty or
 ``_id``-range-only filter (``$gt``/``$gte``/``$lt``/``$lte``, also inside ``$and``), sorted by
 ``_id`` or unsorted, and ``count_documents`` of such filters are answered from a cached sorted
-``_id`` list (see ``store._IdIndex``): O(page), not O(collection) as SecantusDB's own scans.
+``_id`` list (see ``id_index.IdIndex``): O(page), not O(collection) as SecantusDB's own scans.
 Unsorted reads therefore come in ``_id`` order, the stand-in's stable natural order. Whole
 documents (no projection) served on that path stay in memory, encoded, within
 ``NEURODATA_SANDBOX_DOC_CACHE_BYTES`` (1.5 GB) per collection: repeated full reads are served
@@ -104,7 +104,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from prefect_neurodata.sandbox.docdb import store as st
+from prefect_neurodata.sandbox.docdb import writes
 from prefect_neurodata.sandbox.docdb.assets import Assets
 from prefect_neurodata.sandbox.docdb.config import DocDBConfig
 from prefect_neurodata.sandbox.docdb.errors import (
@@ -113,7 +113,10 @@ from prefect_neurodata.sandbox.docdb.errors import (
     ApiError,
     bad_request,
     gateway,
+    run_mongo,
 )
+from prefect_neurodata.sandbox.docdb.pages import PageTooLarge, dumps, too_large
+from prefect_neurodata.sandbox.docdb.store import DATABASES, Store
 from prefect_neurodata.sandbox.faults import FaultMiddleware
 from prefect_neurodata.sandbox.sigv4 import SignatureError, SigV4Verifier
 
@@ -145,7 +148,7 @@ class DocDBApp:
 
     def __init__(self, config: DocDBConfig) -> None:
         self.config = config
-        self.store = st.Store(config.mongo_uri, doc_cache_bytes=config.doc_cache_bytes)
+        self.store = Store(config.mongo_uri, doc_cache_bytes=config.doc_cache_bytes)
         self.assets = Assets(config)
         self.verifier = SigV4Verifier(
             config.access_key_id,
@@ -169,7 +172,7 @@ class DocDBApp:
             return method, True, rest[1], args
         if len(rest) == 2 and rest[0] == "data_summary" and rest[1]:
             return "GET", True, "data_summary", {**args, "record_id": rest[1]}
-        if len(rest) in (2, 3) and rest[0] in st.DATABASES and _COLLECTION_RE.match(rest[1]):
+        if len(rest) in (2, 3) and rest[0] in DATABASES and _COLLECTION_RE.match(rest[1]):
             if rest[1].startswith("system."):
                 raise NOT_FOUND_ROUTE
             args.update(db=rest[0], coll=rest[1])
@@ -204,7 +207,7 @@ class DocDBApp:
             if op in WRITE_OPS:
                 # Open read cursors would not see this write: later pages must re-query.
                 self.store.invalidate()
-        content = payload if isinstance(payload, bytes) else st.dumps(payload)
+        content = payload if isinstance(payload, bytes) else dumps(payload)
         return Response(content, status, media_type="application/json")
 
     async def _read_capped(self, request: Request) -> bytes:
@@ -335,7 +338,7 @@ class DocDBApp:
         return self.store.collection(args["version"], args["db"], args["coll"])
 
     def _stamp(self, args: dict[str, str]) -> str | None:
-        return st.STAMP_FIELD[args["version"]] if args["db"] == "metadata_index" else None
+        return writes.STAMP_FIELD[args["version"]] if args["db"] == "metadata_index" else None
 
     def _metadata(self, version: str):
         return self.store.collection(version, "metadata_index", "data_assets")
@@ -345,11 +348,11 @@ class DocDBApp:
         read = self._read_args(query)
         cap = self.config.page_bytes
         try:
-            body, _ = st.run_mongo(
+            body, _ = run_mongo(
                 self.store.find_page, self._coll(args), cap=cap, short_pages=short_pages, **read
             )
-        except st.PageTooLarge:
-            raise st.too_large(cap) from None
+        except PageTooLarge:
+            raise too_large(cap) from None
         return 200, body
 
     def op_find(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
@@ -363,7 +366,7 @@ class DocDBApp:
     def op_count_documents(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``GET .../count_documents``."""
         filt = self._read_args(query)["filter"]
-        return 200, st.run_mongo(self.store.count, self._coll(args), filt)
+        return 200, run_mongo(self.store.count, self._coll(args), filt)
 
     def op_aggregate(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``POST .../aggregate`` with a JSON array of stages."""
@@ -371,31 +374,31 @@ class DocDBApp:
         if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
             raise bad_request("aggregate: body must be a JSON array of pipeline stages.")
         try:
-            return 200, st.run_mongo(
+            return 200, run_mongo(
                 self.store.aggregate, self._coll(args), pipeline, self.config.page_bytes
             )
-        except st.PageTooLarge:
-            raise st.too_large(self.config.page_bytes) from None
+        except PageTooLarge:
+            raise too_large(self.config.page_bytes) from None
 
     def op_insert_one(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``POST .../insert_one``."""
-        return 200, st.insert_one(self._coll(args), self._json_body(body), self._stamp(args))
+        return 200, writes.insert_one(self._coll(args), self._json_body(body), self._stamp(args))
 
     def op_update_one(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``POST .../update_one``."""
-        return 200, st.update_one(self._coll(args), self._json_body(body), self._stamp(args))
+        return 200, writes.update_one(self._coll(args), self._json_body(body), self._stamp(args))
 
     def op_bulk_write(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``POST .../bulk_write``."""
-        return st.bulk_write(self._coll(args), self._json_body(body), self._stamp(args))
+        return writes.bulk_write(self._coll(args), self._json_body(body), self._stamp(args))
 
     def op_delete_one(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``DELETE .../delete_one``."""
-        return 200, st.delete(self._coll(args), self._json_body(body), many=False)
+        return 200, writes.delete(self._coll(args), self._json_body(body), many=False)
 
     def op_delete_many(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``DELETE .../delete_many``."""
-        return 200, st.delete(self._coll(args), self._json_body(body), many=True)
+        return 200, writes.delete(self._coll(args), self._json_body(body), many=True)
 
     def op_register(self, args: dict, query: dict, body: bytes) -> tuple[int, Any]:
         """``POST /{v}/assets/register`` -> 201."""
@@ -470,7 +473,7 @@ def create_app(config: DocDBConfig | None = None) -> FaultMiddleware:
     return FaultMiddleware(api, service="docdb", health=health)
 
 
-def _ensure_indexes(store: st.Store) -> None:
+def _ensure_indexes(store: Store) -> None:
     try:
         store.ensure_indexes()
     except Exception:  # the API still works without them, only slower

@@ -19,13 +19,8 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from prefect_neurodata.sandbox.docdb.config import DocDBConfig
-from prefect_neurodata.sandbox.docdb.errors import ApiError, bad_request, not_found
-from prefect_neurodata.sandbox.docdb.store import (
-    STAMP_FIELD,
-    ensure_unique_locations,
-    now_iso,
-    run_mongo,
-)
+from prefect_neurodata.sandbox.docdb.errors import ApiError, bad_request, not_found, run_mongo
+from prefect_neurodata.sandbox.docdb.writes import STAMP_FIELD, ensure_unique_locations, now_iso
 
 # Top-level core metadata files per aind-data-schema major version, in the order ``register``
 # reads them into a record (the seed writes the same files).

@@ -15,7 +15,7 @@ DEFAULT_PAGE_BYTES = 5_000_000
 # API Gateway's payload limit: 10 MB including headers.
 DEFAULT_REQUEST_BYTES = 10 * 1024 * 1024
 # Encoded whole documents the stand-in keeps in memory per collection, as a real DocumentDB keeps
-# its working set (see ``store._IdList.docs``).
+# its working set (see ``id_index.IdList.docs``).
 DEFAULT_DOC_CACHE_BYTES = 1_500_000_000
 
 
