@@ -34,7 +34,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,24 +46,25 @@ from prefect_neurodata.sandbox.processes import (
     free_ports,
     is_same_process,
     process_start_time,
+    processes_in_state,
+    read_state,
     spawn_service,
-    terminate_processes,
+    stop_in_waves,
+    write_state,
 )
 from prefect_neurodata.sandbox.services import (
-    CAVE_MODULE,
     ServicePlan,
     aws_plan,
-    cave_available,
     cave_plan,
     check_adopted,
+    check_prerequisites,
     check_service,
     docdb_plan,
     mongo_plan,
-    postgres_bindir,
     postgres_plan,
     provision_aws_standins,
+    put_fault_config,
     sandbox_credentials,
-    secantusd_path,
     wait_until_healthy,
 )
 
@@ -197,21 +198,18 @@ class Sandbox:
         return self.workdir / STATE_FILE
 
     def _load_state(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return None
+        """The state file's contents, or None when no sandbox runs here."""
+        return read_state(self.state_path)
 
     def _save_state(self, procs: Mapping[str, ServiceProcess], extra: Mapping[str, Any]) -> None:
+        """Record ``procs`` and the ``extra`` entries in the state file."""
         state = {
             "workdir": str(self.workdir),
             "env_file": str(self.env_file),
             "processes": {name: asdict(p) for name, p in procs.items()},
             **extra,
         }
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_path)
+        write_state(self.state_path, state)
 
     def _state_extra(self) -> dict[str, Any]:
         """The state file's entries other than the workdir, env file and processes."""
@@ -219,14 +217,8 @@ class Sandbox:
         return {k: v for k, v in state.items() if k not in ("workdir", "env_file", "processes")}
 
     def _processes(self) -> dict[str, ServiceProcess]:
-        state = self._load_state() or {}
-        known = {f.name for f in fields(ServiceProcess)}
-        # A state file from an older launcher has ``start_ticks`` instead of ``start_time``:
-        # unknown keys are dropped, and pid and command line still identify the process.
-        return {
-            n: ServiceProcess(**{"start_time": None, **{k: v for k, v in p.items() if k in known}})
-            for n, p in state.get("processes", {}).items()
-        }
+        """The processes the state file records (started or adopted), by name."""
+        return processes_in_state(self._load_state())
 
     @property
     def env(self) -> dict[str, str]:
@@ -464,44 +456,17 @@ class Sandbox:
         Returns:
             The configuration the service now reports.
         """
-        import requests
-
         if service not in FAULT_SERVICES:
             raise ValueError(f"service must be one of {FAULT_SERVICES}, got {service!r}")
         proc = self._processes().get(service)
         if proc is None:
             raise SandboxError(f"service {service!r} is not running in {self.workdir}")
-        result: dict[str, Any] = {}
-        for url in dict.fromkeys(proc.urls.values()):
-            resp = requests.put(f"{url}/__sandbox__/faults", json=config, timeout=10)
-            if resp.status_code >= 400:
-                raise SandboxError(
-                    f"PUT {url}/__sandbox__/faults answered {resp.status_code}: {resp.text[:300]}"
-                )
-            result = resp.json()
-        return result
+        return put_fault_config(proc.urls, config)
 
     # ------------------------------------------------------------------ internals
     def _preflight(self) -> None:
-        if "docdb" in self.services and "mongo" not in self.services and not self.mongo_uri:
-            raise ValueError("services: 'docdb' needs 'mongo' or a mongo_uri")
-        if "postgres" in self.services and not postgres_bindir():
-            raise SandboxError(
-                "the PostgreSQL server is not installed (no /usr/lib/postgresql/*/bin/initdb); "
-                "run `make system-deps` (Debian package postgresql)"
-            )
-        if "cave" in self.services and not cave_available():
-            raise SandboxError(
-                f"the CAVE stand-in is not available: module {CAVE_MODULE}.__main__ not found. "
-                "Start the sandbox without it, e.g. services=('mongo', 'aws', 'docdb') or "
-                "`neurodata sandbox up --services mongo,aws,docdb`"
-            )
-        if "mongo" in self.services and not secantusd_path():
-            raise SandboxError(
-                "secantusd-py not found next to the Python interpreter or on PATH; "
-                "install the sandbox extra (`pip install prefect-neurodata[sandbox]`) or pass "
-                "a mongo_uri"
-            )
+        """Fail before anything starts when a chosen service cannot run here."""
+        check_prerequisites(self.services, self.mongo_uri)
 
     def _plan(self) -> dict[str, ServicePlan]:
         """Command, extra environment and URLs of every service to start."""
@@ -566,6 +531,7 @@ class Sandbox:
     def _build_env(
         self, procs: Mapping[str, ServiceProcess], provisioned: Mapping[str, str]
     ) -> dict[str, str]:
+        """The env file's entries for the started ``procs``."""
         creds = self._creds
         env: dict[str, str] = {"NEURODATA_SANDBOX_WORKDIR": str(self.workdir)}
         if self._mongo_uri_effective:
@@ -605,6 +571,7 @@ class Sandbox:
         return env
 
     def _write_env(self, env: Mapping[str, str]) -> None:
+        """Write ``env`` to the env file, readable by its owner only (test credentials)."""
         self.env_file.parent.mkdir(parents=True, exist_ok=True)
         lines = ["# written by `neurodata sandbox up`; holds test credentials only"]
         lines += [f"{k}={v}" for k, v in env.items()]
@@ -618,26 +585,8 @@ class Sandbox:
         procs: Mapping[str, ServiceProcess],
         announce: Callable[[str, int], None] | None = None,
     ) -> list[str]:
-        """Stop every process that is still our own, in waves: adopted processes (clients of
-        the services), the HTTP services and adopted servers, then their backends.
-
-        The HTTP services shut down cleanly only while their database is still up, so they get
-        SIGTERM first; whatever does not exit within :data:`STOP_TIMEOUT` gets SIGKILL.
-        """
-        # Adopted clients (a deployment runner) stop while the servers they talk to still
-        # answer; adopted servers (a Prefect server) stop with the HTTP services.
-        clients = [n for n, p in procs.items() if p.adopted and p.stop_first]
-        front = [n for n, p in procs.items() if p.adopted and not p.stop_first]
-        front += [n for n in ("cave", "docdb") if n in procs]
-        back = [n for n in procs if n not in front and n not in clients]
-        stopped: list[str] = []
-        for wave in (clients, front, back):
-            live = {n: procs[n] for n in wave if is_same_process(procs[n])}
-            if announce is not None:
-                for name, proc in live.items():
-                    announce(name, proc.pid)
-            terminate_processes(live)
-            stopped += list(live)
+        """Stop every process in ``procs`` that is still our own (see :func:`stop_in_waves`)."""
+        stopped = stop_in_waves(procs, announce)
         for proc in procs.values():
             self._popen.pop(proc.pid, None)
         return stopped

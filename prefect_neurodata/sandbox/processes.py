@@ -11,6 +11,7 @@ processes with their stop signal and a SIGKILL for whatever does not exit in tim
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import signal
@@ -19,8 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,33 @@ class ServiceProcess:
     adopted: bool = False
     group: bool = False
     stop_first: bool = False
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The launcher's state file at ``path``, or None when there is none."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Replace the state file at ``path`` with ``state`` in one step (no reader sees half)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def processes_in_state(state: Mapping[str, Any] | None) -> dict[str, ServiceProcess]:
+    """The processes a state file (as read by :func:`read_state`) records, by name."""
+    state = state or {}
+    known = {f.name for f in fields(ServiceProcess)}
+    # A state file from an older launcher has ``start_ticks`` instead of ``start_time``:
+    # unknown keys are dropped, and pid and command line still identify the process.
+    return {
+        n: ServiceProcess(**{"start_time": None, **{k: v for k, v in p.items() if k in known}})
+        for n, p in state.get("processes", {}).items()
+    }
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -218,6 +246,40 @@ def spawn_service(
         urls=dict(urls),
     )
     return process, popen
+
+
+def stop_in_waves(
+    procs: Mapping[str, ServiceProcess],
+    announce: Callable[[str, int], None] | None = None,
+) -> list[str]:
+    """Stop every process that is still our own, in waves: adopted processes (clients of
+    the services), the HTTP services and adopted servers, then their backends.
+
+    The HTTP services shut down cleanly only while their database is still up, so they get
+    SIGTERM first; whatever does not exit within :data:`STOP_TIMEOUT` gets SIGKILL.
+
+    Args:
+        procs: The processes to stop, by name.
+        announce: Called with ``(name, pid)`` before each process is signalled.
+
+    Returns:
+        Names of the processes that were stopped.
+    """
+    # Adopted clients (a deployment runner) stop while the servers they talk to still
+    # answer; adopted servers (a Prefect server) stop with the HTTP services.
+    clients = [n for n, p in procs.items() if p.adopted and p.stop_first]
+    front = [n for n, p in procs.items() if p.adopted and not p.stop_first]
+    front += [n for n in ("cave", "docdb") if n in procs]
+    back = [n for n in procs if n not in front and n not in clients]
+    stopped: list[str] = []
+    for wave in (clients, front, back):
+        live = {n: procs[n] for n in wave if is_same_process(procs[n])}
+        if announce is not None:
+            for name, proc in live.items():
+                announce(name, proc.pid)
+        terminate_processes(live)
+        stopped += list(live)
+    return stopped
 
 
 def terminate_processes(live: Mapping[str, ServiceProcess]) -> None:

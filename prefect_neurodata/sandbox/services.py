@@ -18,9 +18,10 @@ service     process
 ==========  ====================================================================================
 
 What differs from one service to the next lives here: whether it can run on this machine, its
-:data:`ServicePlan` (command line, environment, URLs), the probe that tells it is healthy, and
-the provisioning of the AWS stand-ins once moto answers. Which services run, in which order,
-and the state and env files stay with :class:`~prefect_neurodata.sandbox.launcher.Sandbox`.
+:data:`ServicePlan` (command line, environment, URLs), the probe that tells it is healthy, the
+provisioning of the AWS stand-ins once moto answers, and the request that sets a service's
+faults. Which services run, in which order, the env file's entries for clients, and when the
+state and env files are written stay with :class:`~prefect_neurodata.sandbox.launcher.Sandbox`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,38 @@ def _make_traversable(path: Path) -> None:
         if parent == Path("/"):
             break
         os.chmod(parent, os.stat(parent).st_mode | 0o011)
+
+
+def check_prerequisites(services: Sequence[str], mongo_uri: str | None) -> None:
+    """Fail before anything starts when a chosen service cannot run on this machine.
+
+    Args:
+        services: The services to start.
+        mongo_uri: The MongoDB to use instead of starting SecantusDB, if any.
+
+    Raises:
+        ValueError: ``docdb`` without a database.
+        SandboxError: PostgreSQL, the CAVE stand-in or ``secantusd-py`` is not installed.
+    """
+    if "docdb" in services and "mongo" not in services and not mongo_uri:
+        raise ValueError("services: 'docdb' needs 'mongo' or a mongo_uri")
+    if "postgres" in services and not postgres_bindir():
+        raise SandboxError(
+            "the PostgreSQL server is not installed (no /usr/lib/postgresql/*/bin/initdb); "
+            "run `make system-deps` (Debian package postgresql)"
+        )
+    if "cave" in services and not cave_available():
+        raise SandboxError(
+            f"the CAVE stand-in is not available: module {CAVE_MODULE}.__main__ not found. "
+            "Start the sandbox without it, e.g. services=('mongo', 'aws', 'docdb') or "
+            "`neurodata sandbox up --services mongo,aws,docdb`"
+        )
+    if "mongo" in services and not secantusd_path():
+        raise SandboxError(
+            "secantusd-py not found next to the Python interpreter or on PATH; "
+            "install the sandbox extra (`pip install prefect-neurodata[sandbox]`) or pass "
+            "a mongo_uri"
+        )
 
 
 def mongo_plan(port: int, workdir: Path, cache_size: str) -> ServicePlan:
@@ -305,6 +338,26 @@ def check_adopted(proc: ServiceProcess) -> tuple[bool, str]:
     except requests.RequestException as exc:
         return False, f"{health}: {type(exc).__name__}"
     return resp.status_code == 200, f"{health}: HTTP {resp.status_code}"
+
+
+def put_fault_config(urls: Mapping[str, str], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace the fault configuration at each of a service's ``urls`` (``PUT
+    /__sandbox__/faults``); returns the configuration the (last) service now reports.
+
+    Raises:
+        SandboxError: A service refused the configuration (with its answer).
+    """
+    import requests
+
+    result: dict[str, Any] = {}
+    for url in dict.fromkeys(urls.values()):
+        resp = requests.put(f"{url}/__sandbox__/faults", json=config, timeout=10)
+        if resp.status_code >= 400:
+            raise SandboxError(
+                f"PUT {url}/__sandbox__/faults answered {resp.status_code}: {resp.text[:300]}"
+            )
+        result = resp.json()
+    return result
 
 
 def provision_aws_standins(
