@@ -9,13 +9,8 @@ import sys
 import time
 from typing import Any
 
-from prefect_neurodata.sandbox.launcher import (
-    FAULT_SERVICES,
-    KNOWN_SERVICES,
-    SERVICES,
-    Sandbox,
-    SandboxError,
-)
+from prefect_neurodata.sandbox.launcher import FAULT_SERVICES, KNOWN_SERVICES, SERVICES, Sandbox
+from prefect_neurodata.sandbox.processes import SandboxError
 
 DEFAULT_WORKDIR = ".sandbox"
 

@@ -46,12 +46,8 @@ from requests.adapters import HTTPAdapter
 
 from prefect_neurodata.constants import DocDbVersion
 from prefect_neurodata.sandbox.cave import SEED_WORLD_LIMITS
-from prefect_neurodata.sandbox.launcher import (
-    CAVE_DATASTACK,
-    DATASTACK_NAME,
-    Sandbox,
-    SandboxError,
-)
+from prefect_neurodata.sandbox.launcher import CAVE_DATASTACK, DATASTACK_NAME, Sandbox
+from prefect_neurodata.sandbox.processes import SandboxError
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials

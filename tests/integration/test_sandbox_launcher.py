@@ -28,13 +28,12 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from prefect_neurodata.sandbox.aws import s3_event_keys
-from prefect_neurodata.sandbox.launcher import (
-    Sandbox,
+from prefect_neurodata.sandbox.launcher import Sandbox, read_env_file
+from prefect_neurodata.sandbox.processes import (
     SandboxError,
     ServiceProcess,
     is_same_process,
     port_open,
-    read_env_file,
 )
 from tests.fixtures.sandbox import SEED, SEED_RECORDS, SEED_S3_ASSETS, SEED_UNREGISTERED
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_neurodata.sandbox.launcher import ServiceProcess, is_same_process
+from prefect_neurodata.sandbox.processes import ServiceProcess, is_same_process
 from prefect_neurodata.testing import SandboxConfig
 from prefect_neurodata.testing.pytest_plugin import config_from_options
 

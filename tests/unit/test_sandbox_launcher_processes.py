@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect_neurodata.sandbox.launcher import (
-    Sandbox,
+from prefect_neurodata.sandbox.launcher import Sandbox
+from prefect_neurodata.sandbox.processes import (
     ServiceProcess,
     is_same_process,
     process_start_time,
