@@ -21,40 +21,29 @@ CO_RESULTS_BUCKET = "codeocean-s3datasetsbucket-1u41qdg42ur9"
 OTHER_BUCKETS = ("aind-ephys-data", "aind-ophys-data", "aind-private-data-prod-o5171v")
 MIN_BYTES = 5_000
 
+# Modalities that several platforms record, as (name, abbreviation).
+SPIM = ("Selective plane illumination microscopy", "SPIM")
+POPHYS = ("Planar optical physiology", "pophys")
+BEHAVIOR_VIDEOS = ("Behavior videos", "behavior-videos")
+
 # (platform abbreviation, platform name, modalities)
 PLATFORMS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     (
         "ecephys",
         "Electrophysiology platform",
-        (("Extracellular electrophysiology", "ecephys"), ("Behavior videos", "behavior-videos")),
+        (("Extracellular electrophysiology", "ecephys"), BEHAVIOR_VIDEOS),
     ),
-    ("SmartSPIM", "SmartSPIM platform", (("Selective plane illumination microscopy", "SPIM"),)),
-    ("exaSPIM", "ExaSPIM platform", (("Selective plane illumination microscopy", "SPIM"),)),
-    (
-        "single-plane-ophys",
-        "Single-plane optical physiology",
-        (("Planar optical physiology", "pophys"),),
-    ),
-    (
-        "multiplane-ophys",
-        "Multiplane optical physiology",
-        (("Planar optical physiology", "pophys"),),
-    ),
-    (
-        "behavior",
-        "Behavior platform",
-        (("Behavior", "behavior"), ("Behavior videos", "behavior-videos")),
-    ),
+    ("SmartSPIM", "SmartSPIM platform", (SPIM,)),
+    ("exaSPIM", "ExaSPIM platform", (SPIM,)),
+    ("single-plane-ophys", "Single-plane optical physiology", (POPHYS,)),
+    ("multiplane-ophys", "Multiplane optical physiology", (POPHYS,)),
+    ("behavior", "Behavior platform", (("Behavior", "behavior"), BEHAVIOR_VIDEOS)),
     (
         "FIP",
         "Frame-projected independent-fiber photometry platform",
         (("Fiber photometry", "fib"),),
     ),
-    (
-        "HCR",
-        "Hybridization chain reaction platform",
-        (("Selective plane illumination microscopy", "SPIM"),),
-    ),
+    ("HCR", "Hybridization chain reaction platform", (SPIM,)),
 )
 PLATFORM_WEIGHTS = np.array([0.28, 0.14, 0.05, 0.12, 0.08, 0.18, 0.1, 0.05])
 PROCESSES = {
