@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import orjson
@@ -402,3 +402,49 @@ class RecordParts:
                 }
             )
         return surgeries
+
+
+class RecordBuilder:
+    """Builds the records of one schema version from the generator's shared parts.
+
+    Subclasses name their version's share of ``<subject>_<time>`` raw names and assemble the
+    document in :meth:`assemble`; drawing the asset's identity first, here, keeps the order of
+    random draws the same for both versions.
+
+    Args:
+        parts: The generator's shared record parts (one per seed, shared by both versions).
+    """
+
+    #: Share of raw assets named ``<subject>_<time>`` (``None``: none of them).
+    short_name_share: ClassVar[float | None] = None
+
+    def __init__(self, parts: RecordParts) -> None:
+        self._parts = parts
+
+    def build(
+        self,
+        plan: AssetPlan,
+        rng: random.Random,
+        parent: tuple[str, AssetPlan, str] | None,
+        force_bucket: bool,
+    ) -> dict[str, Any]:
+        """Build one record from its plan.
+
+        Args:
+            plan: The record's per-record draws.
+            rng: The record's random stream (seeded from ``plan.rng_seed``).
+            parent: ``(raw name, raw plan, subject id)`` of the raw asset this one derives
+                from; ``None`` for a raw asset.
+            force_bucket: Put the record in the sandbox bucket whatever its plan says.
+
+        Returns:
+            The record, still carrying ``subject_id_`` for the caller to link derived assets.
+        """
+        identity = self._parts.identity(plan, rng, parent, short_name_share=self.short_name_share)
+        return self.assemble(plan, rng, identity, force_bucket)
+
+    def assemble(
+        self, plan: AssetPlan, rng: random.Random, identity: AssetIdentity, force_bucket: bool
+    ) -> dict[str, Any]:
+        """Assemble the version's document around an asset's ``identity`` (see :meth:`build`)."""
+        raise NotImplementedError

@@ -13,7 +13,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
-from prefect_neurodata.sandbox.seed.record_parts import AssetPlan, RecordParts
+from prefect_neurodata.sandbox.seed.record_parts import AssetIdentity, AssetPlan, RecordBuilder
 from prefect_neurodata.sandbox.seed.record_vocabulary import (
     GENOTYPES,
     INSTITUTION,
@@ -29,39 +29,15 @@ from prefect_neurodata.sandbox.seed.record_vocabulary import (
 )
 
 
-class V1RecordBuilder:
+class V1RecordBuilder(RecordBuilder):
     """Builds ``v1`` records; the random draws happen in the same order as ever."""
 
-    def __init__(self, parts: RecordParts) -> None:
-        """Build v1 records from ``parts``.
-
-        Args:
-            parts: The generator's shared record parts (one per seed, shared by both versions).
-        """
-        self._parts = parts
-
-    def build(
-        self,
-        plan: AssetPlan,
-        rng: random.Random,
-        parent: tuple[str, AssetPlan, str] | None,
-        force_bucket: bool,
+    def assemble(
+        self, plan: AssetPlan, rng: random.Random, identity: AssetIdentity, force_bucket: bool
     ) -> dict[str, Any]:
-        """Build one aind-data-schema 1.x (``v1``) record from its plan.
-
-        Args:
-            plan: The record's per-record draws.
-            rng: The record's random stream (seeded from ``plan.rng_seed``).
-            parent: ``(raw name, raw plan, subject id)`` of the raw asset this one derives
-                from; ``None`` for a raw asset.
-            force_bucket: Put the record in the sandbox bucket whatever its plan says.
-
-        Returns:
-            The record, still carrying ``subject_id_`` for the caller to link derived assets.
-        """
-        ident = self._parts.identity(plan, rng, parent, short_name_share=None)
-        abbr, pname, modalities, sid, raw_name, derived = ident[:6]
-        proc_type, pipeline, name, created_dt, modified_dt = ident[6:]
+        """Assemble the document (see :meth:`RecordBuilder.build`)."""
+        abbr, pname, modalities, sid, raw_name, derived = identity[:6]
+        proc_type, pipeline, name, created_dt, modified_dt = identity[6:]
         old_style = created_dt.year < 2024 and rng.random() < 0.7
         fmt = iso_naive if old_style else iso_z
         has_subject = rng.random() < 0.95
