@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from prefect_neurodata.sandbox.seed.records import RecordGenerator, core_files, json_size
+from prefect_neurodata.sandbox.seed.record_parts import json_size
+from prefect_neurodata.sandbox.seed.records import RecordGenerator, core_files
 
 __all__ = [
     "RecordGenerator",
