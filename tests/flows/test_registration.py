@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import requests
 from prefect.client.orchestration import get_client
 
 from prefect_neurodata.flows.registration import (
@@ -159,3 +160,36 @@ def test_bucket_scan_registers_complete_folders_and_skips_incomplete(
     assert sorted(r["name"] for r in records_in(sandbox.env, bucket)) == sorted(names)
     again = register_assets(RegistrationRequest(bucket=bucket), docdb_block=saved_docdb_block)
     assert (again.registered, again.already_registered) == (0, 6)
+
+
+def test_registrations_whose_answers_were_lost_land_once(
+    sandbox: Any, saved_docdb_block: str, bucket: str
+) -> None:
+    """A lost answer (``lost_rate``): DocDB registered the asset, the flow was told 504.
+
+    Why 30 assets at 0.3 cannot pass or fail by chance: the chance that no registration's
+    answer is lost (so nothing was reconciled) is 0.7**30 = 2.3e-5; reads are resent by the HTTP
+    core and the batch task is retried, so a run fails only if every attempt of a batch meets
+    a read that lost six answers in a row (0.3**6 = 7.3e-4 per read).
+    """
+    names = write_assets(s3_client(sandbox), bucket, 30)
+    request = RegistrationRequest(bucket=bucket, prefixes=names, batch_size=10)
+    sandbox.faults("docdb", lost_rate=0.3, seed=5)
+    try:
+        summary = register_assets(request, docdb_block=saved_docdb_block)
+        stats = requests.get(
+            f"{sandbox.env['NEURODATA_DOCDB_HOST']}/__sandbox__/stats", timeout=10
+        ).json()
+    finally:
+        sandbox.faults("docdb")
+
+    assert stats["lost"] > 0, stats
+    assert (summary.registered, summary.already_registered, summary.failed) == (30, 0, 0)
+    reconciled = [
+        row for row in summary.rows if row.detail == "found registered after a lost answer"
+    ]
+    assert reconciled, [row.detail for row in summary.rows]
+    records = records_in(sandbox.env, bucket)
+    assert sorted(r["name"] for r in records) == sorted(names)
+    ids = {row.location: row.record_id for row in summary.rows}
+    assert ids == {r["location"]: r["_id"] for r in records}
