@@ -247,6 +247,23 @@ def _as_uint64(ids: Any) -> np.ndarray:
     return arr.astype(np.uint64).reshape(-1)
 
 
+def _walk_roots(start: Iterable[int], step: Callable[[int], Iterable[int]]) -> None:
+    """Visit every root reachable from ``start`` once, depth first, as lineage walks do.
+
+    ``step(root_id)`` handles one root and returns the roots to visit from it; they go on a
+    stack, so the last one returned is visited next (the order the lineage graph's nodes and
+    edges are added in, which its JSON reply keeps).
+    """
+    todo = list(start)
+    seen: set[int] = set()
+    while todo:
+        root_id = todo.pop()
+        if root_id in seen:
+            continue
+        seen.add(root_id)
+        todo.extend(step(root_id))
+
+
 # ---------------------------------------------------------------------------- model
 class ChunkedGraph:
     """The chunkedgraph model. Build it with :meth:`ChunkedGraph.build`.
@@ -968,32 +985,29 @@ class ChunkedGraph:
             self._add_lineage_node(g, r)
             todo_back.append(r.id)
             todo_fwd.append(r.id)
-        seen_back: set[int] = set()
-        while todo_back:
-            nid = todo_back.pop()
-            if nid in seen_back:
-                continue
-            seen_back.add(nid)
+
+        def step_back(nid: int) -> list[int]:
             r = self.roots[nid]
             if r.created_ts < past:
-                continue
+                return []
             for f in r.former:
                 self._add_lineage_node(g, self.roots[f])
                 g.add_edge(f, nid)
-                todo_back.append(f)
-        seen_fwd: set[int] = set()
-        while todo_fwd:
-            nid = todo_fwd.pop()
-            if nid in seen_fwd:
-                continue
-            seen_fwd.add(nid)
+            return r.former
+
+        def step_forward(nid: int) -> list[int]:
+            later: list[int] = []
             for nxt in self.roots[nid].new:
                 rn = self.roots[nxt]
                 if rn.created_ts > future:
                     continue
                 self._add_lineage_node(g, rn)
                 g.add_edge(nid, nxt)
-                todo_fwd.append(nxt)
+                later.append(nxt)
+            return later
+
+        _walk_roots(todo_back, step_back)
+        _walk_roots(todo_fwd, step_forward)
         return g
 
     @staticmethod
@@ -1044,18 +1058,15 @@ class ChunkedGraph:
     def root_history_operations(self, root_id: int) -> list[Operation]:
         """Operations that created the root or any of its ancestors, oldest first."""
         root = self._root(root_id)
-        seen: set[int] = set()
         ops: set[int] = set()
-        todo = [root.id]
-        while todo:
-            nid = todo.pop()
-            if nid in seen:
-                continue
-            seen.add(nid)
+
+        def step_back(nid: int) -> list[int]:
             r = self.roots[nid]
             if r.op_created is not None:
                 ops.add(r.op_created)
-            todo.extend(r.former)
+            return r.former
+
+        _walk_roots([root.id], step_back)
         return [self.operations[i - 1] for i in sorted(ops)]
 
     def change_log(self, root_id: int, filtered: bool = False) -> dict[str, Any]:
