@@ -26,7 +26,8 @@ import pandas as pd
 import pytest
 import requests
 
-from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph, WorldParams
+from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph
+from prefect_neurodata.sandbox.cave.chunkedgraph_types import WorldParams
 
 ADMIN = "a" * 32
 USER = "b" * 32

@@ -6,9 +6,9 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from prefect_neurodata.sandbox.cave.chunkedgraph import (
+from prefect_neurodata.sandbox.cave.chunkedgraph import ChunkedGraph
+from prefect_neurodata.sandbox.cave.chunkedgraph_types import (
     FALSE_AFFINITY,
-    ChunkedGraph,
     OperationRecord,
     WorldParams,
     decode_id,

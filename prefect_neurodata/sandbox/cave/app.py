@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import SEED_WORLD_LIMITS, auth, chunkedgraph_api, info, l2cache, schemas, state
-from .chunkedgraph import WorldParams
+from .chunkedgraph_types import WorldParams
 from .errors import CaveHTTPError, PCGError
 from .world import CaveConfig, CaveWorld
 

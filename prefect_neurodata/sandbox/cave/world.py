@@ -42,7 +42,8 @@ import orjson
 import sqlalchemy as sa
 
 from . import DEFAULT_DATASTACK, DEFAULT_PCG_TABLE, VOXEL_RESOLUTION
-from .chunkedgraph import ChunkedGraph, OperationRecord, WorldParams
+from .chunkedgraph import ChunkedGraph
+from .chunkedgraph_types import OperationRecord, WorldParams
 
 ENV_PREFIX = "NEURODATA_SANDBOX_"
 
