@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefect_neurodata.clients.cave.annotationengine import checked_table_name
 from prefect_neurodata.flows.annotation_upload import (
     AnnotationUploadRequest,
+    NewTable,
     SchemaFields,
     Source,
     check_rows,
@@ -158,6 +160,26 @@ def test_request_validation() -> None:
         AnnotationUploadRequest(table="t", source="x.json")
     with pytest.raises(ValueError, match="less than or equal to 10000"):
         AnnotationUploadRequest(table="t", records=[{}], chunk_size=10_001)
+    for resolution in ([4, 4], [4, 4, float("inf")], [4, 0, 40]):
+        with pytest.raises(ValueError, match="voxel_resolution must be three positive numbers"):
+            NewTable(schema_type="synapse", description="d", voxel_resolution=resolution)
+    assert NewTable(
+        schema_type="synapse", description="d", voxel_resolution=[4, 4, 40]
+    ).voxel_resolution == [4.0, 4.0, 40.0]
+
+
+@pytest.mark.parametrize("name", ["synapses", "_t2", "a_b_1", "Bad", "1abc", "a-b", "", "a b"])
+def test_flow_and_client_accept_the_same_table_names(name: str) -> None:
+    client_accepts = flow_accepts = True
+    try:
+        checked_table_name(name)
+    except ValueError:
+        client_accepts = False
+    try:
+        AnnotationUploadRequest(table=name, records=[{}])
+    except ValueError:
+        flow_accepts = False
+    assert client_accepts == flow_accepts == (name in ("synapses", "_t2", "a_b_1"))
 
 
 def test_storage_atomic_write_and_checksum(tmp_path: Path) -> None:

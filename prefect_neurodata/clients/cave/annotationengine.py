@@ -92,6 +92,57 @@ SERVER_KEY = "ae_server_address"
 PERMISSIONS = ("PRIVATE", "GROUP", "PUBLIC")
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_]+[a-z0-9_]*$")
 
+
+def checked_table_name(table_name: Any, field: str = "table_name") -> str:
+    """``table_name`` if the annotation engine accepts it as a table name.
+
+    The one home of the rule (`TABLE_NAME_PATTERN`): the client checks it before creating a
+    table, the upload flow's request before any write.
+
+    Args:
+        table_name: The proposed name.
+        field: The name of the argument or field, for the message.
+
+    Raises:
+        ValueError: Naming ``field``, the value and the rule.
+
+    Example:
+        ```python
+        checked_table_name("my_synapses")  # -> "my_synapses"
+        ```
+    """
+    if not isinstance(table_name, str) or not TABLE_NAME_PATTERN.match(table_name):
+        raise ValueError(
+            f"{field} {table_name!r} is invalid: use lower-case letters, digits and "
+            "underscores, starting with a letter or underscore"
+        )
+    return table_name
+
+
+def checked_voxel_resolution(voxel_resolution: Any) -> list[float]:
+    """``voxel_resolution`` as three positive finite floats (nm per voxel).
+
+    Raises:
+        ValueError: Naming the value when it is not three positive numbers.
+
+    Example:
+        ```python
+        checked_voxel_resolution([4, 4, 40])  # -> [4.0, 4.0, 40.0]
+        ```
+    """
+    try:
+        resolution = [float(x) for x in voxel_resolution]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"voxel_resolution must be three numbers (nm per voxel), got {voxel_resolution!r}"
+        ) from None
+    if len(resolution) != 3 or not all(x > 0 and math.isfinite(x) for x in resolution):
+        raise ValueError(
+            f"voxel_resolution must be three positive numbers, got {voxel_resolution!r}"
+        )
+    return resolution
+
+
 _UNSURE_STATUSES = frozenset({502, 504})
 
 WRITE_BATCHES_IN_FLIGHT = 4
@@ -363,16 +414,12 @@ class AnnotationClientV2(ClientBase):
             ```
         """
         av = self._av(aligned_volume_name)
-        if not isinstance(table_name, str) or not TABLE_NAME_PATTERN.match(table_name):
-            raise ValueError(
-                f"table_name {table_name!r} is invalid: use lower-case letters, digits and "
-                "underscores, starting with a letter or underscore"
-            )
+        checked_table_name(table_name)
         if not isinstance(schema_name, str) or not schema_name:
             raise ValueError(f"schema_name must be a non-empty string, got {schema_name!r}")
         if not isinstance(description, str) or not description.strip():
             raise ValueError("description must be a non-empty string saying what the table holds")
-        resolution = self._check_resolution(voxel_resolution)
+        resolution = checked_voxel_resolution(voxel_resolution)
         for name, value in (
             ("write_permission", write_permission),
             ("read_permission", read_permission),
@@ -404,20 +451,6 @@ class AnnotationClientV2(ClientBase):
             metadata["table_metadata"] = table_metadata
         body = {"schema_type": schema_name, "table_name": table_name, "metadata": metadata}
         return self._request("POST", self._url("tables", aligned_volume_name=av), json=body)
-
-    @staticmethod
-    def _check_resolution(voxel_resolution: Any) -> list[float]:
-        try:
-            resolution = [float(x) for x in voxel_resolution]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"voxel_resolution must be three numbers (nm per voxel), got {voxel_resolution!r}"
-            ) from None
-        if len(resolution) != 3 or not all(x > 0 and math.isfinite(x) for x in resolution):
-            raise ValueError(
-                f"voxel_resolution must be three positive numbers, got {voxel_resolution!r}"
-            )
-        return resolution
 
     def _check_not_reference_schema(self, schema_name: str) -> None:
         schema_client = self.schema_client
