@@ -74,6 +74,11 @@ class NewTable(BaseModel):
     def _resolution(cls, value: list[float]) -> list[float]:
         return checked_voxel_resolution(value)
 
+    @field_validator("reference_table")
+    @classmethod
+    def _reference_table(cls, value: str | None) -> str | None:
+        return None if value is None else checked_table_name(value, "reference_table")
+
 
 class AnnotationUploadRequest(BaseModel):
     """What to upload, where to, and how."""

@@ -55,6 +55,7 @@ from prefect_aws import AwsCredentials
 from pydantic import BaseModel, Field, field_validator
 
 from prefect_neurodata.clients.aind.utils import bucket_problem
+from prefect_neurodata.clients.cave.annotationengine import checked_voxel_resolution
 from prefect_neurodata.constants import DEFAULT_CAVE_BLOCK
 from prefect_neurodata.errors import NeurodataError
 from prefect_neurodata.flows._artifacts import (
@@ -145,9 +146,7 @@ class SnapshotRequest(BaseModel):
     @field_validator("desired_resolution")
     @classmethod
     def _resolution(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (len(value) != 3 or not all(x > 0 for x in value)):
-            raise ValueError(f"desired_resolution must be three positive numbers, got {value}")
-        return value
+        return None if value is None else checked_voxel_resolution(value, "desired_resolution")
 
 
 class TableSnapshot(BaseModel):

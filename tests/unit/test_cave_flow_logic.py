@@ -22,6 +22,7 @@ from prefect_neurodata.flows.annotation_upload import (
     ledger_dir_for,
     nest_row,
 )
+from prefect_neurodata.flows.materialization_snapshot import SnapshotRequest
 from prefect_neurodata.tasks import storage
 from prefect_neurodata.tasks.cave import fingerprint, table_permission_problem
 
@@ -166,6 +167,19 @@ def test_request_validation() -> None:
     assert NewTable(
         schema_type="synapse", description="d", voxel_resolution=[4, 4, 40]
     ).voxel_resolution == [4.0, 4.0, 40.0]
+    with pytest.raises(ValueError, match="reference_table 'Bad-Name' is invalid"):
+        NewTable(schema_type="presynaptic_bouton_type", description="d", reference_table="Bad-Name")
+    new_table = NewTable(schema_type="s", description="d", reference_table="synapses")
+    assert new_table.reference_table == "synapses"
+
+
+def test_snapshot_resolution_follows_the_client_rule() -> None:
+    for resolution in ([4, 4], [4, 4, float("inf")], [4, 4, float("nan")], [0, 4, 40]):
+        with pytest.raises(ValueError, match="desired_resolution must be three positive numbers"):
+            SnapshotRequest(destination="/tmp/snaps", desired_resolution=resolution)
+    request = SnapshotRequest(destination="/tmp/snaps", desired_resolution=[4, 4, 40])
+    assert request.desired_resolution == [4.0, 4.0, 40.0]
+    assert SnapshotRequest(destination="/tmp/snaps").desired_resolution is None
 
 
 @pytest.mark.parametrize("name", ["synapses", "_t2", "a_b_1", "Bad", "1abc", "a-b", "", "a b"])

@@ -119,11 +119,19 @@ def checked_table_name(table_name: Any, field: str = "table_name") -> str:
     return table_name
 
 
-def checked_voxel_resolution(voxel_resolution: Any) -> list[float]:
+def checked_voxel_resolution(voxel_resolution: Any, field: str = "voxel_resolution") -> list[float]:
     """``voxel_resolution`` as three positive finite floats (nm per voxel).
 
+    The one home of the rule for a resolution we send or write positions at: a new table's
+    voxel resolution here and in the upload flow, the CAVE block's and the snapshot flow's
+    ``desired_resolution``.
+
+    Args:
+        voxel_resolution: The proposed resolution.
+        field: The name of the argument or field, for the message.
+
     Raises:
-        ValueError: Naming the value when it is not three positive numbers.
+        ValueError: Naming ``field`` and the value when it is not three positive numbers.
 
     Example:
         ```python
@@ -134,12 +142,10 @@ def checked_voxel_resolution(voxel_resolution: Any) -> list[float]:
         resolution = [float(x) for x in voxel_resolution]
     except (TypeError, ValueError):
         raise ValueError(
-            f"voxel_resolution must be three numbers (nm per voxel), got {voxel_resolution!r}"
+            f"{field} must be three numbers (nm per voxel), got {voxel_resolution!r}"
         ) from None
     if len(resolution) != 3 or not all(x > 0 and math.isfinite(x) for x in resolution):
-        raise ValueError(
-            f"voxel_resolution must be three positive numbers, got {voxel_resolution!r}"
-        )
+        raise ValueError(f"{field} must be three positive numbers, got {voxel_resolution!r}")
     return resolution
 
 
